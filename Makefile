@@ -1,0 +1,107 @@
+# specd build. `make` builds the library, tools and tests; `make test` runs the hermetic suite plus the
+# real-model tests (which need `make models`); `make run` is the README's main command.
+
+CC       ?= gcc
+NVCC     ?= $(shell command -v nvcc 2>/dev/null || { test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc; })
+PYTHON   ?= python3
+JOBS     ?= $(shell nproc 2>/dev/null || echo 2)
+
+SAN      ?= 0
+ifeq ($(SAN),1)
+BUILD    ?= build-asan
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+OPT      := -O1
+else
+BUILD    ?= build
+SANFLAGS :=
+OPT      := -O2
+endif
+
+WARN     := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
+CPPFLAGS += -I. -Iinclude -D_GNU_SOURCE
+CFLAGS   += -std=c11 $(OPT) -g $(WARN) -pthread $(SANFLAGS)
+LDFLAGS  += -pthread $(SANFLAGS)
+LDLIBS   += -lm
+
+# SIMD variants are compiled with their own ISA flags and picked at run time (kernels/cpu).
+AVX2FLAGS := -mavx2 -mfma -mf16c
+
+MODEL_DIR ?= .models
+export SPECD_MODEL_DIR := $(abspath $(MODEL_DIR))
+
+# Library components, lowest layer first (data flows up this list, never down).
+LIB_DIRS := common kernels kernels/cpu model
+LIB_SRCS := $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.c))
+LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
+
+CU_SRCS  := $(wildcard kernels/cuda/*.cu)
+ifneq ($(NVCC),)
+CU_OBJS  := $(CU_SRCS:%.cu=$(BUILD)/obj/%.o)
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+NVFLAGS  := -O2 -std=c++17 -I. -Iinclude -arch=sm_90 -Xcompiler -Wall,-Wextra,-Werror
+endif
+
+TOOL_SRCS := $(wildcard tools/*.c)
+TOOLS     := $(TOOL_SRCS:tools/%.c=$(BUILD)/bin/%)
+
+TEST_SRCS := $(wildcard tests/*/*.c)
+TEST_SUPPORT := $(wildcard tests/support/*.c)
+TEST_SRCS := $(filter-out $(TEST_SUPPORT),$(TEST_SRCS))
+TESTS     := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
+
+LIB := $(BUILD)/libspecd.a
+
+.PHONY: all lib tools tests test test-asan test-hermetic test-real models run install clean cuda fixtures
+all: lib tools tests
+
+lib: $(LIB)
+tools: $(TOOLS)
+tests: $(TESTS)
+
+$(LIB): $(LIB_OBJS) $(CU_OBJS)
+	@mkdir -p $(@D)
+	$(AR) rcs $@ $^
+
+$(BUILD)/obj/%_avx2.o: %_avx2.c
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(AVX2FLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/obj/%.o: %.cu
+	@mkdir -p $(@D)
+	$(NVCC) $(NVFLAGS) -c $< -o $@
+
+$(BUILD)/bin/%: tools/%.c $(LIB)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $< -o $@ $(LDFLAGS) $(LIB) $(LDLIBS)
+
+$(BUILD)/tests/%: tests/%.c $(TEST_SUPPORT) $(LIB)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $< $(TEST_SUPPORT) -o $@ $(LDFLAGS) $(LIB) -lcriterion $(LDLIBS)
+
+# Every test binary runs; the real-model tests inside them skip loudly when `make models` has not run.
+test: all
+	@SPECD_MODEL_DIR=$(SPECD_MODEL_DIR) ./tools/run-tests.sh $(TESTS)
+
+test-asan:
+	$(MAKE) SAN=1 test
+
+models:
+	./tools/fetch-models.sh $(MODEL_DIR)
+
+run: all models
+	$(BUILD)/bin/specd-generate -m $(MODEL_DIR)/smollm2-135m-instruct-q4_1.gguf -n 64 \
+	    -p "The three most important properties of a speculative decoder are"
+
+PREFIX ?= /usr/local
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 $(TOOLS) $(DESTDIR)$(PREFIX)/bin/
+
+clean:
+	rm -rf build build-asan
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

@@ -1,0 +1,180 @@
+/* The one door to the compute kernels.
+ *
+ * Two halves:
+ *  1. Tensor data types with GGUF/ggml numbering and byte layouts, plus host-side conversion
+ *     (quantise / dequantise a row). The GGUF reader, the synthetic-model tool and the tests use these.
+ *  2. The backend interface: the ops a transformer forward pass needs. The CPU backend is the
+ *     reference; the CUDA backend implements the same ops. Nothing outside kernels/cuda/ includes a
+ *     CUDA header. */
+#ifndef SPECD_KERNELS_BACKEND_H
+#define SPECD_KERNELS_BACKEND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ggml_type numbering, as stored in GGUF tensor infos. Every ggml type is listed so that the GGUF
+ * reader can size any tensor; `kern_dtype_info()->cpu` says which ones the kernels compute with. */
+enum spec_dtype {
+    SPEC_F32 = 0,
+    SPEC_F16 = 1,
+    SPEC_Q4_0 = 2,
+    SPEC_Q4_1 = 3,
+    /* 4 and 5 were Q4_2/Q4_3, removed from ggml */
+    SPEC_Q5_0 = 6,
+    SPEC_Q5_1 = 7,
+    SPEC_Q8_0 = 8,
+    SPEC_Q8_1 = 9,
+    SPEC_Q2_K = 10,
+    SPEC_Q3_K = 11,
+    SPEC_Q4_K = 12,
+    SPEC_Q5_K = 13,
+    SPEC_Q6_K = 14,
+    SPEC_Q8_K = 15,
+    SPEC_IQ2_XXS = 16,
+    SPEC_IQ2_XS = 17,
+    SPEC_IQ3_XXS = 18,
+    SPEC_IQ1_S = 19,
+    SPEC_IQ4_NL = 20,
+    SPEC_IQ3_S = 21,
+    SPEC_IQ2_S = 22,
+    SPEC_IQ4_XS = 23,
+    SPEC_I8 = 24,
+    SPEC_I16 = 25,
+    SPEC_I32 = 26,
+    SPEC_I64 = 27,
+    SPEC_F64 = 28,
+    SPEC_IQ1_M = 29,
+    SPEC_BF16 = 30,
+    /* 31..33 were Q4_0_4_4 etc., removed from ggml */
+    SPEC_TQ1_0 = 34,
+    SPEC_TQ2_0 = 35,
+    SPEC_DTYPE_COUNT = 36,
+};
+
+struct kern_dtype_info {
+    const char *name;    /* "Q4_K" */
+    uint32_t block_size; /* elements per block (1 for plain types) */
+    uint32_t type_size;  /* bytes per block */
+    bool cpu;            /* the kernels can dequantise and multiply this type */
+};
+
+/* NULL when `type` is not a known ggml type. */
+const struct kern_dtype_info *kern_dtype_info(uint32_t type);
+
+/* Bytes of a row of n elements: SPEC_E_INVALID_ARG for an unknown type, SPEC_E_RANGE when n is not a
+ * multiple of the block size or the size overflows. */
+int kern_row_bytes(uint32_t type, uint64_t n, uint64_t *out);
+
+/* Scalar conversions with ggml's rounding (round to nearest even; NaN stays NaN). */
+float kern_fp16_to_fp32(uint16_t h);
+uint16_t kern_fp32_to_fp16(float f);
+float kern_bf16_to_fp32(uint16_t h);
+uint16_t kern_fp32_to_bf16(float f);
+
+/* Host-side row conversion; n must be a multiple of the block size.
+ * Dequantisation is bit-exact with ggml's reference. Quantisation produces valid blocks (the
+ * reference quantisers of ggml for Q8_0, Q8_1, Q8_K, Q4_0, Q4_1, Q5_0; a simple valid encoder for K-quants).
+ * Return 0, SPEC_E_UNSUPPORTED for a type the CPU kernels lack, SPEC_E_RANGE for a bad n. */
+int kern_dequantize_row(enum spec_dtype type, const void *src, float *dst, int64_t n);
+int kern_quantize_row(enum spec_dtype type, const float *src, void *dst, int64_t n);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Backend interface                                                                              */
+
+/* A 2-D tensor: ne1 rows of ne0 elements, rows row_bytes apart. `data` is backend memory (host
+ * memory on the CPU, device memory on CUDA). Activations are always SPEC_F32. */
+struct kern_tensor {
+    enum spec_dtype type;
+    int64_t ne0;
+    int64_t ne1;
+    size_t row_bytes;
+    void *data;
+    bool owned; /* allocated by the backend (freed by kern_tensor_free), else a view */
+};
+
+enum kern_rope_mode {
+    KERN_ROPE_NORM = 0, /* llama: rotate adjacent pairs (x[2i], x[2i+1]) */
+    KERN_ROPE_NEOX = 2, /* qwen2/neox: rotate halves (x[i], x[i + n_rot/2]) */
+};
+
+struct kern_rope_params {
+    enum kern_rope_mode mode;
+    int n_rot;          /* rotated dimensions per head (<= head_dim, even) */
+    float freq_base;    /* rope.freq_base */
+    float freq_scale;   /* 1 / rope.scaling.factor for linear scaling, else 1 */
+    const float *freq_factors; /* optional per-dimension divisors (n_rot/2 floats, host memory), or NULL */
+};
+
+/* One sequence's attention: n queries at positions pos0 .. pos0+n-1 attend causally to cache rows
+ * 0 .. pos0+n-1 (the new keys/values must already be in the cache). */
+struct kern_attn_params {
+    int n_head;
+    int n_head_kv; /* GQA: n_head is a multiple of n_head_kv */
+    int head_dim;
+    int pos0;
+    float scale; /* usually 1/sqrt(head_dim) */
+};
+
+struct kern_backend;
+
+struct kern_backend_ops {
+    const char *name;
+    void (*destroy)(struct kern_backend *be);
+
+    int (*tensor_alloc)(struct kern_backend *be, enum spec_dtype type, int64_t ne0, int64_t ne1,
+                        struct kern_tensor *out);
+    void (*tensor_free)(struct kern_backend *be, struct kern_tensor *t);
+    /* Make weights usable by this backend: the CPU wraps `host` (which must outlive the tensor,
+     * e.g. the GGUF mmap); CUDA uploads a copy. */
+    int (*weight_from_host)(struct kern_backend *be, enum spec_dtype type, int64_t ne0, int64_t ne1,
+                            const void *host, struct kern_tensor *out);
+    /* Copy rows [row0, row0+n) between host memory and a tensor of any type. */
+    int (*rows_to_host)(struct kern_backend *be, const struct kern_tensor *t, int64_t row0, int64_t n,
+                        void *host);
+    int (*rows_from_host)(struct kern_backend *be, struct kern_tensor *t, int64_t row0, int64_t n,
+                          const void *host);
+
+    /* out[i] = dequant(table[ids[i]]), ids in host memory, out F32 with n rows. */
+    int (*get_rows)(struct kern_backend *be, const struct kern_tensor *table, const int32_t *ids, int n,
+                    struct kern_tensor *out);
+    /* y[r][j] = sum_k x[r][k] * w[j][k]: w is ne1 x K of any cpu type, x is n x K F32, y n x ne1 F32. */
+    int (*matmul)(struct kern_backend *be, const struct kern_tensor *w, const struct kern_tensor *x,
+                  struct kern_tensor *y);
+    /* y[r][k] += b[k] (bias has one row). */
+    int (*add_bias)(struct kern_backend *be, struct kern_tensor *y, const struct kern_tensor *bias);
+    /* y = x / sqrt(mean(x^2) + eps) * w, row by row (y may be x). */
+    int (*rms_norm)(struct kern_backend *be, const struct kern_tensor *x, const struct kern_tensor *w,
+                    float eps, struct kern_tensor *y);
+    /* In place on x (rows of n_head * head_dim); pos[r] is row r's position (host memory). */
+    int (*rope)(struct kern_backend *be, struct kern_tensor *x, int n_head, int head_dim, const int32_t *pos,
+                const struct kern_rope_params *p);
+    /* Write rows of src (F32) into dst (any plain type, e.g. the F16 KV cache) starting at dst_row0. */
+    int (*store_rows)(struct kern_backend *be, const struct kern_tensor *src, struct kern_tensor *dst,
+                      int64_t dst_row0);
+    /* q: n x (n_head*head_dim), k/v cache: rows x (n_head_kv*head_dim), out: n x (n_head*head_dim). */
+    int (*attention)(struct kern_backend *be, const struct kern_tensor *q, const struct kern_tensor *k_cache,
+                     const struct kern_tensor *v_cache, const struct kern_attn_params *p,
+                     struct kern_tensor *out);
+    /* out = silu(gate) * up, elementwise (out may alias either input). */
+    int (*swiglu)(struct kern_backend *be, const struct kern_tensor *gate, const struct kern_tensor *up,
+                  struct kern_tensor *out);
+    /* out = a + b, elementwise (out may alias either input). */
+    int (*add)(struct kern_backend *be, const struct kern_tensor *a, const struct kern_tensor *b,
+               struct kern_tensor *out);
+};
+
+struct kern_backend {
+    const struct kern_backend_ops *ops;
+};
+
+struct kern_backend_config {
+    int n_threads; /* CPU worker threads; <= 0 means one per online core */
+};
+
+/* name: "cpu", "cuda" or "auto" (CUDA when a device is usable, else CPU).
+ * SPEC_E_UNSUPPORTED when the named backend is not built in or has no device. */
+int kern_backend_create(const char *name, const struct kern_backend_config *cfg, struct kern_backend **out);
+void kern_backend_destroy(struct kern_backend *be);
+
+#endif

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs every Criterion test binary given, prints each one's summary and a total; exits non-zero if any fails.
+set -u
+failed=0
+total_pass=0
+total_fail=0
+for t in "$@"; do
+    echo "== $t"
+    out=$("$t" --jobs "${SPECD_TEST_JOBS:-2}" 2>&1)
+    rc=$?
+    printf '%s\n' "$out" | grep -vE '^\[----\]|^$' | tail -n 40
+    line=$(printf '%s\n' "$out" | grep -E 'Synthesis: Tested' | tail -n1)
+    p=$(printf '%s' "$line" | sed -nE 's/.*Passing: ([0-9]+).*/\1/p')
+    f=$(printf '%s' "$line" | sed -nE 's/.*Failing: ([0-9]+).*/\1/p')
+    c=$(printf '%s' "$line" | sed -nE 's/.*Crashing: ([0-9]+).*/\1/p')
+    total_pass=$((total_pass + ${p:-0}))
+    total_fail=$((total_fail + ${f:-0} + ${c:-0}))
+    if [ "$rc" -ne 0 ]; then failed=1; [ -z "$line" ] && total_fail=$((total_fail + 1)); fi
+done
+echo "$total_pass passed, $total_fail failed"
+exit $failed
