@@ -24,6 +24,7 @@ static const struct err_entry err_table[] = {
     {SPEC_E_DUPLICATE, "SPEC_E_DUPLICATE", "duplicate key or tensor name"},
     {SPEC_E_ALIGNMENT, "SPEC_E_ALIGNMENT", "bad alignment"},
     {SPEC_E_TOKENIZER, "SPEC_E_TOKENIZER", "inconsistent tokenizer data"},
+    {SPEC_E_NUMERIC, "SPEC_E_NUMERIC", "no finite probability mass (all -inf or NaN)"},
 };
 
 static const struct err_entry *err_lookup(int err)

@@ -21,6 +21,7 @@ enum spec_err {
     SPEC_E_DUPLICATE = -14,   /* duplicate metadata key or tensor name */
     SPEC_E_ALIGNMENT = -15,   /* alignment or offset not aligned as required */
     SPEC_E_TOKENIZER = -16,   /* tokenizer data inconsistent (bad merge, missing byte token...) */
+    SPEC_E_NUMERIC = -17,     /* a distribution has no finite mass (all -inf or NaN logits) */
 };
 
 /* Stable short description of an error code, never NULL. */
