@@ -30,7 +30,7 @@ MODEL_DIR ?= .models
 export SPECD_MODEL_DIR := $(abspath $(MODEL_DIR))
 
 # Library components, lowest layer first (data flows up this list, never down).
-LIB_DIRS := common kernels kernels/cpu model verify
+LIB_DIRS := common kernels kernels/cpu model draft verify
 LIB_SRCS := $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.c))
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
 
