@@ -15,6 +15,11 @@
 #define GGUF_MAGIC 0x46554747u /* "GGUF" read as little-endian u32 */
 #define GGUF_DEFAULT_ALIGNMENT 32
 #define GGUF_MAX_DIMS 4
+/* Reader and writer limits: the spec's key limit, llama.cpp's tensor name limit (GGML_MAX_NAME 64
+ * including the NUL), and a nesting bound for arrays of arrays (a top-level array is depth 1). */
+#define GGUF_MAX_KEY_LEN 65535
+#define GGUF_MAX_NAME_LEN 63
+#define GGUF_MAX_ARRAY_DEPTH 8
 
 enum gguf_type {
     GGUF_TYPE_UINT8 = 0,
@@ -65,6 +70,7 @@ struct gguf_kv {
     struct gguf_value value;
 };
 
+/* Dimensions may be 0 (an empty tensor, n_bytes 0), as ggml allows; n_dims is 1..4. */
 struct gguf_tensor {
     struct gguf_str name;
     uint32_t n_dims;
@@ -78,7 +84,13 @@ struct gguf_tensor {
 
 struct gguf;
 
-/* Open and validate a file (mmap). *out is set only on success. */
+/* Open and validate a file (mmap). *out is set only on success.
+ * Errors: SPEC_E_IO (open/mmap), SPEC_E_BAD_MAGIC, SPEC_E_VERSION (not v2/v3), SPEC_E_UNSUPPORTED
+ * (byte-swapped version: a big-endian file; unknown tensor type), SPEC_E_TRUNCATED (a count, string,
+ * array or tensor extends past the end), SPEC_E_RANGE (limits, n_dims, overflowing sizes or offsets),
+ * SPEC_E_FORMAT (bad value type, bool not 0/1), SPEC_E_DUPLICATE, SPEC_E_TYPE (general.alignment not a
+ * u32), SPEC_E_ALIGNMENT (alignment not a power of two, tensor offset not aligned), SPEC_E_NOMEM.
+ * Tensors may overlap and need not be packed; each must lie inside the file. */
 int gguf_open(const char *path, struct gguf **out);
 /* Parse a buffer in memory, which the caller keeps alive and unchanged until gguf_close(). */
 int gguf_open_memory(const void *data, size_t size, struct gguf **out);
@@ -94,7 +106,8 @@ const struct gguf_kv *gguf_kv_at(const struct gguf *g, uint64_t i);
 const struct gguf_value *gguf_find(const struct gguf *g, const char *key);
 
 /* Typed getters: SPEC_E_NOT_FOUND when absent, SPEC_E_TYPE when the stored type cannot represent
- * the request (any integer type is accepted if the value fits; float getters accept F32/F64). */
+ * the request (any integer type is accepted if the value fits, else SPEC_E_RANGE; bool is not an
+ * integer; float getters accept F32/F64, SPEC_E_RANGE for a finite F64 beyond float range). */
 int gguf_get_u32(const struct gguf *g, const char *key, uint32_t *out);
 int gguf_get_u64(const struct gguf *g, const char *key, uint64_t *out);
 int gguf_get_i32(const struct gguf *g, const char *key, int32_t *out);
@@ -104,7 +117,8 @@ int gguf_get_str(const struct gguf *g, const char *key, struct gguf_str *out);
 /* elem_type GGUF_TYPE_COUNT accepts any element type. */
 int gguf_get_arr(const struct gguf *g, const char *key, enum gguf_type elem_type, const struct gguf_array **out);
 
-/* Element access for numeric arrays (any integer/float element type; bounds-checked). */
+/* Element access for numeric arrays, bounds-checked (SPEC_E_RANGE). _i64 takes integer elements
+ * (SPEC_E_RANGE for a u64 above INT64_MAX); _f32 takes integer and float elements. Others: SPEC_E_TYPE. */
 int gguf_arr_get_i64(const struct gguf_array *a, uint64_t i, int64_t *out);
 int gguf_arr_get_f32(const struct gguf_array *a, uint64_t i, float *out);
 
@@ -116,16 +130,30 @@ bool gguf_str_eq(struct gguf_str s, const char *cstr);
 /* malloc'd NUL-terminated copy, NULL on allocation failure; caller frees. */
 char *gguf_str_dup(struct gguf_str s);
 const char *gguf_type_name(enum gguf_type t);
+/* Bytes of one numeric/bool value in a file; 0 for STRING, ARRAY and unknown types. */
+size_t gguf_type_size(enum gguf_type t);
+/* Validate a tensor shape as the reader does and size it: SPEC_E_RANGE for n_dims outside 1..4, a
+ * dimension above INT64_MAX, ne[0] not a multiple of the block size or an overflowing size;
+ * SPEC_E_UNSUPPORTED for an unknown type. Out-params set only on success. */
+int gguf_tensor_size(uint32_t type, uint32_t n_dims, const uint64_t *ne, uint64_t *n_elems, uint64_t *n_bytes);
 
 /* ---------------------------------------------------------------------------------------------- */
-/* Writer: collects metadata and tensors in memory (copies everything), then writes a file. */
+/* Writer: collects metadata and tensors in memory (copies everything), then writes a file.
+ * Keys keep their first insertion order; setting an existing key replaces its value in place.
+ * Tensor data is laid out in insertion order, each tensor at an aligned offset and zero-padded to
+ * the alignment (the last one too, as llama.cpp expects). Numeric inputs are in host byte order,
+ * which must be little-endian. */
 
 struct gguf_writer;
 
 int gguf_writer_new(uint32_t version, struct gguf_writer **out); /* version 2 or 3 */
 void gguf_writer_free(struct gguf_writer *w);
 
-/* Any value, nested arrays included (what the reader returns can be written back). */
+/* Any value, nested arrays included (what the reader returns can be written back). Setting
+ * "general.alignment" (a u32, else SPEC_E_TYPE) is the same as gguf_writer_set_alignment().
+ * SPEC_E_INVALID_ARG for a bad type, a scalar outside its type's range, a bool array byte not 0/1 or
+ * a NULL pointer with n > 0; SPEC_E_RANGE for a key over GGUF_MAX_KEY_LEN or arrays nested over
+ * GGUF_MAX_ARRAY_DEPTH. */
 int gguf_writer_set(struct gguf_writer *w, const char *key, const struct gguf_value *v);
 int gguf_writer_set_u32(struct gguf_writer *w, const char *key, uint32_t v);
 int gguf_writer_set_i32(struct gguf_writer *w, const char *key, int32_t v);
@@ -137,13 +165,16 @@ int gguf_writer_set_str(struct gguf_writer *w, const char *key, const char *v);
 int gguf_writer_set_arr(struct gguf_writer *w, const char *key, enum gguf_type elem_type, const void *data,
                         uint64_t n);
 int gguf_writer_set_str_arr(struct gguf_writer *w, const char *key, const char *const *strs, uint64_t n);
-/* `general.alignment` is written as a u32 key when not the default. */
+/* `general.alignment` is written as a u32 key when not the default (SPEC_E_ALIGNMENT unless a power of two). */
 int gguf_writer_set_alignment(struct gguf_writer *w, uint32_t alignment);
 
-/* data holds the whole tensor: n_bytes must equal the size implied by type and dims. */
+/* data holds the whole tensor: n_bytes must equal the size implied by type and dims (else
+ * SPEC_E_INVALID_ARG). Shape errors as gguf_tensor_size(); SPEC_E_RANGE for a name over
+ * GGUF_MAX_NAME_LEN, SPEC_E_DUPLICATE for a name already added. */
 int gguf_writer_add_tensor(struct gguf_writer *w, const char *name, enum spec_dtype type, uint32_t n_dims,
                            const uint64_t *ne, const void *data, uint64_t n_bytes);
 
+/* SPEC_E_IO on any write error, after removing the partial file. */
 int gguf_writer_write_file(const struct gguf_writer *w, const char *path);
 /* *out is malloc'd; caller frees. */
 int gguf_writer_write_memory(const struct gguf_writer *w, void **out, size_t *size);
