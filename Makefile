@@ -44,6 +44,9 @@ endif
 TOOL_SRCS := $(wildcard tools/*.c)
 TOOLS     := $(TOOL_SRCS:tools/%.c=$(BUILD)/bin/%)
 
+BENCH_SRCS := $(wildcard bench/*.c)
+BENCHES    := $(BENCH_SRCS:bench/%.c=$(BUILD)/bin/%)
+
 TEST_SRCS := $(wildcard tests/*/*.c)
 TEST_SUPPORT := $(wildcard tests/support/*.c)
 TEST_SRCS := $(filter-out $(TEST_SUPPORT),$(TEST_SRCS))
@@ -51,11 +54,12 @@ TESTS     := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 
 LIB := $(BUILD)/libspecd.a
 
-.PHONY: all lib tools tests test test-asan test-hermetic test-real models run install clean cuda fixtures
-all: lib tools tests
+.PHONY: all lib tools benches tests test test-asan models run install clean
+all: lib tools benches tests
 
 lib: $(LIB)
 tools: $(TOOLS)
+benches: $(BENCHES)
 tests: $(TESTS)
 
 $(LIB): $(LIB_OBJS) $(CU_OBJS)
@@ -75,6 +79,10 @@ $(BUILD)/obj/%.o: %.cu
 	$(NVCC) $(NVFLAGS) -c $< -o $@
 
 $(BUILD)/bin/%: tools/%.c $(LIB)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $< -o $@ $(LDFLAGS) $(LIB) $(LDLIBS)
+
+$(BUILD)/bin/%: bench/%.c $(LIB)
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $< -o $@ $(LDFLAGS) $(LIB) $(LDLIBS)
 
