@@ -1,0 +1,610 @@
+/* The llama/qwen2 transformer: loading (hyper-parameters and weights from a GGUF, every shape
+ * checked) and the forward pass, written against the backend ops so that it reads like the paper. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "model/model.h"
+
+struct model_layer {
+    struct kern_tensor attn_norm;
+    struct kern_tensor wq, wk, wv, wo;
+    struct kern_tensor bq, bk, bv; /* qwen2 only (data NULL otherwise) */
+    struct kern_tensor ffn_norm;
+    struct kern_tensor w_gate, w_up, w_down;
+};
+
+/* Activations for up to max_batch tokens, one row per token. */
+struct model_scratch {
+    struct kern_tensor x;         /* n_embd: the residual stream */
+    struct kern_tensor xb;        /* n_embd: normalised input, then a block's output */
+    struct kern_tensor q;         /* n_head * head_dim */
+    struct kern_tensor att;       /* n_head * head_dim: attention output */
+    struct kern_tensor k, v;      /* n_head_kv * head_dim */
+    struct kern_tensor gate, up;  /* n_ff */
+    struct kern_tensor logits;    /* n_vocab */
+    int32_t *pos;                 /* host: each row's position */
+};
+
+struct model {
+    struct model_hparams hp;
+    struct kern_backend *be;
+    struct gguf *own_gguf; /* the mapping model_load() opened; NULL when the caller owns it */
+    struct tok *tok;
+    struct kern_rope_params rope;
+    struct kern_tensor tok_embd, output_norm, output;
+    bool tied_output; /* output is tok_embd */
+    struct model_layer *layers;
+    int max_batch;
+    struct model_scratch s;
+};
+
+struct model_seq {
+    struct model *m;
+    int n_ctx;
+    int len;
+    struct kern_tensor *k_cache; /* n_layer tensors of n_ctx rows, F16 like llama.cpp's default */
+    struct kern_tensor *v_cache;
+};
+
+#define TRY(expr)                                                                                            \
+    do {                                                                                                     \
+        int err_ = (expr);                                                                                   \
+        if (err_)                                                                                            \
+            return err_;                                                                                     \
+    } while (0)
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Loading                                                                                        */
+
+struct loader {
+    const struct gguf *g;
+    struct kern_backend *be;
+    const char *arch;
+    char *why;
+    size_t why_cap;
+};
+
+/* Records a human-readable reason for the failure (first one wins) and returns err. */
+static int fail(struct loader *ld, int err, const char *fmt, ...)
+{
+    if (ld->why && ld->why_cap && !ld->why[0]) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(ld->why, ld->why_cap, fmt, ap);
+        va_end(ap);
+    }
+    return err;
+}
+
+/* Upper bound for every count, so that products of two of them fit in int64 and rows fit in int. */
+#define HP_MAX (1 << 24)
+
+static int hp_int(struct loader *ld, const char *suffix, bool required, int def, int *out)
+{
+    char key[128];
+    uint32_t v;
+    snprintf(key, sizeof key, "%s.%s", ld->arch, suffix);
+    int err = gguf_get_u32(ld->g, key, &v);
+    if (err == SPEC_E_NOT_FOUND && !required) {
+        *out = def;
+        return SPEC_OK;
+    }
+    if (err)
+        return fail(ld, err, "%s: %s", key, err == SPEC_E_NOT_FOUND ? "missing" : "not a valid integer");
+    if (v == 0 || v > HP_MAX)
+        return fail(ld, SPEC_E_RANGE, "%s = %u is out of range", key, v);
+    *out = (int)v;
+    return SPEC_OK;
+}
+
+static int hp_float(struct loader *ld, const char *suffix, float def, float *out)
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", ld->arch, suffix);
+    int err = gguf_get_f32(ld->g, key, out);
+    if (err == SPEC_E_NOT_FOUND) {
+        *out = def;
+        return SPEC_OK;
+    }
+    if (err)
+        return fail(ld, err, "%s: not a float", key);
+    if (!isfinite(*out))
+        return fail(ld, SPEC_E_RANGE, "%s is not finite", key);
+    return SPEC_OK;
+}
+
+static int load_hparams(struct loader *ld, struct model_hparams *hp)
+{
+    struct gguf_str arch;
+    int err = gguf_get_str(ld->g, "general.architecture", &arch);
+    if (err)
+        return fail(ld, err, "general.architecture: %s", err == SPEC_E_NOT_FOUND ? "missing" : "not a string");
+    if (gguf_str_eq(arch, "llama"))
+        hp->arch = MODEL_ARCH_LLAMA;
+    else if (gguf_str_eq(arch, "qwen2"))
+        hp->arch = MODEL_ARCH_QWEN2;
+    else
+        return fail(ld, SPEC_E_UNSUPPORTED, "architecture \"%.*s\" is not supported (llama, qwen2)",
+                    (int)(arch.len > 64 ? 64 : arch.len), arch.ptr);
+    ld->arch = model_arch_name(hp->arch);
+
+    TRY(hp_int(ld, "context_length", true, 0, &hp->n_ctx_train));
+    TRY(hp_int(ld, "embedding_length", true, 0, &hp->n_embd));
+    TRY(hp_int(ld, "block_count", true, 0, &hp->n_layer));
+    TRY(hp_int(ld, "feed_forward_length", true, 0, &hp->n_ff));
+    TRY(hp_int(ld, "attention.head_count", true, 0, &hp->n_head));
+    TRY(hp_int(ld, "attention.head_count_kv", false, hp->n_head, &hp->n_head_kv));
+    if (hp->n_embd % hp->n_head)
+        return fail(ld, SPEC_E_RANGE, "embedding_length %d is not a multiple of head_count %d", hp->n_embd,
+                    hp->n_head);
+    if (hp->n_head % hp->n_head_kv)
+        return fail(ld, SPEC_E_RANGE, "head_count %d is not a multiple of head_count_kv %d", hp->n_head,
+                    hp->n_head_kv);
+    hp->head_dim = hp->n_embd / hp->n_head;
+    int key_len, value_len;
+    TRY(hp_int(ld, "attention.key_length", false, hp->head_dim, &key_len));
+    TRY(hp_int(ld, "attention.value_length", false, hp->head_dim, &value_len));
+    if (key_len != hp->head_dim || value_len != hp->head_dim)
+        return fail(ld, SPEC_E_UNSUPPORTED, "attention key/value length %d/%d differs from embedding/heads %d",
+                    key_len, value_len, hp->head_dim);
+    TRY(hp_int(ld, "rope.dimension_count", false, hp->head_dim, &hp->n_rot));
+    if (hp->n_rot > hp->head_dim || hp->n_rot % 2)
+        return fail(ld, SPEC_E_RANGE, "rope.dimension_count %d: must be even and at most %d", hp->n_rot,
+                    hp->head_dim);
+
+    TRY(hp_float(ld, "attention.layer_norm_rms_epsilon", 0.0f, &hp->norm_eps));
+    if (!(hp->norm_eps > 0.0f))
+        return fail(ld, SPEC_E_RANGE, "%s.attention.layer_norm_rms_epsilon missing or not positive", ld->arch);
+    TRY(hp_float(ld, "rope.freq_base", 10000.0f, &hp->rope_freq_base));
+    if (!(hp->rope_freq_base > 0.0f))
+        return fail(ld, SPEC_E_RANGE, "%s.rope.freq_base is not positive", ld->arch);
+
+    /* llama.cpp applies 1/factor to the frequencies whatever the scaling type; only types that
+     * change the formula (yarn, longrope...) are refused. */
+    char key[128];
+    snprintf(key, sizeof key, "%s.rope.scaling.type", ld->arch);
+    struct gguf_str type;
+    err = gguf_get_str(ld->g, key, &type);
+    if (err && err != SPEC_E_NOT_FOUND)
+        return fail(ld, err, "%s: not a string", key);
+    if (!err && !gguf_str_eq(type, "none") && !gguf_str_eq(type, "linear"))
+        return fail(ld, SPEC_E_UNSUPPORTED, "%s \"%.*s\" is not supported (none, linear)", key,
+                    (int)(type.len > 64 ? 64 : type.len), type.ptr);
+    float factor;
+    TRY(hp_float(ld, "rope.scaling.factor", 0.0f, &factor));
+    if (factor == 0.0f)
+        TRY(hp_float(ld, "rope.scale_linear", 0.0f, &factor));
+    if (factor < 0.0f)
+        return fail(ld, SPEC_E_RANGE, "%s.rope.scaling.factor is negative", ld->arch);
+    hp->rope_freq_scale = factor == 0.0f ? 1.0f : 1.0f / factor;
+    return SPEC_OK;
+}
+
+enum tensor_kind {
+    T_MATRIX, /* any type the kernels compute with */
+    T_F32,    /* norms, biases, rope factors */
+};
+
+/* Finds `name`, checks its type and that its shape is [ne0, ne1], and wraps it for the backend.
+ * When optional, an absent tensor leaves *out zeroed and returns SPEC_OK. */
+static int load_tensor(struct loader *ld, const char *name, int64_t ne0, int64_t ne1, enum tensor_kind kind,
+                       bool optional, struct kern_tensor *out)
+{
+    const struct gguf_tensor *t = gguf_find_tensor(ld->g, name);
+    *out = (struct kern_tensor){0};
+    if (!t)
+        return optional ? SPEC_OK : fail(ld, SPEC_E_NOT_FOUND, "tensor %s is missing", name);
+    if (t->ne[0] != (uint64_t)ne0 || t->ne[1] != (uint64_t)ne1 || t->ne[2] != 1 || t->ne[3] != 1)
+        return fail(ld, SPEC_E_SHAPE, "tensor %s has shape [%llu, %llu, %llu, %llu], expected [%lld, %lld]", name,
+                    (unsigned long long)t->ne[0], (unsigned long long)t->ne[1], (unsigned long long)t->ne[2],
+                    (unsigned long long)t->ne[3], (long long)ne0, (long long)ne1);
+    const struct kern_dtype_info *info = kern_dtype_info(t->type);
+    bool ok = kind == T_F32 ? t->type == SPEC_F32 : info && info->cpu;
+    if (!ok)
+        return fail(ld, SPEC_E_UNSUPPORTED, "tensor %s has type %s, which is not supported here", name,
+                    info ? info->name : "unknown");
+    int err = ld->be->ops->weight_from_host(ld->be, t->type, ne0, ne1, t->data, out);
+    if (err)
+        return fail(ld, err, "tensor %s: backend refused it (%s)", name, spec_errname(err));
+    return SPEC_OK;
+}
+
+static int load_layer(struct loader *ld, const struct model_hparams *hp, int il, struct model_layer *L)
+{
+    const int64_t q_dim = (int64_t)hp->n_head * hp->head_dim, kv_dim = (int64_t)hp->n_head_kv * hp->head_dim;
+    const bool bias = hp->arch == MODEL_ARCH_QWEN2;
+    char name[64];
+#define LT(field, suffix, ne0, ne1, kind)                                                                    \
+    do {                                                                                                     \
+        snprintf(name, sizeof name, "blk.%d." suffix, il);                                                   \
+        TRY(load_tensor(ld, name, ne0, ne1, kind, false, &L->field));                                        \
+    } while (0)
+    LT(attn_norm, "attn_norm.weight", hp->n_embd, 1, T_F32);
+    LT(wq, "attn_q.weight", hp->n_embd, q_dim, T_MATRIX);
+    LT(wk, "attn_k.weight", hp->n_embd, kv_dim, T_MATRIX);
+    LT(wv, "attn_v.weight", hp->n_embd, kv_dim, T_MATRIX);
+    if (bias) {
+        LT(bq, "attn_q.bias", q_dim, 1, T_F32);
+        LT(bk, "attn_k.bias", kv_dim, 1, T_F32);
+        LT(bv, "attn_v.bias", kv_dim, 1, T_F32);
+    }
+    LT(wo, "attn_output.weight", q_dim, hp->n_embd, T_MATRIX);
+    LT(ffn_norm, "ffn_norm.weight", hp->n_embd, 1, T_F32);
+    LT(w_gate, "ffn_gate.weight", hp->n_embd, hp->n_ff, T_MATRIX);
+    LT(w_up, "ffn_up.weight", hp->n_embd, hp->n_ff, T_MATRIX);
+    LT(w_down, "ffn_down.weight", hp->n_ff, hp->n_embd, T_MATRIX);
+#undef LT
+    return SPEC_OK;
+}
+
+static void scratch_free(struct model *m)
+{
+    struct kern_backend *be = m->be;
+    struct kern_tensor *all[] = {&m->s.x,    &m->s.xb,   &m->s.q,  &m->s.att,   &m->s.k,
+                                 &m->s.v,    &m->s.gate, &m->s.up, &m->s.logits};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        if (all[i]->data)
+            be->ops->tensor_free(be, all[i]);
+    free(m->s.pos);
+    m->s = (struct model_scratch){0};
+}
+
+static int scratch_alloc(struct model *m)
+{
+    const struct model_hparams *hp = &m->hp;
+    struct kern_backend *be = m->be;
+    const int64_t nb = m->max_batch, q_dim = (int64_t)hp->n_head * hp->head_dim,
+                  kv_dim = (int64_t)hp->n_head_kv * hp->head_dim;
+    struct {
+        struct kern_tensor *t;
+        int64_t ne0;
+    } plan[] = {
+        {&m->s.x, hp->n_embd}, {&m->s.xb, hp->n_embd}, {&m->s.q, q_dim},     {&m->s.att, q_dim},
+        {&m->s.k, kv_dim},     {&m->s.v, kv_dim},      {&m->s.gate, hp->n_ff}, {&m->s.up, hp->n_ff},
+        {&m->s.logits, hp->n_vocab},
+    };
+    for (size_t i = 0; i < sizeof plan / sizeof plan[0]; i++)
+        TRY(be->ops->tensor_alloc(be, SPEC_F32, plan[i].ne0, nb, plan[i].t));
+    m->s.pos = malloc((size_t)nb * sizeof(int32_t));
+    return m->s.pos ? SPEC_OK : SPEC_E_NOMEM;
+}
+
+static int model_build(struct loader *ld, const struct model_config *cfg, struct model *m)
+{
+    struct model_hparams *hp = &m->hp;
+    TRY(load_hparams(ld, hp));
+
+    const struct gguf_tensor *embd = gguf_find_tensor(ld->g, "token_embd.weight");
+    if (!embd)
+        return fail(ld, SPEC_E_NOT_FOUND, "tensor token_embd.weight is missing");
+    if (embd->ne[1] == 0 || embd->ne[1] > HP_MAX)
+        return fail(ld, SPEC_E_SHAPE, "tensor token_embd.weight has %llu rows", (unsigned long long)embd->ne[1]);
+    hp->n_vocab = (int)embd->ne[1];
+
+    int err = tok_load(ld->g, &m->tok);
+    if (err)
+        return fail(ld, err, "tokenizer: %s", spec_strerror(err));
+    if (tok_n_vocab(m->tok) != hp->n_vocab)
+        return fail(ld, SPEC_E_SHAPE, "tensor token_embd.weight has %d rows but the vocabulary has %d tokens",
+                    hp->n_vocab, (int)tok_n_vocab(m->tok));
+
+    TRY(load_tensor(ld, "token_embd.weight", hp->n_embd, hp->n_vocab, T_MATRIX, false, &m->tok_embd));
+    TRY(load_tensor(ld, "output_norm.weight", hp->n_embd, 1, T_F32, false, &m->output_norm));
+    TRY(load_tensor(ld, "output.weight", hp->n_embd, hp->n_vocab, T_MATRIX, true, &m->output));
+    if (!m->output.data) {
+        m->output = m->tok_embd;
+        m->tied_output = true;
+    }
+
+    m->layers = calloc((size_t)hp->n_layer, sizeof(*m->layers));
+    if (!m->layers)
+        return SPEC_E_NOMEM;
+    for (int il = 0; il < hp->n_layer; il++)
+        TRY(load_layer(ld, hp, il, &m->layers[il]));
+
+    /* Optional per-dimension frequency divisors (llama 3.x long-context rope); host memory. */
+    const struct gguf_tensor *rf = gguf_find_tensor(ld->g, "rope_freqs.weight");
+    if (rf) {
+        if (rf->type != SPEC_F32 || rf->ne[0] != (uint64_t)(hp->n_rot / 2) || rf->ne[1] != 1 || rf->ne[2] != 1 ||
+            rf->ne[3] != 1)
+            return fail(ld, SPEC_E_SHAPE, "tensor rope_freqs.weight must be %d F32 values", hp->n_rot / 2);
+        m->rope.freq_factors = rf->data;
+    }
+    m->rope.mode = hp->arch == MODEL_ARCH_QWEN2 ? KERN_ROPE_NEOX : KERN_ROPE_NORM;
+    m->rope.n_rot = hp->n_rot;
+    m->rope.freq_base = hp->rope_freq_base;
+    m->rope.freq_scale = hp->rope_freq_scale;
+
+    m->max_batch = cfg && cfg->max_batch > 0 ? cfg->max_batch : MODEL_DEFAULT_MAX_BATCH;
+    if (m->max_batch > HP_MAX)
+        return fail(ld, SPEC_E_INVALID_ARG, "max_batch %d is too large", m->max_batch);
+    err = scratch_alloc(m);
+    if (err)
+        return fail(ld, err, "scratch buffers for %d tokens: %s", m->max_batch, spec_strerror(err));
+    return SPEC_OK;
+}
+
+int model_load_gguf(const struct gguf *g, struct kern_backend *be, const struct model_config *cfg,
+                    struct model **out)
+{
+    if (cfg && cfg->why && cfg->why_cap)
+        cfg->why[0] = '\0';
+    if (!g || !be || !out)
+        return SPEC_E_INVALID_ARG;
+    struct model *m = calloc(1, sizeof(*m));
+    if (!m)
+        return SPEC_E_NOMEM;
+    m->be = be;
+    struct loader ld = {.g = g, .be = be, .why = cfg ? cfg->why : NULL, .why_cap = cfg ? cfg->why_cap : 0};
+    int err = model_build(&ld, cfg, m);
+    if (err) {
+        model_free(m);
+        return err;
+    }
+    *out = m;
+    return SPEC_OK;
+}
+
+int model_load_cfg(const char *path, struct kern_backend *be, const struct model_config *cfg, struct model **out)
+{
+    if (cfg && cfg->why && cfg->why_cap)
+        cfg->why[0] = '\0';
+    if (!path || !be || !out)
+        return SPEC_E_INVALID_ARG;
+    struct gguf *g;
+    int err = gguf_open(path, &g);
+    if (err) {
+        if (cfg && cfg->why && cfg->why_cap)
+            snprintf(cfg->why, cfg->why_cap, "the file is not a readable GGUF");
+        return err;
+    }
+    struct model *m;
+    err = model_load_gguf(g, be, cfg, &m);
+    if (err) {
+        gguf_close(g);
+        return err;
+    }
+    m->own_gguf = g;
+    *out = m;
+    return SPEC_OK;
+}
+
+int model_load(const char *path, struct kern_backend *be, struct model **out)
+{
+    return model_load_cfg(path, be, NULL, out);
+}
+
+void model_free(struct model *m)
+{
+    if (!m)
+        return;
+    struct kern_backend *be = m->be;
+    if (m->layers) {
+        for (int il = 0; il < m->hp.n_layer; il++) {
+            struct model_layer *L = &m->layers[il];
+            struct kern_tensor *all[] = {&L->attn_norm, &L->wq,       &L->wk,   &L->wv,    &L->bq,  &L->bk,
+                                         &L->bv,        &L->wo,       &L->ffn_norm, &L->w_gate, &L->w_up,
+                                         &L->w_down};
+            for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+                if (all[i]->data)
+                    be->ops->tensor_free(be, all[i]);
+        }
+        free(m->layers);
+    }
+    if (m->output.data && !m->tied_output)
+        be->ops->tensor_free(be, &m->output);
+    if (m->tok_embd.data)
+        be->ops->tensor_free(be, &m->tok_embd);
+    if (m->output_norm.data)
+        be->ops->tensor_free(be, &m->output_norm);
+    scratch_free(m);
+    tok_free(m->tok);
+    gguf_close(m->own_gguf);
+    free(m);
+}
+
+const struct model_hparams *model_hparams(const struct model *m)
+{
+    return &m->hp;
+}
+
+int model_n_vocab(const struct model *m)
+{
+    return m->hp.n_vocab;
+}
+
+int model_n_ctx_train(const struct model *m)
+{
+    return m->hp.n_ctx_train;
+}
+
+const char *model_arch_name(enum model_arch arch)
+{
+    switch (arch) {
+    case MODEL_ARCH_LLAMA:
+        return "llama";
+    case MODEL_ARCH_QWEN2:
+        return "qwen2";
+    }
+    return "unknown";
+}
+
+const struct tok *model_tokenizer(const struct model *m)
+{
+    return m->tok;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Sequences                                                                                      */
+
+int model_seq_new(struct model *m, int n_ctx, struct model_seq **out)
+{
+    if (!m || !out)
+        return SPEC_E_INVALID_ARG;
+    if (n_ctx <= 0)
+        n_ctx = m->hp.n_ctx_train;
+    struct model_seq *s = calloc(1, sizeof(*s));
+    if (!s)
+        return SPEC_E_NOMEM;
+    s->m = m;
+    s->n_ctx = n_ctx;
+    s->k_cache = calloc((size_t)m->hp.n_layer, sizeof(*s->k_cache));
+    s->v_cache = calloc((size_t)m->hp.n_layer, sizeof(*s->v_cache));
+    if (!s->k_cache || !s->v_cache) {
+        model_seq_free(s);
+        return SPEC_E_NOMEM;
+    }
+    const int64_t kv_dim = (int64_t)m->hp.n_head_kv * m->hp.head_dim;
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        int err = m->be->ops->tensor_alloc(m->be, SPEC_F16, kv_dim, n_ctx, &s->k_cache[il]);
+        if (!err)
+            err = m->be->ops->tensor_alloc(m->be, SPEC_F16, kv_dim, n_ctx, &s->v_cache[il]);
+        if (err) {
+            model_seq_free(s);
+            return err;
+        }
+    }
+    *out = s;
+    return SPEC_OK;
+}
+
+void model_seq_free(struct model_seq *s)
+{
+    if (!s)
+        return;
+    struct kern_backend *be = s->m->be;
+    for (int il = 0; il < s->m->hp.n_layer; il++) {
+        if (s->k_cache && s->k_cache[il].data)
+            be->ops->tensor_free(be, &s->k_cache[il]);
+        if (s->v_cache && s->v_cache[il].data)
+            be->ops->tensor_free(be, &s->v_cache[il]);
+    }
+    free(s->k_cache);
+    free(s->v_cache);
+    free(s);
+}
+
+int model_seq_len(const struct model_seq *s)
+{
+    return s->len;
+}
+
+int model_seq_n_ctx(const struct model_seq *s)
+{
+    return s->n_ctx;
+}
+
+int model_seq_truncate(struct model_seq *s, int len)
+{
+    if (!s || len < 0 || len > s->len)
+        return SPEC_E_RANGE;
+    s->len = len;
+    return SPEC_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Forward pass                                                                                   */
+
+enum want_logits { WANT_ALL, WANT_LAST, WANT_NONE };
+
+/* Rows [row0, row0 + n) of t as a tensor of its own. */
+static struct kern_tensor rows(const struct kern_tensor *t, int64_t row0, int64_t n)
+{
+    struct kern_tensor v = *t;
+    v.data = (char *)t->data + (size_t)row0 * t->row_bytes;
+    v.ne1 = n;
+    v.owned = false;
+    return v;
+}
+
+/* n <= max_batch tokens at positions pos0.. of s. */
+static int forward_batch(struct model *m, struct model_seq *s, const int32_t *tokens, int n, int pos0,
+                         enum want_logits want, float *logits)
+{
+    const struct model_hparams *hp = &m->hp;
+    struct kern_backend *be = m->be;
+    const struct kern_backend_ops *op = be->ops;
+    struct kern_tensor x = rows(&m->s.x, 0, n), xb = rows(&m->s.xb, 0, n), q = rows(&m->s.q, 0, n),
+                       att = rows(&m->s.att, 0, n), k = rows(&m->s.k, 0, n), v = rows(&m->s.v, 0, n), gate = rows(&m->s.gate, 0, n),
+                       up = rows(&m->s.up, 0, n);
+    const struct kern_attn_params ap = {.n_head = hp->n_head, .n_head_kv = hp->n_head_kv,
+                                        .head_dim = hp->head_dim, .pos0 = pos0,
+                                        .scale = 1.0f / sqrtf((float)hp->head_dim)};
+    for (int i = 0; i < n; i++)
+        m->s.pos[i] = pos0 + i;
+
+    TRY(op->get_rows(be, &m->tok_embd, tokens, n, &x));
+    for (int il = 0; il < hp->n_layer; il++) {
+        const struct model_layer *L = &m->layers[il];
+
+        /* attention: x += wo . attn(rope(wq . norm(x)), rope(wk . norm(x)), wv . norm(x)) */
+        TRY(op->rms_norm(be, &x, &L->attn_norm, hp->norm_eps, &xb));
+        TRY(op->matmul(be, &L->wq, &xb, &q));
+        TRY(op->matmul(be, &L->wk, &xb, &k));
+        TRY(op->matmul(be, &L->wv, &xb, &v));
+        if (L->bq.data) {
+            TRY(op->add_bias(be, &q, &L->bq));
+            TRY(op->add_bias(be, &k, &L->bk));
+            TRY(op->add_bias(be, &v, &L->bv));
+        }
+        TRY(op->rope(be, &q, hp->n_head, hp->head_dim, m->s.pos, &m->rope));
+        TRY(op->rope(be, &k, hp->n_head_kv, hp->head_dim, m->s.pos, &m->rope));
+        TRY(op->store_rows(be, &k, &s->k_cache[il], pos0));
+        TRY(op->store_rows(be, &v, &s->v_cache[il], pos0));
+        TRY(op->attention(be, &q, &s->k_cache[il], &s->v_cache[il], &ap, &att));
+        TRY(op->matmul(be, &L->wo, &att, &xb));
+        TRY(op->add(be, &x, &xb, &x));
+
+        /* feed-forward: x += w_down . (silu(w_gate . norm(x)) * (w_up . norm(x))) */
+        TRY(op->rms_norm(be, &x, &L->ffn_norm, hp->norm_eps, &xb));
+        TRY(op->matmul(be, &L->w_gate, &xb, &gate));
+        TRY(op->matmul(be, &L->w_up, &xb, &up));
+        TRY(op->swiglu(be, &gate, &up, &gate));
+        TRY(op->matmul(be, &L->w_down, &gate, &xb));
+        TRY(op->add(be, &x, &xb, &x));
+    }
+    if (want == WANT_NONE)
+        return SPEC_OK;
+
+    const int r0 = want == WANT_LAST ? n - 1 : 0;
+    struct kern_tensor xo = rows(&m->s.x, r0, n - r0), lg = rows(&m->s.logits, 0, n - r0);
+    TRY(op->rms_norm(be, &xo, &m->output_norm, hp->norm_eps, &xo));
+    TRY(op->matmul(be, &m->output, &xo, &lg));
+    return op->rows_to_host(be, &lg, 0, n - r0, logits);
+}
+
+static int forward(struct model *m, struct model_seq *s, const int32_t *tokens, int n, enum want_logits want,
+                   float *logits)
+{
+    if (!m || !s || s->m != m || !tokens || n <= 0 || (want != WANT_NONE && !logits))
+        return SPEC_E_INVALID_ARG;
+    if (n > s->n_ctx - s->len)
+        return SPEC_E_CONTEXT_FULL;
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= m->hp.n_vocab)
+            return SPEC_E_INVALID_ARG;
+    for (int done = 0; done < n;) {
+        const int c = n - done < m->max_batch ? n - done : m->max_batch;
+        const bool last = done + c == n;
+        enum want_logits w = want == WANT_ALL ? WANT_ALL : last ? want : WANT_NONE;
+        float *dst = want == WANT_ALL ? logits + (size_t)done * (size_t)m->hp.n_vocab : logits;
+        TRY(forward_batch(m, s, tokens + done, c, s->len + done, w, dst));
+        done += c;
+    }
+    s->len += n;
+    return SPEC_OK;
+}
+
+int model_forward(struct model *m, struct model_seq *s, const int32_t *tokens, int n, float *logits)
+{
+    return forward(m, s, tokens, n, WANT_ALL, logits);
+}
+
+int model_forward_last(struct model *m, struct model_seq *s, const int32_t *tokens, int n, float *logits)
+{
+    return forward(m, s, tokens, n, logits ? WANT_LAST : WANT_NONE, logits);
+}

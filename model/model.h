@@ -1,0 +1,120 @@
+/* The llama/qwen2 decoder-only transformer.
+ *
+ * A model is three things, as in llama2.c: hyper-parameters (struct model_hparams), weights (views
+ * of the GGUF mapping made usable by a backend) and scratch activations. The per-sequence state is
+ * the KV cache (struct model_seq), so one loaded model serves many sequences. A model's scratch is
+ * shared by its sequences: one forward call at a time per model.
+ *
+ * Numerics follow llama.cpp's CPU path op by op (F16 KV cache, ggml's rms_norm, rope and softmax,
+ * activations quantized to the weights' vec_dot type). Where rounding cannot cascade (float or 4-bit
+ * weights, short contexts) logits agree with llama.cpp to ~1e-5; on real quantized models the 8-bit
+ * activation quantization amplifies last-bit differences, and agreement is within llama.cpp's own
+ * batch-versus-decode spread (see tests/model/test_model_llamacpp.c). */
+#ifndef SPECD_MODEL_MODEL_H
+#define SPECD_MODEL_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/backend.h"
+#include "model/gguf.h"
+#include "model/tokenizer.h"
+
+enum model_arch {
+    MODEL_ARCH_LLAMA = 0, /* rope NORM, no attention biases */
+    MODEL_ARCH_QWEN2 = 1, /* rope NEOX, q/k/v biases */
+};
+
+struct model_hparams {
+    enum model_arch arch;
+    int n_vocab;     /* rows of token_embd */
+    int n_ctx_train; /* <arch>.context_length */
+    int n_embd;
+    int n_layer;
+    int n_ff;
+    int n_head;
+    int n_head_kv;
+    int head_dim;    /* n_embd / n_head */
+    int n_rot;       /* <arch>.rope.dimension_count, default head_dim */
+    float norm_eps;  /* <arch>.attention.layer_norm_rms_epsilon */
+    float rope_freq_base;
+    float rope_freq_scale; /* 1 / rope.scaling.factor for linear scaling, else 1 */
+};
+
+/* Tokens processed per internal forward step when the caller does not choose. */
+#define MODEL_DEFAULT_MAX_BATCH 64
+
+struct model_config {
+    int max_batch; /* tokens per internal forward step (scratch buffers are sized for it); longer
+                    * inputs are split transparently. <= 0: MODEL_DEFAULT_MAX_BATCH */
+    char *why;     /* optional: on a failed load, a NUL-terminated reason naming the key or tensor */
+    size_t why_cap;
+};
+
+struct model;
+struct model_seq;
+
+/* Load a llama or qwen2 GGUF. Every hyper-parameter is range-checked (SPEC_E_RANGE) and every
+ * tensor's presence (SPEC_E_NOT_FOUND), type (SPEC_E_UNSUPPORTED) and shape (SPEC_E_SHAPE) checked
+ * against them; an unknown architecture or rope scaling is SPEC_E_UNSUPPORTED. The backend must
+ * outlive the model. The model keeps the file mapped and owns its tokenizer. cfg may be NULL. */
+int model_load(const char *path, struct kern_backend *be, struct model **out);
+int model_load_cfg(const char *path, struct kern_backend *be, const struct model_config *cfg, struct model **out);
+/* Same from an open GGUF, which the caller keeps open until model_free(). */
+int model_load_gguf(const struct gguf *g, struct kern_backend *be, const struct model_config *cfg,
+                    struct model **out);
+void model_free(struct model *m);
+
+const struct model_hparams *model_hparams(const struct model *m);
+int model_n_vocab(const struct model *m);
+int model_n_ctx_train(const struct model *m);
+const char *model_arch_name(enum model_arch arch);
+/* The model's tokenizer (owned by the model). */
+const struct tok *model_tokenizer(const struct model *m);
+
+/* A sequence: a KV cache of n_ctx positions (F16) and a length. n_ctx <= 0 means n_ctx_train. */
+int model_seq_new(struct model *m, int n_ctx, struct model_seq **out);
+void model_seq_free(struct model_seq *s);
+int model_seq_len(const struct model_seq *s);
+int model_seq_n_ctx(const struct model_seq *s);
+/* Forget every position >= len (rolls back rejected draft tokens); SPEC_E_RANGE if len is
+ * negative or beyond the current length. Later forwards overwrite the dropped cache rows. */
+int model_seq_truncate(struct model_seq *s, int len);
+
+/* Append n tokens at the sequence's current length (causal attention over everything before)
+ * and write the logits of EVERY new position to `logits` (n x n_vocab floats, host memory).
+ * SPEC_E_CONTEXT_FULL when len + n > n_ctx, SPEC_E_INVALID_ARG for a token id outside the
+ * vocabulary; on any error the sequence is unchanged. */
+int model_forward(struct model *m, struct model_seq *s, const int32_t *tokens, int n, float *logits);
+/* As model_forward() but only the last position's logits (n_vocab floats) are computed, which
+ * skips the output matmul for the others (prefill). `logits` may be NULL: no logits at all. */
+int model_forward_last(struct model *m, struct model_seq *s, const int32_t *tokens, int n, float *logits);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Synthetic models: valid llama/qwen2 GGUFs with seeded random weights and a synthetic vocabulary,
+ * for tests and benchmarks without downloads. Matrices (token_embd and output included) are
+ * N(0, 1/fan_in)-ish so activations and logits stay of order one; norms and biases are F32. */
+
+struct model_synth_config {
+    enum model_arch arch;
+    enum spec_dtype wtype;   /* type of every matrix: any cpu type whose block size divides its rows */
+    int n_layer, n_embd, n_head, n_head_kv, n_ff;
+    int n_vocab;             /* TOK_SYNTH_BPE_MIN_VOCAB .. TOK_SYNTH_MAX_VOCAB (spm: from _SPM_MIN_) */
+    int n_ctx;               /* <arch>.context_length */
+    int n_rot;               /* rope.dimension_count; 0: head_dim */
+    float rope_freq_base;    /* 0: 10000 */
+    float rope_scale;        /* linear rope.scaling.factor; 0: no scaling keys */
+    bool rope_freqs;         /* add a rope_freqs.weight of n_rot/2 divisors */
+    bool tied_output;        /* no output.weight: the output reuses token_embd */
+    enum tok_kind tok_kind;  /* synthetic vocabulary kind */
+    uint64_t seed;
+};
+
+/* SPEC_E_INVALID_ARG for an inconsistent configuration (a dimension not divisible as required,
+ * a type without a quantiser); writer and I/O errors pass through. */
+int model_synth_write(const struct model_synth_config *cfg, const char *path);
+/* The same GGUF in a malloc'd buffer (caller frees). */
+int model_synth_write_memory(const struct model_synth_config *cfg, void **out, size_t *size);
+
+#endif
