@@ -30,7 +30,7 @@ MODEL_DIR ?= .models
 export SPECD_MODEL_DIR := $(abspath $(MODEL_DIR))
 
 # Library components, lowest layer first (data flows up this list, never down).
-LIB_DIRS := common kernels kernels/cpu model draft verify
+LIB_DIRS := common kernels kernels/cpu model verify draft target engine
 LIB_SRCS := $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.c))
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
 
@@ -100,9 +100,10 @@ test-asan:
 models:
 	./tools/fetch-models.sh $(MODEL_DIR)
 
+# Speculative generation with SmolLM2 (prompt-lookup drafting), then the same request target-only.
 run: all models
-	$(BUILD)/bin/specd-generate -m $(MODEL_DIR)/smollm2-135m-instruct-q4_1.gguf -n 64 \
-	    -p "The three most important properties of a speculative decoder are"
+	$(BUILD)/bin/specd-run --target $(MODEL_DIR)/smollm2-135m-instruct-q4_1.gguf -n 96 --ab \
+	    -p "Write a Python function that checks whether a string is a palindrome, then test it on three words."
 
 PREFIX ?= /usr/local
 install: all

@@ -265,6 +265,13 @@ int verify_process(const struct verify_params *p, const float *logits, int32_t n
     return SPEC_OK;
 }
 
+void verify_penalty_window(const int32_t *ctx, size_t end, size_t len, const int32_t **w, size_t *n)
+{
+    const size_t start = end > len ? end - len : 0;
+    *w = ctx + start;
+    *n = end - start;
+}
+
 int verify_sample(const float *probs, int32_t n_vocab, double u, int32_t *token)
 {
     double total = 0.0;

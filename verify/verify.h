@@ -52,6 +52,9 @@ void verify_scratch_free(struct verify_scratch *s);
 int verify_process(const struct verify_params *p, const float *logits, int32_t n_vocab, const int32_t *recent,
                    size_t n_recent, struct verify_scratch *scratch, float *probs);
 
+/* The penalty window for a row predicting position `end`: the last `len` tokens of ctx[0..end). */
+void verify_penalty_window(const int32_t *ctx, size_t end, size_t len, const int32_t **w, size_t *n);
+
 /* Token whose cumulative probability first exceeds u * total mass; only tokens with p > 0 are
  * returned. SPEC_E_NUMERIC when the row has no positive finite mass. */
 int verify_sample(const float *probs, int32_t n_vocab, double u, int32_t *token);

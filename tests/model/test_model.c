@@ -11,6 +11,7 @@
 #include "kernels/backend.h"
 #include "model/gguf.h"
 #include "model/model.h"
+#include "tests/support/tsupport.h"
 
 static struct kern_backend *be;
 
@@ -42,45 +43,14 @@ static struct model_synth_config qwen2_cfg(enum spec_dtype wtype)
                                        .tied_output = true, .seed = 11};
 }
 
-/* A synthetic model living in memory. */
-struct mem_model {
-    void *buf;
-    size_t size;
-    struct gguf *g;
-    struct model *m;
-};
-
 static int try_load(void *buf, size_t size, int max_batch, struct mem_model *mm, char *why, size_t why_cap)
 {
-    *mm = (struct mem_model){.buf = buf, .size = size};
-    cr_assert_eq(gguf_open_memory(buf, size, &mm->g), 0);
-    struct model_config cfg = {.max_batch = max_batch, .why = why, .why_cap = why_cap};
-    int err = model_load_gguf(mm->g, be, &cfg, &mm->m);
-    if (err) {
-        gguf_close(mm->g);
-        mm->g = NULL;
-    }
-    return err;
+    return tsupport_try_load(buf, size, be, max_batch, mm, why, why_cap);
 }
 
 static struct mem_model load_synth(const struct model_synth_config *c, int max_batch)
 {
-    void *buf;
-    size_t size;
-    int err = model_synth_write_memory(c, &buf, &size);
-    cr_assert_eq(err, 0, "synth: %s", spec_errname(err));
-    struct mem_model mm;
-    char why[200];
-    err = try_load(buf, size, max_batch, &mm, why, sizeof why);
-    cr_assert_eq(err, 0, "load: %s: %s", spec_errname(err), why);
-    return mm;
-}
-
-static void mem_model_free(struct mem_model *mm)
-{
-    model_free(mm->m);
-    gguf_close(mm->g);
-    free(mm->buf);
+    return tsupport_load_synth(c, be, max_batch);
 }
 
 static struct model_seq *new_seq(struct model *m, int n_ctx)
@@ -118,7 +88,7 @@ Test(model, reads_hyperparameters_and_rope_settings)
     cr_assert_eq(hp->rope_freq_scale, 0.25f);
     cr_assert_eq(tok_n_vocab(model_tokenizer(mm.m)), 300);
     cr_assert_str_eq(model_arch_name(MODEL_ARCH_QWEN2), "qwen2");
-    mem_model_free(&mm);
+    tsupport_mem_model_free(&mm);
 }
 
 /* Every op computes a row the same way whatever the batch, so batching is bit-exact. */
@@ -156,8 +126,8 @@ static void check_batch_equals_sequential(const struct model_synth_config *c)
     free(batch);
     free(seq);
     free(chunked);
-    mem_model_free(&mm);
-    mem_model_free(&small);
+    tsupport_mem_model_free(&mm);
+    tsupport_mem_model_free(&small);
 }
 
 Test(model, batch_forward_equals_token_by_token_llama_q8_0_gqa)
@@ -214,7 +184,7 @@ Test(model, forward_last_gives_the_last_row_of_forward)
     model_seq_free(b);
     free(all);
     free(last);
-    mem_model_free(&mm);
+    tsupport_mem_model_free(&mm);
 }
 
 /* Speculative decoding's rollback: rejected draft tokens are forgotten and overwritten. */
@@ -241,7 +211,7 @@ Test(model, truncate_then_reforward_reproduces_the_logits)
     free(want);
     free(got);
     free(junk);
-    mem_model_free(&mm);
+    tsupport_mem_model_free(&mm);
 }
 
 Test(model, context_overflow_is_refused_and_leaves_the_sequence_usable)
@@ -263,7 +233,7 @@ Test(model, context_overflow_is_refused_and_leaves_the_sequence_usable)
     model_seq_free(s);
     free(want);
     free(got);
-    mem_model_free(&mm);
+    tsupport_mem_model_free(&mm);
 }
 
 Test(model, forward_rejects_bad_tokens_and_foreign_sequences)
@@ -280,8 +250,8 @@ Test(model, forward_rejects_bad_tokens_and_foreign_sequences)
     cr_assert_eq(model_seq_len(s), 0);
     model_seq_free(s);
     free(lg);
-    mem_model_free(&a);
-    mem_model_free(&b);
+    tsupport_mem_model_free(&a);
+    tsupport_mem_model_free(&b);
 }
 
 Test(model, loads_from_a_file_like_from_memory)
@@ -305,7 +275,7 @@ Test(model, loads_from_a_file_like_from_memory)
     model_seq_free(s1);
     model_seq_free(s2);
     model_free(m);
-    mem_model_free(&mm);
+    tsupport_mem_model_free(&mm);
     free(x);
     free(y);
     cr_assert_eq(model_load("/nonexistent/model.gguf", be, &m), SPEC_E_IO);
@@ -399,7 +369,7 @@ static int load_edited(const struct model_synth_config *c, const struct edit *e,
     struct mem_model mm;
     int err = try_load(buf, size, 0, &mm, why, why_cap);
     if (!err)
-        mem_model_free(&mm);
+        tsupport_mem_model_free(&mm);
     else
         free(buf);
     return err;
@@ -662,7 +632,7 @@ static double reference_error(const struct model_synth_config *c)
     model_seq_free(s);
     free(got);
     free(want);
-    mem_model_free(&mm);
+    tsupport_mem_model_free(&mm);
     cr_log_info("%s %s: max |logit error| %.3g of max |logit| %.3g", model_arch_name(c->arch),
                 kern_dtype_info(c->wtype)->name, max_err, max_ref);
     return max_err / max_ref;

@@ -1,0 +1,310 @@
+/* The speculative loop on synthetic models: greedy identity with target-only decoding, rollback,
+ * limits, and the sampled output distribution. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "engine/engine.h"
+#include "tests/support/tsupport.h"
+
+static struct kern_backend *be;
+
+static void setup(void)
+{
+    cr_assert_eq(kern_backend_create("cpu", &(struct kern_backend_config){.n_threads = 1}, &be), 0);
+}
+
+static void teardown(void)
+{
+    kern_backend_destroy(be);
+}
+
+TestSuite(engine, .init = setup, .fini = teardown);
+
+/* Same seed, so the same synthetic vocabulary; different shapes, so different weights. */
+static struct model_synth_config target_cfg(enum model_arch arch)
+{
+    return (struct model_synth_config){.arch = arch, .wtype = SPEC_Q8_0, .n_layer = 3, .n_embd = 64, .n_head = 4,
+                                       .n_head_kv = 2, .n_ff = 128, .n_vocab = 300, .n_ctx = 256, .seed = 5};
+}
+
+static struct model_synth_config draft_cfg(enum model_arch arch)
+{
+    return (struct model_synth_config){.arch = arch, .wtype = SPEC_Q4_0, .n_layer = 1, .n_embd = 32, .n_head = 2,
+                                       .n_head_kv = 1, .n_ff = 64, .n_vocab = 300, .n_ctx = 256, .seed = 5};
+}
+
+static struct engine *new_engine(struct model *target, struct model *draft, int draft_max, bool adaptive)
+{
+    struct engine *e = NULL;
+    const struct engine_config cfg = {.target = target, .draft = draft, .n_ctx = 256, .draft_max = draft_max,
+                                      .draft_min = 1, .adaptive = adaptive, .penalty_window = 64};
+    cr_assert_eq(engine_new(&cfg, &e), SPEC_OK);
+    return e;
+}
+
+static int generate(struct engine *e, const int32_t *prompt, int n_prompt, int n_gen, bool spec,
+                    struct verify_params sp, uint64_t seq, int32_t *out, struct engine_stats *st)
+{
+    const struct engine_request req = {.prompt = prompt, .n_prompt = n_prompt, .max_tokens = n_gen, .sampling = sp,
+                                       .speculative = spec, .seq_id = seq};
+    int n_out = 0;
+    enum engine_finish fin;
+    cr_assert_eq(engine_generate(e, &req, NULL, NULL, out, n_gen, &n_out, &fin, st), SPEC_OK);
+    return n_out;
+}
+
+static const int32_t prompts[4][8] = {
+    {1, 77, 260, 5, 299, 42, 42, 180},
+    {3, 3, 3, 3, 3, 3, 3, 3},
+    {250, 17, 250, 17, 250, 17, 250, 17},
+    {9, 100, 200, 11, 12, 13, 14, 15},
+};
+
+static void check_greedy_identity(struct model *target, struct model *draft)
+{
+    const struct verify_params greedy = verify_params_default();
+    const int draft_maxes[] = {1, 2, 4, 8};
+    for (int pi = 0; pi < 4; pi++) {
+        struct engine *base = new_engine(target, NULL, 1, false);
+        int32_t want[48], got[48];
+        const int n_want = generate(base, prompts[pi], 8, 48, false, greedy, 0, want, NULL);
+        engine_free(base);
+        for (int di = 0; di < 4; di++) {
+            for (int adaptive = 0; adaptive < 2; adaptive++) {
+                struct engine *e = new_engine(target, draft, draft_maxes[di], adaptive);
+                struct engine_stats st;
+                const int n = generate(e, prompts[pi], 8, 48, true, greedy, 0, got, &st);
+                cr_assert_eq(n, n_want, "prompt %d draft_max %d: length %d vs %d", pi, draft_maxes[di], n, n_want);
+                for (int i = 0; i < n; i++)
+                    cr_assert_eq(got[i], want[i], "prompt %d draft_max %d adaptive %d: token %d differs (%d vs %d)",
+                                 pi, draft_maxes[di], adaptive, i, got[i], want[i]);
+                cr_assert_eq(st.n_generated, n);
+                engine_free(e);
+            }
+        }
+    }
+}
+
+Test(engine, greedy_speculative_output_equals_target_only_llama)
+{
+    struct model_synth_config tc = target_cfg(MODEL_ARCH_LLAMA), dc = draft_cfg(MODEL_ARCH_LLAMA);
+    struct mem_model t = tsupport_load_synth(&tc, be, 0), d = tsupport_load_synth(&dc, be, 0);
+    check_greedy_identity(t.m, d.m);
+    tsupport_mem_model_free(&d);
+    tsupport_mem_model_free(&t);
+}
+
+Test(engine, greedy_speculative_output_equals_target_only_qwen2)
+{
+    struct model_synth_config tc = target_cfg(MODEL_ARCH_QWEN2), dc = draft_cfg(MODEL_ARCH_QWEN2);
+    struct mem_model t = tsupport_load_synth(&tc, be, 0), d = tsupport_load_synth(&dc, be, 0);
+    check_greedy_identity(t.m, d.m);
+    tsupport_mem_model_free(&d);
+    tsupport_mem_model_free(&t);
+}
+
+Test(engine, greedy_prompt_lookup_output_equals_target_only)
+{
+    struct model_synth_config tc = target_cfg(MODEL_ARCH_LLAMA);
+    struct mem_model t = tsupport_load_synth(&tc, be, 0);
+    check_greedy_identity(t.m, NULL);
+    tsupport_mem_model_free(&t);
+}
+
+/* With the target as its own draft, p == q at every position: every draft is accepted and each pass
+ * adds the bonus token, so a pass yields draft_max + 1 tokens. */
+static void check_self_draft(struct verify_params sp)
+{
+    struct model_synth_config tc = target_cfg(MODEL_ARCH_LLAMA);
+    struct mem_model t = tsupport_load_synth(&tc, be, 0);
+    struct engine *e = new_engine(t.m, t.m, 4, false);
+    int longest = 0;
+    for (int pi = 0; pi < 4; pi++) {
+        int32_t out[40];
+        struct engine_stats st;
+        const int n = generate(e, prompts[pi], 8, 40, true, sp, (uint64_t)pi, out, &st);
+        cr_assert_eq(st.n_accepted, st.n_drafted, "prompt %d", pi);
+        /* the last pass may be cut short by max_tokens or an end-of-generation token */
+        cr_assert_eq(st.n_target_passes, (n + 4) / 5, "prompt %d: %d passes for %d tokens", pi,
+                     st.n_target_passes, n);
+        longest = n > longest ? n : longest;
+    }
+    cr_assert_eq(longest, 40, "some prompt must run to max_tokens for the test to mean something");
+    engine_free(e);
+    tsupport_mem_model_free(&t);
+}
+
+Test(engine, greedy_self_draft_accepts_every_draft_and_adds_the_bonus)
+{
+    check_self_draft(verify_params_default());
+}
+
+Test(engine, sampled_self_draft_accepts_every_draft_and_adds_the_bonus)
+{
+    struct verify_params sp = verify_params_default();
+    sp.temperature = 1.0f;
+    sp.top_p = 0.95f;
+    sp.seed = 77;
+    check_self_draft(sp);
+}
+
+Test(engine, prompt_filling_the_context_is_a_named_error)
+{
+    struct model_synth_config tc = target_cfg(MODEL_ARCH_LLAMA);
+    struct mem_model t = tsupport_load_synth(&tc, be, 0);
+    struct engine *e = new_engine(t.m, NULL, 4, true);
+    int32_t *prompt = calloc(256, sizeof *prompt), out[4];
+    const struct engine_request req = {.prompt = prompt, .n_prompt = 256, .max_tokens = 4,
+                                       .sampling = verify_params_default(), .speculative = true};
+    int n;
+    enum engine_finish fin;
+    cr_assert_eq(engine_generate(e, &req, NULL, NULL, out, 4, &n, &fin, NULL), SPEC_E_CONTEXT_FULL);
+    free(prompt);
+    engine_free(e);
+    tsupport_mem_model_free(&t);
+}
+
+Test(engine, generation_stops_with_length_at_the_context_limit)
+{
+    struct model_synth_config tc = target_cfg(MODEL_ARCH_LLAMA), dc = draft_cfg(MODEL_ARCH_LLAMA);
+    struct mem_model t = tsupport_load_synth(&tc, be, 0), d = tsupport_load_synth(&dc, be, 0);
+    struct engine *e = new_engine(t.m, d.m, 8, false);
+    int32_t prompt[250] = {0}, out[64];
+    for (int i = 0; i < 250; i++)
+        prompt[i] = (i * 37) % 300;
+    const struct engine_request req = {.prompt = prompt, .n_prompt = 250, .max_tokens = 64,
+                                       .sampling = verify_params_default(), .speculative = true};
+    int n;
+    enum engine_finish fin;
+    cr_assert_eq(engine_generate(e, &req, NULL, NULL, out, 64, &n, &fin, NULL), SPEC_OK);
+    cr_assert_eq(fin, ENGINE_FINISH_LENGTH);
+    cr_assert_eq(n, 6, "250 prompt tokens leave room for 6 in a 256 context, got %d", n);
+    engine_free(e);
+    tsupport_mem_model_free(&d);
+    tsupport_mem_model_free(&t);
+}
+
+static int cancel_after_first(void *user, const int32_t *tokens, int n)
+{
+    (void)tokens;
+    *(int *)user += n;
+    return 1;
+}
+
+Test(engine, token_callback_can_cancel)
+{
+    struct model_synth_config tc = target_cfg(MODEL_ARCH_LLAMA);
+    struct mem_model t = tsupport_load_synth(&tc, be, 0);
+    struct engine *e = new_engine(t.m, NULL, 4, true);
+    int32_t out[32];
+    int seen = 0, n;
+    enum engine_finish fin;
+    const struct engine_request req = {.prompt = prompts[1], .n_prompt = 8, .max_tokens = 32,
+                                       .sampling = verify_params_default(), .speculative = true};
+    cr_assert_eq(engine_generate(e, &req, cancel_after_first, &seen, out, 32, &n, &fin, NULL), SPEC_OK);
+    cr_assert_eq(fin, ENGINE_FINISH_CANCELLED);
+    cr_assert_eq(n, seen);
+    cr_assert_lt(n, 32);
+    engine_free(e);
+    tsupport_mem_model_free(&t);
+}
+
+/* 0.1% critical value of chi-square with df degrees of freedom (Wilson-Hilferty). */
+static double chi2_critical(int df)
+{
+    const double z = 3.090, h = 2.0 / (9.0 * df);
+    return df * pow(1.0 - h + z * sqrt(h), 3.0);
+}
+
+/* Two-sample chi-square over cells; cells with fewer than 10 observations in total are pooled. */
+static void check_same_distribution(const int *a, const int *b, int n_cells, const char *what)
+{
+    double chi = 0.0;
+    int df = -1, pool_a = 0, pool_b = 0;
+    for (int i = 0; i < n_cells; i++) {
+        if (a[i] + b[i] < 10) {
+            pool_a += a[i];
+            pool_b += b[i];
+            continue;
+        }
+        chi += (double)(a[i] - b[i]) * (a[i] - b[i]) / (a[i] + b[i]);
+        df++;
+    }
+    if (pool_a + pool_b > 0) {
+        chi += (double)(pool_a - pool_b) * (pool_a - pool_b) / (pool_a + pool_b);
+        df++;
+    }
+    cr_assert_gt(df, 0, "%s: degenerate distribution", what);
+    cr_assert_lt(chi, chi2_critical(df), "%s: chi-square %.1f over %d df", what, chi, df);
+}
+
+enum { SMALL_VOCAB = 64, N_SAMPLES = 20000, N_POS = 3 };
+
+/* Counts of each of the first three tokens over N_SAMPLES independent requests. */
+static void sample_counts(struct engine *e, struct verify_params sp, bool spec, int (*counts)[SMALL_VOCAB])
+{
+    static const int32_t prompt[4] = {1, 20, 30, 40};
+    for (uint64_t s = 0; s < N_SAMPLES; s++) {
+        int32_t out[N_POS];
+        const int n = generate(e, prompt, 4, N_POS, spec, sp, s, out, NULL);
+        for (int i = 0; i < n; i++)
+            counts[i][out[i]]++;
+    }
+}
+
+/* Speculative sampling against direct target sampling, for the first three tokens' marginals. */
+static void check_distribution(struct verify_params sp)
+{
+    struct model_synth_config tc = {.arch = MODEL_ARCH_LLAMA, .wtype = SPEC_F32, .n_layer = 1, .n_embd = 32,
+                                    .n_head = 2, .n_head_kv = 1, .n_ff = 64, .n_vocab = SMALL_VOCAB, .n_ctx = 32,
+                                    .tok_kind = TOK_KIND_SPM, .seed = 3};
+    struct model_synth_config dc = tc;
+    dc.n_embd = 16;
+    dc.n_head = 1;
+    struct mem_model t = tsupport_load_synth(&tc, be, 0), d = tsupport_load_synth(&dc, be, 0);
+    struct engine *e = new_engine(t.m, d.m, 3, false);
+    static int spec[N_POS][SMALL_VOCAB], direct[N_POS][SMALL_VOCAB];
+    memset(spec, 0, sizeof spec);
+    memset(direct, 0, sizeof direct);
+    sample_counts(e, sp, true, spec);
+    sp.seed += 1000003; /* an independent stream for the baseline */
+    sample_counts(e, sp, false, direct);
+    for (int i = 0; i < N_POS; i++) {
+        char what[96];
+        snprintf(what, sizeof what, "T=%.1f top_k=%d top_p=%.2f min_p=%.2f token %d", sp.temperature, sp.top_k,
+                 sp.top_p, sp.min_p, i);
+        check_same_distribution(spec[i], direct[i], SMALL_VOCAB, what);
+    }
+    engine_free(e);
+    tsupport_mem_model_free(&d);
+    tsupport_mem_model_free(&t);
+}
+
+Test(engine, sampled_speculative_matches_target_distribution_plain, .timeout = 300)
+{
+    const float temps[] = {0.5f, 1.0f, 1.5f};
+    for (int i = 0; i < 3; i++) {
+        struct verify_params sp = verify_params_default();
+        sp.temperature = temps[i];
+        sp.seed = 11;
+        check_distribution(sp);
+    }
+}
+
+Test(engine, sampled_speculative_matches_target_distribution_filtered, .timeout = 300)
+{
+    const float temps[] = {0.5f, 1.0f, 1.5f};
+    for (int i = 0; i < 3; i++) {
+        struct verify_params sp = verify_params_default();
+        sp.temperature = temps[i];
+        sp.seed = 12;
+        sp.top_k = 20;
+        sp.top_p = 0.9f;
+        sp.min_p = 0.01f;
+        check_distribution(sp);
+    }
+}

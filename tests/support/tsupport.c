@@ -1,0 +1,40 @@
+#include <criterion/criterion.h>
+#include <stdlib.h>
+
+#include "common/err.h"
+#include "tests/support/tsupport.h"
+
+int tsupport_try_load(void *buf, size_t size, struct kern_backend *be, int max_batch, struct mem_model *mm, char *why,
+                      size_t why_cap)
+{
+    *mm = (struct mem_model){.buf = buf, .size = size};
+    cr_assert_eq(gguf_open_memory(buf, size, &mm->g), 0);
+    struct model_config cfg = {.max_batch = max_batch, .why = why, .why_cap = why_cap};
+    int err = model_load_gguf(mm->g, be, &cfg, &mm->m);
+    if (err) {
+        gguf_close(mm->g);
+        mm->g = NULL;
+    }
+    return err;
+}
+
+struct mem_model tsupport_load_synth(const struct model_synth_config *c, struct kern_backend *be, int max_batch)
+{
+    void *buf;
+    size_t size;
+    int err = model_synth_write_memory(c, &buf, &size);
+    cr_assert_eq(err, 0, "synth: %s", spec_errname(err));
+    struct mem_model mm;
+    char why[200];
+    err = tsupport_try_load(buf, size, be, max_batch, &mm, why, sizeof why);
+    cr_assert_eq(err, 0, "load: %s: %s", spec_errname(err), why);
+    return mm;
+}
+
+void tsupport_mem_model_free(struct mem_model *mm)
+{
+    model_free(mm->m);
+    gguf_close(mm->g);
+    free(mm->buf);
+    *mm = (struct mem_model){0};
+}

@@ -1,0 +1,25 @@
+/* Helpers shared by the test suites (linked into every test binary). */
+#ifndef SPECD_TESTS_SUPPORT_TSUPPORT_H
+#define SPECD_TESTS_SUPPORT_TSUPPORT_H
+
+#include <stddef.h>
+
+#include "model/model.h"
+
+/* A synthetic model living in memory. */
+struct mem_model {
+    void *buf;
+    size_t size;
+    struct gguf *g;
+    struct model *m;
+};
+
+/* Parse and load a GGUF buffer (ownership of buf passes to mm); on failure mm holds no model and
+ * the error and reason are returned. */
+int tsupport_try_load(void *buf, size_t size, struct kern_backend *be, int max_batch, struct mem_model *mm, char *why,
+                      size_t why_cap);
+/* Write and load a synthetic model; asserts success. */
+struct mem_model tsupport_load_synth(const struct model_synth_config *c, struct kern_backend *be, int max_batch);
+void tsupport_mem_model_free(struct mem_model *mm);
+
+#endif

@@ -1,0 +1,265 @@
+/* specd-run: one-shot speculative generation from the command line, with the statistics a user
+ * needs to judge it, and the same request without speculation for an A/B comparison. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "engine/engine.h"
+#include "model/model.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: specd-run --target T.gguf [--draft D.gguf] -p PROMPT [options]\n"
+            "  -n N                tokens to generate (default 128)\n"
+            "  --temp T            temperature, 0 = greedy (default 0)\n"
+            "  --top-k K --top-p P --min-p P\n"
+            "  --repeat-penalty R --frequency-penalty F --presence-penalty P\n"
+            "  --seed S            sampling seed (default 0)\n"
+            "  --draft-max N       largest draft run (default 8)\n"
+            "  --draft-min N       smallest adaptive draft run (default 1)\n"
+            "  --fixed-draft       always draft --draft-max tokens (no adaptive choice)\n"
+            "  --draft-min-prob P  end a draft run when the draft's probability drops below P (default 0)\n"
+            "  --no-spec           target-only decoding\n"
+            "  --ab                run speculative and target-only, and compare\n"
+            "  --ctx N --threads N --ids\n"
+            "Without --draft, drafts come from prompt lookup (n-grams of the context).\n");
+}
+
+struct args {
+    const char *target, *draft, *prompt;
+    int n_gen, n_ctx, n_threads, draft_max, draft_min;
+    float draft_min_prob;
+    bool no_spec, ab, fixed, ids;
+    struct verify_params sp;
+};
+
+static int parse_args(int argc, char **argv, struct args *a)
+{
+    *a = (struct args){.n_gen = 128, .draft_max = 8, .draft_min = 1, .sp = verify_params_default()};
+    for (int i = 1; i < argc; i++) {
+        const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(o, "-h") || !strcmp(o, "--help")) {
+            usage(stdout);
+            exit(0);
+        }
+        bool *flag = !strcmp(o, "--no-spec") ? &a->no_spec
+                     : !strcmp(o, "--ab")        ? &a->ab
+                     : !strcmp(o, "--fixed-draft") ? &a->fixed
+                     : !strcmp(o, "--ids")       ? &a->ids
+                                                 : NULL;
+        if (flag) {
+            *flag = true;
+            continue;
+        }
+        if (!v)
+            return -1;
+        char *end = NULL;
+        if (!strcmp(o, "--target") || !strcmp(o, "-m"))
+            a->target = v;
+        else if (!strcmp(o, "--draft"))
+            a->draft = v;
+        else if (!strcmp(o, "-p"))
+            a->prompt = v;
+        else if (!strcmp(o, "-n"))
+            a->n_gen = (int)strtol(v, &end, 10);
+        else if (!strcmp(o, "--ctx"))
+            a->n_ctx = (int)strtol(v, &end, 10);
+        else if (!strcmp(o, "--threads") || !strcmp(o, "-t"))
+            a->n_threads = (int)strtol(v, &end, 10);
+        else if (!strcmp(o, "--draft-max"))
+            a->draft_max = (int)strtol(v, &end, 10);
+        else if (!strcmp(o, "--draft-min"))
+            a->draft_min = (int)strtol(v, &end, 10);
+        else if (!strcmp(o, "--draft-min-prob"))
+            a->draft_min_prob = strtof(v, &end);
+        else if (!strcmp(o, "--temp"))
+            a->sp.temperature = strtof(v, &end);
+        else if (!strcmp(o, "--top-k"))
+            a->sp.top_k = (int32_t)strtol(v, &end, 10);
+        else if (!strcmp(o, "--top-p"))
+            a->sp.top_p = strtof(v, &end);
+        else if (!strcmp(o, "--min-p"))
+            a->sp.min_p = strtof(v, &end);
+        else if (!strcmp(o, "--repeat-penalty"))
+            a->sp.repeat_penalty = strtof(v, &end);
+        else if (!strcmp(o, "--frequency-penalty"))
+            a->sp.frequency_penalty = strtof(v, &end);
+        else if (!strcmp(o, "--presence-penalty"))
+            a->sp.presence_penalty = strtof(v, &end);
+        else if (!strcmp(o, "--seed"))
+            a->sp.seed = strtoull(v, &end, 10);
+        else
+            return -1;
+        if (end && (*end != '\0' || end == v))
+            return -1;
+        i++;
+    }
+    return a->target && a->prompt && a->n_gen >= 0 && a->n_gen <= 1 << 20 ? 0 : -1;
+}
+
+static int fail(const char *what, int err, const char *why)
+{
+    fprintf(stderr, "specd-run: %s: %s (%s)%s%s\n", what, spec_strerror(err), spec_errname(err),
+            why && why[0] ? ": " : "", why ? why : "");
+    return 1;
+}
+
+struct printer {
+    const struct args *a;
+    const struct tok *tok;
+    struct tok_stream ts;
+    char *buf;
+    size_t cap;
+};
+
+/* Streams each accepted batch as text (never half a UTF-8 character) or ids. */
+static int print_tokens(void *user, const int32_t *tokens, int n)
+{
+    struct printer *p = user;
+    for (int i = 0; i < n; i++) {
+        if (p->a->ids) {
+            printf(" %d", tokens[i]);
+            continue;
+        }
+        size_t len;
+        if (tok_stream_push(&p->ts, tokens[i], p->buf, p->cap, &len) == SPEC_OK)
+            fwrite(p->buf, 1, len, stdout);
+    }
+    fflush(stdout);
+    return 0;
+}
+
+static void print_stats(const char *label, const struct engine_stats *s, enum engine_finish fin)
+{
+    const double t_decode = s->t_draft + s->t_target;
+    fprintf(stderr, "[%s] finish=%s prompt=%d tokens (%.3f s), generated=%d in %.3f s: %.2f tok/s\n", label,
+            engine_finish_name(fin), s->n_prompt, s->t_prefill, s->n_generated, t_decode,
+            t_decode > 0 ? s->n_generated / t_decode : 0.0);
+    if (s->n_drafted == 0)
+        return;
+    fprintf(stderr,
+            "[%s] drafted=%d accepted=%d acceptance=%.3f target passes=%d\n"
+            "[%s] tokens per target pass: %.3f with the bonus/corrected token, %.3f accepted drafts only\n"
+            "[%s] time split: draft %.3f s (%.0f%%), target+verify %.3f s (%.0f%%)\n",
+            label, s->n_drafted, s->n_accepted, (double)s->n_accepted / s->n_drafted, s->n_target_passes, label,
+            (double)s->n_generated / s->n_target_passes, (double)s->n_accepted / s->n_target_passes, label,
+            s->t_draft, 100.0 * s->t_draft / t_decode, s->t_target, 100.0 * s->t_target / t_decode);
+}
+
+static int run_once(struct engine *e, struct printer *p, const int32_t *prompt, int n_prompt, bool spec,
+                    int32_t *out, struct engine_stats *st, int *n_out)
+{
+    const struct engine_request req = {.prompt = prompt, .n_prompt = n_prompt, .max_tokens = p->a->n_gen,
+                                       .sampling = p->a->sp, .speculative = spec, .seq_id = 0};
+    enum engine_finish fin;
+    tok_stream_init(&p->ts, p->tok, false);
+    if (!p->a->ids)
+        fputs(p->a->prompt, stdout);
+    int err = engine_generate(e, &req, print_tokens, p, out, p->a->n_gen, n_out, &fin, st);
+    if (err)
+        return err;
+    size_t len;
+    if (!p->a->ids && tok_stream_flush(&p->ts, p->buf, p->cap, &len) == SPEC_OK)
+        fwrite(p->buf, 1, len, stdout);
+    printf("\n");
+    fflush(stdout);
+    print_stats(spec ? "speculative" : "target-only", st, fin);
+    return SPEC_OK;
+}
+
+int main(int argc, char **argv)
+{
+    struct args a;
+    if (parse_args(argc, argv, &a)) {
+        usage(stderr);
+        return 2;
+    }
+    int err = verify_params_check(&a.sp);
+    if (err)
+        return fail("sampling options", err, NULL);
+    struct kern_backend *be = NULL;
+    struct model *target = NULL, *draft = NULL;
+    struct engine *e = NULL;
+    int32_t *prompt = NULL, *out = NULL, *out_ab = NULL;
+    struct printer p = {.a = &a};
+    char why[256] = "";
+    int rc = 1;
+
+    if ((err = kern_backend_create("cpu", &(struct kern_backend_config){.n_threads = a.n_threads}, &be))) {
+        fail("backend", err, NULL);
+        goto out;
+    }
+    if ((err = model_load_cfg(a.target, be, &(struct model_config){.why = why, .why_cap = sizeof why}, &target))) {
+        fail(a.target, err, why);
+        goto out;
+    }
+    if (a.draft &&
+        (err = model_load_cfg(a.draft, be, &(struct model_config){.why = why, .why_cap = sizeof why}, &draft))) {
+        fail(a.draft, err, why);
+        goto out;
+    }
+    const struct tok *tok = model_tokenizer(target);
+    p.tok = tok;
+    const size_t plen = strlen(a.prompt);
+    size_t n_prompt = 0;
+    prompt = malloc((plen + 2) * sizeof *prompt);
+    out = malloc(((size_t)a.n_gen + 1) * sizeof *out);
+    out_ab = malloc(((size_t)a.n_gen + 1) * sizeof *out_ab);
+    p.cap = tok_stream_max_out(tok);
+    p.buf = malloc(p.cap);
+    if (!prompt || !out || !out_ab || !p.buf) {
+        fail("setup", SPEC_E_NOMEM, NULL);
+        goto out;
+    }
+    err = tok_encode(tok, a.prompt, plen, true, true, prompt, plen + 2, &n_prompt);
+    if (err == SPEC_E_RANGE) { /* invalid UTF-8 became U+FFFD, which may take more tokens than bytes */
+        int32_t *more = realloc(prompt, n_prompt * sizeof *prompt);
+        if (!more) {
+            fail("setup", SPEC_E_NOMEM, NULL);
+            goto out;
+        }
+        prompt = more;
+        err = tok_encode(tok, a.prompt, plen, true, true, prompt, n_prompt, &n_prompt);
+    }
+    if (err || n_prompt == 0) {
+        fail("tokenize", err ? err : SPEC_E_INVALID_ARG, n_prompt == 0 ? "empty prompt" : NULL);
+        goto out;
+    }
+    const struct engine_config cfg = {.target = target, .draft = draft, .n_ctx = a.n_ctx, .draft_max = a.draft_max,
+                                      .draft_min = a.draft_min, .adaptive = !a.fixed,
+                                      .draft_min_prob = a.draft_min_prob, .penalty_window = 64};
+    if ((err = engine_new(&cfg, &e))) {
+        fail("engine", err, NULL);
+        goto out;
+    }
+    struct engine_stats st, st_ab;
+    int n_out, n_ab;
+    if ((err = run_once(e, &p, prompt, (int)n_prompt, !a.no_spec, out, &st, &n_out))) {
+        fail("generate", err, NULL);
+        goto out;
+    }
+    if (a.ab && !a.no_spec) {
+        if ((err = run_once(e, &p, prompt, (int)n_prompt, false, out_ab, &st_ab, &n_ab))) {
+            fail("generate", err, NULL);
+            goto out;
+        }
+        const double spec_rate = st.n_generated / (st.t_draft + st.t_target);
+        const double base_rate = st_ab.n_generated / (st_ab.t_draft + st_ab.t_target);
+        const bool same = n_out == n_ab && memcmp(out, out_ab, (size_t)n_out * sizeof *out) == 0;
+        fprintf(stderr, "[A/B] speedup %.2fx (%.2f vs %.2f tok/s); outputs %s\n", spec_rate / base_rate, spec_rate,
+                base_rate, same ? "identical" : "differ");
+    }
+    rc = 0;
+out:
+    engine_free(e);
+    free(p.buf);
+    free(prompt);
+    free(out);
+    free(out_ab);
+    model_free(draft);
+    model_free(target);
+    kern_backend_destroy(be);
+    return rc;
+}
