@@ -6,8 +6,7 @@ total_pass=0
 total_fail=0
 for t in "$@"; do
     echo "== $t"
-    # --no-early-exit lets each test process exit normally, so LeakSanitizer reports leaks under SAN=1.
-    out=$("$t" --no-early-exit --jobs "${SPECD_TEST_JOBS:-2}" 2>&1)
+    out=$("$t" --jobs "${SPECD_TEST_JOBS:-2}" 2>&1)
     rc=$?
     printf '%s\n' "$out" | grep -vE '^\[----\]|^$' | tail -n 40
     line=$(printf '%s\n' "$out" | grep -E 'Synthesis: Tested' | tail -n1)
