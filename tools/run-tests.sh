@@ -16,6 +16,13 @@ for t in "$@"; do
     total_pass=$((total_pass + ${p:-0}))
     total_fail=$((total_fail + ${f:-0} + ${c:-0}))
     if [ "$rc" -ne 0 ]; then failed=1; [ -z "$line" ] && total_fail=$((total_fail + 1)); fi
+    # Sanitizer reports from forked test workers do not change the exit code: count them as failures.
+    if printf '%s\n' "$out" | grep -qE 'ERROR: (Address|Leak)Sanitizer|runtime error:'; then
+        printf '%s\n' "$out" | grep -E -A12 'ERROR: (Address|Leak)Sanitizer|runtime error:' | head -n 60
+        echo "!!! sanitizer report in $t"
+        failed=1
+        total_fail=$((total_fail + 1))
+    fi
 done
 echo "$total_pass passed, $total_fail failed"
 exit $failed
