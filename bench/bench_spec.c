@@ -1,0 +1,281 @@
+/* bench_spec: the A/B speed benchmark. For each prompt of a Spec-Bench style JSONL file it runs
+ * target-only greedy decoding and speculative decoding (fixed γ values and adaptive) on the same
+ * machine in the same process, checks that the greedy outputs are identical, and prints per-category
+ * acceptance, tokens per target pass and speedup as a markdown table.
+ *
+ *   bench_spec --target T.gguf [--draft D.gguf] --prompts FILE [--per-category N] [-n TOKENS]
+ *              [--gammas 2,4,8,0] [--threads N]
+ * γ = 0 in --gammas means adaptive (draft_min 1, draft_max 8). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "engine/engine.h"
+#include "model/model.h"
+
+#define MAX_CATS 32
+#define MAX_GAMMAS 8
+
+/* Decodes the JSON string value of "key" in one JSONL line into a malloc'd UTF-8 string. */
+static char *json_string_field(const char *line, const char *key)
+{
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"%s\"", key);
+    const char *p = strstr(line, pat);
+    if (!p)
+        return NULL;
+    p += strlen(pat);
+    while (*p == ' ' || *p == ':')
+        p++;
+    if (*p++ != '"')
+        return NULL;
+    char *out = malloc(strlen(p) + 1), *o = out;
+    if (!out)
+        return NULL;
+    while (*p && *p != '"') {
+        if (*p != '\\') {
+            *o++ = *p++;
+            continue;
+        }
+        p++;
+        unsigned cp = 0;
+        switch (*p) {
+        case 'n': *o++ = '\n'; break;
+        case 't': *o++ = '\t'; break;
+        case 'r': *o++ = '\r'; break;
+        case 'b': *o++ = '\b'; break;
+        case 'f': *o++ = '\f'; break;
+        case 'u':
+            if (sscanf(p + 1, "%4x", &cp) != 1)
+                goto bad;
+            p += 4;
+            if (cp >= 0xD800 && cp < 0xDC00 && p[1] == '\\' && p[2] == 'u') {
+                unsigned lo;
+                if (sscanf(p + 3, "%4x", &lo) == 1 && lo >= 0xDC00 && lo < 0xE000) {
+                    cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                    p += 6;
+                }
+            }
+            if (cp < 0x80) {
+                *o++ = (char)cp;
+            } else if (cp < 0x800) {
+                *o++ = (char)(0xC0 | cp >> 6);
+                *o++ = (char)(0x80 | (cp & 0x3F));
+            } else if (cp < 0x10000) {
+                *o++ = (char)(0xE0 | cp >> 12);
+                *o++ = (char)(0x80 | ((cp >> 6) & 0x3F));
+                *o++ = (char)(0x80 | (cp & 0x3F));
+            } else {
+                *o++ = (char)(0xF0 | cp >> 18);
+                *o++ = (char)(0x80 | ((cp >> 12) & 0x3F));
+                *o++ = (char)(0x80 | ((cp >> 6) & 0x3F));
+                *o++ = (char)(0x80 | (cp & 0x3F));
+            }
+            break;
+        case '\0':
+            goto bad;
+        default: *o++ = *p; break; /* \" \\ \/ */
+        }
+        p++;
+    }
+    if (*p != '"')
+        goto bad;
+    *o = '\0';
+    return out;
+bad:
+    free(out);
+    return NULL;
+}
+
+struct cat_stats {
+    char name[64];
+    int n_prompts;
+    int n_identical[MAX_GAMMAS];
+    double t_base, t_spec[MAX_GAMMAS];   /* decode seconds */
+    long tok_base, tok_spec[MAX_GAMMAS]; /* generated tokens */
+    long drafted[MAX_GAMMAS], accepted[MAX_GAMMAS], passes[MAX_GAMMAS];
+};
+
+struct args {
+    const char *target, *draft, *prompts;
+    int per_category, n_gen, n_threads, n_gammas;
+    int gammas[MAX_GAMMAS];
+};
+
+static int parse_args(int argc, char **argv, struct args *a)
+{
+    *a = (struct args){.per_category = 3, .n_gen = 64, .n_gammas = 4, .gammas = {2, 4, 8, 0}};
+    for (int i = 1; i + 1 < argc; i += 2) {
+        const char *o = argv[i], *v = argv[i + 1];
+        if (!strcmp(o, "--target"))
+            a->target = v;
+        else if (!strcmp(o, "--draft"))
+            a->draft = v;
+        else if (!strcmp(o, "--prompts"))
+            a->prompts = v;
+        else if (!strcmp(o, "--per-category"))
+            a->per_category = atoi(v);
+        else if (!strcmp(o, "-n"))
+            a->n_gen = atoi(v);
+        else if (!strcmp(o, "--threads"))
+            a->n_threads = atoi(v);
+        else if (!strcmp(o, "--gammas")) {
+            a->n_gammas = 0;
+            for (char *s = (char *)v; *s && a->n_gammas < MAX_GAMMAS;) {
+                a->gammas[a->n_gammas++] = (int)strtol(s, &s, 10);
+                if (*s == ',')
+                    s++;
+                else if (*s)
+                    return -1;
+            }
+        } else
+            return -1;
+    }
+    return a->target && a->prompts && a->n_gen > 0 && a->per_category > 0 ? 0 : -1;
+}
+
+static struct cat_stats *category(struct cat_stats *cats, int *n_cats, const char *name)
+{
+    for (int i = 0; i < *n_cats; i++)
+        if (!strcmp(cats[i].name, name))
+            return &cats[i];
+    if (*n_cats == MAX_CATS)
+        return NULL;
+    struct cat_stats *c = &cats[(*n_cats)++];
+    memset(c, 0, sizeof *c);
+    snprintf(c->name, sizeof c->name, "%s", name);
+    return c;
+}
+
+static int run(struct engine *e, const int32_t *prompt, int n_prompt, int n_gen, bool spec, int32_t *out,
+               int *n_out, struct engine_stats *st)
+{
+    const struct engine_request req = {.prompt = prompt, .n_prompt = n_prompt, .max_tokens = n_gen,
+                                       .sampling = verify_params_default(), .speculative = spec};
+    enum engine_finish fin;
+    return engine_generate(e, &req, NULL, NULL, out, n_gen, n_out, &fin, st);
+}
+
+static void print_table(const struct args *a, const struct cat_stats *cats, int n_cats)
+{
+    printf("| category | prompts |");
+    for (int g = 0; g < a->n_gammas; g++) {
+        if (a->gammas[g])
+            printf(" γ=%d accept | γ=%d tok/pass | γ=%d speedup |", a->gammas[g], a->gammas[g], a->gammas[g]);
+        else
+            printf(" adaptive accept | adaptive tok/pass | adaptive speedup |");
+    }
+    printf(" greedy identical |\n|---|---|");
+    for (int g = 0; g < a->n_gammas; g++)
+        printf("---|---|---|");
+    printf("---|\n");
+    for (int c = 0; c <= n_cats; c++) {
+        struct cat_stats all = {0};
+        const struct cat_stats *s = &cats[c];
+        if (c == n_cats) { /* the overall row */
+            snprintf(all.name, sizeof all.name, "**all**");
+            for (int i = 0; i < n_cats; i++) {
+                all.n_prompts += cats[i].n_prompts;
+                all.t_base += cats[i].t_base;
+                all.tok_base += cats[i].tok_base;
+                for (int g = 0; g < a->n_gammas; g++) {
+                    all.n_identical[g] += cats[i].n_identical[g];
+                    all.t_spec[g] += cats[i].t_spec[g];
+                    all.tok_spec[g] += cats[i].tok_spec[g];
+                    all.drafted[g] += cats[i].drafted[g];
+                    all.accepted[g] += cats[i].accepted[g];
+                    all.passes[g] += cats[i].passes[g];
+                }
+            }
+            s = &all;
+        }
+        printf("| %s | %d |", s->name, s->n_prompts);
+        int identical = 0;
+        for (int g = 0; g < a->n_gammas; g++) {
+            const double base = s->tok_base / s->t_base, spec = s->tok_spec[g] / s->t_spec[g];
+            printf(" %.3f | %.2f | %.2fx |", s->drafted[g] ? (double)s->accepted[g] / s->drafted[g] : 0.0,
+                   s->passes[g] ? (double)s->tok_spec[g] / s->passes[g] : 0.0, spec / base);
+            identical += s->n_identical[g];
+        }
+        printf(" %d/%d |\n", identical, s->n_prompts * a->n_gammas);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    struct args a;
+    if (parse_args(argc, argv, &a)) {
+        fprintf(stderr, "usage: bench_spec --target T.gguf [--draft D.gguf] --prompts FILE [--per-category N] "
+                        "[-n TOKENS] [--gammas 2,4,8,0] [--threads N]\n");
+        return 2;
+    }
+    struct kern_backend *be;
+    struct model *target = NULL, *draft = NULL;
+    int err = kern_backend_create("cpu", &(struct kern_backend_config){.n_threads = a.n_threads}, &be);
+    if (!err)
+        err = model_load(a.target, be, &target);
+    if (!err && a.draft)
+        err = model_load(a.draft, be, &draft);
+    FILE *f = err ? NULL : fopen(a.prompts, "r");
+    if (err || !f) {
+        fprintf(stderr, "bench_spec: %s\n", err ? spec_strerror(err) : "cannot open the prompts file");
+        return 1;
+    }
+    struct engine *engines[MAX_GAMMAS] = {0};
+    for (int g = 0; g < a.n_gammas && !err; g++) {
+        const bool adaptive = a.gammas[g] == 0;
+        const struct engine_config cfg = {.target = target, .draft = draft, .n_ctx = 2048,
+                                          .draft_max = adaptive ? 8 : a.gammas[g], .draft_min = 1,
+                                          .adaptive = adaptive, .penalty_window = 64};
+        err = engine_new(&cfg, &engines[g]);
+    }
+    struct cat_stats cats[MAX_CATS];
+    int n_cats = 0;
+    int32_t *prompt = malloc(8192 * sizeof *prompt), *want = malloc((size_t)a.n_gen * sizeof *want),
+            *got = malloc((size_t)a.n_gen * sizeof *got);
+    char *line = NULL;
+    size_t line_cap = 0;
+    while (!err && getline(&line, &line_cap, f) > 0) {
+        char *cat_name = json_string_field(line, "category"), *text = json_string_field(line, "prompt");
+        struct cat_stats *c = cat_name ? category(cats, &n_cats, cat_name) : NULL;
+        size_t n_prompt = 0;
+        if (c && text && c->n_prompts < a.per_category &&
+            tok_encode(model_tokenizer(target), text, strlen(text), true, false, prompt, 8192, &n_prompt) == 0 &&
+            n_prompt > 0 && n_prompt + (size_t)a.n_gen < 2048) {
+            struct engine_stats st;
+            int n_want, n_got;
+            err = run(engines[0], prompt, (int)n_prompt, a.n_gen, false, want, &n_want, &st);
+            c->t_base += st.t_draft + st.t_target;
+            c->tok_base += st.n_generated;
+            for (int g = 0; g < a.n_gammas && !err; g++) {
+                err = run(engines[g], prompt, (int)n_prompt, a.n_gen, true, got, &n_got, &st);
+                c->t_spec[g] += st.t_draft + st.t_target;
+                c->tok_spec[g] += st.n_generated;
+                c->drafted[g] += st.n_drafted;
+                c->accepted[g] += st.n_accepted;
+                c->passes[g] += st.n_target_passes;
+                c->n_identical[g] += n_got == n_want && !memcmp(got, want, (size_t)n_got * sizeof *got);
+            }
+            c->n_prompts++;
+            fprintf(stderr, "%s: %zu prompt tokens done\n", c->name, n_prompt);
+        }
+        free(cat_name);
+        free(text);
+    }
+    if (err)
+        fprintf(stderr, "bench_spec: %s\n", spec_strerror(err));
+    else
+        print_table(&a, cats, n_cats);
+    free(line);
+    free(prompt);
+    free(want);
+    free(got);
+    fclose(f);
+    for (int g = 0; g < a.n_gammas; g++)
+        engine_free(engines[g]);
+    model_free(draft);
+    model_free(target);
+    kern_backend_destroy(be);
+    return err ? 1 : 0;
+}
