@@ -24,6 +24,14 @@ enum spec_err {
     SPEC_E_NUMERIC = -17,     /* a distribution has no finite mass (all -inf or NaN logits) */
 };
 
+/* Return from the enclosing function with the error of `expr`, if any. */
+#define SPEC_TRY(expr)                                                                                       \
+    do {                                                                                                     \
+        const int spec_try_err_ = (expr);                                                                    \
+        if (spec_try_err_)                                                                                   \
+            return spec_try_err_;                                                                            \
+    } while (0)
+
 /* Stable short description of an error code, never NULL. */
 const char *spec_strerror(int err);
 /* Stable identifier such as "SPEC_E_TRUNCATED", never NULL. */

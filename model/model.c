@@ -50,13 +50,6 @@ struct model_seq {
     struct kern_tensor *v_cache;
 };
 
-#define TRY(expr)                                                                                            \
-    do {                                                                                                     \
-        int err_ = (expr);                                                                                   \
-        if (err_)                                                                                            \
-            return err_;                                                                                     \
-    } while (0)
-
 /* ---------------------------------------------------------------------------------------------- */
 /* Loading                                                                                        */
 
@@ -132,12 +125,12 @@ static int load_hparams(struct loader *ld, struct model_hparams *hp)
                     (int)(arch.len > 64 ? 64 : arch.len), arch.ptr);
     ld->arch = model_arch_name(hp->arch);
 
-    TRY(hp_int(ld, "context_length", true, 0, &hp->n_ctx_train));
-    TRY(hp_int(ld, "embedding_length", true, 0, &hp->n_embd));
-    TRY(hp_int(ld, "block_count", true, 0, &hp->n_layer));
-    TRY(hp_int(ld, "feed_forward_length", true, 0, &hp->n_ff));
-    TRY(hp_int(ld, "attention.head_count", true, 0, &hp->n_head));
-    TRY(hp_int(ld, "attention.head_count_kv", false, hp->n_head, &hp->n_head_kv));
+    SPEC_TRY(hp_int(ld, "context_length", true, 0, &hp->n_ctx_train));
+    SPEC_TRY(hp_int(ld, "embedding_length", true, 0, &hp->n_embd));
+    SPEC_TRY(hp_int(ld, "block_count", true, 0, &hp->n_layer));
+    SPEC_TRY(hp_int(ld, "feed_forward_length", true, 0, &hp->n_ff));
+    SPEC_TRY(hp_int(ld, "attention.head_count", true, 0, &hp->n_head));
+    SPEC_TRY(hp_int(ld, "attention.head_count_kv", false, hp->n_head, &hp->n_head_kv));
     if (hp->n_embd % hp->n_head)
         return fail(ld, SPEC_E_RANGE, "embedding_length %d is not a multiple of head_count %d", hp->n_embd,
                     hp->n_head);
@@ -146,20 +139,20 @@ static int load_hparams(struct loader *ld, struct model_hparams *hp)
                     hp->n_head_kv);
     hp->head_dim = hp->n_embd / hp->n_head;
     int key_len, value_len;
-    TRY(hp_int(ld, "attention.key_length", false, hp->head_dim, &key_len));
-    TRY(hp_int(ld, "attention.value_length", false, hp->head_dim, &value_len));
+    SPEC_TRY(hp_int(ld, "attention.key_length", false, hp->head_dim, &key_len));
+    SPEC_TRY(hp_int(ld, "attention.value_length", false, hp->head_dim, &value_len));
     if (key_len != hp->head_dim || value_len != hp->head_dim)
         return fail(ld, SPEC_E_UNSUPPORTED, "attention key/value length %d/%d differs from embedding/heads %d",
                     key_len, value_len, hp->head_dim);
-    TRY(hp_int(ld, "rope.dimension_count", false, hp->head_dim, &hp->n_rot));
+    SPEC_TRY(hp_int(ld, "rope.dimension_count", false, hp->head_dim, &hp->n_rot));
     if (hp->n_rot > hp->head_dim || hp->n_rot % 2)
         return fail(ld, SPEC_E_RANGE, "rope.dimension_count %d: must be even and at most %d", hp->n_rot,
                     hp->head_dim);
 
-    TRY(hp_float(ld, "attention.layer_norm_rms_epsilon", 0.0f, &hp->norm_eps));
+    SPEC_TRY(hp_float(ld, "attention.layer_norm_rms_epsilon", 0.0f, &hp->norm_eps));
     if (!(hp->norm_eps > 0.0f))
         return fail(ld, SPEC_E_RANGE, "%s.attention.layer_norm_rms_epsilon missing or not positive", ld->arch);
-    TRY(hp_float(ld, "rope.freq_base", 10000.0f, &hp->rope_freq_base));
+    SPEC_TRY(hp_float(ld, "rope.freq_base", 10000.0f, &hp->rope_freq_base));
     if (!(hp->rope_freq_base > 0.0f))
         return fail(ld, SPEC_E_RANGE, "%s.rope.freq_base is not positive", ld->arch);
 
@@ -175,9 +168,9 @@ static int load_hparams(struct loader *ld, struct model_hparams *hp)
         return fail(ld, SPEC_E_UNSUPPORTED, "%s \"%.*s\" is not supported (none, linear)", key,
                     (int)(type.len > 64 ? 64 : type.len), type.ptr);
     float factor;
-    TRY(hp_float(ld, "rope.scaling.factor", 0.0f, &factor));
+    SPEC_TRY(hp_float(ld, "rope.scaling.factor", 0.0f, &factor));
     if (factor == 0.0f)
-        TRY(hp_float(ld, "rope.scale_linear", 0.0f, &factor));
+        SPEC_TRY(hp_float(ld, "rope.scale_linear", 0.0f, &factor));
     if (factor < 0.0f)
         return fail(ld, SPEC_E_RANGE, "%s.rope.scaling.factor is negative", ld->arch);
     hp->rope_freq_scale = factor == 0.0f ? 1.0f : 1.0f / factor;
@@ -221,7 +214,7 @@ static int load_layer(struct loader *ld, const struct model_hparams *hp, int il,
 #define LT(field, suffix, ne0, ne1, kind)                                                                    \
     do {                                                                                                     \
         snprintf(name, sizeof name, "blk.%d." suffix, il);                                                   \
-        TRY(load_tensor(ld, name, ne0, ne1, kind, false, &L->field));                                        \
+        SPEC_TRY(load_tensor(ld, name, ne0, ne1, kind, false, &L->field));                                        \
     } while (0)
     LT(attn_norm, "attn_norm.weight", hp->n_embd, 1, T_F32);
     LT(wq, "attn_q.weight", hp->n_embd, q_dim, T_MATRIX);
@@ -268,7 +261,7 @@ static int scratch_alloc(struct model *m)
         {&m->s.logits, hp->n_vocab},
     };
     for (size_t i = 0; i < sizeof plan / sizeof plan[0]; i++)
-        TRY(be->ops->tensor_alloc(be, SPEC_F32, plan[i].ne0, nb, plan[i].t));
+        SPEC_TRY(be->ops->tensor_alloc(be, SPEC_F32, plan[i].ne0, nb, plan[i].t));
     m->s.pos = malloc((size_t)nb * sizeof(int32_t));
     return m->s.pos ? SPEC_OK : SPEC_E_NOMEM;
 }
@@ -276,7 +269,7 @@ static int scratch_alloc(struct model *m)
 static int model_build(struct loader *ld, const struct model_config *cfg, struct model *m)
 {
     struct model_hparams *hp = &m->hp;
-    TRY(load_hparams(ld, hp));
+    SPEC_TRY(load_hparams(ld, hp));
 
     const struct gguf_tensor *embd = gguf_find_tensor(ld->g, "token_embd.weight");
     if (!embd)
@@ -292,9 +285,9 @@ static int model_build(struct loader *ld, const struct model_config *cfg, struct
         return fail(ld, SPEC_E_SHAPE, "tensor token_embd.weight has %d rows but the vocabulary has %d tokens",
                     hp->n_vocab, (int)tok_n_vocab(m->tok));
 
-    TRY(load_tensor(ld, "token_embd.weight", hp->n_embd, hp->n_vocab, T_MATRIX, false, &m->tok_embd));
-    TRY(load_tensor(ld, "output_norm.weight", hp->n_embd, 1, T_F32, false, &m->output_norm));
-    TRY(load_tensor(ld, "output.weight", hp->n_embd, hp->n_vocab, T_MATRIX, true, &m->output));
+    SPEC_TRY(load_tensor(ld, "token_embd.weight", hp->n_embd, hp->n_vocab, T_MATRIX, false, &m->tok_embd));
+    SPEC_TRY(load_tensor(ld, "output_norm.weight", hp->n_embd, 1, T_F32, false, &m->output_norm));
+    SPEC_TRY(load_tensor(ld, "output.weight", hp->n_embd, hp->n_vocab, T_MATRIX, true, &m->output));
     if (!m->output.data) {
         m->output = m->tok_embd;
         m->tied_output = true;
@@ -304,7 +297,7 @@ static int model_build(struct loader *ld, const struct model_config *cfg, struct
     if (!m->layers)
         return SPEC_E_NOMEM;
     for (int il = 0; il < hp->n_layer; il++)
-        TRY(load_layer(ld, hp, il, &m->layers[il]));
+        SPEC_TRY(load_layer(ld, hp, il, &m->layers[il]));
 
     /* Optional per-dimension frequency divisors (llama 3.x long-context rope); host memory. */
     const struct gguf_tensor *rf = gguf_find_tensor(ld->g, "rope_freqs.weight");
@@ -537,43 +530,43 @@ static int forward_batch(struct model *m, struct model_seq *s, const int32_t *to
     for (int i = 0; i < n; i++)
         m->s.pos[i] = pos0 + i;
 
-    TRY(op->get_rows(be, &m->tok_embd, tokens, n, &x));
+    SPEC_TRY(op->get_rows(be, &m->tok_embd, tokens, n, &x));
     for (int il = 0; il < hp->n_layer; il++) {
         const struct model_layer *L = &m->layers[il];
 
         /* attention: x += wo . attn(rope(wq . norm(x)), rope(wk . norm(x)), wv . norm(x)) */
-        TRY(op->rms_norm(be, &x, &L->attn_norm, hp->norm_eps, &xb));
-        TRY(op->matmul(be, &L->wq, &xb, &q));
-        TRY(op->matmul(be, &L->wk, &xb, &k));
-        TRY(op->matmul(be, &L->wv, &xb, &v));
+        SPEC_TRY(op->rms_norm(be, &x, &L->attn_norm, hp->norm_eps, &xb));
+        SPEC_TRY(op->matmul(be, &L->wq, &xb, &q));
+        SPEC_TRY(op->matmul(be, &L->wk, &xb, &k));
+        SPEC_TRY(op->matmul(be, &L->wv, &xb, &v));
         if (L->bq.data) {
-            TRY(op->add_bias(be, &q, &L->bq));
-            TRY(op->add_bias(be, &k, &L->bk));
-            TRY(op->add_bias(be, &v, &L->bv));
+            SPEC_TRY(op->add_bias(be, &q, &L->bq));
+            SPEC_TRY(op->add_bias(be, &k, &L->bk));
+            SPEC_TRY(op->add_bias(be, &v, &L->bv));
         }
-        TRY(op->rope(be, &q, hp->n_head, hp->head_dim, m->s.pos, &m->rope));
-        TRY(op->rope(be, &k, hp->n_head_kv, hp->head_dim, m->s.pos, &m->rope));
-        TRY(op->store_rows(be, &k, &s->k_cache[il], pos0));
-        TRY(op->store_rows(be, &v, &s->v_cache[il], pos0));
-        TRY(op->attention(be, &q, &s->k_cache[il], &s->v_cache[il], &ap, &att));
-        TRY(op->matmul(be, &L->wo, &att, &xb));
-        TRY(op->add(be, &x, &xb, &x));
+        SPEC_TRY(op->rope(be, &q, hp->n_head, hp->head_dim, m->s.pos, &m->rope));
+        SPEC_TRY(op->rope(be, &k, hp->n_head_kv, hp->head_dim, m->s.pos, &m->rope));
+        SPEC_TRY(op->store_rows(be, &k, &s->k_cache[il], pos0));
+        SPEC_TRY(op->store_rows(be, &v, &s->v_cache[il], pos0));
+        SPEC_TRY(op->attention(be, &q, &s->k_cache[il], &s->v_cache[il], &ap, &att));
+        SPEC_TRY(op->matmul(be, &L->wo, &att, &xb));
+        SPEC_TRY(op->add(be, &x, &xb, &x));
 
         /* feed-forward: x += w_down . (silu(w_gate . norm(x)) * (w_up . norm(x))) */
-        TRY(op->rms_norm(be, &x, &L->ffn_norm, hp->norm_eps, &xb));
-        TRY(op->matmul(be, &L->w_gate, &xb, &gate));
-        TRY(op->matmul(be, &L->w_up, &xb, &up));
-        TRY(op->swiglu(be, &gate, &up, &gate));
-        TRY(op->matmul(be, &L->w_down, &gate, &xb));
-        TRY(op->add(be, &x, &xb, &x));
+        SPEC_TRY(op->rms_norm(be, &x, &L->ffn_norm, hp->norm_eps, &xb));
+        SPEC_TRY(op->matmul(be, &L->w_gate, &xb, &gate));
+        SPEC_TRY(op->matmul(be, &L->w_up, &xb, &up));
+        SPEC_TRY(op->swiglu(be, &gate, &up, &gate));
+        SPEC_TRY(op->matmul(be, &L->w_down, &gate, &xb));
+        SPEC_TRY(op->add(be, &x, &xb, &x));
     }
     if (want == WANT_NONE)
         return SPEC_OK;
 
     const int r0 = want == WANT_LAST ? n - 1 : 0;
     struct kern_tensor xo = rows(&m->s.x, r0, n - r0), lg = rows(&m->s.logits, 0, n - r0);
-    TRY(op->rms_norm(be, &xo, &m->output_norm, hp->norm_eps, &xo));
-    TRY(op->matmul(be, &m->output, &xo, &lg));
+    SPEC_TRY(op->rms_norm(be, &xo, &m->output_norm, hp->norm_eps, &xo));
+    SPEC_TRY(op->matmul(be, &m->output, &xo, &lg));
     return op->rows_to_host(be, &lg, 0, n - r0, logits);
 }
 
@@ -592,7 +585,7 @@ static int forward(struct model *m, struct model_seq *s, const int32_t *tokens, 
         const bool last = done + c == n;
         enum want_logits w = want == WANT_ALL ? WANT_ALL : last ? want : WANT_NONE;
         float *dst = want == WANT_ALL ? logits + (size_t)done * (size_t)m->hp.n_vocab : logits;
-        TRY(forward_batch(m, s, tokens + done, c, s->len + done, w, dst));
+        SPEC_TRY(forward_batch(m, s, tokens + done, c, s->len + done, w, dst));
         done += c;
     }
     s->len += n;

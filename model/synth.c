@@ -60,13 +60,6 @@ static int add_tensor(struct synth *sy, const char *name, enum spec_dtype type, 
     return err == SPEC_E_UNSUPPORTED || err == SPEC_E_RANGE ? SPEC_E_INVALID_ARG : err;
 }
 
-#define TRY(expr)                                                                                            \
-    do {                                                                                                     \
-        int err_ = (expr);                                                                                   \
-        if (err_)                                                                                            \
-            return err_;                                                                                     \
-    } while (0)
-
 static int set_hparams(struct synth *sy, int n_rot)
 {
     const struct model_synth_config *c = sy->cfg;
@@ -74,20 +67,20 @@ static int set_hparams(struct synth *sy, int n_rot)
     struct gguf_writer *w = sy->w;
     char key[96];
 #define KEY(suffix) (snprintf(key, sizeof key, "%s.%s", arch, suffix), key)
-    TRY(gguf_writer_set_str(w, "general.architecture", arch));
-    TRY(gguf_writer_set_str(w, "general.name", "specd synthetic"));
-    TRY(gguf_writer_set_u32(w, KEY("context_length"), (uint32_t)c->n_ctx));
-    TRY(gguf_writer_set_u32(w, KEY("embedding_length"), (uint32_t)c->n_embd));
-    TRY(gguf_writer_set_u32(w, KEY("block_count"), (uint32_t)c->n_layer));
-    TRY(gguf_writer_set_u32(w, KEY("feed_forward_length"), (uint32_t)c->n_ff));
-    TRY(gguf_writer_set_u32(w, KEY("attention.head_count"), (uint32_t)c->n_head));
-    TRY(gguf_writer_set_u32(w, KEY("attention.head_count_kv"), (uint32_t)c->n_head_kv));
-    TRY(gguf_writer_set_f32(w, KEY("attention.layer_norm_rms_epsilon"), c->arch == MODEL_ARCH_QWEN2 ? 1e-6f : 1e-5f));
-    TRY(gguf_writer_set_f32(w, KEY("rope.freq_base"), c->rope_freq_base > 0.0f ? c->rope_freq_base : 10000.0f));
-    TRY(gguf_writer_set_u32(w, KEY("rope.dimension_count"), (uint32_t)n_rot));
+    SPEC_TRY(gguf_writer_set_str(w, "general.architecture", arch));
+    SPEC_TRY(gguf_writer_set_str(w, "general.name", "specd synthetic"));
+    SPEC_TRY(gguf_writer_set_u32(w, KEY("context_length"), (uint32_t)c->n_ctx));
+    SPEC_TRY(gguf_writer_set_u32(w, KEY("embedding_length"), (uint32_t)c->n_embd));
+    SPEC_TRY(gguf_writer_set_u32(w, KEY("block_count"), (uint32_t)c->n_layer));
+    SPEC_TRY(gguf_writer_set_u32(w, KEY("feed_forward_length"), (uint32_t)c->n_ff));
+    SPEC_TRY(gguf_writer_set_u32(w, KEY("attention.head_count"), (uint32_t)c->n_head));
+    SPEC_TRY(gguf_writer_set_u32(w, KEY("attention.head_count_kv"), (uint32_t)c->n_head_kv));
+    SPEC_TRY(gguf_writer_set_f32(w, KEY("attention.layer_norm_rms_epsilon"), c->arch == MODEL_ARCH_QWEN2 ? 1e-6f : 1e-5f));
+    SPEC_TRY(gguf_writer_set_f32(w, KEY("rope.freq_base"), c->rope_freq_base > 0.0f ? c->rope_freq_base : 10000.0f));
+    SPEC_TRY(gguf_writer_set_u32(w, KEY("rope.dimension_count"), (uint32_t)n_rot));
     if (c->rope_scale > 0.0f) {
-        TRY(gguf_writer_set_str(w, KEY("rope.scaling.type"), "linear"));
-        TRY(gguf_writer_set_f32(w, KEY("rope.scaling.factor"), c->rope_scale));
+        SPEC_TRY(gguf_writer_set_str(w, KEY("rope.scaling.type"), "linear"));
+        SPEC_TRY(gguf_writer_set_f32(w, KEY("rope.scaling.factor"), c->rope_scale));
     }
 #undef KEY
     return SPEC_OK;
@@ -102,17 +95,17 @@ static int add_tensors(struct synth *sy, int head_dim, int n_rot)
                 s_q = 1.0f / sqrtf((float)q_dim);
     char name[64];
 
-    TRY(add_tensor(sy, "token_embd.weight", wt, c->n_embd, c->n_vocab, 0.0f, 1.0f));
-    TRY(add_tensor(sy, "output_norm.weight", SPEC_F32, c->n_embd, 1, 1.0f, 0.1f));
+    SPEC_TRY(add_tensor(sy, "token_embd.weight", wt, c->n_embd, c->n_vocab, 0.0f, 1.0f));
+    SPEC_TRY(add_tensor(sy, "output_norm.weight", SPEC_F32, c->n_embd, 1, 1.0f, 0.1f));
     if (!c->tied_output)
-        TRY(add_tensor(sy, "output.weight", wt, c->n_embd, c->n_vocab, 0.0f, s_embd));
+        SPEC_TRY(add_tensor(sy, "output.weight", wt, c->n_embd, c->n_vocab, 0.0f, s_embd));
     if (c->rope_freqs)
-        TRY(add_tensor(sy, "rope_freqs.weight", SPEC_F32, n_rot / 2, 1, 1.5f, 0.2f));
+        SPEC_TRY(add_tensor(sy, "rope_freqs.weight", SPEC_F32, n_rot / 2, 1, 1.5f, 0.2f));
     for (int il = 0; il < c->n_layer; il++) {
 #define T(suffix, type, ne0, ne1, mean, std)                                                                 \
     do {                                                                                                     \
         snprintf(name, sizeof name, "blk.%d." suffix, il);                                                   \
-        TRY(add_tensor(sy, name, type, ne0, ne1, mean, std));                                                \
+        SPEC_TRY(add_tensor(sy, name, type, ne0, ne1, mean, std));                                                \
     } while (0)
         T("attn_norm.weight", SPEC_F32, c->n_embd, 1, 1.0f, 0.1f);
         T("attn_q.weight", wt, c->n_embd, q_dim, 0.0f, s_embd);
@@ -175,7 +168,7 @@ int model_synth_write(const struct model_synth_config *cfg, const char *path)
     struct gguf_writer *w;
     if (!path)
         return SPEC_E_INVALID_ARG;
-    TRY(build(cfg, &w));
+    SPEC_TRY(build(cfg, &w));
     int err = gguf_writer_write_file(w, path);
     gguf_writer_free(w);
     return err;
@@ -186,7 +179,7 @@ int model_synth_write_memory(const struct model_synth_config *cfg, void **out, s
     struct gguf_writer *w;
     if (!out || !size)
         return SPEC_E_INVALID_ARG;
-    TRY(build(cfg, &w));
+    SPEC_TRY(build(cfg, &w));
     int err = gguf_writer_write_memory(w, out, size);
     gguf_writer_free(w);
     return err;
