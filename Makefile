@@ -98,11 +98,15 @@ test: all
 test-asan:
 	$(MAKE) SAN=1 MODEL_DIR=build-asan/no-models test
 
-models:
+# Fetches the real models, then makes their float conversions (the lines of tools/models.sha256 with a
+# third field) with specd-quantize; every file is checked against its sha256.
+models: $(BUILD)/bin/specd-quantize
 	./tools/fetch-models.sh $(MODEL_DIR)
+	./tools/convert-models.sh $(MODEL_DIR) $(BUILD)/bin/specd-quantize
 
 # Speculative generation with SmolLM2 (prompt-lookup drafting), then the same request target-only.
-run: all models
+run: all
+	./tools/fetch-models.sh $(MODEL_DIR) smollm2-135m-instruct-q4_1.gguf
 	$(BUILD)/bin/specd-run --target $(MODEL_DIR)/smollm2-135m-instruct-q4_1.gguf -n 96 --ab \
 	    -p "Write a Python function that checks whether a string is a palindrome, then test it on three words."
 

@@ -138,7 +138,8 @@ size_t gguf_type_size(enum gguf_type t);
 int gguf_tensor_size(uint32_t type, uint32_t n_dims, const uint64_t *ne, uint64_t *n_elems, uint64_t *n_bytes);
 
 /* ---------------------------------------------------------------------------------------------- */
-/* Writer: collects metadata and tensors in memory (copies everything), then writes a file.
+/* Writer: collects metadata and tensors in memory (copies everything, except the tensors whose rows a
+ * callback produces at write time), then writes a file.
  * Keys keep their first insertion order; setting an existing key replaces its value in place.
  * Tensor data is laid out in insertion order, each tensor at an aligned offset and zero-padded to
  * the alignment (the last one too, as llama.cpp expects). Numeric inputs are in host byte order,
@@ -174,9 +175,20 @@ int gguf_writer_set_alignment(struct gguf_writer *w, uint32_t alignment);
 int gguf_writer_add_tensor(struct gguf_writer *w, const char *name, enum spec_dtype type, uint32_t n_dims,
                            const uint64_t *ne, const void *data, uint64_t n_bytes);
 
-/* SPEC_E_IO on any write error, after removing the partial file. */
+/* Fills buf with rows [row0, row0 + n) of a tensor (a row is ne[0] elements, packed); 0 or a negative
+ * spec_err, which aborts the write and is returned by it. */
+typedef int (*gguf_rows_fn)(void *ctx, uint64_t row0, uint64_t n, void *buf);
+
+/* As gguf_writer_add_tensor(), but nothing is copied: while a file or buffer is written, rows(ctx, ...)
+ * produces the data in row order (for a file, a few MiB at a time; for a buffer, all rows in one
+ * call), so a file can be larger than memory. ctx must stay valid until the writer is freed and rows
+ * must give the same bytes on every call. SPEC_E_INVALID_ARG for a NULL rows. */
+int gguf_writer_add_tensor_rows(struct gguf_writer *w, const char *name, enum spec_dtype type, uint32_t n_dims,
+                                const uint64_t *ne, gguf_rows_fn rows, void *ctx);
+
+/* SPEC_E_IO on any write error, or a rows callback's error, after removing the partial file. */
 int gguf_writer_write_file(const struct gguf_writer *w, const char *path);
-/* *out is malloc'd; caller frees. */
+/* *out is malloc'd; caller frees. A rows callback's error is returned. */
 int gguf_writer_write_memory(const struct gguf_writer *w, void **out, size_t *size);
 
 #endif

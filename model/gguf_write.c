@@ -1,5 +1,6 @@
-/* GGUF writer: owns deep copies of every key, value and tensor, and serialises them with one routine
- * that either counts bytes, fills a buffer or streams to a file, so the three cannot disagree. */
+/* GGUF writer: owns deep copies of every key, value and tensor (or the callback that produces a
+ * tensor's rows), and serialises them with one routine that either counts bytes, fills a buffer or
+ * streams to a file, so the three cannot disagree. */
 #include "model/gguf.h"
 
 #include <float.h>
@@ -18,8 +19,11 @@ struct wr_tensor {
     enum spec_dtype type;
     uint32_t n_dims;
     uint64_t ne[GGUF_MAX_DIMS];
-    void *data;
+    void *data; /* NULL when rows supplies the bytes */
     uint64_t n_bytes;
+    gguf_rows_fn rows;
+    void *rows_ctx;
+    uint64_t n_rows, row_bytes;
 };
 
 struct gguf_writer {
@@ -385,8 +389,9 @@ int gguf_writer_set_str_arr(struct gguf_writer *w, const char *key, const char *
     return rc;
 }
 
-int gguf_writer_add_tensor(struct gguf_writer *w, const char *name, enum spec_dtype type, uint32_t n_dims,
-                           const uint64_t *ne, const void *data, uint64_t n_bytes)
+/* Validates name and shape as both add functions must and describes the tensor in *t (no data yet). */
+static int check_tensor(const struct gguf_writer *w, const char *name, enum spec_dtype type, uint32_t n_dims,
+                        const uint64_t *ne, struct wr_tensor *t)
 {
     if (!w || !name || !ne)
         return SPEC_E_INVALID_ARG;
@@ -396,41 +401,74 @@ int gguf_writer_add_tensor(struct gguf_writer *w, const char *name, enum spec_dt
     for (size_t i = 0; i < w->n_tensors; i++)
         if (w->tensors[i].name_len == name_len && memcmp(w->tensors[i].name, name, name_len) == 0)
             return SPEC_E_DUPLICATE;
-    uint64_t n_elems, expect;
-    int rc = gguf_tensor_size((uint32_t)type, n_dims, ne, &n_elems, &expect);
+    uint64_t n_elems, n_bytes;
+    int rc = gguf_tensor_size((uint32_t)type, n_dims, ne, &n_elems, &n_bytes);
     if (rc < 0)
         return rc;
-    if (n_bytes != expect)
-        return SPEC_E_INVALID_ARG;
-
-    struct wr_tensor t = {.name_len = name_len, .type = type, .n_dims = n_dims, .n_bytes = n_bytes};
+    *t = (struct wr_tensor){.name_len = name_len, .type = type, .n_dims = n_dims, .n_bytes = n_bytes};
     for (uint32_t i = 0; i < GGUF_MAX_DIMS; i++)
-        t.ne[i] = i < n_dims ? ne[i] : 1;
+        t->ne[i] = i < n_dims ? ne[i] : 1;
+    t->n_rows = t->ne[0] ? n_elems / t->ne[0] : 0;
+    t->row_bytes = t->n_rows ? n_bytes / t->n_rows : 0;
+    return 0;
+}
+
+/* Appends t with a copy of its name; t's data (if any) becomes the writer's only on success. */
+static int push_tensor(struct gguf_writer *w, const char *name, struct wr_tensor t)
+{
     void *p;
-    if ((rc = grow((void **)&w->tensors, &w->cap_tensors, w->n_tensors, sizeof *w->tensors)) < 0)
-        return rc;
-    if ((rc = copy_bytes(name, name_len + 1, &p)) < 0)
+    int rc = grow((void **)&w->tensors, &w->cap_tensors, w->n_tensors, sizeof *w->tensors);
+    if (rc == 0)
+        rc = copy_bytes(name, t.name_len + 1, &p);
+    if (rc < 0)
         return rc;
     t.name = p;
-    if ((rc = copy_bytes(data, n_bytes, &p)) < 0) {
-        free(t.name);
-        return rc;
-    }
-    t.data = p;
     w->tensors[w->n_tensors++] = t;
     return 0;
+}
+
+int gguf_writer_add_tensor(struct gguf_writer *w, const char *name, enum spec_dtype type, uint32_t n_dims,
+                           const uint64_t *ne, const void *data, uint64_t n_bytes)
+{
+    struct wr_tensor t;
+    int rc = check_tensor(w, name, type, n_dims, ne, &t);
+    if (rc < 0)
+        return rc;
+    if (n_bytes != t.n_bytes)
+        return SPEC_E_INVALID_ARG;
+    if ((rc = copy_bytes(data, n_bytes, &t.data)) < 0)
+        return rc;
+    if ((rc = push_tensor(w, name, t)) < 0)
+        free(t.data);
+    return rc;
+}
+
+int gguf_writer_add_tensor_rows(struct gguf_writer *w, const char *name, enum spec_dtype type, uint32_t n_dims,
+                                const uint64_t *ne, gguf_rows_fn rows, void *ctx)
+{
+    struct wr_tensor t;
+    int rc = rows ? check_tensor(w, name, type, n_dims, ne, &t) : SPEC_E_INVALID_ARG;
+    if (rc < 0)
+        return rc;
+    t.rows = rows;
+    t.rows_ctx = ctx;
+    return push_tensor(w, name, t);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Serialising                                                                                     */
 
-/* Counts bytes (no buf, no file), fills buf, or writes to f; pos is the byte count so far. */
+/* Counts bytes (no buf, no file), fills buf, or writes to f; pos is the byte count so far; err is the
+ * first failure (a write error or a rows callback's error). */
 struct sink {
     uint8_t *buf;
     FILE *f;
     uint64_t pos;
-    bool failed;
+    int err;
 };
+
+/* Bytes of rows a file sink asks a rows callback for at a time. */
+#define ROWS_CHUNK_BYTES (4u << 20)
 
 static void put(struct sink *s, const void *p, uint64_t n)
 {
@@ -438,8 +476,8 @@ static void put(struct sink *s, const void *p, uint64_t n)
         return;
     if (s->buf)
         memcpy(s->buf + s->pos, p, (size_t)n);
-    else if (s->f && !s->failed && fwrite(p, 1, (size_t)n, s->f) != n)
-        s->failed = true;
+    else if (s->f && !s->err && fwrite(p, 1, (size_t)n, s->f) != n)
+        s->err = SPEC_E_IO;
     s->pos += n;
 }
 
@@ -520,6 +558,41 @@ static void put_array(struct sink *s, const struct gguf_array *a)
     }
 }
 
+/* A callback tensor goes straight into the buffer, or to the file through a bounded scratch buffer, so
+ * it never has to be in memory whole. */
+static void put_rows(struct sink *s, const struct wr_tensor *t)
+{
+    if (!s->buf && (!s->f || s->err)) {
+        s->pos += t->n_bytes;
+        return;
+    }
+    if (t->n_bytes == 0)
+        return;
+    int rc;
+    if (s->buf) {
+        if (!s->err && (rc = t->rows(t->rows_ctx, 0, t->n_rows, s->buf + s->pos)) != 0)
+            s->err = rc;
+        s->pos += t->n_bytes;
+        return;
+    }
+    uint64_t chunk = ROWS_CHUNK_BYTES / t->row_bytes;
+    chunk = chunk ? chunk : 1;
+    chunk = chunk < t->n_rows ? chunk : t->n_rows;
+    void *tmp = chunk * t->row_bytes <= SIZE_MAX ? malloc((size_t)(chunk * t->row_bytes)) : NULL;
+    if (!tmp) {
+        s->err = SPEC_E_NOMEM;
+        return;
+    }
+    for (uint64_t r0 = 0; r0 < t->n_rows && !s->err; r0 += chunk) {
+        const uint64_t n = t->n_rows - r0 < chunk ? t->n_rows - r0 : chunk;
+        if ((rc = t->rows(t->rows_ctx, r0, n, tmp)) != 0)
+            s->err = rc;
+        else
+            put(s, tmp, n * t->row_bytes);
+    }
+    free(tmp);
+}
+
 static void serialize(const struct gguf_writer *w, struct sink *s)
 {
     put(s, "GGUF", 4);
@@ -545,7 +618,10 @@ static void serialize(const struct gguf_writer *w, struct sink *s)
     put_zeros(s, align_up(s->pos, w->alignment) - s->pos);
     for (size_t i = 0; i < w->n_tensors; i++) {
         const struct wr_tensor *t = &w->tensors[i];
-        put(s, t->data, t->n_bytes);
+        if (t->rows)
+            put_rows(s, t);
+        else
+            put(s, t->data, t->n_bytes);
         put_zeros(s, align_up(t->n_bytes, w->alignment) - t->n_bytes);
     }
 }
@@ -563,6 +639,10 @@ int gguf_writer_write_memory(const struct gguf_writer *w, void **out, size_t *si
         return SPEC_E_NOMEM;
     struct sink fill = {.buf = buf};
     serialize(w, &fill);
+    if (fill.err) {
+        free(buf);
+        return fill.err;
+    }
     *out = buf;
     *size = (size_t)fill.pos;
     return 0;
@@ -577,12 +657,9 @@ int gguf_writer_write_file(const struct gguf_writer *w, const char *path)
         return SPEC_E_IO;
     struct sink s = {.f = f};
     serialize(w, &s);
-    bool failed = s.failed;
-    if (fclose(f) != 0)
-        failed = true;
-    if (failed) {
+    if (fclose(f) != 0 && !s.err)
+        s.err = SPEC_E_IO;
+    if (s.err)
         remove(path);
-        return SPEC_E_IO;
-    }
-    return 0;
+    return s.err;
 }

@@ -39,6 +39,7 @@ struct model {
     bool tied_output; /* output is tok_embd */
     struct model_layer *layers;
     int max_batch;
+    enum spec_dtype kv_type; /* F16 like llama.cpp's default, or F32 */
     struct model_scratch s;
 };
 
@@ -46,7 +47,7 @@ struct model_seq {
     struct model *m;
     int n_ctx;
     int len;
-    struct kern_tensor *k_cache; /* n_layer tensors of n_ctx rows, F16 like llama.cpp's default */
+    struct kern_tensor *k_cache; /* n_layer tensors of n_ctx rows of the model's kv_type */
     struct kern_tensor *v_cache;
 };
 
@@ -312,6 +313,7 @@ static int model_build(struct loader *ld, const struct model_config *cfg, struct
     m->rope.freq_base = hp->rope_freq_base;
     m->rope.freq_scale = hp->rope_freq_scale;
 
+    m->kv_type = cfg && cfg->kv_f32 ? SPEC_F32 : SPEC_F16;
     m->max_batch = cfg && cfg->max_batch > 0 ? cfg->max_batch : MODEL_DEFAULT_MAX_BATCH;
     if (m->max_batch > HP_MAX)
         return fail(ld, SPEC_E_INVALID_ARG, "max_batch %d is too large", m->max_batch);
@@ -453,9 +455,9 @@ int model_seq_new(struct model *m, int n_ctx, struct model_seq **out)
     }
     const int64_t kv_dim = (int64_t)m->hp.n_head_kv * m->hp.head_dim;
     for (int il = 0; il < m->hp.n_layer; il++) {
-        int err = m->be->ops->tensor_alloc(m->be, SPEC_F16, kv_dim, n_ctx, &s->k_cache[il]);
+        int err = m->be->ops->tensor_alloc(m->be, m->kv_type, kv_dim, n_ctx, &s->k_cache[il]);
         if (!err)
-            err = m->be->ops->tensor_alloc(m->be, SPEC_F16, kv_dim, n_ctx, &s->v_cache[il]);
+            err = m->be->ops->tensor_alloc(m->be, m->kv_type, kv_dim, n_ctx, &s->v_cache[il]);
         if (err) {
             model_seq_free(s);
             return err;

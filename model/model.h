@@ -7,9 +7,11 @@
  *
  * Numerics follow llama.cpp's CPU path op by op (F16 KV cache, ggml's rms_norm, rope and softmax,
  * activations quantized to the weights' vec_dot type). Where rounding cannot cascade (float or 4-bit
- * weights, short contexts) logits agree with llama.cpp to ~1e-5; on real quantized models the 8-bit
- * activation quantization amplifies last-bit differences, and agreement is within llama.cpp's own
- * batch-versus-decode spread (see tests/model/test_model_llamacpp.c). */
+ * weights, short contexts) logits agree with llama.cpp to ~1e-5; on real models every rounding of
+ * activations (to 8 bits for quantized weights, to F16 for F16 weights and for the F16 KV cache)
+ * amplifies last-bit differences, and agreement is within llama.cpp's own batch-versus-decode spread.
+ * With F32 weights and an F32 KV cache (kv_f32) the real models agree to ~1e-6 (see
+ * tests/model/test_model_llamacpp.c). */
 #ifndef SPECD_MODEL_MODEL_H
 #define SPECD_MODEL_MODEL_H
 
@@ -50,6 +52,8 @@ struct model_config {
                     * inputs are split transparently. <= 0: MODEL_DEFAULT_MAX_BATCH */
     char *why;     /* optional: on a failed load, a NUL-terminated reason naming the key or tensor */
     size_t why_cap;
+    bool kv_f32;   /* F32 KV caches instead of llama.cpp's default F16 (its type_k = type_v = f32): no
+                    * rounding of keys, values, queries or attention weights to F16 */
 };
 
 struct model;
@@ -73,7 +77,8 @@ const char *model_arch_name(enum model_arch arch);
 /* The model's tokenizer (owned by the model). */
 const struct tok *model_tokenizer(const struct model *m);
 
-/* A sequence: a KV cache of n_ctx positions (F16) and a length. n_ctx <= 0 means n_ctx_train. */
+/* A sequence: a KV cache of n_ctx positions (F16, or F32 with model_config.kv_f32) and a length.
+ * n_ctx <= 0 means n_ctx_train. */
 int model_seq_new(struct model *m, int n_ctx, struct model_seq **out);
 void model_seq_free(struct model_seq *s);
 int model_seq_len(const struct model_seq *s);
@@ -90,6 +95,19 @@ int model_forward(struct model *m, struct model_seq *s, const int32_t *tokens, i
 /* As model_forward() but only the last position's logits (n_vocab floats) are computed, which
  * skips the output matmul for the others (prefill). `logits` may be NULL: no logits at all. */
 int model_forward_last(struct model *m, struct model_seq *s, const int32_t *tokens, int n, float *logits);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Conversion, as llama-quantize does it: every tensor of two or more dimensions (trailing ones not
+ * counted) whose row length is a multiple of `type`'s block is dequantised and re-encoded as `type`
+ * (kept as it is when already of that type); other tensors (norms, biases) and every metadata key are
+ * copied, and general.file_type is set to llama.cpp's number for `type`. Converting to F32 gives
+ * exactly ggml's dequantised values. Deterministic: the same input gives the same bytes. The output
+ * is written as OUT.part and renamed, so a failure leaves no OUT. Types: F32, F16, BF16, Q4_0, Q4_1,
+ * Q5_0, Q8_0, Q4_K, Q6_K (the K-quants with kern_quantize_row's simple encoder), else
+ * SPEC_E_UNSUPPORTED; an input tensor to convert whose type the kernels cannot dequantise is
+ * SPEC_E_UNSUPPORTED; reader and writer errors pass through. why (optional) gets a NUL-terminated
+ * reason naming the file, key or tensor. */
+int model_convert(const char *in_path, const char *out_path, enum spec_dtype type, char *why, size_t why_cap);
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Synthetic models: valid llama/qwen2 GGUFs with seeded random weights and a synthetic vocabulary,

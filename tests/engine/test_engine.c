@@ -92,7 +92,7 @@ static void check_greedy_identity(struct model *target, struct model *draft)
 Test(engine, greedy_speculative_output_equals_target_only_llama)
 {
     struct model_synth_config tc = target_cfg(MODEL_ARCH_LLAMA), dc = draft_cfg(MODEL_ARCH_LLAMA);
-    struct mem_model t = tsupport_load_synth(&tc, be, 0), d = tsupport_load_synth(&dc, be, 0);
+    struct mem_model t = tsupport_load_synth(&tc, be, (struct model_config){0}), d = tsupport_load_synth(&dc, be, (struct model_config){0});
     check_greedy_identity(t.m, d.m);
     tsupport_mem_model_free(&d);
     tsupport_mem_model_free(&t);
@@ -101,7 +101,7 @@ Test(engine, greedy_speculative_output_equals_target_only_llama)
 Test(engine, greedy_speculative_output_equals_target_only_qwen2)
 {
     struct model_synth_config tc = target_cfg(MODEL_ARCH_QWEN2), dc = draft_cfg(MODEL_ARCH_QWEN2);
-    struct mem_model t = tsupport_load_synth(&tc, be, 0), d = tsupport_load_synth(&dc, be, 0);
+    struct mem_model t = tsupport_load_synth(&tc, be, (struct model_config){0}), d = tsupport_load_synth(&dc, be, (struct model_config){0});
     check_greedy_identity(t.m, d.m);
     tsupport_mem_model_free(&d);
     tsupport_mem_model_free(&t);
@@ -110,7 +110,7 @@ Test(engine, greedy_speculative_output_equals_target_only_qwen2)
 Test(engine, greedy_prompt_lookup_output_equals_target_only)
 {
     struct model_synth_config tc = target_cfg(MODEL_ARCH_LLAMA);
-    struct mem_model t = tsupport_load_synth(&tc, be, 0);
+    struct mem_model t = tsupport_load_synth(&tc, be, (struct model_config){0});
     check_greedy_identity(t.m, NULL);
     tsupport_mem_model_free(&t);
 }
@@ -120,7 +120,7 @@ Test(engine, greedy_prompt_lookup_output_equals_target_only)
 static void check_self_draft(struct verify_params sp)
 {
     struct model_synth_config tc = target_cfg(MODEL_ARCH_LLAMA);
-    struct mem_model t = tsupport_load_synth(&tc, be, 0);
+    struct mem_model t = tsupport_load_synth(&tc, be, (struct model_config){0});
     struct engine *e = new_engine(t.m, t.m, 4, false);
     int longest = 0;
     for (int pi = 0; pi < 4; pi++) {
@@ -155,7 +155,7 @@ Test(engine, sampled_self_draft_accepts_every_draft_and_adds_the_bonus)
 Test(engine, prompt_filling_the_context_is_a_named_error)
 {
     struct model_synth_config tc = target_cfg(MODEL_ARCH_LLAMA);
-    struct mem_model t = tsupport_load_synth(&tc, be, 0);
+    struct mem_model t = tsupport_load_synth(&tc, be, (struct model_config){0});
     struct engine *e = new_engine(t.m, NULL, 4, true);
     int32_t *prompt = calloc(256, sizeof *prompt), out[4];
     const struct engine_request req = {.prompt = prompt, .n_prompt = 256, .max_tokens = 4,
@@ -171,7 +171,7 @@ Test(engine, prompt_filling_the_context_is_a_named_error)
 Test(engine, generation_stops_with_length_at_the_context_limit)
 {
     struct model_synth_config tc = target_cfg(MODEL_ARCH_LLAMA), dc = draft_cfg(MODEL_ARCH_LLAMA);
-    struct mem_model t = tsupport_load_synth(&tc, be, 0), d = tsupport_load_synth(&dc, be, 0);
+    struct mem_model t = tsupport_load_synth(&tc, be, (struct model_config){0}), d = tsupport_load_synth(&dc, be, (struct model_config){0});
     struct engine *e = new_engine(t.m, d.m, 8, false);
     int32_t prompt[250] = {0}, out[64];
     for (int i = 0; i < 250; i++)
@@ -198,7 +198,7 @@ static int cancel_after_first(void *user, const int32_t *tokens, int n)
 Test(engine, token_callback_can_cancel)
 {
     struct model_synth_config tc = target_cfg(MODEL_ARCH_LLAMA);
-    struct mem_model t = tsupport_load_synth(&tc, be, 0);
+    struct mem_model t = tsupport_load_synth(&tc, be, (struct model_config){0});
     struct engine *e = new_engine(t.m, NULL, 4, true);
     int32_t out[32];
     int seen = 0, n;
@@ -265,7 +265,7 @@ static void check_distribution(struct verify_params sp)
     struct model_synth_config dc = tc;
     dc.n_embd = 16;
     dc.n_head = 1;
-    struct mem_model t = tsupport_load_synth(&tc, be, 0), d = tsupport_load_synth(&dc, be, 0);
+    struct mem_model t = tsupport_load_synth(&tc, be, (struct model_config){0}), d = tsupport_load_synth(&dc, be, (struct model_config){0});
     struct engine *e = new_engine(t.m, d.m, 3, false);
     static int spec[N_POS][SMALL_VOCAB], direct[N_POS][SMALL_VOCAB];
     memset(spec, 0, sizeof spec);

@@ -45,12 +45,13 @@ static struct model_synth_config qwen2_cfg(enum spec_dtype wtype)
 
 static int try_load(void *buf, size_t size, int max_batch, struct mem_model *mm, char *why, size_t why_cap)
 {
-    return tsupport_try_load(buf, size, be, max_batch, mm, why, why_cap);
+    return tsupport_try_load(buf, size, be, (struct model_config){.max_batch = max_batch, .why = why, .why_cap = why_cap},
+                             mm);
 }
 
 static struct mem_model load_synth(const struct model_synth_config *c, int max_batch)
 {
-    return tsupport_load_synth(c, be, max_batch);
+    return tsupport_load_synth(c, be, (struct model_config){.max_batch = max_batch});
 }
 
 static struct model_seq *new_seq(struct model *m, int n_ctx)
@@ -614,9 +615,9 @@ static void ref_forward(const struct gguf *g, const struct model_hparams *hp, co
 
 /* Largest |ours - reference| over every position and vocabulary entry, relative to the largest
  * |reference logit|. */
-static double reference_error(const struct model_synth_config *c)
+static double reference_error(const struct model_synth_config *c, bool kv_f32)
 {
-    struct mem_model mm = load_synth(c, 0);
+    struct mem_model mm = tsupport_load_synth(c, be, (struct model_config){.kv_f32 = kv_f32});
     const int n = 11, nv = model_n_vocab(mm.m);
     float *got = malloc(sizeof(float) * (size_t)(n * nv));
     double *want = malloc(sizeof(double) * (size_t)(n * nv));
@@ -642,7 +643,7 @@ static double reference_error(const struct model_synth_config *c)
 Test(model, f32_llama_agrees_with_the_naive_reference)
 {
     struct model_synth_config c = llama_cfg(SPEC_F32);
-    double e = reference_error(&c);
+    double e = reference_error(&c, false);
     cr_assert_leq(e, 2e-3, "relative error %g", e);
 }
 
@@ -654,8 +655,18 @@ Test(model, f32_qwen2_with_rope_scaling_freq_factors_and_partial_rotation_agrees
     c.rope_freqs = true;
     c.rope_freq_base = 1000.0f;
     c.tied_output = false;
-    double e = reference_error(&c);
+    double e = reference_error(&c, false);
     cr_assert_leq(e, 2e-3, "relative error %g", e);
+}
+
+/* With an F32 KV cache nothing is rounded to F16 any more: F32 weights then agree with the double
+ * reference to float rounding, far inside the F16 cache's bound above. */
+Test(model, f32_kv_cache_removes_the_f16_rounding)
+{
+    struct model_synth_config c = llama_cfg(SPEC_F32);
+    const double with_f16 = reference_error(&c, false), with_f32 = reference_error(&c, true);
+    cr_assert_leq(with_f32, 2e-5, "relative error %g with an F32 cache", with_f32);
+    cr_assert_lt(with_f32 * 10, with_f16, "F32 cache %g vs F16 cache %g", with_f32, with_f16);
 }
 
 /* Quantized weights: activations are quantized to 8 bits for the integer dot products (as in
@@ -666,7 +677,7 @@ Test(model, quantized_models_agree_with_the_naive_reference)
                                             llama_cfg(SPEC_Q5_0), qwen2_cfg(SPEC_Q4_K), qwen2_cfg(SPEC_Q6_K),
                                             llama_cfg(SPEC_F16), llama_cfg(SPEC_BF16)};
     for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++) {
-        double e = reference_error(&cs[i]);
+        double e = reference_error(&cs[i], false);
         cr_assert_leq(e, 3e-2, "%s %s: relative error %g", model_arch_name(cs[i].arch),
                       kern_dtype_info(cs[i].wtype)->name, e);
     }

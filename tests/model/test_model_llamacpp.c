@@ -9,11 +9,22 @@
  * these prompts one token at a time instead of as one batch moves its top-20 logits by up to 3.6%
  * (SmolLM2) and 4.1% (Qwen2.5-0.5B) relative, and its batched argmax differs from its own decoded
  * greedy continuation at 11 of 16 prompts (SmolLM2), at top-2 gaps up to 0.25. So the checks are:
- * top-20 logits within TOP_REL_TOL; greedy, by teacher forcing every prompt (prompt + reference
+ * top-20 logits within 6%; greedy, by teacher forcing every prompt (prompt + reference
  * continuation in one batch, our argmax at each position against the next reference token: all 64
- * steps stay comparable), identical except at near-ties (reference top-2 gap within NEAR_TIE_REL
- * of the logit) and at no more than 1 step in MAX_TIE_STEPS; and real one-token-at-a-time decoding
- * of the first prompt, identical up to its first near-tie. */
+ * steps stay comparable), identical except at near-ties (reference top-2 gap within 2.5% of the
+ * logit) and at no more than 1 step in 20 (struct bounds QUANT); and real one-token-at-a-time decoding
+ * of the first prompt, identical up to its first near-tie.
+ *
+ * Float weights. `make models` also converts the real models with specd-quantize (every matrix
+ * dequantised exactly; Qwen2.5-1.5B to F16, see docs/models.md), and the *-f32 / *-f16 fixtures hold
+ * what llama.cpp computes on those files with an F32 KV cache, which these tests use too. The F16
+ * cache is the other amplifier: it rounds keys, values, queries and attention weights to F16, and on
+ * the F32 Qwen2.5-0.5B llama.cpp's own batch-vs-decode spread is 1.2e-3 with it, 4e-6 without. With
+ * F32 weights and cache nothing is rounded beyond float arithmetic and we measure ~1e-6; F16 weights
+ * (activations rounded to F16 before each matmul, on both sides) leave ~5e-4. The issue's bounds hold
+ * as they are: each of the top-20 logits within 1e-3 relative, and all 64 greedy steps of every prompt
+ * identical, teacher forced and, for the first prompt, decoded one token at a time; no near-tie
+ * allowance. */
 #include <criterion/criterion.h>
 #include <criterion/logging.h>
 #include <math.h>
@@ -29,13 +40,21 @@
 #define TOP_K 20
 #define N_GREEDY 64
 #define MAX_TOKENS 1024
-/* Relative error allowed on each of the top-20 logits: llama.cpp's own batch-vs-decode spread (4.1%)
- * plus a margin; we measure up to 3.2% (SmolLM2), 4.1% (Qwen2.5-0.5B) and 4.3% (Qwen2.5-1.5B). */
-#define TOP_REL_TOL 0.06
-/* A greedy step may differ where the reference's top-2 gap is within this fraction of the logit. */
-#define NEAR_TIE_REL 0.025
-/* ... but at most one step in this many. */
-#define MAX_TIE_STEPS 20
+
+/* How a model is run and what the comparison allows. */
+struct bounds {
+    bool kv_f32;         /* F32 KV cache (the fixture was made with one too) */
+    double top_rel;      /* relative error on each of the top-20 logits */
+    double near_tie_rel; /* a greedy step may differ where the reference's top-2 gap is within this
+                          * fraction of the logit... */
+    int max_tie_steps;   /* ... but at most one step in this many; 0: never */
+};
+
+/* Quantized weights. Top-20: llama.cpp's own batch-vs-decode spread (4.1%) plus a margin; we measure
+ * up to 3.2% (SmolLM2), 4.1% (Qwen2.5-0.5B) and 4.3% (Qwen2.5-1.5B). */
+static const struct bounds QUANT = {.top_rel = 0.06, .near_tie_rel = 0.025, .max_tie_steps = 20};
+/* Float weights, F32 KV cache: the bounds. */
+static const struct bounds FLOAT = {.kv_f32 = true, .top_rel = 1e-3, .near_tie_rel = 0, .max_tie_steps = 0};
 
 struct case_ {
     char id[64];
@@ -114,7 +133,7 @@ static struct fixture read_fixture(const char *name)
     return fx;
 }
 
-static struct model *load_model(struct kern_backend *be, const char *file)
+static struct model *load_model(struct kern_backend *be, const char *file, const struct bounds *b)
 {
     char path[4096], why[256];
     snprintf(path, sizeof path, "%s/%s", model_dir(), file);
@@ -125,7 +144,8 @@ static struct model *load_model(struct kern_backend *be, const char *file)
     }
     fclose(f);
     struct model *m;
-    int err = model_load_cfg(path, be, &(struct model_config){.why = why, .why_cap = sizeof why}, &m);
+    int err = model_load_cfg(path, be, &(struct model_config){.why = why, .why_cap = sizeof why, .kv_f32 = b->kv_f32},
+                             &m);
     cr_assert_eq(err, 0, "%s: %s: %s", path, spec_errname(err), why);
     return m;
 }
@@ -149,27 +169,30 @@ static double top_rel_error(const struct case_ *c, const float *logits)
 }
 
 /* A step where ours and the reference differ must be a near-tie of the reference. */
-static void expect_near_tie(const char *model_file, const struct case_ *c, int t, int32_t got, const float *l)
+static void expect_near_tie(const char *model_file, const struct bounds *b, const struct case_ *c, int t,
+                            int32_t got, const float *l)
 {
-    cr_expect_leq(c->gaps[t], NEAR_TIE_REL * fabs(l[got]),
+    cr_expect_leq(c->gaps[t], b->near_tie_rel * fabs(l[got]),
                   "%s %s: greedy step %d: ours %d (%.4f) vs llama.cpp %d (%.4f here), not a near-tie (its top-2 "
                   "gap %.4f)",
                   model_file, c->id, t, got, l[got], c->greedy[t], l[c->greedy[t]], c->gaps[t]);
 }
 
-/* Every prompt: top-20 logits of the last prompt position, then teacher-forced greedy. */
-static void check_prompts(const char *model_file, const char *fixture_file)
+/* Every n_parts-th prompt from `part` (tests of one model can then run side by side): top-20 logits
+ * of the last prompt position, then teacher-forced greedy. */
+static void check_prompts(const char *model_file, const char *fixture_file, const struct bounds *b, int part,
+                          int n_parts)
 {
     struct fixture fx = read_fixture(fixture_file);
     struct kern_backend *be;
     /* One thread per test: Criterion runs two tests at once on CI's two cores. */
     cr_assert_eq(kern_backend_create("cpu", &(struct kern_backend_config){.n_threads = 1}, &be), 0);
-    struct model *m = load_model(be, model_file);
+    struct model *m = load_model(be, model_file, b);
     const int nv = model_n_vocab(m);
     float *last = malloc(sizeof(float) * (size_t)nv), *cont = malloc(sizeof(float) * (size_t)nv * (N_GREEDY - 1));
     double worst = 0, sum = 0;
-    int n_diff = 0;
-    for (int p = 0; p < fx.n; p++) {
+    int n_diff = 0, n_prompts = 0;
+    for (int p = part; p < fx.n; p += n_parts, n_prompts++) {
         const struct case_ *c = &fx.cases[p];
         struct model_seq *s;
         cr_assert_eq(model_seq_new(m, c->n_tokens + N_GREEDY, &s), 0);
@@ -177,23 +200,24 @@ static void check_prompts(const char *model_file, const char *fixture_file)
         double e = top_rel_error(c, last);
         worst = fmax(worst, e);
         sum += e;
-        cr_expect_leq(e, TOP_REL_TOL, "%s %s: top-20 logits off by %.3g relative", model_file, c->id, e);
+        cr_expect_leq(e, b->top_rel, "%s %s: top-20 logits off by %.3g relative", model_file, c->id, e);
         cr_assert_eq(model_forward(m, s, c->greedy, N_GREEDY - 1, cont), 0);
         for (int t = 0; t < N_GREEDY; t++) {
             const float *l = t == 0 ? last : cont + (size_t)(t - 1) * nv;
             int32_t got = argmax(l, nv);
             if (got != c->greedy[t]) {
                 n_diff++;
-                expect_near_tie(model_file, c, t, got, l);
+                expect_near_tie(model_file, b, c, t, got, l);
             }
         }
         model_seq_free(s);
     }
-    const int n_steps = fx.n * N_GREEDY;
-    cr_expect_leq(n_diff * MAX_TIE_STEPS, n_steps, "%s: %d of %d greedy steps differ", model_file, n_diff, n_steps);
+    const int n_steps = n_prompts * N_GREEDY;
+    cr_expect_leq(n_diff, b->max_tie_steps ? n_steps / b->max_tie_steps : 0, "%s: %d of %d greedy steps differ",
+                  model_file, n_diff, n_steps);
     cr_log_info("%s: %d prompts; top-20 logits: max relative error %.3g, mean %.3g; greedy (teacher forced): %d of "
-                "%d steps identical, the others near-ties",
-                model_file, fx.n, worst, sum / fx.n, n_steps - n_diff, n_steps);
+                "%d steps identical",
+                model_file, n_prompts, worst, sum / n_prompts, n_steps - n_diff, n_steps);
     free(last);
     free(cont);
     free(fx.cases);
@@ -203,12 +227,12 @@ static void check_prompts(const char *model_file, const char *fixture_file)
 
 /* The first prompt, decoded one token at a time as a user would, up to its first near-tie (after
  * which two valid continuations part ways). */
-static void check_decode(const char *model_file, const char *fixture_file)
+static void check_decode(const char *model_file, const char *fixture_file, const struct bounds *b)
 {
     struct fixture fx = read_fixture(fixture_file);
     struct kern_backend *be;
     cr_assert_eq(kern_backend_create("cpu", &(struct kern_backend_config){.n_threads = 1}, &be), 0);
-    struct model *m = load_model(be, model_file);
+    struct model *m = load_model(be, model_file, b);
     const int nv = model_n_vocab(m);
     const struct case_ *c = &fx.cases[0];
     float *l = malloc(sizeof(float) * (size_t)nv);
@@ -219,7 +243,7 @@ static void check_decode(const char *model_file, const char *fixture_file)
     for (; t < N_GREEDY; t++) {
         int32_t id = argmax(l, nv);
         if (id != c->greedy[t]) {
-            expect_near_tie(model_file, c, t, id, l);
+            expect_near_tie(model_file, b, c, t, id, l);
             break;
         }
         if (t + 1 < N_GREEDY)
@@ -240,30 +264,76 @@ static void check_decode(const char *model_file, const char *fixture_file)
 
 Test(model_llamacpp, smollm2_matches_llama_cpp_logits_and_greedy, .timeout = 600)
 {
-    check_prompts(SMOLLM2, "logits-smollm2.txt");
+    check_prompts(SMOLLM2, "logits-smollm2.txt", &QUANT, 0, 1);
 }
 
 Test(model_llamacpp, smollm2_decodes_the_same_greedy_continuation, .timeout = 600)
 {
-    check_decode(SMOLLM2, "logits-smollm2.txt");
+    check_decode(SMOLLM2, "logits-smollm2.txt", &QUANT);
 }
 
 Test(model_llamacpp, qwen2_5_0_5b_matches_llama_cpp_logits_and_greedy, .timeout = 900)
 {
-    check_prompts(QWEN_05B, "logits-qwen2.5-0.5b.txt");
+    check_prompts(QWEN_05B, "logits-qwen2.5-0.5b.txt", &QUANT, 0, 1);
 }
 
 Test(model_llamacpp, qwen2_5_0_5b_decodes_the_same_greedy_continuation, .timeout = 600)
 {
-    check_decode(QWEN_05B, "logits-qwen2.5-0.5b.txt");
+    check_decode(QWEN_05B, "logits-qwen2.5-0.5b.txt", &QUANT);
 }
 
 Test(model_llamacpp, qwen2_5_1_5b_matches_llama_cpp_logits_and_greedy, .timeout = 900)
 {
-    check_prompts(QWEN_15B, "logits-qwen2.5-1.5b.txt");
+    check_prompts(QWEN_15B, "logits-qwen2.5-1.5b.txt", &QUANT, 0, 1);
 }
 
 Test(model_llamacpp, qwen2_5_1_5b_decodes_the_same_greedy_continuation, .timeout = 600)
 {
-    check_decode(QWEN_15B, "logits-qwen2.5-1.5b.txt");
+    check_decode(QWEN_15B, "logits-qwen2.5-1.5b.txt", &QUANT);
+}
+
+/* Float weights: the issue's bounds. The larger models' prompts are split over two tests so that
+ * Criterion's two jobs share them. */
+#define SMOLLM2_F32 "smollm2-135m-instruct-f32.gguf"
+#define QWEN_05B_F32 "qwen2.5-coder-0.5b-f32.gguf"
+#define QWEN_15B_F16 "qwen2.5-coder-1.5b-f16.gguf"
+
+Test(model_llamacpp, smollm2_f32_logits_within_1e_3_and_greedy_identical, .timeout = 600)
+{
+    check_prompts(SMOLLM2_F32, "logits-smollm2-f32.txt", &FLOAT, 0, 1);
+}
+
+Test(model_llamacpp, smollm2_f32_decodes_the_identical_greedy_continuation, .timeout = 600)
+{
+    check_decode(SMOLLM2_F32, "logits-smollm2-f32.txt", &FLOAT);
+}
+
+Test(model_llamacpp, qwen2_5_0_5b_f32_logits_within_1e_3_and_greedy_identical_even_prompts, .timeout = 900)
+{
+    check_prompts(QWEN_05B_F32, "logits-qwen2.5-0.5b-f32.txt", &FLOAT, 0, 2);
+}
+
+Test(model_llamacpp, qwen2_5_0_5b_f32_logits_within_1e_3_and_greedy_identical_odd_prompts, .timeout = 900)
+{
+    check_prompts(QWEN_05B_F32, "logits-qwen2.5-0.5b-f32.txt", &FLOAT, 1, 2);
+}
+
+Test(model_llamacpp, qwen2_5_0_5b_f32_decodes_the_identical_greedy_continuation, .timeout = 600)
+{
+    check_decode(QWEN_05B_F32, "logits-qwen2.5-0.5b-f32.txt", &FLOAT);
+}
+
+Test(model_llamacpp, qwen2_5_1_5b_f16_logits_within_1e_3_and_greedy_identical_even_prompts, .timeout = 900)
+{
+    check_prompts(QWEN_15B_F16, "logits-qwen2.5-1.5b-f16.txt", &FLOAT, 0, 2);
+}
+
+Test(model_llamacpp, qwen2_5_1_5b_f16_logits_within_1e_3_and_greedy_identical_odd_prompts, .timeout = 900)
+{
+    check_prompts(QWEN_15B_F16, "logits-qwen2.5-1.5b-f16.txt", &FLOAT, 1, 2);
+}
+
+Test(model_llamacpp, qwen2_5_1_5b_f16_decodes_the_identical_greedy_continuation, .timeout = 600)
+{
+    check_decode(QWEN_15B_F16, "logits-qwen2.5-1.5b-f16.txt", &FLOAT);
 }

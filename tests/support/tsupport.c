@@ -4,12 +4,10 @@
 #include "common/err.h"
 #include "tests/support/tsupport.h"
 
-int tsupport_try_load(void *buf, size_t size, struct kern_backend *be, int max_batch, struct mem_model *mm, char *why,
-                      size_t why_cap)
+int tsupport_try_load(void *buf, size_t size, struct kern_backend *be, struct model_config cfg, struct mem_model *mm)
 {
     *mm = (struct mem_model){.buf = buf, .size = size};
     cr_assert_eq(gguf_open_memory(buf, size, &mm->g), 0);
-    struct model_config cfg = {.max_batch = max_batch, .why = why, .why_cap = why_cap};
     int err = model_load_gguf(mm->g, be, &cfg, &mm->m);
     if (err) {
         gguf_close(mm->g);
@@ -18,7 +16,8 @@ int tsupport_try_load(void *buf, size_t size, struct kern_backend *be, int max_b
     return err;
 }
 
-struct mem_model tsupport_load_synth(const struct model_synth_config *c, struct kern_backend *be, int max_batch)
+struct mem_model tsupport_load_synth(const struct model_synth_config *c, struct kern_backend *be,
+                                     struct model_config cfg)
 {
     void *buf;
     size_t size;
@@ -26,7 +25,9 @@ struct mem_model tsupport_load_synth(const struct model_synth_config *c, struct 
     cr_assert_eq(err, 0, "synth: %s", spec_errname(err));
     struct mem_model mm;
     char why[200];
-    err = tsupport_try_load(buf, size, be, max_batch, &mm, why, sizeof why);
+    cfg.why = why;
+    cfg.why_cap = sizeof why;
+    err = tsupport_try_load(buf, size, be, cfg, &mm);
     cr_assert_eq(err, 0, "load: %s: %s", spec_errname(err), why);
     return mm;
 }

@@ -14,12 +14,12 @@ struct mem_model {
     struct model *m;
 };
 
-/* Parse and load a GGUF buffer (ownership of buf passes to mm); on failure mm holds no model and
- * the error and reason are returned. */
-int tsupport_try_load(void *buf, size_t size, struct kern_backend *be, int max_batch, struct mem_model *mm, char *why,
-                      size_t why_cap);
-/* Write and load a synthetic model; asserts success. */
-struct mem_model tsupport_load_synth(const struct model_synth_config *c, struct kern_backend *be, int max_batch);
+/* Parse and load a GGUF buffer (ownership of buf passes to mm) with cfg (its why/why_cap receive the
+ * reason of a failure); on failure mm holds no model and the error is returned. */
+int tsupport_try_load(void *buf, size_t size, struct kern_backend *be, struct model_config cfg, struct mem_model *mm);
+/* Write and load a synthetic model with cfg; asserts success. */
+struct mem_model tsupport_load_synth(const struct model_synth_config *c, struct kern_backend *be,
+                                     struct model_config cfg);
 void tsupport_mem_model_free(struct mem_model *mm);
 
 #endif
