@@ -118,6 +118,31 @@ static bool contains(const int32_t *ids, size_t n, int32_t id)
     return false;
 }
 
+/* UTF-8 encoding of cp <= U+10FFFF, written here so the tests do not rely on model/unicode.c. */
+static size_t put_utf8(uint32_t cp, char *out)
+{
+    if (cp < 0x80) {
+        out[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        out[0] = (char)(0xC0 | (cp >> 6));
+        out[1] = (char)(0x80 | (cp & 0x3F));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        out[0] = (char)(0xE0 | (cp >> 12));
+        out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        out[2] = (char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    out[0] = (char)(0xF0 | (cp >> 18));
+    out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+    out[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+    out[3] = (char)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
 /* Random valid UTF-8: mostly ASCII words and spaces, some 2-, 3- and 4-byte characters. */
 static size_t random_utf8(uint64_t *rng, char *out, size_t max_chars)
 {
@@ -137,21 +162,7 @@ static size_t random_utf8(uint64_t *rng, char *out, size_t max_chars)
             while (cp >= 0xD800 && cp < 0xE000);
         } else
             cp = 0x10000 + (uint32_t)(rng_next(rng) % (0x110000 - 0x10000));
-        if (cp < 0x80) {
-            out[k++] = (char)cp;
-        } else if (cp < 0x800) {
-            out[k++] = (char)(0xC0 | (cp >> 6));
-            out[k++] = (char)(0x80 | (cp & 0x3F));
-        } else if (cp < 0x10000) {
-            out[k++] = (char)(0xE0 | (cp >> 12));
-            out[k++] = (char)(0x80 | ((cp >> 6) & 0x3F));
-            out[k++] = (char)(0x80 | (cp & 0x3F));
-        } else {
-            out[k++] = (char)(0xF0 | (cp >> 18));
-            out[k++] = (char)(0x80 | ((cp >> 12) & 0x3F));
-            out[k++] = (char)(0x80 | ((cp >> 6) & 0x3F));
-            out[k++] = (char)(0x80 | (cp & 0x3F));
-        }
+        k += put_utf8(cp, out + k);
     }
     return k;
 }
@@ -176,21 +187,7 @@ static size_t llama_sanitize(const uint8_t *s, size_t n, char *out)
             len = 1;
         }
         i += len;
-        if (cp < 0x80) {
-            out[k++] = (char)cp;
-        } else if (cp < 0x800) {
-            out[k++] = (char)(0xC0 | (cp >> 6));
-            out[k++] = (char)(0x80 | (cp & 0x3F));
-        } else if (cp < 0x10000) {
-            out[k++] = (char)(0xE0 | (cp >> 12));
-            out[k++] = (char)(0x80 | ((cp >> 6) & 0x3F));
-            out[k++] = (char)(0x80 | (cp & 0x3F));
-        } else {
-            out[k++] = (char)(0xF0 | (cp >> 18));
-            out[k++] = (char)(0x80 | ((cp >> 12) & 0x3F));
-            out[k++] = (char)(0x80 | ((cp >> 6) & 0x3F));
-            out[k++] = (char)(0x80 | (cp & 0x3F));
-        }
+        k += put_utf8(cp, out + k);
     }
     return k;
 }
