@@ -21,7 +21,7 @@ WARN     := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
 CPPFLAGS += -I. -Iinclude -D_GNU_SOURCE
 CFLAGS   += -std=c11 $(OPT) -g $(WARN) -pthread $(SANFLAGS)
 LDFLAGS  += -pthread $(SANFLAGS)
-LDLIBS   += -lm
+LDLIBS   += -luv -lmsgpackc -lm
 
 # SIMD variants are compiled with their own ISA flags and picked at run time (kernels/cpu).
 AVX2FLAGS := -mavx2 -mfma -mf16c
@@ -30,7 +30,7 @@ MODEL_DIR ?= .models
 export SPECD_MODEL_DIR := $(abspath $(MODEL_DIR))
 
 # Library components, lowest layer first (data flows up this list, never down).
-LIB_DIRS := common kernels kernels/cpu model verify draft target engine
+LIB_DIRS := common kernels kernels/cpu model verify draft target engine ipc
 LIB_SRCS := $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.c))
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
 
@@ -40,6 +40,15 @@ CU_OBJS  := $(CU_SRCS:%.cu=$(BUILD)/obj/%.o)
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 NVFLAGS  := -O2 -std=c++17 -I. -Iinclude -arch=sm_90 -Xcompiler -Wall,-Wextra,-Werror
 endif
+
+# The daemon (daemon/*.c, one binary) and the client library for applications (client/, door
+# include/specd_client.h; it needs only msgpack-c, not libspecd).
+DAEMON_SRCS := $(wildcard daemon/*.c)
+DAEMON_OBJS := $(DAEMON_SRCS:%.c=$(BUILD)/obj/%.o)
+DAEMON      := $(if $(DAEMON_SRCS),$(BUILD)/bin/specd)
+CLIENT_SRCS := $(wildcard client/*.c)
+CLIENT_OBJS := $(CLIENT_SRCS:%.c=$(BUILD)/obj/%.o)
+CLIENT_LIB  := $(if $(CLIENT_SRCS),$(BUILD)/libspecd-client.a)
 
 TOOL_SRCS := $(wildcard tools/*.c)
 TOOLS     := $(TOOL_SRCS:tools/%.c=$(BUILD)/bin/%)
@@ -54,10 +63,11 @@ TESTS     := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 
 LIB := $(BUILD)/libspecd.a
 
-.PHONY: all lib tools benches tests test test-asan models run install clean
-all: lib tools benches tests
+.PHONY: all lib daemon tools benches tests test test-asan models run install clean
+all: lib daemon tools benches tests
 
-lib: $(LIB)
+lib: $(LIB) $(CLIENT_LIB)
+daemon: $(DAEMON)
 tools: $(TOOLS)
 benches: $(BENCHES)
 tests: $(TESTS)
@@ -65,6 +75,14 @@ tests: $(TESTS)
 $(LIB): $(LIB_OBJS) $(CU_OBJS)
 	@mkdir -p $(@D)
 	$(AR) rcs $@ $^
+
+$(BUILD)/libspecd-client.a: $(CLIENT_OBJS)
+	@mkdir -p $(@D)
+	$(AR) rcs $@ $^
+
+$(BUILD)/bin/specd: $(DAEMON_OBJS) $(LIB)
+	@mkdir -p $(@D)
+	$(CC) $(DAEMON_OBJS) -o $@ $(LDFLAGS) $(LIB) $(LDLIBS)
 
 $(BUILD)/obj/%_avx2.o: %_avx2.c
 	@mkdir -p $(@D)
@@ -78,17 +96,18 @@ $(BUILD)/obj/%.o: %.cu
 	@mkdir -p $(@D)
 	$(NVCC) $(NVFLAGS) -c $< -o $@
 
-$(BUILD)/bin/%: tools/%.c $(LIB)
+$(BUILD)/bin/%: tools/%.c $(LIB) $(CLIENT_LIB)
 	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS) $(CFLAGS) $< -o $@ $(LDFLAGS) $(LIB) $(LDLIBS)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $< -o $@ $(LDFLAGS) $(LIB) $(CLIENT_LIB) $(LDLIBS)
 
 $(BUILD)/bin/%: bench/%.c $(LIB)
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $< -o $@ $(LDFLAGS) $(LIB) $(LDLIBS)
 
-$(BUILD)/tests/%: tests/%.c $(TEST_SUPPORT) $(LIB)
+# Integration tests start the real daemon and tools, so those are built first.
+$(BUILD)/tests/%: tests/%.c $(TEST_SUPPORT) $(LIB) $(CLIENT_LIB) | $(DAEMON) $(TOOLS)
 	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS) $(CFLAGS) $< $(TEST_SUPPORT) -o $@ $(LDFLAGS) $(LIB) -lcriterion $(LDLIBS)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $< $(TEST_SUPPORT) -o $@ $(LDFLAGS) $(LIB) $(CLIENT_LIB) -lcriterion $(LDLIBS)
 
 # Every test binary runs; the real-model tests inside them skip loudly when `make models` has not run.
 test: all
@@ -113,7 +132,7 @@ run: all
 PREFIX ?= /usr/local
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin
-	install -m 0755 $(TOOLS) $(DESTDIR)$(PREFIX)/bin/
+	install -m 0755 $(DAEMON) $(TOOLS) $(DESTDIR)$(PREFIX)/bin/
 
 clean:
 	rm -rf build build-asan

@@ -25,6 +25,8 @@ static const struct err_entry err_table[] = {
     {SPEC_E_ALIGNMENT, "SPEC_E_ALIGNMENT", "bad alignment"},
     {SPEC_E_TOKENIZER, "SPEC_E_TOKENIZER", "inconsistent tokenizer data"},
     {SPEC_E_NUMERIC, "SPEC_E_NUMERIC", "no finite probability mass (all -inf or NaN)"},
+    {SPEC_E_BUSY, "SPEC_E_BUSY", "no free slot (sequences, clients or queue)"},
+    {SPEC_E_CANCELLED, "SPEC_E_CANCELLED", "cancelled before it finished"},
 };
 
 static const struct err_entry *err_lookup(int err)

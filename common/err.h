@@ -22,6 +22,8 @@ enum spec_err {
     SPEC_E_ALIGNMENT = -15,   /* alignment or offset not aligned as required */
     SPEC_E_TOKENIZER = -16,   /* tokenizer data inconsistent (bad merge, missing byte token...) */
     SPEC_E_NUMERIC = -17,     /* a distribution has no finite mass (all -inf or NaN logits) */
+    SPEC_E_BUSY = -18,        /* every slot is taken (sequences, clients, queue) */
+    SPEC_E_CANCELLED = -19,   /* the operation was cancelled before it finished */
 };
 
 /* Return from the enclosing function with the error of `expr`, if any. */
