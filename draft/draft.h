@@ -22,23 +22,31 @@ struct draft_ngram_params {
 int draft_ngram_propose(const struct draft_ngram_params *p, const int32_t *hist, size_t n_hist, int max_out,
                         int32_t *out, int *n_out);
 
-/* Drafting with a small model of the same vocabulary. The draft's KV cache always holds a prefix of
- * the accepted history; the tokens after it are fed before drafting. */
+/* Drafting with a small model of the same vocabulary, for many sequences at once: each forward pass
+ * of the draft feeds one token of every sequence still drafting. A sequence's draft KV cache always
+ * holds a prefix of its accepted history; the tokens after it are fed first. */
+#define DRAFT_MAX_RUNS 64
+
 struct draft_model_run {
-    struct model *m;
-    struct model_seq *s;
+    struct model_seq *s;            /* the draft model's sequence */
     const struct verify_params *sp; /* the request's sampler settings: q is processed like p */
-    size_t penalty_window;
     uint64_t seq_id;                /* the request's random stream */
-    struct verify_scratch *vs;
-    float *logits;                  /* n_vocab floats */
+    int32_t *ctx;                   /* accepted history, with room for max_out drafts after it */
+    size_t n_ctx;
+    int max_out;                    /* >= 1 */
+    int32_t *out;                   /* max_out proposed tokens */
+    float *q;                       /* max_out x n_vocab processed draft distributions */
+    float *logits;                  /* n_vocab floats of scratch */
+    int n_out;                      /* result: tokens proposed (>= 1 unless err) */
+    int err;                        /* result: a named error that ended this run's drafting */
 };
 
-/* Propose up to max_out tokens after ctx[0..n_ctx), writing them to out and their processed draft
- * distributions to q (max_out x n_vocab). Drafting stops early once the draft's own probability of
- * its next token falls below min_prob (at least one token is always proposed). ctx needs room for
- * max_out more tokens: drafts are appended there for the penalty windows. */
-int draft_model_propose(const struct draft_model_run *r, int32_t *ctx, size_t n_ctx, int max_out, float min_prob,
-                        int32_t *out, float *q, int *n_out);
+/* Propose up to max_out tokens for each run, writing them to out (and after ctx[n_ctx], for the
+ * penalty windows) and their distributions to q. A run stops early once the draft's own probability
+ * of its next token falls below min_prob (at least one token is always proposed). A numeric error in
+ * one run's rows sets that run's err and the others go on; a failed forward pass is returned (every
+ * run's cache is then a prefix of its history still, to be truncated by the caller). */
+int draft_model_propose(struct model *m, struct draft_model_run *runs, int n_runs, size_t penalty_window,
+                        float min_prob, struct verify_scratch *vs);
 
 #endif

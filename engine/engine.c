@@ -8,20 +8,47 @@
 #include "engine/engine.h"
 #include "target/target.h"
 
+/* One request in flight. */
+struct slot {
+    bool used, prefilled, cancel;
+    uint32_t id;
+    engine_update_fn fn;
+    void *user;
+    int max_tokens, draft_max;
+    bool speculative;
+    struct verify_params sp;
+    uint64_t seq_id;
+    struct model_seq *tseq, *dseq;
+    int32_t *hist;      /* n_ctx + draft_max + 1: accepted tokens, drafts appended while scoring */
+    size_t n_hist;
+    int n_prompt, n_gen;
+    float *q;           /* draft_max x n_vocab draft distributions */
+    float *p;           /* (draft_max + 1) x n_vocab target distributions */
+    float *dlogits;     /* n_vocab: the draft's latest logits */
+    double accept_rate; /* running estimate of per-token acceptance */
+    struct engine_stats st;
+    /* this round */
+    int gamma, n_drafts;
+    int32_t drafts[ENGINE_MAX_DRAFT];
+    /* text: decoded bytes not yet handed out, because they may begin a stop string */
+    struct tok_stream ts;
+    char *text;
+    size_t n_text, cap_text;
+    char stop[ENGINE_MAX_STOP][ENGINE_MAX_STOP_LEN + 1];
+    int n_stop;
+};
+
 struct engine {
     struct engine_config cfg;
     int32_t n_vocab;
-    struct model_seq *tseq, *dseq;
-    struct target_scratch ts;
-    struct verify_scratch *dvs;
-    float *dlogits;     /* n_vocab: the draft's latest logits */
-    float *q;           /* draft_max x n_vocab draft distributions */
-    float *residual;    /* n_vocab */
-    int32_t *hist;      /* n_ctx + draft_max + 1: accepted tokens, drafts appended while scoring */
-    double accept_rate; /* running estimate of per-token acceptance */
-    double t_draft_tok; /* running estimate of seconds per drafted token */
-    /* Decayed least-squares fit of target pass time t = a + b * n_drafts: on a CPU, scoring more
-     * positions is not free, and that is what limits a useful γ. */
+    uint32_t next_id;
+    struct slot *slots; /* max_seqs */
+    struct target_scratch tsc;
+    struct verify_scratch *vs;
+    float *residual; /* n_vocab */
+    double t_draft_step; /* running estimate of seconds per batched draft step */
+    /* Decayed least-squares fit of target pass time t = a + b * n_drafts (all sequences' drafts): on a
+     * CPU, scoring more positions is not free, and that is what limits a useful γ. */
     double fit_s0, fit_sx, fit_sxx, fit_sy, fit_sxy;
 };
 
@@ -41,57 +68,62 @@ const char *engine_finish_name(enum engine_finish f)
         return "length";
     case ENGINE_FINISH_CANCELLED:
         return "cancelled";
+    case ENGINE_FINISH_ERROR:
+        return "error";
     }
     return "unknown";
+}
+
+static void slot_release(struct slot *sl)
+{
+    model_seq_free(sl->tseq);
+    model_seq_free(sl->dseq);
+    free(sl->hist);
+    free(sl->q);
+    free(sl->p);
+    free(sl->dlogits);
+    free(sl->text);
+    *sl = (struct slot){0};
 }
 
 void engine_free(struct engine *e)
 {
     if (!e)
         return;
-    model_seq_free(e->tseq);
-    model_seq_free(e->dseq);
-    target_scratch_release(&e->ts);
-    verify_scratch_free(e->dvs);
-    free(e->dlogits);
-    free(e->q);
+    for (int i = 0; e->slots && i < e->cfg.max_seqs; i++)
+        slot_release(&e->slots[i]);
+    free(e->slots);
+    target_scratch_release(&e->tsc);
+    verify_scratch_free(e->vs);
     free(e->residual);
-    free(e->hist);
     free(e);
 }
 
 int engine_new(const struct engine_config *cfg, struct engine **out)
 {
     if (!cfg || !cfg->target || !out || cfg->draft_max < 1 || cfg->draft_max > ENGINE_MAX_DRAFT ||
-        cfg->draft_min < 1 || cfg->draft_min > cfg->draft_max || cfg->penalty_window < 0 ||
-        !(cfg->draft_min_prob >= 0.0f && cfg->draft_min_prob <= 1.0f))
+        cfg->draft_min < 1 || cfg->draft_min > cfg->draft_max || cfg->penalty_window < 0 || cfg->max_seqs < 0 ||
+        cfg->max_seqs > ENGINE_MAX_SEQS || !(cfg->draft_min_prob >= 0.0f && cfg->draft_min_prob <= 1.0f))
         return SPEC_E_INVALID_ARG;
     const int32_t n_vocab = model_n_vocab(cfg->target);
     if (cfg->draft && model_n_vocab(cfg->draft) != n_vocab)
         return SPEC_E_SHAPE; /* draft and target must share one vocabulary */
+    const int n_ctx = cfg->n_ctx > 0 ? cfg->n_ctx : model_n_ctx_train(cfg->target);
+    if (n_ctx < 2)
+        return SPEC_E_INVALID_ARG;
     struct engine *e = calloc(1, sizeof *e);
     if (!e)
         return SPEC_E_NOMEM;
     e->cfg = *cfg;
+    e->cfg.n_ctx = n_ctx;
+    e->cfg.max_seqs = cfg->max_seqs > 0 ? cfg->max_seqs : 1;
     e->n_vocab = n_vocab;
-    e->accept_rate = 0.7;
-    int rc = model_seq_new(cfg->target, cfg->n_ctx, &e->tseq);
+    e->next_id = 1;
+    e->slots = calloc((size_t)e->cfg.max_seqs, sizeof *e->slots);
+    e->residual = malloc((size_t)n_vocab * sizeof *e->residual);
+    int rc = e->slots && e->residual ? target_scratch_init(&e->tsc, n_vocab) : SPEC_E_NOMEM;
     if (!rc)
-        e->cfg.n_ctx = model_seq_n_ctx(e->tseq);
-    if (!rc && cfg->draft)
-        rc = model_seq_new(cfg->draft, e->cfg.n_ctx, &e->dseq);
-    if (!rc)
-        rc = target_scratch_init(&e->ts, n_vocab, cfg->draft_max + 1);
-    if (!rc)
-        rc = verify_scratch_new(n_vocab, &e->dvs);
-    if (!rc) {
-        e->dlogits = malloc((size_t)n_vocab * sizeof *e->dlogits);
-        e->q = malloc((size_t)cfg->draft_max * (size_t)n_vocab * sizeof *e->q);
-        e->residual = malloc((size_t)n_vocab * sizeof *e->residual);
-        e->hist = malloc(((size_t)e->cfg.n_ctx + (size_t)cfg->draft_max + 1) * sizeof *e->hist);
-        if (!e->dlogits || !e->q || !e->residual || !e->hist)
-            rc = SPEC_E_NOMEM;
-    }
+        rc = verify_scratch_new(n_vocab, &e->vs);
     if (rc) {
         engine_free(e);
         return rc;
@@ -100,34 +132,271 @@ int engine_new(const struct engine_config *cfg, struct engine **out)
     return SPEC_OK;
 }
 
-/* Target pass time for n_drafts draft tokens, from the fit; before two different sizes have been
- * seen, assume each extra position costs 10% of a pass. */
-static double pass_time(const struct engine *e, int n_drafts)
+int engine_n_ctx(const struct engine *e)
 {
-    if (e->fit_s0 <= 0.0)
-        return 1.0 + 0.1 * n_drafts;
-    const double mx = e->fit_sx / e->fit_s0, my = e->fit_sy / e->fit_s0;
-    const double var = e->fit_sxx / e->fit_s0 - mx * mx;
-    double b = var > 0.25 ? (e->fit_sxy / e->fit_s0 - mx * my) / var : 0.1 * my / (1.0 + 0.1 * mx);
-    if (b < 0.0)
-        b = 0.0;
-    const double a = my - b * mx;
-    return fmax(a, 1e-9) + b * n_drafts;
+    return e->cfg.n_ctx;
 }
 
-/* γ maximising expected tokens per second (Leviathan et al. 2023, Thm 3.8): a round yields
- * (1 - α^(γ+1)) / (1 - α) tokens, α the acceptance rate, and costs γ drafted tokens plus one target
- * pass over γ + 1 positions. */
-static int choose_gamma(const struct engine *e)
+int engine_max_seqs(const struct engine *e)
+{
+    return e->cfg.max_seqs;
+}
+
+int engine_n_active(const struct engine *e)
+{
+    int n = 0;
+    for (int i = 0; i < e->cfg.max_seqs; i++)
+        n += e->slots[i].used;
+    return n;
+}
+
+/* Stop strings must be whole UTF-8 text, so that holding back a prefix of one never splits a
+ * character of the output. */
+static bool utf8_valid(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        const unsigned char c = (unsigned char)s[i];
+        const size_t len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
+        if (len == 0 || (len == 2 && c < 0xC2) || i + len > n)
+            return false;
+        for (size_t k = 1; k < len; k++)
+            if (((unsigned char)s[i + k] & 0xC0) != 0x80)
+                return false;
+        i += len;
+    }
+    return true;
+}
+
+static int check_request(const struct engine *e, const struct engine_request *req)
+{
+    if (!req || !req->prompt || req->n_prompt <= 0 || req->max_tokens < 0 || req->draft_max < 0 ||
+        req->draft_max > ENGINE_MAX_DRAFT || req->n_stop < 0 || (req->n_stop > 0 && !req->stop))
+        return SPEC_E_INVALID_ARG;
+    for (int i = 0; i < req->n_prompt; i++)
+        if (req->prompt[i] < 0 || req->prompt[i] >= e->n_vocab)
+            return SPEC_E_INVALID_ARG;
+    if (req->n_prompt >= e->cfg.n_ctx)
+        return SPEC_E_CONTEXT_FULL;
+    if (req->n_stop > ENGINE_MAX_STOP)
+        return SPEC_E_RANGE;
+    for (int i = 0; i < req->n_stop; i++) {
+        const size_t n = req->stop[i] ? strlen(req->stop[i]) : 0;
+        if (n == 0 || n > ENGINE_MAX_STOP_LEN || !utf8_valid(req->stop[i], n))
+            return SPEC_E_RANGE;
+    }
+    return verify_params_check(&req->sampling);
+}
+
+int engine_submit(struct engine *e, const struct engine_request *req, engine_update_fn fn, void *user,
+                  uint32_t *id)
+{
+    if (!e || !fn)
+        return SPEC_E_INVALID_ARG;
+    SPEC_TRY(check_request(e, req));
+    struct slot *sl = NULL;
+    for (int i = 0; i < e->cfg.max_seqs && !sl; i++)
+        if (!e->slots[i].used)
+            sl = &e->slots[i];
+    if (!sl)
+        return SPEC_E_BUSY;
+    const struct tok *tok = model_tokenizer(e->cfg.target);
+    const int draft_max = req->draft_max > 0 && req->draft_max < e->cfg.draft_max ? req->draft_max : e->cfg.draft_max;
+    const size_t v = (size_t)e->n_vocab;
+    *sl = (struct slot){.used = true, .id = e->next_id, .fn = fn, .user = user, .max_tokens = req->max_tokens,
+                        .draft_max = draft_max, .speculative = req->speculative, .sp = req->sampling,
+                        .seq_id = req->seq_id, .n_prompt = req->n_prompt, .accept_rate = 0.7,
+                        .st = {.n_prompt = req->n_prompt}, .n_stop = req->n_stop};
+    sl->cap_text = ENGINE_MAX_STOP_LEN + (size_t)(ENGINE_MAX_DRAFT + 1) * tok_stream_max_out(tok) + 8;
+    sl->hist = malloc(((size_t)e->cfg.n_ctx + (size_t)draft_max + 1) * sizeof *sl->hist);
+    sl->p = malloc(((size_t)draft_max + 1) * v * sizeof *sl->p);
+    sl->text = malloc(sl->cap_text);
+    int rc = sl->hist && sl->p && sl->text ? model_seq_new(e->cfg.target, e->cfg.n_ctx, &sl->tseq) : SPEC_E_NOMEM;
+    if (!rc && req->speculative) {
+        sl->q = malloc((size_t)draft_max * v * sizeof *sl->q);
+        if (!sl->q)
+            rc = SPEC_E_NOMEM;
+        else if (e->cfg.draft) {
+            sl->dlogits = malloc(v * sizeof *sl->dlogits);
+            rc = sl->dlogits ? model_seq_new(e->cfg.draft, e->cfg.n_ctx, &sl->dseq) : SPEC_E_NOMEM;
+        }
+    }
+    if (rc) {
+        slot_release(sl);
+        return rc;
+    }
+    memcpy(sl->hist, req->prompt, (size_t)req->n_prompt * sizeof *sl->hist);
+    sl->n_hist = (size_t)req->n_prompt;
+    for (int i = 0; i < req->n_stop; i++)
+        memcpy(sl->stop[i], req->stop[i], strlen(req->stop[i]) + 1);
+    tok_stream_init(&sl->ts, tok, false);
+    *id = e->next_id++;
+    if (e->next_id == 0)
+        e->next_id = 1;
+    return SPEC_OK;
+}
+
+int engine_cancel(struct engine *e, uint32_t id)
+{
+    for (int i = 0; e && i < e->cfg.max_seqs; i++)
+        if (e->slots[i].used && e->slots[i].id == id) {
+            e->slots[i].cancel = true;
+            return SPEC_OK;
+        }
+    return SPEC_E_NOT_FOUND;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Text and stop strings                                                                          */
+
+/* Earliest position of a stop string in the held-back text, or -1. */
+static long find_stop(const struct slot *sl, size_t *len)
+{
+    long best = -1;
+    for (int i = 0; i < sl->n_stop; i++) {
+        const size_t n = strlen(sl->stop[i]);
+        for (size_t at = 0; at + n <= sl->n_text && (best < 0 || at < (size_t)best); at++)
+            if (!memcmp(sl->text + at, sl->stop[i], n)) {
+                best = (long)at;
+                *len = n;
+                break;
+            }
+    }
+    return best;
+}
+
+/* Bytes at the end of the held-back text that could be the start of a stop string. */
+static size_t stop_prefix_len(const struct slot *sl)
+{
+    size_t keep = 0;
+    for (int i = 0; i < sl->n_stop; i++) {
+        const size_t n = strlen(sl->stop[i]);
+        for (size_t k = n - 1 < sl->n_text ? n - 1 : sl->n_text; k > keep; k--)
+            if (!memcmp(sl->text + sl->n_text - k, sl->stop[i], k)) {
+                keep = k;
+                break;
+            }
+    }
+    return keep;
+}
+
+/* Decode one accepted token into the held-back text; true when it completed a stop string, in which
+ * case the text is cut where the stop string begins. */
+static int push_text(struct slot *sl, int32_t token, bool *stopped)
+{
+    size_t n = 0;
+    SPEC_TRY(tok_stream_push(&sl->ts, token, sl->text + sl->n_text, sl->cap_text - sl->n_text, &n));
+    sl->n_text += n;
+    size_t len = 0;
+    const long at = find_stop(sl, &len);
+    *stopped = at >= 0;
+    if (at >= 0)
+        sl->n_text = (size_t)at;
+    return SPEC_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Updates                                                                                        */
+
+/* Hand out this round's tokens and the text that can no longer be part of a stop string; with done,
+ * all of the text, and release the slot. Returns the callback's verdict (non-zero: cancel). */
+static int deliver(struct slot *sl, const int32_t *tokens, int n, bool done, enum engine_finish fin, int err)
+{
+    size_t n_out = sl->n_text;
+    if (done && fin != ENGINE_FINISH_STOP) {
+        size_t tail = 0;
+        if (!tok_stream_flush(&sl->ts, sl->text + sl->n_text, sl->cap_text - sl->n_text, &tail))
+            sl->n_text += tail;
+        n_out = sl->n_text;
+    } else if (!done) {
+        n_out = sl->n_text - stop_prefix_len(sl);
+    }
+    sl->st.n_generated = sl->n_gen;
+    const struct engine_update u = {.tokens = tokens, .n_tokens = n, .text = sl->text, .n_text = n_out,
+                                    .done = done, .finish = fin, .error = err, .stats = done ? &sl->st : NULL};
+    const int verdict = sl->fn(sl->user, &u);
+    memmove(sl->text, sl->text + n_out, sl->n_text - n_out);
+    sl->n_text -= n_out;
+    if (done)
+        slot_release(sl);
+    return verdict;
+}
+
+static void finish(struct slot *sl, enum engine_finish fin, int err)
+{
+    deliver(sl, NULL, 0, true, fin, err);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* The round                                                                                      */
+
+/* Feed all but the last prompt token of each new request to the target (and draft): the last one
+ * opens the first round. */
+static void prefill(struct engine *e)
+{
+    struct model_batch_item tb[ENGINE_MAX_SEQS], db[ENGINE_MAX_SEQS];
+    struct slot *who[ENGINE_MAX_SEQS];
+    int nt = 0, nd = 0, nw = 0;
+    for (int i = 0; i < e->cfg.max_seqs; i++) {
+        struct slot *sl = &e->slots[i];
+        if (!sl->used || sl->prefilled)
+            continue;
+        sl->prefilled = true;
+        if (sl->max_tokens == 0) {
+            finish(sl, ENGINE_FINISH_LENGTH, SPEC_OK);
+            continue;
+        }
+        who[nw++] = sl;
+        if (sl->n_prompt < 2)
+            continue;
+        tb[nt++] = (struct model_batch_item){.s = sl->tseq, .tokens = sl->hist, .n = sl->n_prompt - 1};
+        if (sl->dseq)
+            db[nd++] = (struct model_batch_item){.s = sl->dseq, .tokens = sl->hist, .n = sl->n_prompt - 1};
+    }
+    const double t0 = now();
+    int rc = nt > 0 ? model_forward_batch(e->cfg.target, tb, nt) : SPEC_OK;
+    if (!rc && nd > 0)
+        rc = model_forward_batch(e->cfg.draft, db, nd);
+    const double t = now() - t0;
+    for (int i = 0; i < nw; i++) {
+        who[i]->st.t_prefill = t;
+        if (rc)
+            finish(who[i], ENGINE_FINISH_ERROR, rc);
+    }
+}
+
+/* Target pass time for n_drafts draft tokens in the pass, from the fit; before two different sizes
+ * have been seen, assume each extra position costs 10% of a pass. */
+static void pass_cost(const struct engine *e, double *a, double *b)
+{
+    if (e->fit_s0 <= 0.0) {
+        *a = 1.0;
+        *b = 0.1;
+        return;
+    }
+    const double mx = e->fit_sx / e->fit_s0, my = e->fit_sy / e->fit_s0;
+    const double var = e->fit_sxx / e->fit_s0 - mx * mx;
+    *b = var > 0.25 ? (e->fit_sxy / e->fit_s0 - mx * my) / var : 0.1 * my / (1.0 + 0.1 * mx);
+    if (*b < 0.0)
+        *b = 0.0;
+    *a = fmax(my - *b * mx, 1e-9);
+}
+
+/* γ maximising this request's expected tokens per second (Leviathan et al. 2023, Thm 3.8): a round
+ * yields (1 - α^(γ+1)) / (1 - α) tokens, α the acceptance rate, and costs its share of γ batched draft
+ * steps and of the target pass's fixed part (both shared by the n_active requests), plus b per draft. */
+static int choose_gamma(const struct engine *e, const struct slot *sl, int n_active)
 {
     if (!e->cfg.adaptive)
-        return e->cfg.draft_max;
-    const double a = fmin(e->accept_rate, 0.999);
-    const double t_tok = e->fit_s0 > 0.0 ? e->t_draft_tok : 0.1 * pass_time(e, 0) * (e->cfg.draft != NULL);
-    int best = e->cfg.draft_min;
+        return sl->draft_max;
+    double a, b;
+    pass_cost(e, &a, &b);
+    const double alpha = fmin(sl->accept_rate, 0.999);
+    const double t_tok = e->fit_s0 > 0.0 ? e->t_draft_step : 0.1 * a * (e->cfg.draft != NULL);
+    const int lo = e->cfg.draft_min < sl->draft_max ? e->cfg.draft_min : sl->draft_max;
+    int best = lo;
     double best_rate = -1.0;
-    for (int g = e->cfg.draft_min; g <= e->cfg.draft_max; g++) {
-        const double rate = (1.0 - pow(a, g + 1)) / (1.0 - a) / (g * t_tok + pass_time(e, g));
+    for (int g = lo; g <= sl->draft_max; g++) {
+        const double rate = (1.0 - pow(alpha, g + 1)) / (1.0 - alpha) / ((g * t_tok + a) / n_active + b * g);
         if (rate > best_rate) {
             best_rate = rate;
             best = g;
@@ -136,57 +405,120 @@ static int choose_gamma(const struct engine *e)
     return best;
 }
 
-/* Propose up to gamma tokens after hist[0..n_hist) into drafts, with their distributions in e->q. */
-static int propose(struct engine *e, const struct engine_request *req, size_t n_hist, int gamma, int32_t *drafts,
-                   int *n_drafts)
+/* Drafts of every speculative request; returns the seconds spent. Requests whose drafting failed are
+ * finished with the error. */
+static double propose(struct engine *e, struct slot **act, int n_act)
 {
-    if (e->cfg.draft) {
-        const struct draft_model_run run = {
-            .m = e->cfg.draft, .s = e->dseq, .sp = &req->sampling, .penalty_window = (size_t)e->cfg.penalty_window,
-            .seq_id = req->seq_id, .vs = e->dvs, .logits = e->dlogits};
-        return draft_model_propose(&run, e->hist, n_hist, gamma, e->cfg.draft_min_prob, drafts, e->q, n_drafts);
+    const double t0 = now();
+    struct draft_model_run runs[ENGINE_MAX_SEQS];
+    struct slot *who[ENGINE_MAX_SEQS];
+    int n_runs = 0;
+    for (int i = 0; i < n_act; i++) {
+        struct slot *sl = act[i];
+        sl->n_drafts = 0;
+        if (sl->gamma == 0)
+            continue;
+        if (e->cfg.draft) {
+            who[n_runs] = sl;
+            runs[n_runs++] = (struct draft_model_run){.s = sl->dseq, .sp = &sl->sp, .seq_id = sl->seq_id,
+                                                      .ctx = sl->hist, .n_ctx = sl->n_hist, .max_out = sl->gamma,
+                                                      .out = sl->drafts, .q = sl->q, .logits = sl->dlogits};
+            continue;
+        }
+        const struct draft_ngram_params np = {.ngram_max = 4, .ngram_min = 1};
+        const int rc = draft_ngram_propose(&np, sl->hist, sl->n_hist, sl->gamma, sl->drafts, &sl->n_drafts);
+        if (rc) {
+            finish(sl, ENGINE_FINISH_ERROR, rc);
+            continue;
+        }
+        /* prompt lookup is certain of its guess: q is one-hot */
+        for (int k = 0; k < sl->n_drafts; k++) {
+            float *qk = sl->q + (size_t)k * (size_t)e->n_vocab;
+            memset(qk, 0, (size_t)e->n_vocab * sizeof *qk);
+            qk[sl->drafts[k]] = 1.0f;
+        }
     }
-    const struct draft_ngram_params np = {.ngram_max = 4, .ngram_min = 1};
-    int rc = draft_ngram_propose(&np, e->hist, n_hist, gamma, drafts, n_drafts);
-    /* prompt lookup is certain of its guess: q is one-hot */
-    for (int i = 0; !rc && i < *n_drafts; i++) {
-        float *qi = e->q + (size_t)i * (size_t)e->n_vocab;
-        memset(qi, 0, (size_t)e->n_vocab * sizeof *qi);
-        qi[drafts[i]] = 1.0f;
+    if (n_runs > 0) {
+        const int rc = draft_model_propose(e->cfg.draft, runs, n_runs, (size_t)e->cfg.penalty_window,
+                                           e->cfg.draft_min_prob, e->vs);
+        int max_out = 0;
+        for (int i = 0; i < n_runs; i++) {
+            who[i]->n_drafts = rc ? 0 : runs[i].n_out;
+            max_out = runs[i].n_out > max_out ? runs[i].n_out : max_out;
+        }
+        const double t = now() - t0, w = 0.2;
+        if (max_out > 0) /* the catch-up pass plus one pass per drafted token beyond the first */
+            e->t_draft_step = e->fit_s0 > 0.0 ? (1.0 - w) * e->t_draft_step + w * t / max_out : t / max_out;
+        for (int i = 0; i < n_runs; i++)
+            if (rc || runs[i].err)
+                finish(who[i], ENGINE_FINISH_ERROR, rc ? rc : runs[i].err);
     }
-    return rc;
+    return now() - t0;
 }
 
-/* Accepted prefix plus the corrected or bonus token, from the target rows in e->ts.p. */
-static int verify(struct engine *e, const struct engine_request *req, size_t n_hist, const int32_t *drafts,
-                  int n_drafts, int32_t *accepted, int *n_accepted)
+/* Accepted prefix plus the corrected or bonus token, from the target rows in sl->p. */
+static int verify(struct engine *e, struct slot *sl, int32_t *accepted, int *n_accepted)
 {
     const size_t v = (size_t)e->n_vocab;
-    if (req->sampling.temperature == 0.0f) {
+    if (sl->sp.temperature == 0.0f) {
         int32_t target[ENGINE_MAX_DRAFT + 1];
-        for (int i = 0; i <= n_drafts; i++) {
-            const int rc = verify_argmax(e->ts.p + (size_t)i * v, e->n_vocab, &target[i]);
-            if (rc)
-                return rc;
-        }
-        return verify_round_greedy(drafts, n_drafts, target, accepted, n_accepted);
+        for (int i = 0; i <= sl->n_drafts; i++)
+            SPEC_TRY(verify_argmax(sl->p + (size_t)i * v, e->n_vocab, &target[i]));
+        return verify_round_greedy(sl->drafts, sl->n_drafts, target, accepted, n_accepted);
     }
-    const struct verify_round r = {.p = e->ts.p, .q = e->q, .draft = drafts, .n_draft = n_drafts,
-                                   .n_vocab = e->n_vocab, .seed = req->sampling.seed, .seq = req->seq_id,
-                                   .pos0 = n_hist, .scratch = e->residual};
+    const struct verify_round r = {.p = sl->p, .q = sl->q, .draft = sl->drafts, .n_draft = sl->n_drafts,
+                                   .n_vocab = e->n_vocab, .seed = sl->sp.seed, .seq = sl->seq_id,
+                                   .pos0 = sl->n_hist, .scratch = e->residual};
     return verify_round_sampled(&r, accepted, n_accepted);
 }
 
-/* Running estimates behind the adaptive γ. */
-static void update_estimates(struct engine *e, int n_drafts, int n_accepted_drafts, double t_draft, double t_target)
+/* Append the accepted tokens, roll the caches back to them and hand them out. */
+static void accept(struct engine *e, struct slot *sl, const int32_t *accepted, int n_accepted)
 {
-    const double w = 0.2, decay = 0.95;
-    if (n_drafts > 0) {
-        e->accept_rate = (1.0 - w) * e->accept_rate + w * (double)n_accepted_drafts / n_drafts;
-        const double per_tok = t_draft / n_drafts;
-        e->t_draft_tok = e->fit_s0 > 0.0 ? (1.0 - w) * e->t_draft_tok + w * per_tok : per_tok;
+    const int keep = (int)sl->n_hist + n_accepted - 1;
+    int rc = model_seq_truncate(sl->tseq, keep);
+    if (!rc && sl->dseq && model_seq_len(sl->dseq) > keep)
+        rc = model_seq_truncate(sl->dseq, keep);
+    if (rc) {
+        finish(sl, ENGINE_FINISH_ERROR, rc);
+        return;
     }
-    const double x = n_drafts;
+    sl->st.n_target_passes++;
+    sl->st.n_drafted += sl->n_drafts;
+    sl->st.n_accepted += n_accepted - 1;
+    if (sl->n_drafts > 0) {
+        const double w = 0.2;
+        sl->accept_rate = (1.0 - w) * sl->accept_rate + w * (double)(n_accepted - 1) / sl->n_drafts;
+    }
+    const struct tok *tok = model_tokenizer(e->cfg.target);
+    bool done = false;
+    enum engine_finish fin = ENGINE_FINISH_LENGTH;
+    int n_new = 0;
+    while (n_new < n_accepted && !done) {
+        const int32_t t = accepted[n_new++];
+        sl->hist[sl->n_hist++] = t;
+        sl->n_gen++;
+        bool stopped = false;
+        rc = push_text(sl, t, &stopped);
+        if (rc) {
+            finish(sl, ENGINE_FINISH_ERROR, rc);
+            return;
+        }
+        if (stopped || tok_is_eog(tok, t)) {
+            fin = ENGINE_FINISH_STOP;
+            done = true;
+        } else if (sl->n_gen >= sl->max_tokens || sl->n_hist >= (size_t)e->cfg.n_ctx) {
+            done = true;
+        }
+    }
+    if (deliver(sl, accepted, n_new, done, fin, SPEC_OK) != 0 && !done)
+        finish(sl, ENGINE_FINISH_CANCELLED, SPEC_OK);
+}
+
+/* Running estimate of the target pass cost, for the adaptive γ. */
+static void update_fit(struct engine *e, int n_drafts, double t_target)
+{
+    const double decay = 0.95, x = n_drafts;
     e->fit_s0 = decay * e->fit_s0 + 1.0;
     e->fit_sx = decay * e->fit_sx + x;
     e->fit_sxx = decay * e->fit_sxx + x * x;
@@ -194,120 +526,119 @@ static void update_estimates(struct engine *e, int n_drafts, int n_accepted_draf
     e->fit_sxy = decay * e->fit_sxy + x * t_target;
 }
 
-static int check_request(const struct engine *e, const struct engine_request *req, int cap)
+int engine_step(struct engine *e)
 {
-    if (!req || !req->prompt || req->n_prompt <= 0 || req->max_tokens < 0 || cap < req->max_tokens)
+    if (!e)
         return SPEC_E_INVALID_ARG;
-    for (int i = 0; i < req->n_prompt; i++)
-        if (req->prompt[i] < 0 || req->prompt[i] >= e->n_vocab)
-            return SPEC_E_INVALID_ARG;
-    if (req->n_prompt >= e->cfg.n_ctx)
-        return SPEC_E_CONTEXT_FULL;
-    return verify_params_check(&req->sampling);
-}
+    for (int i = 0; i < e->cfg.max_seqs; i++)
+        if (e->slots[i].used && e->slots[i].cancel)
+            finish(&e->slots[i], ENGINE_FINISH_CANCELLED, SPEC_OK);
+    prefill(e);
 
-/* Feed all but the last prompt token: the last one opens the first round. */
-static int prefill(struct model *m, struct model_seq *s, const int32_t *prompt, int n_prompt)
-{
-    int rc = model_seq_truncate(s, 0);
-    if (!rc && n_prompt > 1)
-        rc = model_forward_last(m, s, prompt, n_prompt - 1, NULL);
-    return rc;
-}
-
-int engine_generate(struct engine *e, const struct engine_request *req, engine_token_fn on_tokens, void *user,
-                    int32_t *out, int cap, int *n_out, enum engine_finish *finish, struct engine_stats *stats)
-{
-    int rc = check_request(e, req, cap);
-    if (rc)
-        return rc;
-    struct engine_stats st = {.n_prompt = req->n_prompt};
-    const bool spec = req->speculative;
-    double t0 = now();
-    rc = prefill(e->cfg.target, e->tseq, req->prompt, req->n_prompt);
-    if (!rc && spec && e->cfg.draft)
-        rc = prefill(e->cfg.draft, e->dseq, req->prompt, req->n_prompt);
-    if (rc)
-        return rc;
-    st.t_prefill = now() - t0;
-    memcpy(e->hist, req->prompt, (size_t)req->n_prompt * sizeof *e->hist);
-    size_t n_hist = (size_t)req->n_prompt;
-    enum engine_finish fin = ENGINE_FINISH_LENGTH;
-    int n_gen = 0;
-    bool done = req->max_tokens == 0;
-
-    while (!done) {
-        const size_t room = (size_t)e->cfg.n_ctx - n_hist; /* > 0: checked below after every append */
-        int gamma = spec ? choose_gamma(e) : 0;
+    struct slot *act[ENGINE_MAX_SEQS];
+    int n_act = 0;
+    for (int i = 0; i < e->cfg.max_seqs; i++)
+        if (e->slots[i].used)
+            act[n_act++] = &e->slots[i];
+    if (n_act == 0)
+        return SPEC_OK;
+    for (int i = 0; i < n_act; i++) {
+        struct slot *sl = act[i];
+        const size_t room = (size_t)e->cfg.n_ctx - sl->n_hist; /* > 0: checked after every append */
+        int gamma = sl->speculative ? choose_gamma(e, sl, n_act) : 0;
         if ((size_t)gamma > room - 1)
             gamma = (int)(room - 1);
-        if (gamma > req->max_tokens - n_gen - 1)
-            gamma = req->max_tokens - n_gen - 1;
-
-        int32_t drafts[ENGINE_MAX_DRAFT];
-        int n_drafts = 0;
-        t0 = now();
-        if (gamma > 0)
-            rc = propose(e, req, n_hist, gamma, drafts, &n_drafts);
-        const double t_draft = now() - t0;
-        if (rc)
-            return rc;
-
-        /* One batched target pass over the last accepted token and every draft token. */
-        t0 = now();
-        int32_t batch[ENGINE_MAX_DRAFT + 1];
-        batch[0] = e->hist[n_hist - 1];
-        memcpy(batch + 1, drafts, (size_t)n_drafts * sizeof *batch);
-        memcpy(e->hist + n_hist, drafts, (size_t)n_drafts * sizeof *e->hist);
-        rc = target_score(e->cfg.target, e->tseq, e->hist, n_hist - 1, batch, n_drafts + 1, &req->sampling,
-                          (size_t)e->cfg.penalty_window, &e->ts);
-        int32_t accepted[ENGINE_MAX_DRAFT + 1];
-        int n_accepted = 0;
-        if (!rc)
-            rc = verify(e, req, n_hist, drafts, n_drafts, accepted, &n_accepted);
-        const double t_target = now() - t0;
-        if (!rc && (n_accepted < 1 || n_accepted > n_drafts + 1))
-            rc = SPEC_E_RANGE; /* verification always yields the accepted drafts plus one token */
-        if (rc)
-            return rc;
-
-        /* Roll both caches back to the accepted history; the new last token is fed next round. */
-        const int keep = (int)n_hist + n_accepted - 1;
-        rc = model_seq_truncate(e->tseq, keep);
-        if (!rc && e->dseq && model_seq_len(e->dseq) > keep)
-            rc = model_seq_truncate(e->dseq, keep);
-        if (rc)
-            return rc;
-
-        st.n_target_passes++;
-        st.n_drafted += n_drafts;
-        st.n_accepted += n_accepted - 1;
-        st.t_draft += t_draft;
-        st.t_target += t_target;
-        update_estimates(e, n_drafts, n_accepted - 1, t_draft, t_target);
-
-        int n_new = 0;
-        while (n_new < n_accepted && !done) {
-            const int32_t t = accepted[n_new++];
-            e->hist[n_hist++] = t;
-            out[n_gen++] = t;
-            if (tok_is_eog(model_tokenizer(e->cfg.target), t)) {
-                fin = ENGINE_FINISH_STOP;
-                done = true;
-            } else if (n_gen >= req->max_tokens || n_hist >= (size_t)e->cfg.n_ctx) {
-                fin = ENGINE_FINISH_LENGTH;
-                done = true;
-            }
-        }
-        if (on_tokens && on_tokens(user, accepted, n_new) != 0 && !done) {
-            fin = ENGINE_FINISH_CANCELLED;
-            done = true;
-        }
+        if (gamma > sl->max_tokens - sl->n_gen - 1)
+            gamma = sl->max_tokens - sl->n_gen - 1;
+        sl->gamma = gamma;
     }
-    st.n_generated = n_gen;
-    *n_out = n_gen;
-    *finish = fin;
+    const double t_draft = propose(e, act, n_act);
+
+    /* ONE batched target pass over every request's last accepted token and its drafts. */
+    struct target_item items[ENGINE_MAX_SEQS];
+    struct slot *who[ENGINE_MAX_SEQS];
+    int n_items = 0, n_drafts = 0;
+    for (int i = 0; i < n_act; i++) {
+        struct slot *sl = act[i];
+        if (!sl->used)
+            continue; /* drafting failed */
+        memcpy(sl->hist + sl->n_hist, sl->drafts, (size_t)sl->n_drafts * sizeof *sl->hist);
+        who[n_items] = sl;
+        items[n_items++] = (struct target_item){.s = sl->tseq, .ctx = sl->hist, .n_ctx_before = sl->n_hist - 1,
+                                                .n = sl->n_drafts + 1, .sp = &sl->sp, .p = sl->p};
+        n_drafts += sl->n_drafts;
+    }
+    if (n_items == 0)
+        return SPEC_OK;
+    const double t0 = now();
+    const int rc = target_score(e->cfg.target, items, n_items, (size_t)e->cfg.penalty_window, &e->tsc);
+    int32_t accepted[ENGINE_MAX_SEQS][ENGINE_MAX_DRAFT + 1];
+    int n_accepted[ENGINE_MAX_SEQS];
+    for (int i = 0; i < n_items; i++) {
+        int err = rc ? rc : items[i].err;
+        if (!err)
+            err = verify(e, who[i], accepted[i], &n_accepted[i]);
+        if (!err && (n_accepted[i] < 1 || n_accepted[i] > who[i]->n_drafts + 1))
+            err = SPEC_E_RANGE; /* verification always yields the accepted drafts plus one token */
+        n_accepted[i] = err ? err : n_accepted[i];
+    }
+    const double t_target = now() - t0;
+    if (!rc)
+        update_fit(e, n_drafts, t_target);
+    for (int i = 0; i < n_items; i++) {
+        who[i]->st.t_draft += t_draft;
+        who[i]->st.t_target += t_target;
+        if (n_accepted[i] < 0)
+            finish(who[i], ENGINE_FINISH_ERROR, n_accepted[i]);
+        else
+            accept(e, who[i], accepted[i], n_accepted[i]);
+    }
+    return SPEC_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* One request, start to end                                                                      */
+
+struct collect {
+    engine_update_fn fn;
+    void *user;
+    int32_t *out;
+    int cap, n;
+    bool done;
+    enum engine_finish finish;
+    int error;
+    struct engine_stats stats;
+};
+
+static int collect_update(void *user, const struct engine_update *u)
+{
+    struct collect *c = user;
+    for (int i = 0; i < u->n_tokens && c->n < c->cap; i++)
+        c->out[c->n++] = u->tokens[i];
+    if (u->done) {
+        c->done = true;
+        c->finish = u->finish;
+        c->error = u->error;
+        c->stats = *u->stats;
+    }
+    return c->fn ? c->fn(c->user, u) : 0;
+}
+
+int engine_generate(struct engine *e, const struct engine_request *req, engine_update_fn fn, void *user,
+                    int32_t *out, int cap, int *n_out, enum engine_finish *finish_out, struct engine_stats *stats)
+{
+    if (!e || !req || !out || !n_out || !finish_out || cap < req->max_tokens)
+        return SPEC_E_INVALID_ARG;
+    struct collect c = {.fn = fn, .user = user, .out = out, .cap = cap};
+    uint32_t id;
+    SPEC_TRY(engine_submit(e, req, collect_update, &c, &id));
+    while (!c.done)
+        SPEC_TRY(engine_step(e));
+    if (c.finish == ENGINE_FINISH_ERROR)
+        return c.error;
+    *n_out = c.n;
+    *finish_out = c.finish;
     if (stats)
-        *stats = st;
+        *stats = c.stats;
     return SPEC_OK;
 }

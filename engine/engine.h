@@ -4,7 +4,13 @@
  * target scores the last accepted token plus all γ in one forward pass, and verification keeps the
  * longest acceptable prefix plus one corrected or bonus token. Both KV caches are then rolled back to
  * the accepted history. Greedy output is token-identical to target-only greedy decoding; sampled
- * output follows the target's distribution exactly. γ = 0 is plain target-only decoding. */
+ * output follows the target's distribution exactly. γ = 0 is plain target-only decoding.
+ *
+ * Continuous batching: up to max_seqs requests are in flight; every engine_step() advances all of them
+ * by one round, drafting batched across them and ONE target pass over all their positions. Requests
+ * join (engine_submit) and leave (finish, cancel) between rounds. Batching never changes a request's
+ * tokens: the forward pass is batch-invariant and random draws depend only on (seed, seq_id,
+ * position). The engine is single-threaded: call it from one thread; callbacks must not call it. */
 #ifndef SPECD_ENGINE_ENGINE_H
 #define SPECD_ENGINE_ENGINE_H
 
@@ -23,14 +29,19 @@ struct engine_config {
     bool adaptive;       /* choose γ each round from acceptance and cost; else always draft_max */
     float draft_min_prob; /* stop a draft run once the draft's probability of its token falls below */
     int penalty_window;  /* tokens the repetition penalties look back over (llama.cpp: 64) */
+    int max_seqs;        /* requests generating at once, batched together (1..ENGINE_MAX_SEQS); 0: 1 */
 };
 
 #define ENGINE_MAX_DRAFT 32
+#define ENGINE_MAX_SEQS 64
+#define ENGINE_MAX_STOP 8       /* stop strings per request */
+#define ENGINE_MAX_STOP_LEN 128 /* bytes per stop string */
 
 enum engine_finish {
-    ENGINE_FINISH_STOP = 0,      /* end-of-generation token */
+    ENGINE_FINISH_STOP = 0,      /* end-of-generation token or a stop string */
     ENGINE_FINISH_LENGTH = 1,    /* max_tokens or the context limit */
-    ENGINE_FINISH_CANCELLED = 2, /* the token callback asked to stop */
+    ENGINE_FINISH_CANCELLED = 2, /* cancelled by the caller */
+    ENGINE_FINISH_ERROR = 3,     /* a named error ended the request (engine_update.error) */
 };
 
 struct engine_request {
@@ -38,8 +49,12 @@ struct engine_request {
     int n_prompt;
     int max_tokens;
     struct verify_params sampling;
-    bool speculative; /* false: target-only decoding (the A/B baseline) */
-    uint64_t seq_id;  /* random stream of this request */
+    bool speculative;  /* false: target-only decoding (the A/B baseline) */
+    int draft_max;     /* this request's largest γ; 0: the engine's */
+    uint64_t seq_id;   /* random stream of this request */
+    const char *const *stop; /* n_stop stop strings (copied at submit); the text ends before the first
+                              * one that appears, and finish is STOP */
+    int n_stop;
 };
 
 struct engine_stats {
@@ -48,23 +63,59 @@ struct engine_stats {
     int n_target_passes; /* decode rounds, each one batched target pass */
     int n_drafted;
     int n_accepted;      /* draft tokens accepted (bonus and corrected tokens not counted) */
-    double t_prefill;    /* seconds */
+    double t_prefill;    /* seconds; a batched phase counts fully for every request in it */
     double t_draft;
     double t_target;     /* scoring passes, verification included */
 };
 
-/* Called with each batch of newly accepted tokens; a non-zero return cancels the request. */
-typedef int (*engine_token_fn)(void *user, const int32_t *tokens, int n);
+/* What one round produced for one request. The last update of a request has done set. */
+struct engine_update {
+    const int32_t *tokens; /* tokens accepted this round, in order */
+    int n_tokens;
+    const char *text;      /* their text: whole UTF-8 characters only; text that could be the start of a
+                            * stop string is held back until it is known not to be one */
+    size_t n_text;
+    bool done;
+    enum engine_finish finish;        /* when done */
+    int error;                        /* when done with ENGINE_FINISH_ERROR: the named error */
+    const struct engine_stats *stats; /* when done */
+};
+
+/* Called from engine_step() (or engine_generate()); a non-zero return cancels the request, which then
+ * gets one more, final update. Pointers in the update are valid during the call only. */
+typedef int (*engine_update_fn)(void *user, const struct engine_update *u);
 
 struct engine;
 
 int engine_new(const struct engine_config *cfg, struct engine **out);
 void engine_free(struct engine *e);
 
-/* Generate up to req->max_tokens tokens into out (capacity cap >= max_tokens). SPEC_E_CONTEXT_FULL
- * when the prompt does not leave room for one token, SPEC_E_RANGE for bad sampling settings,
- * SPEC_E_INVALID_ARG for an empty prompt or a token outside the vocabulary. */
-int engine_generate(struct engine *e, const struct engine_request *req, engine_token_fn on_tokens, void *user,
+/* Context per sequence (resolved), and the configured limits. */
+int engine_n_ctx(const struct engine *e);
+int engine_max_seqs(const struct engine *e);
+int engine_n_active(const struct engine *e);
+
+/* Queue a request; it is prefilled and joins the batch at the next engine_step(). *id names it for
+ * engine_cancel(). SPEC_E_BUSY when max_seqs requests are active, SPEC_E_CONTEXT_FULL when the
+ * prompt does not leave room for one token, SPEC_E_RANGE for bad sampling settings or too many /
+ * too long stop strings, SPEC_E_INVALID_ARG for an empty prompt or a token outside the vocabulary. */
+int engine_submit(struct engine *e, const struct engine_request *req, engine_update_fn fn, void *user,
+                  uint32_t *id);
+
+/* End a request: it gets its final update (finish CANCELLED) at the next engine_step().
+ * SPEC_E_NOT_FOUND when no active request has that id. */
+int engine_cancel(struct engine *e, uint32_t id);
+
+/* Prefill newly submitted requests, then advance every active request by one round: batched
+ * drafting, ONE target pass over all of them, verification, rollback, updates. A failure that hits
+ * a request (a numeric error in its rows, a backend error in a shared pass) finishes that request
+ * with ENGINE_FINISH_ERROR; the others go on. Does nothing when no request is active. */
+int engine_step(struct engine *e);
+
+/* Convenience for one request: submit, step until it is done, with the tokens in out (capacity
+ * cap >= max_tokens). Other active requests advance too. Errors as engine_submit(), or the error
+ * that ended the request. */
+int engine_generate(struct engine *e, const struct engine_request *req, engine_update_fn fn, void *user,
                     int32_t *out, int cap, int *n_out, enum engine_finish *finish, struct engine_stats *stats);
 
 const char *engine_finish_name(enum engine_finish f);

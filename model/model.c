@@ -27,6 +27,7 @@ struct model_scratch {
     struct kern_tensor gate, up;  /* n_ff */
     struct kern_tensor logits;    /* n_vocab */
     int32_t *pos;                 /* host: each row's position */
+    int32_t *ids;                 /* host: each row's token, then the rows that want logits */
 };
 
 struct model {
@@ -244,6 +245,7 @@ static void scratch_free(struct model *m)
         if (all[i]->data)
             be->ops->tensor_free(be, all[i]);
     free(m->s.pos);
+    free(m->s.ids);
     m->s = (struct model_scratch){0};
 }
 
@@ -264,7 +266,8 @@ static int scratch_alloc(struct model *m)
     for (size_t i = 0; i < sizeof plan / sizeof plan[0]; i++)
         SPEC_TRY(be->ops->tensor_alloc(be, SPEC_F32, plan[i].ne0, nb, plan[i].t));
     m->s.pos = malloc((size_t)nb * sizeof(int32_t));
-    return m->s.pos ? SPEC_OK : SPEC_E_NOMEM;
+    m->s.ids = malloc((size_t)nb * sizeof(int32_t));
+    return m->s.pos && m->s.ids ? SPEC_OK : SPEC_E_NOMEM;
 }
 
 static int model_build(struct loader *ld, const struct model_config *cfg, struct model *m)
@@ -504,7 +507,16 @@ int model_seq_truncate(struct model_seq *s, int len)
 /* ---------------------------------------------------------------------------------------------- */
 /* Forward pass                                                                                   */
 
-enum want_logits { WANT_ALL, WANT_LAST, WANT_NONE };
+/* Segments per internal step before it is flushed early (a step of many one-token items). */
+#define MODEL_MAX_SEGMENTS 64
+
+/* A run of consecutive tokens of one item inside one internal step. */
+struct segment {
+    const struct model_batch_item *it;
+    int off;  /* first token of the item in this segment */
+    int n;
+    int row0; /* its first row in the step's activations */
+};
 
 /* Rows [row0, row0 + n) of t as a tensor of its own. */
 static struct kern_tensor rows(const struct kern_tensor *t, int64_t row0, int64_t n)
@@ -516,23 +528,64 @@ static struct kern_tensor rows(const struct kern_tensor *t, int64_t row0, int64_
     return v;
 }
 
-/* n <= max_batch tokens at positions pos0.. of s. */
-static int forward_batch(struct model *m, struct model_seq *s, const int32_t *tokens, int n, int pos0,
-                         enum want_logits want, float *logits)
+/* Logits of the rows the segments want: the rows are gathered into xb, normalised and multiplied by
+ * the output matrix, then copied to each item's buffer. */
+static int step_logits(struct model *m, const struct segment *sg, int n_sg)
+{
+    struct kern_backend *be = m->be;
+    const struct kern_backend_ops *op = be->ops;
+    const size_t nv = (size_t)m->hp.n_vocab;
+    int n_out = 0;
+    for (int i = 0; i < n_sg; i++) {
+        const struct model_batch_item *it = sg[i].it;
+        if (!it->logits)
+            continue;
+        if (it->all_logits)
+            for (int r = 0; r < sg[i].n; r++)
+                m->s.ids[n_out++] = sg[i].row0 + r;
+        else if (sg[i].off + sg[i].n == it->n)
+            m->s.ids[n_out++] = sg[i].row0 + sg[i].n - 1;
+    }
+    if (n_out == 0)
+        return SPEC_OK;
+    struct kern_tensor xo = rows(&m->s.xb, 0, n_out), lg = rows(&m->s.logits, 0, n_out);
+    SPEC_TRY(op->get_rows(be, &m->s.x, m->s.ids, n_out, &xo));
+    SPEC_TRY(op->rms_norm(be, &xo, &m->output_norm, m->hp.norm_eps, &xo));
+    SPEC_TRY(op->matmul(be, &m->output, &xo, &lg));
+    int row = 0;
+    for (int i = 0; i < n_sg; i++) {
+        const struct model_batch_item *it = sg[i].it;
+        if (!it->logits)
+            continue;
+        if (it->all_logits) {
+            SPEC_TRY(op->rows_to_host(be, &lg, row, sg[i].n, it->logits + (size_t)sg[i].off * nv));
+            row += sg[i].n;
+        } else if (sg[i].off + sg[i].n == it->n) {
+            SPEC_TRY(op->rows_to_host(be, &lg, row, 1, it->logits));
+            row++;
+        }
+    }
+    return SPEC_OK;
+}
+
+/* One internal step: the segments' rows (at most max_batch) go through every layer together, so each
+ * weight matrix is read once for all of them; RoPE takes each row's own position and attention runs
+ * per segment over its own sequence's cache. */
+static int forward_step(struct model *m, const struct segment *sg, int n_sg, int n)
 {
     const struct model_hparams *hp = &m->hp;
     struct kern_backend *be = m->be;
     const struct kern_backend_ops *op = be->ops;
     struct kern_tensor x = rows(&m->s.x, 0, n), xb = rows(&m->s.xb, 0, n), q = rows(&m->s.q, 0, n),
-                       att = rows(&m->s.att, 0, n), k = rows(&m->s.k, 0, n), v = rows(&m->s.v, 0, n), gate = rows(&m->s.gate, 0, n),
-                       up = rows(&m->s.up, 0, n);
-    const struct kern_attn_params ap = {.n_head = hp->n_head, .n_head_kv = hp->n_head_kv,
-                                        .head_dim = hp->head_dim, .pos0 = pos0,
-                                        .scale = 1.0f / sqrtf((float)hp->head_dim)};
-    for (int i = 0; i < n; i++)
-        m->s.pos[i] = pos0 + i;
+                       att = rows(&m->s.att, 0, n), k = rows(&m->s.k, 0, n), v = rows(&m->s.v, 0, n),
+                       gate = rows(&m->s.gate, 0, n), up = rows(&m->s.up, 0, n);
+    for (int i = 0; i < n_sg; i++)
+        for (int r = 0; r < sg[i].n; r++) {
+            m->s.ids[sg[i].row0 + r] = sg[i].it->tokens[sg[i].off + r];
+            m->s.pos[sg[i].row0 + r] = sg[i].it->s->len + sg[i].off + r;
+        }
 
-    SPEC_TRY(op->get_rows(be, &m->tok_embd, tokens, n, &x));
+    SPEC_TRY(op->get_rows(be, &m->tok_embd, m->s.ids, n, &x));
     for (int il = 0; il < hp->n_layer; il++) {
         const struct model_layer *L = &m->layers[il];
 
@@ -548,9 +601,18 @@ static int forward_batch(struct model *m, struct model_seq *s, const int32_t *to
         }
         SPEC_TRY(op->rope(be, &q, hp->n_head, hp->head_dim, m->s.pos, &m->rope));
         SPEC_TRY(op->rope(be, &k, hp->n_head_kv, hp->head_dim, m->s.pos, &m->rope));
-        SPEC_TRY(op->store_rows(be, &k, &s->k_cache[il], pos0));
-        SPEC_TRY(op->store_rows(be, &v, &s->v_cache[il], pos0));
-        SPEC_TRY(op->attention(be, &q, &s->k_cache[il], &s->v_cache[il], &ap, &att));
+        for (int i = 0; i < n_sg; i++) {
+            struct model_seq *s = sg[i].it->s;
+            const int pos0 = s->len + sg[i].off;
+            const struct kern_attn_params ap = {.n_head = hp->n_head, .n_head_kv = hp->n_head_kv,
+                                                .head_dim = hp->head_dim, .pos0 = pos0,
+                                                .scale = 1.0f / sqrtf((float)hp->head_dim)};
+            struct kern_tensor ks = rows(&k, sg[i].row0, sg[i].n), vs = rows(&v, sg[i].row0, sg[i].n),
+                               qs = rows(&q, sg[i].row0, sg[i].n), as = rows(&att, sg[i].row0, sg[i].n);
+            SPEC_TRY(op->store_rows(be, &ks, &s->k_cache[il], pos0));
+            SPEC_TRY(op->store_rows(be, &vs, &s->v_cache[il], pos0));
+            SPEC_TRY(op->attention(be, &qs, &s->k_cache[il], &s->v_cache[il], &ap, &as));
+        }
         SPEC_TRY(op->matmul(be, &L->wo, &att, &xb));
         SPEC_TRY(op->add(be, &x, &xb, &x));
 
@@ -562,44 +624,66 @@ static int forward_batch(struct model *m, struct model_seq *s, const int32_t *to
         SPEC_TRY(op->matmul(be, &L->w_down, &gate, &xb));
         SPEC_TRY(op->add(be, &x, &xb, &x));
     }
-    if (want == WANT_NONE)
-        return SPEC_OK;
-
-    const int r0 = want == WANT_LAST ? n - 1 : 0;
-    struct kern_tensor xo = rows(&m->s.x, r0, n - r0), lg = rows(&m->s.logits, 0, n - r0);
-    SPEC_TRY(op->rms_norm(be, &xo, &m->output_norm, hp->norm_eps, &xo));
-    SPEC_TRY(op->matmul(be, &m->output, &xo, &lg));
-    return op->rows_to_host(be, &lg, 0, n - r0, logits);
+    return step_logits(m, sg, n_sg);
 }
 
-static int forward(struct model *m, struct model_seq *s, const int32_t *tokens, int n, enum want_logits want,
-                   float *logits)
+static int check_batch(const struct model *m, const struct model_batch_item *items, int n_items)
 {
-    if (!m || !s || s->m != m || !tokens || n <= 0 || (want != WANT_NONE && !logits))
+    if (!m || !items || n_items <= 0)
         return SPEC_E_INVALID_ARG;
-    if (n > s->n_ctx - s->len)
-        return SPEC_E_CONTEXT_FULL;
-    for (int i = 0; i < n; i++)
-        if (tokens[i] < 0 || tokens[i] >= m->hp.n_vocab)
+    for (int i = 0; i < n_items; i++) {
+        const struct model_batch_item *it = &items[i];
+        if (!it->s || it->s->m != m || !it->tokens || it->n <= 0)
             return SPEC_E_INVALID_ARG;
-    for (int done = 0; done < n;) {
-        const int c = n - done < m->max_batch ? n - done : m->max_batch;
-        const bool last = done + c == n;
-        enum want_logits w = want == WANT_ALL ? WANT_ALL : last ? want : WANT_NONE;
-        float *dst = want == WANT_ALL ? logits + (size_t)done * (size_t)m->hp.n_vocab : logits;
-        SPEC_TRY(forward_batch(m, s, tokens + done, c, s->len + done, w, dst));
-        done += c;
+        for (int j = 0; j < i; j++)
+            if (items[j].s == it->s)
+                return SPEC_E_INVALID_ARG; /* one sequence cannot take two appends at once */
+        if (it->n > it->s->n_ctx - it->s->len)
+            return SPEC_E_CONTEXT_FULL;
+        for (int t = 0; t < it->n; t++)
+            if (it->tokens[t] < 0 || it->tokens[t] >= m->hp.n_vocab)
+                return SPEC_E_INVALID_ARG;
     }
-    s->len += n;
+    return SPEC_OK;
+}
+
+int model_forward_batch(struct model *m, const struct model_batch_item *items, int n_items)
+{
+    SPEC_TRY(check_batch(m, items, n_items));
+    /* Fill steps of max_batch rows with the items' tokens in order; an item longer than the room left
+     * continues in the next step, after its first part is in the cache. Sequence lengths advance only
+     * once everything succeeded, so positions are computed from the unchanged lengths. */
+    struct segment sg[MODEL_MAX_SEGMENTS];
+    int n_sg = 0, n_rows = 0;
+    for (int i = 0; i < n_items; i++) {
+        for (int off = 0; off < items[i].n;) {
+            const int c = items[i].n - off < m->max_batch - n_rows ? items[i].n - off : m->max_batch - n_rows;
+            sg[n_sg++] = (struct segment){.it = &items[i], .off = off, .n = c, .row0 = n_rows};
+            n_rows += c;
+            off += c;
+            if (n_rows == m->max_batch || n_sg == MODEL_MAX_SEGMENTS) {
+                SPEC_TRY(forward_step(m, sg, n_sg, n_rows));
+                n_sg = n_rows = 0;
+            }
+        }
+    }
+    if (n_sg > 0)
+        SPEC_TRY(forward_step(m, sg, n_sg, n_rows));
+    for (int i = 0; i < n_items; i++)
+        items[i].s->len += items[i].n;
     return SPEC_OK;
 }
 
 int model_forward(struct model *m, struct model_seq *s, const int32_t *tokens, int n, float *logits)
 {
-    return forward(m, s, tokens, n, WANT_ALL, logits);
+    if (!logits)
+        return SPEC_E_INVALID_ARG;
+    const struct model_batch_item it = {.s = s, .tokens = tokens, .n = n, .logits = logits, .all_logits = true};
+    return model_forward_batch(m, &it, 1);
 }
 
 int model_forward_last(struct model *m, struct model_seq *s, const int32_t *tokens, int n, float *logits)
 {
-    return forward(m, s, tokens, n, logits ? WANT_LAST : WANT_NONE, logits);
+    const struct model_batch_item it = {.s = s, .tokens = tokens, .n = n, .logits = logits};
+    return model_forward_batch(m, &it, 1);
 }

@@ -96,6 +96,22 @@ int model_forward(struct model *m, struct model_seq *s, const int32_t *tokens, i
  * skips the output matmul for the others (prefill). `logits` may be NULL: no logits at all. */
 int model_forward_last(struct model *m, struct model_seq *s, const int32_t *tokens, int n, float *logits);
 
+/* One sequence's part of a batched forward. */
+struct model_batch_item {
+    struct model_seq *s;
+    const int32_t *tokens;
+    int n;
+    float *logits;   /* NULL: none; else n x n_vocab floats (all_logits) or the last position's n_vocab */
+    bool all_logits;
+};
+
+/* Append each item's tokens to its own sequence in one pass: every weight matrix is read once for the
+ * positions of all items, attention runs per sequence over its own cache. Each position's logits are
+ * bit-identical to what model_forward() on that sequence alone gives (the matmuls are batch-invariant),
+ * so batching never changes a greedy choice. Items must name distinct sequences of m. Errors as
+ * model_forward(); on any error no sequence's length changes. */
+int model_forward_batch(struct model *m, const struct model_batch_item *items, int n_items);
+
 /* ---------------------------------------------------------------------------------------------- */
 /* Conversion, as llama-quantize does it: every tensor of two or more dimensions (trailing ones not
  * counted) whose row length is a multiple of `type`'s block is dequantised and re-encoded as `type`

@@ -3,45 +3,61 @@
 #include "common/err.h"
 #include "target/target.h"
 
-int target_scratch_init(struct target_scratch *ts, int32_t n_vocab, int max_rows)
+int target_scratch_init(struct target_scratch *ts, int32_t n_vocab)
 {
-    if (n_vocab <= 0 || max_rows <= 0)
+    if (n_vocab <= 0)
         return SPEC_E_INVALID_ARG;
-    *ts = (struct target_scratch){.max_rows = max_rows, .n_vocab = n_vocab};
-    const size_t n = (size_t)max_rows * (size_t)n_vocab;
-    ts->logits = malloc(n * sizeof *ts->logits);
-    ts->p = malloc(n * sizeof *ts->p);
-    int rc = ts->logits && ts->p ? verify_scratch_new(n_vocab, &ts->vs) : SPEC_E_NOMEM;
-    if (rc)
-        target_scratch_release(ts);
-    return rc;
+    *ts = (struct target_scratch){.n_vocab = n_vocab};
+    return verify_scratch_new(n_vocab, &ts->vs);
 }
 
 void target_scratch_release(struct target_scratch *ts)
 {
     free(ts->logits);
-    free(ts->p);
     verify_scratch_free(ts->vs);
     *ts = (struct target_scratch){0};
 }
 
-int target_score(struct model *m, struct model_seq *s, const int32_t *ctx, size_t n_ctx_before,
-                 const int32_t *tokens, int n, const struct verify_params *sp, size_t penalty_window,
+/* At most this many items per pass: the batch items live on the stack. */
+#define TARGET_MAX_ITEMS 64
+
+int target_score(struct model *m, struct target_item *items, int n_items, size_t penalty_window,
                  struct target_scratch *ts)
 {
-    if (n <= 0 || n > ts->max_rows || model_n_vocab(m) != ts->n_vocab)
+    if (!m || !items || n_items <= 0 || n_items > TARGET_MAX_ITEMS || model_n_vocab(m) != ts->n_vocab)
         return SPEC_E_INVALID_ARG;
-    int rc = model_forward(m, s, tokens, n, ts->logits);
-    if (rc)
-        return rc;
     const size_t v = (size_t)ts->n_vocab;
-    for (int i = 0; i < n; i++) {
-        const int32_t *w;
-        size_t nw;
-        verify_penalty_window(ctx, n_ctx_before + (size_t)i + 1, penalty_window, &w, &nw);
-        rc = verify_process(sp, ts->logits + (size_t)i * v, ts->n_vocab, w, nw, ts->vs, ts->p + (size_t)i * v);
-        if (rc)
-            return rc;
+    size_t rows = 0;
+    for (int i = 0; i < n_items; i++) {
+        if (items[i].n <= 0 || !items[i].p || !items[i].ctx || !items[i].sp)
+            return SPEC_E_INVALID_ARG;
+        rows += (size_t)items[i].n;
+    }
+    if (rows > ts->cap_rows) {
+        float *grown = realloc(ts->logits, rows * v * sizeof *grown);
+        if (!grown)
+            return SPEC_E_NOMEM;
+        ts->logits = grown;
+        ts->cap_rows = rows;
+    }
+    struct model_batch_item batch[TARGET_MAX_ITEMS];
+    size_t row = 0;
+    for (int i = 0; i < n_items; i++) {
+        batch[i] = (struct model_batch_item){.s = items[i].s, .tokens = items[i].ctx + items[i].n_ctx_before,
+                                             .n = items[i].n, .logits = ts->logits + row * v, .all_logits = true};
+        row += (size_t)items[i].n;
+    }
+    SPEC_TRY(model_forward_batch(m, batch, n_items));
+    for (int i = 0; i < n_items; i++) {
+        struct target_item *it = &items[i];
+        it->err = SPEC_OK;
+        for (int r = 0; r < it->n && !it->err; r++) {
+            const int32_t *w;
+            size_t nw;
+            verify_penalty_window(it->ctx, it->n_ctx_before + (size_t)r + 1, penalty_window, &w, &nw);
+            it->err = verify_process(it->sp, batch[i].logits + (size_t)r * v, ts->n_vocab, w, nw, ts->vs,
+                                     it->p + (size_t)r * v);
+        }
     }
     return SPEC_OK;
 }

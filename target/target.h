@@ -1,6 +1,7 @@
-/* Target scoring: one forward pass of the target model over the last accepted token plus the draft
- * tokens, yielding the processed distribution p at every position (the same sampler settings as
- * the request, so verification compares like with like). */
+/* Target scoring: ONE forward pass of the target model over the last accepted token plus the draft
+ * tokens of every active sequence (γ may differ per sequence), yielding the processed distribution p
+ * at every position (the same sampler settings as each request, so verification compares like with
+ * like). */
 #ifndef SPECD_TARGET_TARGET_H
 #define SPECD_TARGET_TARGET_H
 
@@ -10,23 +11,32 @@
 #include "model/model.h"
 #include "verify/verify.h"
 
-/* Scratch for scoring: logits and processed rows of up to max_rows positions. */
+/* One sequence's part of a scoring pass. */
+struct target_item {
+    struct model_seq *s;
+    const int32_t *ctx;       /* the whole history, the n scored tokens included */
+    size_t n_ctx_before;      /* the scored tokens are ctx[n_ctx_before .. n_ctx_before + n) */
+    int n;
+    const struct verify_params *sp;
+    float *p;                 /* out: n x n_vocab processed rows; row i predicts the token after ctx[n_ctx_before + i] */
+    int err;                  /* out: a named error in this item's rows (the others are still valid) */
+};
+
+/* Raw logits of a pass, grown to the rows it needs. */
 struct target_scratch {
-    int max_rows;
     int32_t n_vocab;
-    float *logits; /* max_rows x n_vocab */
-    float *p;      /* max_rows x n_vocab */
+    size_t cap_rows;
+    float *logits;
     struct verify_scratch *vs;
 };
 
-int target_scratch_init(struct target_scratch *ts, int32_t n_vocab, int max_rows);
+int target_scratch_init(struct target_scratch *ts, int32_t n_vocab);
 void target_scratch_release(struct target_scratch *ts);
 
-/* Append tokens[0..n) to the sequence (they continue ctx[0..n_ctx_before)) and fill ts->p with the
- * processed distribution after each of them. ctx holds the whole sequence including the new
- * tokens; the penalty window of row i ends at ctx[n_ctx_before + i]. */
-int target_score(struct model *m, struct model_seq *s, const int32_t *ctx, size_t n_ctx_before,
-                 const int32_t *tokens, int n, const struct verify_params *sp, size_t penalty_window,
+/* Append every item's tokens to its sequence in one batched forward and fill each item's p. The
+ * penalty window of row i ends at ctx[n_ctx_before + i]. A failed pass is returned and leaves every
+ * sequence unchanged; a numeric error in one item's rows goes to that item's err. */
+int target_score(struct model *m, struct target_item *items, int n_items, size_t penalty_window,
                  struct target_scratch *ts);
 
 #endif

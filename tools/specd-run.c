@@ -17,6 +17,7 @@ static void usage(FILE *f)
             "  --top-k K --top-p P --min-p P\n"
             "  --repeat-penalty R --frequency-penalty F --presence-penalty P\n"
             "  --seed S            sampling seed (default 0)\n"
+            "  --stop STR          end the text before STR (repeatable, up to 8)\n"
             "  --draft-max N       largest draft run (default 8)\n"
             "  --draft-min N       smallest adaptive draft run (default 1)\n"
             "  --fixed-draft       always draft --draft-max tokens (no adaptive choice)\n"
@@ -33,6 +34,8 @@ struct args {
     float draft_min_prob;
     bool no_spec, ab, fixed, ids;
     struct verify_params sp;
+    const char *stop[ENGINE_MAX_STOP];
+    int n_stop;
 };
 
 static int parse_args(int argc, char **argv, struct args *a)
@@ -90,6 +93,8 @@ static int parse_args(int argc, char **argv, struct args *a)
             a->sp.presence_penalty = strtof(v, &end);
         else if (!strcmp(o, "--seed"))
             a->sp.seed = strtoull(v, &end, 10);
+        else if (!strcmp(o, "--stop") && a->n_stop < ENGINE_MAX_STOP)
+            a->stop[a->n_stop++] = v;
         else
             return -1;
         if (end && (*end != '\0' || end == v))
@@ -106,27 +111,15 @@ static int fail(const char *what, int err, const char *why)
     return 1;
 }
 
-struct printer {
-    const struct args *a;
-    const struct tok *tok;
-    struct tok_stream ts;
-    char *buf;
-    size_t cap;
-};
-
-/* Streams each accepted batch as text (never half a UTF-8 character) or ids. */
-static int print_tokens(void *user, const int32_t *tokens, int n)
+/* Streams each round's text (the engine never splits a UTF-8 character) or token ids. */
+static int print_update(void *user, const struct engine_update *u)
 {
-    struct printer *p = user;
-    for (int i = 0; i < n; i++) {
-        if (p->a->ids) {
-            printf(" %d", tokens[i]);
-            continue;
-        }
-        size_t len;
-        if (tok_stream_push(&p->ts, tokens[i], p->buf, p->cap, &len) == SPEC_OK)
-            fwrite(p->buf, 1, len, stdout);
-    }
+    const struct args *a = user;
+    if (a->ids)
+        for (int i = 0; i < u->n_tokens; i++)
+            printf(" %d", u->tokens[i]);
+    else
+        fwrite(u->text, 1, u->n_text, stdout);
     fflush(stdout);
     return 0;
 }
@@ -148,21 +141,18 @@ static void print_stats(const char *label, const struct engine_stats *s, enum en
             s->t_draft, 100.0 * s->t_draft / t_decode, s->t_target, 100.0 * s->t_target / t_decode);
 }
 
-static int run_once(struct engine *e, struct printer *p, const int32_t *prompt, int n_prompt, bool spec,
+static int run_once(struct engine *e, const struct args *a, const int32_t *prompt, int n_prompt, bool spec,
                     int32_t *out, struct engine_stats *st, int *n_out)
 {
-    const struct engine_request req = {.prompt = prompt, .n_prompt = n_prompt, .max_tokens = p->a->n_gen,
-                                       .sampling = p->a->sp, .speculative = spec, .seq_id = 0};
+    const struct engine_request req = {.prompt = prompt, .n_prompt = n_prompt, .max_tokens = a->n_gen,
+                                       .sampling = a->sp, .speculative = spec, .seq_id = 0, .stop = a->stop,
+                                       .n_stop = a->n_stop};
     enum engine_finish fin;
-    tok_stream_init(&p->ts, p->tok, false);
-    if (!p->a->ids)
-        fputs(p->a->prompt, stdout);
-    int err = engine_generate(e, &req, print_tokens, p, out, p->a->n_gen, n_out, &fin, st);
+    if (!a->ids)
+        fputs(a->prompt, stdout);
+    int err = engine_generate(e, &req, print_update, (void *)a, out, a->n_gen, n_out, &fin, st);
     if (err)
         return err;
-    size_t len;
-    if (!p->a->ids && tok_stream_flush(&p->ts, p->buf, p->cap, &len) == SPEC_OK)
-        fwrite(p->buf, 1, len, stdout);
     printf("\n");
     fflush(stdout);
     print_stats(spec ? "speculative" : "target-only", st, fin);
@@ -183,7 +173,6 @@ int main(int argc, char **argv)
     struct model *target = NULL, *draft = NULL;
     struct engine *e = NULL;
     int32_t *prompt = NULL, *out = NULL, *out_ab = NULL;
-    struct printer p = {.a = &a};
     char why[256] = "";
     int rc = 1;
 
@@ -201,15 +190,12 @@ int main(int argc, char **argv)
         goto out;
     }
     const struct tok *tok = model_tokenizer(target);
-    p.tok = tok;
     const size_t plen = strlen(a.prompt);
     size_t n_prompt = 0;
     prompt = malloc((plen + 2) * sizeof *prompt);
     out = malloc(((size_t)a.n_gen + 1) * sizeof *out);
     out_ab = malloc(((size_t)a.n_gen + 1) * sizeof *out_ab);
-    p.cap = tok_stream_max_out(tok);
-    p.buf = malloc(p.cap);
-    if (!prompt || !out || !out_ab || !p.buf) {
+    if (!prompt || !out || !out_ab) {
         fail("setup", SPEC_E_NOMEM, NULL);
         goto out;
     }
@@ -236,12 +222,12 @@ int main(int argc, char **argv)
     }
     struct engine_stats st, st_ab;
     int n_out, n_ab;
-    if ((err = run_once(e, &p, prompt, (int)n_prompt, !a.no_spec, out, &st, &n_out))) {
+    if ((err = run_once(e, &a, prompt, (int)n_prompt, !a.no_spec, out, &st, &n_out))) {
         fail("generate", err, NULL);
         goto out;
     }
     if (a.ab && !a.no_spec) {
-        if ((err = run_once(e, &p, prompt, (int)n_prompt, false, out_ab, &st_ab, &n_ab))) {
+        if ((err = run_once(e, &a, prompt, (int)n_prompt, false, out_ab, &st_ab, &n_ab))) {
             fail("generate", err, NULL);
             goto out;
         }
@@ -254,7 +240,6 @@ int main(int argc, char **argv)
     rc = 0;
 out:
     engine_free(e);
-    free(p.buf);
     free(prompt);
     free(out);
     free(out_ab);

@@ -188,10 +188,9 @@ Test(engine, generation_stops_with_length_at_the_context_limit)
     tsupport_mem_model_free(&t);
 }
 
-static int cancel_after_first(void *user, const int32_t *tokens, int n)
+static int cancel_after_first(void *user, const struct engine_update *u)
 {
-    (void)tokens;
-    *(int *)user += n;
+    *(int *)user += u->n_tokens;
     return 1;
 }
 
@@ -295,16 +294,37 @@ Test(engine, sampled_speculative_matches_target_distribution_plain, .timeout = 3
     }
 }
 
-Test(engine, sampled_speculative_matches_target_distribution_filtered, .timeout = 300)
+/* Each filter alone and all together, at each temperature. */
+static void check_filtered(int32_t top_k, float top_p, float min_p, uint64_t seed)
 {
     const float temps[] = {0.5f, 1.0f, 1.5f};
     for (int i = 0; i < 3; i++) {
         struct verify_params sp = verify_params_default();
         sp.temperature = temps[i];
-        sp.seed = 12;
-        sp.top_k = 20;
-        sp.top_p = 0.9f;
-        sp.min_p = 0.01f;
+        sp.seed = seed;
+        sp.top_k = top_k;
+        sp.top_p = top_p;
+        sp.min_p = min_p;
         check_distribution(sp);
     }
+}
+
+Test(engine, sampled_speculative_matches_target_distribution_top_k, .timeout = 300)
+{
+    check_filtered(20, 1.0f, 0.0f, 13);
+}
+
+Test(engine, sampled_speculative_matches_target_distribution_top_p, .timeout = 300)
+{
+    check_filtered(0, 0.9f, 0.0f, 14);
+}
+
+Test(engine, sampled_speculative_matches_target_distribution_min_p, .timeout = 300)
+{
+    check_filtered(0, 1.0f, 0.01f, 15);
+}
+
+Test(engine, sampled_speculative_matches_target_distribution_all_filters, .timeout = 300)
+{
+    check_filtered(20, 0.9f, 0.01f, 12);
 }

@@ -255,6 +255,87 @@ Test(model, forward_rejects_bad_tokens_and_foreign_sequences)
     tsupport_mem_model_free(&b);
 }
 
+/* Several sequences in one batched forward (different histories, lengths and logits wanted, one of
+ * them longer than a whole internal step) give exactly the logits each gets alone. */
+static void check_multi_sequence_batch(const struct model_synth_config *c)
+{
+    const int max_batch = 6;
+    struct mem_model mm = load_synth(c, max_batch);
+    const size_t nv = (size_t)model_n_vocab(mm.m);
+    enum { N_SEQ = 4 };
+    static const int hist_len[N_SEQ] = {0, 3, 5, 1}, new_len[N_SEQ] = {9, 1, 3, 2};
+    static const bool all[N_SEQ] = {true, false, true, false};
+    struct model_seq *solo[N_SEQ], *batched[N_SEQ];
+    float *want[N_SEQ], *got[N_SEQ];
+    struct model_batch_item items[N_SEQ];
+    for (int i = 0; i < N_SEQ; i++) {
+        solo[i] = new_seq(mm.m, 32);
+        batched[i] = new_seq(mm.m, 32);
+        const int32_t *h = prompt + i; /* each sequence its own history */
+        if (hist_len[i] > 0) {
+            cr_assert_eq(model_forward_last(mm.m, solo[i], h, hist_len[i], NULL), 0);
+            cr_assert_eq(model_forward_last(mm.m, batched[i], h, hist_len[i], NULL), 0);
+        }
+        const size_t rows = all[i] ? (size_t)new_len[i] : 1;
+        want[i] = malloc(rows * nv * sizeof(float));
+        got[i] = malloc(rows * nv * sizeof(float));
+        const int32_t *toks = prompt + 1 + i;
+        if (all[i])
+            cr_assert_eq(model_forward(mm.m, solo[i], toks, new_len[i], want[i]), 0);
+        else
+            cr_assert_eq(model_forward_last(mm.m, solo[i], toks, new_len[i], want[i]), 0);
+        items[i] = (struct model_batch_item){.s = batched[i], .tokens = toks, .n = new_len[i], .logits = got[i],
+                                             .all_logits = all[i]};
+    }
+    cr_assert_eq(model_forward_batch(mm.m, items, N_SEQ), 0);
+    for (int i = 0; i < N_SEQ; i++) {
+        const size_t rows = all[i] ? (size_t)new_len[i] : 1;
+        cr_assert_eq(model_seq_len(batched[i]), hist_len[i] + new_len[i]);
+        cr_assert_arr_eq(got[i], want[i], rows * nv * sizeof(float), "sequence %d: batched logits differ from solo", i);
+        model_seq_free(solo[i]);
+        model_seq_free(batched[i]);
+        free(want[i]);
+        free(got[i]);
+    }
+    tsupport_mem_model_free(&mm);
+}
+
+Test(model, multi_sequence_batch_equals_each_sequence_alone_llama)
+{
+    struct model_synth_config c = llama_cfg(SPEC_Q8_0);
+    check_multi_sequence_batch(&c);
+}
+
+Test(model, multi_sequence_batch_equals_each_sequence_alone_qwen2_q4_k)
+{
+    struct model_synth_config c = qwen2_cfg(SPEC_Q4_K);
+    check_multi_sequence_batch(&c);
+}
+
+Test(model, multi_sequence_batch_is_all_or_nothing)
+{
+    struct model_synth_config c = llama_cfg(SPEC_Q8_0);
+    struct mem_model mm = load_synth(&c, 4);
+    float *lg = malloc(sizeof(float) * 300 * 8);
+    struct model_seq *a = new_seq(mm.m, 32), *b = new_seq(mm.m, 4);
+    struct model_batch_item items[2] = {{.s = a, .tokens = prompt, .n = 3, .logits = lg},
+                                        {.s = b, .tokens = prompt, .n = 5, .logits = lg + 300}};
+    cr_assert_eq(model_forward_batch(mm.m, items, 2), SPEC_E_CONTEXT_FULL, "b has room for 4");
+    cr_assert_eq(model_seq_len(a), 0, "a failed batch changes no sequence");
+    items[1].s = a;
+    items[1].n = 1;
+    cr_assert_eq(model_forward_batch(mm.m, items, 2), SPEC_E_INVALID_ARG, "one sequence twice in a batch");
+    cr_assert_eq(model_forward_batch(mm.m, items, 0), SPEC_E_INVALID_ARG);
+    items[1] = (struct model_batch_item){.s = b, .tokens = prompt, .n = 4};
+    cr_assert_eq(model_forward_batch(mm.m, items, 2), 0, "logits may be omitted per item");
+    cr_assert_eq(model_seq_len(a), 3);
+    cr_assert_eq(model_seq_len(b), 4);
+    model_seq_free(a);
+    model_seq_free(b);
+    free(lg);
+    tsupport_mem_model_free(&mm);
+}
+
 Test(model, loads_from_a_file_like_from_memory)
 {
     struct model_synth_config c = qwen2_cfg(SPEC_Q4_K);
