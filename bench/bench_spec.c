@@ -4,11 +4,17 @@
  * acceptance, tokens per target pass and speedup as a markdown table.
  *
  *   bench_spec --target T.gguf [--draft D.gguf] --prompts FILE [--per-category N] [-n TOKENS]
- *              [--gammas 2,4,8,0] [--threads N]
- * γ = 0 in --gammas means adaptive (draft_min 1, draft_max 8). */
+ *              [--gammas 2,4,8,0] [--threads N] [--concurrency C]
+ * γ = 0 in --gammas means adaptive (draft_min 1, draft_max 8).
+ *
+ * With --concurrency C it checks greedy identity instead, on up to --per-category prompts of every
+ * category: all of them decoded target-only and then speculatively (adaptive γ), C requests at a time
+ * through the engine's continuous batching (which is bit-identical per request), comparing the
+ * tokens of each prompt. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/err.h"
 #include "engine/engine.h"
@@ -99,7 +105,7 @@ struct cat_stats {
 
 struct args {
     const char *target, *draft, *prompts;
-    int per_category, n_gen, n_threads, n_gammas;
+    int per_category, n_gen, n_threads, n_gammas, concurrency;
     int gammas[MAX_GAMMAS];
 };
 
@@ -120,6 +126,8 @@ static int parse_args(int argc, char **argv, struct args *a)
             a->n_gen = atoi(v);
         else if (!strcmp(o, "--threads"))
             a->n_threads = atoi(v);
+        else if (!strcmp(o, "--concurrency"))
+            a->concurrency = atoi(v);
         else if (!strcmp(o, "--gammas")) {
             a->n_gammas = 0;
             for (char *s = (char *)v; *s && a->n_gammas < MAX_GAMMAS;) {
@@ -132,7 +140,17 @@ static int parse_args(int argc, char **argv, struct args *a)
         } else
             return -1;
     }
-    return a->target && a->prompts && a->n_gen > 0 && a->per_category > 0 ? 0 : -1;
+    return a->target && a->prompts && a->n_gen > 0 && a->per_category > 0 && a->concurrency >= 0 &&
+                   a->concurrency <= ENGINE_MAX_SEQS
+               ? 0
+               : -1;
+}
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
 static struct cat_stats *category(struct cat_stats *cats, int *n_cats, const char *name)
@@ -202,6 +220,167 @@ static void print_table(const struct args *a, const struct cat_stats *cats, int 
     }
 }
 
+/* ---------------------------------------------------------------------------------------------- */
+/* Greedy identity over many prompts, batched                                                     */
+
+#define MAX_PROMPT 2048
+#define IDENTITY_CTX 2560
+
+struct job {
+    char category[64];
+    int32_t *prompt;
+    int n_prompt;
+    int32_t *out[2]; /* target-only, speculative */
+    int n_out[2];
+    bool done[2];
+    int error[2];
+    struct engine_stats st[2];
+};
+
+struct job_ref {
+    struct job *j;
+    int mode;
+};
+
+static int job_update(void *user, const struct engine_update *u)
+{
+    struct job_ref *r = user;
+    struct job *j = r->j;
+    memcpy(j->out[r->mode] + j->n_out[r->mode], u->tokens, (size_t)u->n_tokens * sizeof *u->tokens);
+    j->n_out[r->mode] += u->n_tokens;
+    if (u->done) {
+        j->done[r->mode] = true;
+        j->error[r->mode] = u->finish == ENGINE_FINISH_ERROR ? u->error : 0;
+        j->st[r->mode] = *u->stats;
+    }
+    return 0;
+}
+
+/* Every job in one mode, up to `concurrency` at a time; returns wall seconds or -1. */
+static double run_all(struct engine *e, struct job *jobs, struct job_ref *refs, int n_jobs, int mode, int n_gen)
+{
+    const double t0 = now_s();
+    int next = 0, finished = 0;
+    while (finished < n_jobs) {
+        while (next < n_jobs && engine_n_active(e) < engine_max_seqs(e)) {
+            struct job *j = &jobs[next];
+            const struct engine_request req = {.prompt = j->prompt, .n_prompt = j->n_prompt, .max_tokens = n_gen,
+                                               .sampling = verify_params_default(), .speculative = mode == 1,
+                                               .seq_id = (uint64_t)next};
+            refs[next] = (struct job_ref){.j = j, .mode = mode};
+            uint32_t id;
+            const int err = engine_submit(e, &req, job_update, &refs[next], &id);
+            if (err) {
+                fprintf(stderr, "bench_spec: prompt %d: %s\n", next, spec_strerror(err));
+                return -1.0;
+            }
+            next++;
+        }
+        if (engine_step(e))
+            return -1.0;
+        finished = 0;
+        for (int i = 0; i < next; i++)
+            finished += jobs[i].done[mode];
+        fprintf(stderr, "\r%s: %d/%d done", mode ? "speculative" : "target-only", finished, n_jobs);
+    }
+    fprintf(stderr, "\n");
+    return now_s() - t0;
+}
+
+static int check_identity(const struct args *a, struct model *target, struct model *draft, FILE *f)
+{
+    struct job *jobs = calloc(1024, sizeof *jobs);
+    struct job_ref *refs = calloc(1024, sizeof *refs);
+    struct cat_stats cats[MAX_CATS];
+    int n_cats = 0, n_jobs = 0, err = jobs && refs ? 0 : SPEC_E_NOMEM;
+    char *line = NULL;
+    size_t line_cap = 0;
+    while (!err && n_jobs < 1024 && getline(&line, &line_cap, f) > 0) {
+        char *cat_name = json_string_field(line, "category"), *text = json_string_field(line, "prompt");
+        struct cat_stats *c = cat_name ? category(cats, &n_cats, cat_name) : NULL;
+        struct job *j = &jobs[n_jobs];
+        size_t n_prompt = 0;
+        j->prompt = malloc(MAX_PROMPT * sizeof *j->prompt);
+        if (c && text && j->prompt && c->n_prompts < a->per_category &&
+            tok_encode(model_tokenizer(target), text, strlen(text), true, false, j->prompt, MAX_PROMPT, &n_prompt) == 0 &&
+            n_prompt > 0) {
+            snprintf(j->category, sizeof j->category, "%s", cat_name);
+            j->n_prompt = (int)n_prompt;
+            j->out[0] = malloc((size_t)a->n_gen * sizeof *j->out[0]);
+            j->out[1] = malloc((size_t)a->n_gen * sizeof *j->out[1]);
+            err = j->out[0] && j->out[1] ? 0 : SPEC_E_NOMEM;
+            c->n_prompts++;
+            n_jobs++;
+        } else {
+            free(j->prompt);
+            j->prompt = NULL;
+        }
+        free(cat_name);
+        free(text);
+    }
+    free(line);
+    struct engine *e = NULL;
+    const struct engine_config cfg = {.target = target, .draft = draft, .n_ctx = IDENTITY_CTX, .draft_max = 8,
+                                      .draft_min = 1, .adaptive = true, .penalty_window = 64,
+                                      .max_seqs = a->concurrency};
+    if (!err)
+        err = engine_new(&cfg, &e);
+    double t[2] = {0, 0};
+    for (int mode = 0; mode < 2 && !err; mode++) {
+        t[mode] = run_all(e, jobs, refs, n_jobs, mode, a->n_gen);
+        err = t[mode] < 0 ? SPEC_E_IO : 0;
+    }
+    if (!err) {
+        printf("| category | prompts | greedy identical | first difference (prompt: token index) |\n|---|---|---|---|\n");
+        long tok[2] = {0, 0}, drafted = 0, accepted = 0, passes = 0;
+        int total_same = 0, total_err = 0;
+        for (int c = 0; c < n_cats; c++) {
+            int n = 0, same = 0;
+            char diffs[256] = "";
+            for (int i = 0; i < n_jobs; i++) {
+                struct job *j = &jobs[i];
+                if (strcmp(j->category, cats[c].name))
+                    continue;
+                n++;
+                total_err += j->error[0] || j->error[1];
+                int k = 0;
+                while (k < j->n_out[0] && k < j->n_out[1] && j->out[0][k] == j->out[1][k])
+                    k++;
+                if (k == j->n_out[0] && k == j->n_out[1] && !j->error[0] && !j->error[1])
+                    same++;
+                else if (strlen(diffs) < 200)
+                    snprintf(diffs + strlen(diffs), sizeof diffs - strlen(diffs), "%s%d: %d", diffs[0] ? ", " : "",
+                             i, k);
+            }
+            total_same += same;
+            printf("| %s | %d | %d/%d | %s |\n", cats[c].name, n, same, n, diffs[0] ? diffs : "—");
+        }
+        for (int i = 0; i < n_jobs; i++) {
+            tok[0] += jobs[i].n_out[0];
+            tok[1] += jobs[i].n_out[1];
+            drafted += jobs[i].st[1].n_drafted;
+            accepted += jobs[i].st[1].n_accepted;
+            passes += jobs[i].st[1].n_target_passes;
+        }
+        printf("| **all** | %d | %d/%d | %d errors |\n\n", n_jobs, total_same, n_jobs, total_err);
+        printf("Concurrency %d: target-only %ld tokens in %.1f s (%.2f tok/s), speculative %ld tokens in %.1f s "
+               "(%.2f tok/s, acceptance %.3f, %.2f tokens per request-pass): %.2fx\n",
+               a->concurrency, tok[0], t[0], tok[0] / t[0], tok[1], t[1], tok[1] / t[1],
+               drafted ? (double)accepted / drafted : 0.0, passes ? (double)tok[1] / passes : 0.0,
+               (tok[1] / t[1]) / (tok[0] / t[0]));
+        err = total_same == n_jobs ? 0 : SPEC_E_RANGE;
+    }
+    engine_free(e);
+    for (int i = 0; i < n_jobs; i++) {
+        free(jobs[i].prompt);
+        free(jobs[i].out[0]);
+        free(jobs[i].out[1]);
+    }
+    free(jobs);
+    free(refs);
+    return err;
+}
+
 int main(int argc, char **argv)
 {
     struct args a;
@@ -221,6 +400,16 @@ int main(int argc, char **argv)
     if (err || !f) {
         fprintf(stderr, "bench_spec: %s\n", err ? spec_strerror(err) : "cannot open the prompts file");
         return 1;
+    }
+    if (a.concurrency > 0) {
+        err = check_identity(&a, target, draft, f);
+        if (err)
+            fprintf(stderr, "bench_spec: %s\n", spec_strerror(err));
+        fclose(f);
+        model_free(draft);
+        model_free(target);
+        kern_backend_destroy(be);
+        return err ? 1 : 0;
     }
     struct engine *engines[MAX_GAMMAS] = {0};
     for (int g = 0; g < a.n_gammas && !err; g++) {
