@@ -214,24 +214,9 @@ Test(engine_batch, a_full_engine_is_busy_until_a_request_finishes)
     engine_free(e);
 }
 
-static bool utf8_valid(const char *s, size_t n)
-{
-    for (size_t i = 0; i < n;) {
-        const unsigned char c = (unsigned char)s[i];
-        const size_t len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
-        if (len == 0 || i + len > n)
-            return false;
-        for (size_t k = 1; k < len; k++)
-            if (((unsigned char)s[i + k] & 0xC0) != 0x80)
-                return false;
-        i += len;
-    }
-    return true;
-}
-
-/* The engine's text is the streaming detokenizer's output for the tokens it handed out (that decoder
- * is checked against Python's lossy UTF-8 decoding in tests/model), and plain detokenization whenever
- * that is valid UTF-8. Random weights emit stray byte tokens, so several outputs here are not. */
+/* The engine's text is the streaming detokenizer's output for the tokens it handed out, in whole
+ * characters (that decoder is checked against Python's lossy UTF-8 decoding in tests/model; random
+ * weights emit stray byte tokens, so several outputs here hold U+FFFD). */
 Test(engine_batch, text_is_the_detokenized_tokens_in_whole_characters)
 {
     const struct tok *tok = model_tokenizer(target.m);
@@ -249,13 +234,6 @@ Test(engine_batch, text_is_the_detokenized_tokens_in_whole_characters)
         n += piece;
         cr_assert_eq(r.n_text, n, "request %d: %zu bytes vs %zu", i, r.n_text, n);
         cr_assert_arr_eq(r.text, want, n, "request %d: streamed text is not the detokenized output", i);
-        char raw[4096];
-        size_t n_raw = 0;
-        cr_assert_eq(tok_decode(tok, r.tokens, (size_t)r.n_tokens, false, raw, sizeof raw, &n_raw), SPEC_OK);
-        if (utf8_valid(raw, n_raw)) {
-            cr_assert_eq(n_raw, n);
-            cr_assert_arr_eq(r.text, raw, n);
-        }
     }
 }
 
