@@ -323,7 +323,7 @@ static int deliver(struct slot *sl, const int32_t *tokens, int n, bool done, enu
 
 static void finish(struct slot *sl, enum engine_finish fin, int err)
 {
-    deliver(sl, NULL, 0, true, fin, err);
+    deliver(sl, sl->hist, 0, true, fin, err); /* tokens is never NULL, even when empty */
 }
 
 /* ---------------------------------------------------------------------------------------------- */

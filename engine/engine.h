@@ -8,9 +8,12 @@
  *
  * Continuous batching: up to max_seqs requests are in flight; every engine_step() advances all of them
  * by one round, drafting batched across them and ONE target pass over all their positions. Requests
- * join (engine_submit) and leave (finish, cancel) between rounds. Batching never changes a request's
- * tokens: the forward pass is batch-invariant and random draws depend only on (seed, seq_id,
- * position). The engine is single-threaded: call it from one thread; callbacks must not call it. */
+ * join (engine_submit) and leave (finish, cancel) between rounds. Batching never changes a greedy
+ * request's tokens (the forward pass is batch-invariant). Random draws depend only on (seed, seq_id,
+ * position, purpose), so a sampled request is reproducible too when its γ is fixed (adaptive off);
+ * the adaptive γ follows measured costs, and where a round ends decides which draws are used, so
+ * with it the same seed gives the same distribution but not always the same sample.
+ * The engine is single-threaded: call it from one thread; callbacks must not call it. */
 #ifndef SPECD_ENGINE_ENGINE_H
 #define SPECD_ENGINE_ENGINE_H
 
