@@ -34,11 +34,17 @@ LIB_DIRS := common kernels kernels/cpu model verify draft target engine ipc
 LIB_SRCS := $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.c))
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
 
+# The CUDA backend is built whenever nvcc exists (a GPU is needed only to run it). -fmad=false: the
+# kernels fuse a multiply-add only where they say so, which keeps them bit-comparable with the C code.
+# cudart is linked statically, so binaries start on machines without the CUDA runtime libraries and
+# kern_backend_create("cuda") reports SPEC_E_UNSUPPORTED there.
 CU_SRCS  := $(wildcard kernels/cuda/*.cu)
 ifneq ($(NVCC),)
 CU_OBJS  := $(CU_SRCS:%.cu=$(BUILD)/obj/%.o)
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
-NVFLAGS  := -O2 -std=c++17 -I. -Iinclude -arch=sm_90 -Xcompiler -Wall,-Wextra,-Werror
+NVFLAGS  := -O2 -std=c++17 -I. -Iinclude -arch=sm_90 -fmad=false -Xcompiler -Wall,-Wextra,-Werror,-fno-exceptions,-fno-threadsafe-statics
+CPPFLAGS += -DSPEC_HAVE_CUDA
+LDLIBS   += -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt
 endif
 
 # The daemon (daemon/*.c, one binary) and the client library for applications (client/, door
@@ -63,7 +69,7 @@ TESTS     := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 
 LIB := $(BUILD)/libspecd.a
 
-.PHONY: all lib daemon tools benches tests test test-asan models run install clean
+.PHONY: all lib daemon tools benches tests test test-asan test-cuda models run install clean
 all: lib daemon tools benches tests
 
 lib: $(LIB) $(CLIENT_LIB)
@@ -94,15 +100,15 @@ $(BUILD)/obj/%.o: %.c
 
 $(BUILD)/obj/%.o: %.cu
 	@mkdir -p $(@D)
-	$(NVCC) $(NVFLAGS) -c $< -o $@
+	$(NVCC) $(NVFLAGS) -MMD -MP -MF $(@:.o=.d) -c $< -o $@
 
 $(BUILD)/bin/%: tools/%.c $(LIB) $(CLIENT_LIB)
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $< -o $@ $(LDFLAGS) $(LIB) $(CLIENT_LIB) $(LDLIBS)
 
-$(BUILD)/bin/%: bench/%.c $(LIB)
+$(BUILD)/bin/%: bench/%.c $(LIB) $(CLIENT_LIB) | $(DAEMON)
 	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS) $(CFLAGS) $< -o $@ $(LDFLAGS) $(LIB) $(LDLIBS)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $< -o $@ $(LDFLAGS) $(LIB) $(CLIENT_LIB) $(LDLIBS)
 
 # Integration tests start the real daemon and tools, so those are built first.
 $(BUILD)/tests/%: tests/%.c $(TEST_SUPPORT) $(LIB) $(CLIENT_LIB) | $(DAEMON) $(TOOLS)
@@ -117,17 +123,23 @@ test: all
 test-asan:
 	$(MAKE) SAN=1 MODEL_DIR=build-asan/no-models test
 
+# The CUDA backend against the CPU reference; on a machine without a usable GPU this fails rather
+# than skips, so a GPU run can never pass vacuously.
+test-cuda: $(BUILD)/tests/kernels/test_backend_conformance
+	SPECD_REQUIRE_CUDA=1 ./tools/run-tests.sh $<
+
 # Fetches the real models, then makes their float conversions (the lines of tools/models.sha256 with a
 # third field) with specd-quantize; every file is checked against its sha256.
 models: $(BUILD)/bin/specd-quantize
 	./tools/fetch-models.sh $(MODEL_DIR)
 	./tools/convert-models.sh $(MODEL_DIR) $(BUILD)/bin/specd-quantize
 
-# Speculative generation with SmolLM2 (prompt-lookup drafting), then the same request target-only.
+# The daemon on SmolLM2 (prompt-lookup drafting): one streamed request through specctl, the same
+# request target-only, the counters, then a clean SIGTERM shutdown.
 run: all
 	./tools/fetch-models.sh $(MODEL_DIR) smollm2-135m-instruct-q4_1.gguf
-	$(BUILD)/bin/specd-run --target $(MODEL_DIR)/smollm2-135m-instruct-q4_1.gguf -n 96 --ab \
-	    -p "Write a Python function that checks whether a string is a palindrome, then test it on three words."
+	./tools/run-demo.sh $(BUILD) $(MODEL_DIR)/smollm2-135m-instruct-q4_1.gguf \
+	    "Write a Python function that checks whether a string is a palindrome, then test it on three words."
 
 PREFIX ?= /usr/local
 install: all

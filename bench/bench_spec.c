@@ -16,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench/bench.h"
 #include "common/err.h"
 #include "engine/engine.h"
 #include "model/model.h"
@@ -129,14 +130,8 @@ static int parse_args(int argc, char **argv, struct args *a)
         else if (!strcmp(o, "--concurrency"))
             a->concurrency = atoi(v);
         else if (!strcmp(o, "--gammas")) {
-            a->n_gammas = 0;
-            for (char *s = (char *)v; *s && a->n_gammas < MAX_GAMMAS;) {
-                a->gammas[a->n_gammas++] = (int)strtol(s, &s, 10);
-                if (*s == ',')
-                    s++;
-                else if (*s)
-                    return -1;
-            }
+            if ((a->n_gammas = bench_int_list(v, a->gammas, MAX_GAMMAS)) < 0)
+                return -1;
         } else
             return -1;
     }

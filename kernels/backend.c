@@ -4,6 +4,9 @@
 #include "common/err.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/backend_cpu.h"
+#ifdef SPEC_HAVE_CUDA
+#include "kernels/cuda/backend_cuda.h"
+#endif
 
 int kern_backend_create(const char *name, const struct kern_backend_config *cfg, struct kern_backend **out)
 {
@@ -12,12 +15,19 @@ int kern_backend_create(const char *name, const struct kern_backend_config *cfg,
     struct kern_backend_config defaults = {.n_threads = 0};
     if (!cfg)
         cfg = &defaults;
-    /* No CUDA backend is built yet: "auto" means the CPU, an explicit "cuda" is refused. */
-    if (strcmp(name, "cpu") == 0 || strcmp(name, "auto") == 0)
+    if (strcmp(name, "cpu") == 0)
         return kern_cpu_backend_create(cfg, out);
-    if (strcmp(name, "cuda") == 0)
-        return SPEC_E_UNSUPPORTED;
-    return SPEC_E_INVALID_ARG;
+    if (strcmp(name, "cuda") != 0 && strcmp(name, "auto") != 0)
+        return SPEC_E_INVALID_ARG;
+    /* The CUDA backend exists when the library was built with nvcc; it refuses without a device. */
+#ifdef SPEC_HAVE_CUDA
+    const int err = kern_cuda_backend_create(cfg, out);
+#else
+    const int err = SPEC_E_UNSUPPORTED;
+#endif
+    if (err == SPEC_OK || strcmp(name, "cuda") == 0)
+        return err;
+    return kern_cpu_backend_create(cfg, out); /* "auto" without a usable GPU */
 }
 
 void kern_backend_destroy(struct kern_backend *be)

@@ -66,6 +66,10 @@ const struct kern_dtype_info *kern_dtype_info(uint32_t type);
  * multiple of the block size or the size overflows. */
 int kern_row_bytes(uint32_t type, uint64_t n, uint64_t *out);
 
+/* Bytes of one row and of ne1 rows of ne0 elements: SPEC_E_RANGE for an empty shape or an overflow,
+ * otherwise kern_row_bytes' errors. */
+int kern_tensor_bytes(uint32_t type, int64_t ne0, int64_t ne1, size_t *row_bytes, size_t *total);
+
 /* Scalar conversions with ggml's rounding (round to nearest even; NaN stays NaN). */
 float kern_fp16_to_fp32(uint16_t h);
 uint16_t kern_fp32_to_fp16(float f);

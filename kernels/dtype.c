@@ -63,6 +63,21 @@ int kern_row_bytes(uint32_t type, uint64_t n, uint64_t *out)
     return SPEC_OK;
 }
 
+int kern_tensor_bytes(uint32_t type, int64_t ne0, int64_t ne1, size_t *row_bytes, size_t *total)
+{
+    uint64_t rb;
+    if (ne0 <= 0 || ne1 <= 0 || !row_bytes || !total)
+        return SPEC_E_RANGE;
+    const int err = kern_row_bytes(type, (uint64_t)ne0, &rb);
+    if (err)
+        return err;
+    if (rb > SIZE_MAX / (uint64_t)ne1)
+        return SPEC_E_RANGE;
+    *row_bytes = (size_t)rb;
+    *total = (size_t)rb * (size_t)ne1;
+    return SPEC_OK;
+}
+
 float kern_fp16_to_fp32(uint16_t h)
 {
     return cpu_fp16_to_fp32(h);

@@ -57,26 +57,11 @@ static bool same_shape(const struct kern_tensor *a, const struct kern_tensor *b)
 /* ---------------------------------------------------------------------------------------------- */
 /* Memory                                                                                         */
 
-static int cpu_tensor_shape(enum spec_dtype type, int64_t ne0, int64_t ne1, size_t *row_bytes, size_t *total)
-{
-    uint64_t rb;
-    if (ne0 <= 0 || ne1 <= 0)
-        return SPEC_E_RANGE;
-    int err = kern_row_bytes(type, (uint64_t)ne0, &rb);
-    if (err)
-        return err;
-    if (rb > SIZE_MAX / (uint64_t)ne1)
-        return SPEC_E_RANGE;
-    *row_bytes = (size_t)rb;
-    *total = (size_t)rb * (size_t)ne1;
-    return SPEC_OK;
-}
-
 static int cpu_tensor_alloc(struct kern_backend *be, enum spec_dtype type, int64_t ne0, int64_t ne1,
                             struct kern_tensor *out)
 {
     size_t row_bytes, total;
-    int err = cpu_tensor_shape(type, ne0, ne1, &row_bytes, &total);
+    int err = kern_tensor_bytes(type, ne0, ne1, &row_bytes, &total);
     if (err)
         return err;
     /* 64-byte alignment keeps every SIMD load of the kernels within one cache line pair. */
@@ -107,7 +92,7 @@ static int cpu_weight_from_host(struct kern_backend *be, enum spec_dtype type, i
     size_t row_bytes, total;
     if (!host)
         return SPEC_E_INVALID_ARG;
-    int err = cpu_tensor_shape(type, ne0, ne1, &row_bytes, &total);
+    int err = kern_tensor_bytes(type, ne0, ne1, &row_bytes, &total);
     if (err)
         return err;
     /* Zero-copy: the weights stay in the caller's memory (the GGUF mapping). */

@@ -1,0 +1,447 @@
+/* The CUDA backend: kernels/backend.h on one GPU.
+ *
+ * Tensors live in device memory (cudaMalloc); weights are uploaded once by weight_from_host and stay
+ * in their GGUF encoding. Every op is enqueued on the backend's one stream and returns without
+ * waiting; rows_to_host waits for the stream, so results reach the host in order. Host arrays that
+ * ops take (token ids, positions) are copied before the op returns: cudaMemcpyAsync from pageable
+ * memory stages the bytes before it returns, and rows_from_host waits for its copy.
+ *
+ * Argument checks and error codes are the CPU backend's, so both backends refuse the same calls.
+ * A CUDA failure comes back as SPEC_E_NOMEM (allocation) or SPEC_E_IO (anything else). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern "C" {
+#include "common/err.h"
+}
+#include "kernels/cuda/backend_cuda.h"
+#include "kernels/cuda/cuda_ops.h"
+
+struct cuda_backend {
+    struct kern_backend base; /* first: the interface's pointer is this struct's */
+    cudaStream_t stream;
+    struct cuda_buf act;  /* matmul: converted activations */
+    struct cuda_buf part; /* attention: per-chunk partial results */
+    struct cuda_buf ids;  /* get_rows: token ids */
+    struct cuda_buf rope; /* rope: the (cos, sin) table of the positions below */
+    /* The positions and parameters the device table was made for: every layer's q and k of one
+     * forward step rotate by the same positions, so the table is computed and uploaded once. */
+    int32_t *rope_pos;
+    float *rope_ff;
+    int rope_n, rope_cap, rope_n_rot;
+    float rope_base, rope_scale;
+    bool rope_has_ff;
+    float *rope_host; /* staging for the table */
+    size_t rope_host_cap;
+};
+
+static struct cuda_backend *cuda_of(struct kern_backend *be)
+{
+    return (struct cuda_backend *)be;
+}
+
+static int err_of(cudaError_t e)
+{
+    if (e == cudaSuccess)
+        return SPEC_OK;
+    cudaGetLastError(); /* clear a non-sticky error so that later calls report their own */
+    return e == cudaErrorMemoryAllocation ? SPEC_E_NOMEM : SPEC_E_IO;
+}
+
+cudaError_t cuda_buf_reserve(struct cuda_buf *b, size_t bytes)
+{
+    if (bytes <= b->cap)
+        return cudaSuccess;
+    cuda_buf_release(b);
+    void *p;
+    const cudaError_t e = cudaMalloc(&p, bytes);
+    if (e != cudaSuccess)
+        return e;
+    b->p = p;
+    b->cap = bytes;
+    return cudaSuccess;
+}
+
+void cuda_buf_release(struct cuda_buf *b)
+{
+    if (b->p) {
+        cudaDeviceSynchronize(); /* kernels in flight may still read it */
+        cudaFree(b->p);
+    }
+    b->p = NULL;
+    b->cap = 0;
+}
+
+static char *row_ptr(const struct kern_tensor *t, int64_t r)
+{
+    return (char *)t->data + (size_t)r * t->row_bytes;
+}
+
+/* Element stride of an F32 tensor's rows. */
+static size_t fstride(const struct kern_tensor *t)
+{
+    return t->row_bytes / sizeof(float);
+}
+
+static bool is_f32(const struct kern_tensor *t)
+{
+    return t && t->data && t->type == SPEC_F32 && t->ne0 > 0 && t->ne1 > 0 && t->ne0 <= INT32_MAX &&
+           t->ne1 <= INT32_MAX && t->row_bytes >= (size_t)t->ne0 * sizeof(float) && t->row_bytes % sizeof(float) == 0;
+}
+
+static bool same_shape(const struct kern_tensor *a, const struct kern_tensor *b)
+{
+    return a->ne0 == b->ne0 && a->ne1 == b->ne1;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Memory                                                                                         */
+
+/* Kernels index rows and elements with 32-bit ints. */
+static int tensor_shape(enum spec_dtype type, int64_t ne0, int64_t ne1, size_t *row_bytes, size_t *total)
+{
+    if (ne0 > INT32_MAX || ne1 > INT32_MAX)
+        return SPEC_E_RANGE;
+    return kern_tensor_bytes(type, ne0, ne1, row_bytes, total);
+}
+
+static int cuda_tensor_alloc(struct kern_backend *be, enum spec_dtype type, int64_t ne0, int64_t ne1,
+                             struct kern_tensor *out)
+{
+    size_t row_bytes, total;
+    int err = tensor_shape(type, ne0, ne1, &row_bytes, &total);
+    if (err)
+        return err;
+    void *data;
+    if ((err = err_of(cudaMalloc(&data, total))))
+        return err;
+    /* zeroed, as the CPU backend's tensors are */
+    if ((err = err_of(cudaMemsetAsync(data, 0, total, cuda_of(be)->stream)))) {
+        cudaFree(data);
+        return err;
+    }
+    *out = (struct kern_tensor){.type = type, .ne0 = ne0, .ne1 = ne1, .row_bytes = row_bytes, .data = data,
+                                .owned = true};
+    return SPEC_OK;
+}
+
+static void cuda_tensor_free(struct kern_backend *be, struct kern_tensor *t)
+{
+    if (!t)
+        return;
+    if (t->owned) {
+        cudaStreamSynchronize(cuda_of(be)->stream); /* kernels in flight may still use it */
+        cudaFree(t->data);
+    }
+    *t = (struct kern_tensor){};
+}
+
+static int cuda_weight_from_host(struct kern_backend *be, enum spec_dtype type, int64_t ne0, int64_t ne1,
+                                 const void *host, struct kern_tensor *out)
+{
+    if (!host)
+        return SPEC_E_INVALID_ARG;
+    struct kern_tensor t;
+    int err = cuda_tensor_alloc(be, type, ne0, ne1, &t);
+    if (err)
+        return err;
+    const cudaStream_t st = cuda_of(be)->stream;
+    const size_t bytes = t.row_bytes * (size_t)t.ne1;
+    if ((err = err_of(cudaMemcpyAsync(t.data, host, bytes, cudaMemcpyHostToDevice, st))) ||
+        (err = err_of(cudaStreamSynchronize(st)))) {
+        cudaFree(t.data);
+        return err;
+    }
+    *out = t;
+    return SPEC_OK;
+}
+
+static int rows_check(const struct kern_tensor *t, int64_t row0, int64_t n)
+{
+    if (!t || !t->data || row0 < 0 || n < 0 || row0 > t->ne1 || n > t->ne1 - row0)
+        return SPEC_E_RANGE;
+    return SPEC_OK;
+}
+
+/* Host rows are packed row_bytes apart, as the tensor's are: one contiguous copy. */
+static int cuda_rows_to_host(struct kern_backend *be, const struct kern_tensor *t, int64_t row0, int64_t n,
+                             void *host)
+{
+    int err = rows_check(t, row0, n);
+    if (err || n == 0)
+        return err;
+    const cudaStream_t st = cuda_of(be)->stream;
+    if ((err = err_of(cudaMemcpyAsync(host, row_ptr(t, row0), (size_t)n * t->row_bytes, cudaMemcpyDeviceToHost, st))))
+        return err;
+    return err_of(cudaStreamSynchronize(st));
+}
+
+static int cuda_rows_from_host(struct kern_backend *be, struct kern_tensor *t, int64_t row0, int64_t n,
+                               const void *host)
+{
+    int err = rows_check(t, row0, n);
+    if (err || n == 0)
+        return err;
+    const cudaStream_t st = cuda_of(be)->stream;
+    if ((err = err_of(cudaMemcpyAsync(row_ptr(t, row0), host, (size_t)n * t->row_bytes, cudaMemcpyHostToDevice, st))))
+        return err;
+    return err_of(cudaStreamSynchronize(st));
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Embedding and matmul                                                                           */
+
+static int cuda_get_rows_op(struct kern_backend *be, const struct kern_tensor *table, const int32_t *ids, int n,
+                            struct kern_tensor *out)
+{
+    if (!table || !table->data || !ids || !is_f32(out) || out->ne0 != table->ne0 || out->ne1 != n)
+        return SPEC_E_INVALID_ARG;
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= table->ne1)
+            return SPEC_E_RANGE;
+    if (!cuda_weight_type_ok(table->type))
+        return SPEC_E_UNSUPPORTED;
+    struct cuda_backend *cb = cuda_of(be);
+    int err = err_of(cuda_buf_reserve(&cb->ids, (size_t)n * sizeof(int32_t)));
+    if (err)
+        return err;
+    if ((err = err_of(cudaMemcpyAsync(cb->ids.p, ids, (size_t)n * sizeof(int32_t), cudaMemcpyHostToDevice, cb->stream))))
+        return err;
+    return err_of(cuda_get_rows(cb->stream, table->type, table->data, table->row_bytes, (int)table->ne0,
+                                (const int32_t *)cb->ids.p, n, (float *)out->data, fstride(out)));
+}
+
+static int cuda_matmul_op(struct kern_backend *be, const struct kern_tensor *w, const struct kern_tensor *x,
+                          struct kern_tensor *y)
+{
+    if (!w || !w->data || !is_f32(x) || !is_f32(y) || x->ne0 != w->ne0 || y->ne0 != w->ne1 || y->ne1 != x->ne1)
+        return SPEC_E_INVALID_ARG;
+    if (!cuda_weight_type_ok(w->type))
+        return SPEC_E_UNSUPPORTED;
+    const struct kern_dtype_info *info = kern_dtype_info(w->type);
+    if (w->ne0 % info->block_size || w->ne1 > INT32_MAX)
+        return SPEC_E_RANGE;
+    struct cuda_backend *cb = cuda_of(be);
+    return err_of(cuda_matmul(cb->stream, &cb->act, w->type, w->data, w->row_bytes, (int)w->ne1, (int)w->ne0,
+                              (const float *)x->data, fstride(x), (int)x->ne1, (float *)y->data, fstride(y)));
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Elementwise and norm                                                                           */
+
+static int cuda_add_bias(struct kern_backend *be, struct kern_tensor *y, const struct kern_tensor *bias)
+{
+    if (!is_f32(y) || !is_f32(bias) || bias->ne0 != y->ne0 || bias->ne1 != 1)
+        return SPEC_E_INVALID_ARG;
+    return err_of(cuda_eltwise(cuda_of(be)->stream, CUDA_ADD, (const float *)y->data, fstride(y),
+                               (const float *)bias->data, 0, (float *)y->data, fstride(y), (int)y->ne0, (int)y->ne1));
+}
+
+static int cuda_swiglu(struct kern_backend *be, const struct kern_tensor *gate, const struct kern_tensor *up,
+                       struct kern_tensor *out)
+{
+    if (!is_f32(gate) || !is_f32(up) || !is_f32(out) || !same_shape(gate, up) || !same_shape(gate, out))
+        return SPEC_E_INVALID_ARG;
+    return err_of(cuda_eltwise(cuda_of(be)->stream, CUDA_SWIGLU, (const float *)gate->data, fstride(gate),
+                               (const float *)up->data, fstride(up), (float *)out->data, fstride(out), (int)out->ne0,
+                               (int)out->ne1));
+}
+
+static int cuda_add(struct kern_backend *be, const struct kern_tensor *a, const struct kern_tensor *b,
+                    struct kern_tensor *out)
+{
+    if (!is_f32(a) || !is_f32(b) || !is_f32(out) || !same_shape(a, b) || !same_shape(a, out))
+        return SPEC_E_INVALID_ARG;
+    return err_of(cuda_eltwise(cuda_of(be)->stream, CUDA_ADD, (const float *)a->data, fstride(a),
+                               (const float *)b->data, fstride(b), (float *)out->data, fstride(out), (int)out->ne0,
+                               (int)out->ne1));
+}
+
+static int cuda_rms_norm_op(struct kern_backend *be, const struct kern_tensor *x, const struct kern_tensor *w,
+                            float eps, struct kern_tensor *y)
+{
+    if (!is_f32(x) || !is_f32(w) || !is_f32(y) || w->ne0 != x->ne0 || w->ne1 != 1 || !same_shape(x, y) ||
+        !(eps >= 0.0f))
+        return SPEC_E_INVALID_ARG;
+    return err_of(cuda_rms_norm(cuda_of(be)->stream, (const float *)x->data, fstride(x), (const float *)w->data, eps,
+                                (float *)y->data, fstride(y), (int)x->ne0, (int)x->ne1));
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* RoPE                                                                                           */
+
+/* The CPU backend's table, computed the same way (ggml_rope_cache_init with ext_factor 0 and
+ * attn_factor 1: theta multiplied by freq_base^(-2/n_rot) per pair in float, glibc's cosf and sinf)
+ * so that rotated values are bit-identical to the CPU's. Reuses the device table when the positions
+ * and parameters are the ones it was made for. */
+static int rope_table(struct cuda_backend *cb, const int32_t *pos, int n, const struct kern_rope_params *p)
+{
+    const int n_rot = p->n_rot;
+    const bool has_ff = p->freq_factors != NULL;
+    if (cb->rope_n == n && cb->rope_n_rot == n_rot && cb->rope_base == p->freq_base &&
+        cb->rope_scale == p->freq_scale && cb->rope_has_ff == has_ff &&
+        memcmp(cb->rope_pos, pos, (size_t)n * sizeof(int32_t)) == 0 &&
+        (!has_ff || memcmp(cb->rope_ff, p->freq_factors, (size_t)(n_rot / 2) * sizeof(float)) == 0))
+        return SPEC_OK;
+
+    cb->rope_n = 0; /* invalid until the new table is uploaded */
+    const size_t floats = (size_t)n * (size_t)n_rot;
+    if (floats > cb->rope_host_cap) {
+        float *h = (float *)realloc(cb->rope_host, floats * sizeof(float));
+        if (!h)
+            return SPEC_E_NOMEM;
+        cb->rope_host = h;
+        cb->rope_host_cap = floats;
+    }
+    if (n > cb->rope_cap || n_rot / 2 > cb->rope_cap) {
+        const int cap = n > n_rot / 2 ? n : n_rot / 2;
+        int32_t *np = (int32_t *)realloc(cb->rope_pos, (size_t)cap * sizeof(int32_t));
+        if (np)
+            cb->rope_pos = np;
+        float *nf = (float *)realloc(cb->rope_ff, (size_t)cap * sizeof(float));
+        if (nf)
+            cb->rope_ff = nf;
+        if (!np || !nf)
+            return SPEC_E_NOMEM;
+        cb->rope_cap = cap;
+    }
+    const float theta_scale = powf(p->freq_base, -2.0f / (float)n_rot);
+    for (int r = 0; r < n; r++) {
+        float *cache = cb->rope_host + (size_t)r * n_rot;
+        float theta = (float)pos[r];
+        for (int i0 = 0; i0 < n_rot; i0 += 2) {
+            const float ff = has_ff ? p->freq_factors[i0 / 2] : 1.0f;
+            const float th = p->freq_scale * (theta / ff);
+            cache[i0] = cosf(th);
+            cache[i0 + 1] = sinf(th);
+            theta *= theta_scale;
+        }
+    }
+    int err = err_of(cuda_buf_reserve(&cb->rope, floats * sizeof(float)));
+    if (err)
+        return err;
+    if ((err = err_of(cudaMemcpyAsync(cb->rope.p, cb->rope_host, floats * sizeof(float), cudaMemcpyHostToDevice,
+                                      cb->stream))))
+        return err;
+    memcpy(cb->rope_pos, pos, (size_t)n * sizeof(int32_t));
+    if (has_ff)
+        memcpy(cb->rope_ff, p->freq_factors, (size_t)(n_rot / 2) * sizeof(float));
+    cb->rope_n = n;
+    cb->rope_n_rot = n_rot;
+    cb->rope_base = p->freq_base;
+    cb->rope_scale = p->freq_scale;
+    cb->rope_has_ff = has_ff;
+    return SPEC_OK;
+}
+
+static int cuda_rope_op(struct kern_backend *be, struct kern_tensor *x, int n_head, int head_dim, const int32_t *pos,
+                        const struct kern_rope_params *p)
+{
+    if (!is_f32(x) || !pos || !p || n_head <= 0 || head_dim <= 0 || (int64_t)n_head * head_dim != x->ne0 ||
+        p->n_rot <= 0 || p->n_rot > head_dim || p->n_rot % 2 ||
+        (p->mode != KERN_ROPE_NORM && p->mode != KERN_ROPE_NEOX) || !(p->freq_base > 0.0f))
+        return SPEC_E_INVALID_ARG;
+    struct cuda_backend *cb = cuda_of(be);
+    const int err = rope_table(cb, pos, (int)x->ne1, p);
+    if (err)
+        return err;
+    return err_of(cuda_rope(cb->stream, (float *)x->data, fstride(x), (int)x->ne1, n_head, head_dim, p->n_rot,
+                            p->mode == KERN_ROPE_NEOX, (const float *)cb->rope.p));
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* KV cache and attention                                                                         */
+
+static int cuda_store_rows_op(struct kern_backend *be, const struct kern_tensor *src, struct kern_tensor *dst,
+                              int64_t dst_row0)
+{
+    if (!is_f32(src) || !dst || !dst->data || dst->ne0 != src->ne0)
+        return SPEC_E_INVALID_ARG;
+    const int err = rows_check(dst, dst_row0, src->ne1);
+    if (err)
+        return err;
+    if (dst->type != SPEC_F16 && dst->type != SPEC_F32)
+        return SPEC_E_UNSUPPORTED;
+    return err_of(cuda_store_rows(cuda_of(be)->stream, (const float *)src->data, fstride(src), row_ptr(dst, dst_row0),
+                                  dst->row_bytes, dst->type, (int)src->ne0, (int)src->ne1));
+}
+
+static int cuda_attention_op(struct kern_backend *be, const struct kern_tensor *q, const struct kern_tensor *k_cache,
+                             const struct kern_tensor *v_cache, const struct kern_attn_params *p,
+                             struct kern_tensor *out)
+{
+    if (!is_f32(q) || !is_f32(out) || !k_cache || !v_cache || !k_cache->data || !v_cache->data || !p ||
+        p->n_head <= 0 || p->n_head_kv <= 0 || p->n_head % p->n_head_kv || p->head_dim <= 0 || p->pos0 < 0)
+        return SPEC_E_INVALID_ARG;
+    const int64_t q_dim = (int64_t)p->n_head * p->head_dim, kv_dim = (int64_t)p->n_head_kv * p->head_dim;
+    if (q->ne0 != q_dim || !same_shape(q, out) || k_cache->ne0 != kv_dim || v_cache->ne0 != kv_dim ||
+        !same_shape(k_cache, v_cache))
+        return SPEC_E_INVALID_ARG;
+    if ((k_cache->type != SPEC_F16 && k_cache->type != SPEC_F32) ||
+        (v_cache->type != SPEC_F16 && v_cache->type != SPEC_F32) || p->head_dim > CUDA_ATTN_MAX_HEAD_DIM)
+        return SPEC_E_UNSUPPORTED;
+    if ((int64_t)p->pos0 + q->ne1 > k_cache->ne1)
+        return SPEC_E_RANGE;
+    struct cuda_backend *cb = cuda_of(be);
+    return err_of(cuda_attention(cb->stream, &cb->part, (const float *)q->data, fstride(q), k_cache->data,
+                                 k_cache->row_bytes, k_cache->type, v_cache->data, v_cache->row_bytes, v_cache->type, p,
+                                 (int)q->ne1, (float *)out->data, fstride(out)));
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+
+static void cuda_destroy(struct kern_backend *be)
+{
+    struct cuda_backend *cb = cuda_of(be);
+    cudaStreamSynchronize(cb->stream);
+    cuda_buf_release(&cb->act);
+    cuda_buf_release(&cb->part);
+    cuda_buf_release(&cb->ids);
+    cuda_buf_release(&cb->rope);
+    cudaStreamDestroy(cb->stream);
+    free(cb->rope_pos);
+    free(cb->rope_ff);
+    free(cb->rope_host);
+    free(cb);
+}
+
+static const struct kern_backend_ops cuda_ops = {
+    .name = "cuda",
+    .destroy = cuda_destroy,
+    .tensor_alloc = cuda_tensor_alloc,
+    .tensor_free = cuda_tensor_free,
+    .weight_from_host = cuda_weight_from_host,
+    .rows_to_host = cuda_rows_to_host,
+    .rows_from_host = cuda_rows_from_host,
+    .get_rows = cuda_get_rows_op,
+    .matmul = cuda_matmul_op,
+    .add_bias = cuda_add_bias,
+    .rms_norm = cuda_rms_norm_op,
+    .rope = cuda_rope_op,
+    .store_rows = cuda_store_rows_op,
+    .attention = cuda_attention_op,
+    .swiglu = cuda_swiglu,
+    .add = cuda_add,
+};
+
+extern "C" int kern_cuda_backend_create(const struct kern_backend_config *cfg, struct kern_backend **out)
+{
+    (void)cfg; /* n_threads is the CPU's */
+    int n_dev = 0;
+    if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0 || cuda_kernels_usable() != cudaSuccess) {
+        cudaGetLastError();
+        return SPEC_E_UNSUPPORTED;
+    }
+    struct cuda_backend *cb = (struct cuda_backend *)calloc(1, sizeof(*cb));
+    if (!cb)
+        return SPEC_E_NOMEM;
+    if (cudaStreamCreateWithFlags(&cb->stream, cudaStreamNonBlocking) != cudaSuccess) {
+        cudaGetLastError();
+        free(cb);
+        return SPEC_E_NOMEM;
+    }
+    cb->base.ops = &cuda_ops;
+    *out = &cb->base;
+    return SPEC_OK;
+}

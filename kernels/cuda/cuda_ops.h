@@ -1,0 +1,113 @@
+/* CUDA-internal: the launchers the backend (backend_cuda.cu) calls and the device helpers its kernel
+ * files share. Included only by the .cu files beside it.
+ *
+ * Conventions: every launcher enqueues on `st` and returns cudaGetLastError(); strides are in
+ * elements of the pointed-to type; arguments were validated by the backend. Every kernel reads only
+ * what it is given, so no launch depends on another except through the stream's order. */
+#ifndef SPECD_KERNELS_CUDA_CUDA_OPS_H
+#define SPECD_KERNELS_CUDA_CUDA_OPS_H
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stddef.h>
+#include <stdint.h>
+
+extern "C" {
+#include "kernels/backend.h"
+}
+
+/* A grow-only device buffer for scratch data (converted activations, attention partials, ids). */
+struct cuda_buf {
+    void *p;
+    size_t cap;
+};
+
+/* Makes b at least `bytes` long; the contents are lost when it grows. cudaFree waits for work in
+ * flight, so a kernel still reading the old buffer finishes first. */
+cudaError_t cuda_buf_reserve(struct cuda_buf *b, size_t bytes);
+void cuda_buf_release(struct cuda_buf *b);
+
+/* Which weight types the matmul and get_rows kernels take (the CPU backend's nine). */
+bool cuda_weight_type_ok(enum spec_dtype t);
+
+/* y[r * y_stride + j] = dot(w row j, x row r) for r < n, j < rows; w rows are w_row_bytes apart and
+ * hold k elements of wtype; x rows are x_stride floats apart. `act` is scratch for the converted
+ * activations. */
+cudaError_t cuda_matmul(cudaStream_t st, struct cuda_buf *act, enum spec_dtype wtype, const void *w,
+                        size_t w_row_bytes, int rows, int k, const float *x, size_t x_stride, int n, float *y,
+                        size_t y_stride);
+
+/* out[i * out_stride + e] = dequant(table row ids[i])[e] for i < n, e < ne0; ids in device memory. */
+cudaError_t cuda_get_rows(cudaStream_t st, enum spec_dtype type, const void *table, size_t row_bytes, int ne0,
+                          const int32_t *ids, int n, float *out, size_t out_stride);
+
+/* y = x / sqrt(mean(x^2) + eps) * w over `rows` rows of ne0 (y may be x). */
+cudaError_t cuda_rms_norm(cudaStream_t st, const float *x, size_t x_stride, const float *w, float eps, float *y,
+                          size_t y_stride, int ne0, int rows);
+
+/* Rotates the first n_rot dimensions of every head of every row in place; table holds, per row,
+ * n_rot floats: (cos, sin) of each rotated pair (computed on the host, as the CPU backend does). */
+cudaError_t cuda_rope(cudaStream_t st, float *x, size_t x_stride, int rows, int n_head, int head_dim, int n_rot,
+                      bool neox, const float *table);
+
+/* dst rows (F16 or F32, dst_row_bytes apart) = src rows rounded to the dst type. */
+cudaError_t cuda_store_rows(cudaStream_t st, const float *src, size_t src_stride, void *dst, size_t dst_row_bytes,
+                            enum spec_dtype dst_type, int ne0, int rows);
+
+enum cuda_eltwise_op {
+    CUDA_ADD,    /* out = a + b */
+    CUDA_SWIGLU, /* out = silu(a) * b */
+};
+
+/* Elementwise over rows x ne0; b_stride 0 broadcasts b's first row (a bias). */
+cudaError_t cuda_eltwise(cudaStream_t st, enum cuda_eltwise_op op, const float *a, size_t a_stride, const float *b,
+                         size_t b_stride, float *out, size_t out_stride, int ne0, int rows);
+
+/* Largest head_dim the attention kernels take (one head of q lives in shared memory). */
+#define CUDA_ATTN_MAX_HEAD_DIM 256
+
+/* kern_backend.h's attention: n queries (rows of q, q_stride floats apart) over cache rows
+ * 0 .. pos0 + n - 1 of k and v (F16 or F32, k_row_bytes / v_row_bytes apart). `part` is scratch for
+ * the per-chunk partial results. */
+cudaError_t cuda_attention(cudaStream_t st, struct cuda_buf *part, const float *q, size_t q_stride, const void *k,
+                           size_t k_row_bytes, enum spec_dtype k_type, const void *v, size_t v_row_bytes,
+                           enum spec_dtype v_type, const struct kern_attn_params *p, int n, float *out,
+                           size_t out_stride);
+
+/* cudaSuccess when this device can run the kernels (an image for its architecture is present). */
+cudaError_t cuda_kernels_usable(void);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Device helpers                                                                                 */
+
+#define CUDA_WARP 32
+#define CUDA_FULL_MASK 0xffffffffu
+
+/* Sum over the warp by a fixed butterfly: lane 0's result does not depend on anything but the 32
+ * inputs (the other lanes may differ from it in the last bit). Every lane must call it. */
+static __device__ __forceinline__ float warp_sum(float v)
+{
+    for (int off = CUDA_WARP / 2; off > 0; off >>= 1)
+        v += __shfl_xor_sync(CUDA_FULL_MASK, v, off);
+    return v;
+}
+
+/* An fp16 value at a 2-byte aligned address, exactly as a float. */
+static __device__ __forceinline__ float ld_f16(const uint8_t *p)
+{
+    return __half2float(__ushort_as_half(*(const uint16_t *)p));
+}
+
+static __device__ __forceinline__ float bf16_to_f32(uint16_t h)
+{
+    return __uint_as_float((uint32_t)h << 16);
+}
+
+/* Four bytes at a 2-byte aligned address (the legacy quant blocks are 18, 22 and 34 bytes long). */
+static __device__ __forceinline__ uint32_t ld_u32_a2(const uint8_t *p)
+{
+    const uint16_t *h = (const uint16_t *)p;
+    return (uint32_t)h[0] | ((uint32_t)h[1] << 16);
+}
+
+#endif

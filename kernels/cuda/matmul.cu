@@ -1,0 +1,677 @@
+/* y = x . w^T on the GPU for every weight type the CPU backend computes with: the activations are
+ * converted once per call, then one kernel reads each weight row once for all activation rows.
+ *
+ * Numerics, chosen so that a row's result never depends on the batch and stays close to the CPU's:
+ *  - Activations are converted exactly as the CPU backend converts them (bit for bit): to Q8_0 for
+ *    Q4_0/Q5_0/Q8_0 weights, Q8_1 for Q4_1, Q8_K for Q4_K/Q6_K (ggml's reference quantisers), to F16
+ *    for F16 weights, BF16 for BF16 weights; F32 weights take the F32 rows as they are.
+ *  - A weight row is cut into units: one block for the 32-element quants, a quarter super-block
+ *    (64 elements) for Q4_K and Q6_K, 8 elements for the float types. A unit's dot product is an
+ *    exact integer for the quantised types (dp4a), which is scaled into a float accumulator by one
+ *    fused multiply-add per scale; float units add their 8 products in order, also with fmaf.
+ *  - One warp owns a weight row: lane l adds units l, l+32, l+64, ... in that order into one
+ *    accumulator per activation row, and lane 0 takes the sum of the 32 lanes by a fixed butterfly.
+ *    The activation rows are walked in tiles of MMV_TILE, each row in its own accumulator with the
+ *    same instructions, so nothing in a row's order of operations depends on how many rows share the
+ *    call or where the row sits in it: n rows in one call give the bits of n one-row calls.
+ * The order differs from the CPU's (8 float lanes per row), so results differ from the CPU backend by
+ * float rounding of the sum only (tests/kernels/test_backend_conformance.c holds the bound).
+ *
+ * All files in kernels/cuda are compiled with -fmad=false: no multiply-add is fused unless written. */
+#include <limits.h>
+
+#include "kernels/cuda/cuda_ops.h"
+
+#define MMV_WARPS 4                        /* warps per thread block */
+#define MMV_RPW 2                          /* weight rows per warp: each activation load serves both */
+#define MMV_TILE 8                         /* activation rows per pass over a weight row */
+#define MMV_THREADS (MMV_WARPS * CUDA_WARP)
+#define MMV_ROWS_PER_BLOCK (MMV_WARPS * MMV_RPW)
+
+/* Where the converted activations live. Quantised: int8 rows of k values (q_stride bytes apart), the
+ * fp32 value of each block's scale (k/32 per row for Q8_0/Q8_1, k/256 for Q8_K), for Q8_1 the fp32
+ * value of d * sum(q) per block, and the sum of every 16 quantised values (k/16 per row). Float: rows
+ * of F32, F16 or BF16 values, q_stride bytes apart. */
+struct mmv_args {
+    const uint8_t *w;
+    size_t w_row_bytes;
+    int rows;
+    int k;
+    const uint8_t *xq;
+    size_t q_stride;
+    const float *xd;
+    const float *xs;
+    const int *xsum;
+    bool vec; /* float types: rows and unit starts are 16-byte aligned and k % 8 == 0 */
+    int n;
+    float *y;
+    size_t y_stride;
+};
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Activation conversion                                                                          */
+
+/* ggml's quantize_row_q8_0_ref / q8_1_ref, one warp per 32-element block, one element per lane. */
+template <bool Q8_1>
+__global__ void __launch_bounds__(MMV_THREADS)
+    quantize_q8_32(const float *x, size_t x_stride, int k, int n, int8_t *q, float *d, float *s, int *sum16)
+{
+    const int lane = threadIdx.x % CUDA_WARP;
+    const int nb = k / 32;
+    const int64_t blk = (int64_t)blockIdx.x * (blockDim.x / CUDA_WARP) + threadIdx.x / CUDA_WARP;
+    if (blk >= (int64_t)nb * n)
+        return; /* the whole warp leaves together */
+    const int r = (int)(blk / nb), b = (int)(blk % nb);
+    const float v = x[(size_t)r * x_stride + 32 * b + lane];
+    float amax = fabsf(v);
+    for (int off = 16; off > 0; off >>= 1)
+        amax = fmaxf(amax, __shfl_xor_sync(CUDA_FULL_MASK, amax, off));
+    const float dd = amax / 127;
+    const float id = dd != 0.0f ? 1.0f / dd : 0.0f;
+    const int qv = (int)roundf(v * id);
+    q[(size_t)r * k + 32 * b + lane] = (int8_t)qv;
+    int half_sum = qv; /* lanes 0-15 and 16-31 sum separately */
+    for (int off = 8; off > 0; off >>= 1)
+        half_sum += __shfl_xor_sync(CUDA_FULL_MASK, half_sum, off);
+    const int sum = half_sum + __shfl_xor_sync(CUDA_FULL_MASK, half_sum, 16);
+    if (lane % 16 == 0)
+        sum16[(size_t)r * (k / 16) + 2 * b + lane / 16] = half_sum;
+    if (lane == 0) {
+        d[(size_t)r * nb + b] = __half2float(__float2half_rn(dd));
+        if (Q8_1)
+            s[(size_t)r * nb + b] = __half2float(__float2half_rn((float)sum * dd));
+    }
+}
+
+/* ggml's quantize_row_q8_K_ref, one warp per 256-element block, elements lane + 32 t. The value of
+ * largest magnitude maps to -127; on ties the first one in the row wins, as in the sequential scan. */
+__global__ void __launch_bounds__(MMV_THREADS)
+    quantize_q8_K(const float *x, size_t x_stride, int k, int n, int8_t *q, float *d, int *sum16)
+{
+    const int lane = threadIdx.x % CUDA_WARP;
+    const int nb = k / 256;
+    const int64_t blk = (int64_t)blockIdx.x * (blockDim.x / CUDA_WARP) + threadIdx.x / CUDA_WARP;
+    if (blk >= (int64_t)nb * n)
+        return;
+    const int r = (int)(blk / nb), b = (int)(blk % nb);
+    const float *xb = x + (size_t)r * x_stride + 256 * b;
+    float v[8];
+    float amax = 0.0f, max = 0.0f;
+    int idx = INT_MAX;
+#pragma unroll
+    for (int t = 0; t < 8; t++) {
+        v[t] = xb[lane + 32 * t];
+        if (fabsf(v[t]) > amax) {
+            amax = fabsf(v[t]);
+            max = v[t];
+            idx = lane + 32 * t;
+        }
+    }
+    for (int off = 16; off > 0; off >>= 1) {
+        const float oa = __shfl_xor_sync(CUDA_FULL_MASK, amax, off);
+        const float om = __shfl_xor_sync(CUDA_FULL_MASK, max, off);
+        const int oi = __shfl_xor_sync(CUDA_FULL_MASK, idx, off);
+        if (oa > amax || (oa == amax && oi < idx)) {
+            amax = oa;
+            max = om;
+            idx = oi;
+        }
+    }
+    int8_t *qb = q + (size_t)r * k + 256 * b;
+    int *sb = sum16 + (size_t)r * (k / 16) + 16 * b;
+    const float iscale = amax != 0.0f ? -127.f / max : 0.0f;
+#pragma unroll
+    for (int t = 0; t < 8; t++) {
+        const int qv = amax != 0.0f ? min(127, __float2int_rn(iscale * v[t])) : 0;
+        qb[lane + 32 * t] = (int8_t)qv;
+        int half_sum = qv;
+        for (int off = 8; off > 0; off >>= 1)
+            half_sum += __shfl_xor_sync(CUDA_FULL_MASK, half_sum, off);
+        if (lane % 16 == 0)
+            sb[2 * t + lane / 16] = half_sum;
+    }
+    if (lane == 0)
+        d[(size_t)r * nb + b] = amax != 0.0f ? 1 / iscale : 0.0f;
+}
+
+/* F32 rows to F16 (round to nearest even) or BF16 (ggml's rounding, NaN kept quiet). */
+template <bool BF16>
+__global__ void convert_rows(const float *x, size_t x_stride, int k, int n, uint16_t *out)
+{
+    const int64_t total = (int64_t)k * n;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        const int r = (int)(i / k), c = (int)(i % k);
+        const float f = x[(size_t)r * x_stride + c];
+        uint16_t h;
+        if (BF16) {
+            const uint32_t u = __float_as_uint(f);
+            h = (u & 0x7fffffffu) > 0x7f800000u ? (uint16_t)((u >> 16) | 64) : (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+        } else {
+            h = __half_as_ushort(__float2half_rn(f));
+        }
+        out[i] = h;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Weight units                                                                                   */
+
+/* Each weight type W gives: U (a unit of one weight row in registers), X (the matching unit of one
+ * activation row), units(k), load(), load_x() and dot(), which adds the unit's contribution to acc. */
+
+/* 32 quantised activations of one block with their scale and sum. */
+struct x_q8_32 {
+    int q[8];
+    float d;
+    float s; /* Q8_1 only */
+    int sum;
+};
+
+static __device__ __forceinline__ void load_x_q8_32(const mmv_args &a, int r, int u, bool q8_1, x_q8_32 &x)
+{
+    const int4 *p = (const int4 *)(a.xq + (size_t)r * a.q_stride + 32 * u);
+    const int4 v0 = p[0], v1 = p[1];
+    x.q[0] = v0.x, x.q[1] = v0.y, x.q[2] = v0.z, x.q[3] = v0.w;
+    x.q[4] = v1.x, x.q[5] = v1.y, x.q[6] = v1.z, x.q[7] = v1.w;
+    const size_t nb = (size_t)a.k / 32;
+    x.d = a.xd[(size_t)r * nb + u];
+    x.s = q8_1 ? a.xs[(size_t)r * nb + u] : 0.0f;
+    const int2 s2 = *(const int2 *)(a.xsum + (size_t)r * (a.k / 16) + 2 * u);
+    x.sum = s2.x + s2.y;
+}
+
+/* Integer dot of 16 bytes of nibbles (element j low, j+16 high) with 32 int8 activations. */
+static __device__ __forceinline__ int dot_nibbles(const uint32_t qs[4], const int x[8])
+{
+    int s = 0;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        s = __dp4a((int)(qs[i] & 0x0f0f0f0fu), x[i], s);
+        s = __dp4a((int)((qs[i] >> 4) & 0x0f0f0f0fu), x[4 + i], s);
+    }
+    return s;
+}
+
+struct w_q4_0 {
+    struct U {
+        float d;
+        uint32_t qs[4];
+    };
+    typedef x_q8_32 X;
+    static __device__ int units(int k) { return k / 32; }
+    static __device__ void load(const mmv_args &a, int row, int u, U &w)
+    {
+        const uint8_t *b = a.w + (size_t)row * a.w_row_bytes + 18 * (size_t)u;
+        w.d = ld_f16(b);
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            w.qs[i] = ld_u32_a2(b + 2 + 4 * i);
+    }
+    static __device__ void load_x(const mmv_args &a, int r, int u, X &x) { load_x_q8_32(a, r, u, false, x); }
+    static __device__ float dot(const U &w, const X &x, float acc)
+    {
+        const int s = dot_nibbles(w.qs, x.q) - 8 * x.sum; /* nibbles are q + 8 */
+        return __fmaf_rn(w.d * x.d, (float)s, acc);
+    }
+};
+
+struct w_q4_1 {
+    struct U {
+        float d, m;
+        uint32_t qs[4];
+    };
+    typedef x_q8_32 X;
+    static __device__ int units(int k) { return k / 32; }
+    static __device__ void load(const mmv_args &a, int row, int u, U &w)
+    {
+        const uint8_t *b = a.w + (size_t)row * a.w_row_bytes + 20 * (size_t)u;
+        const uint32_t *p = (const uint32_t *)b; /* 20-byte blocks: 4-byte aligned */
+        const uint32_t dm = p[0];
+        w.d = __half2float(__ushort_as_half((uint16_t)(dm & 0xffffu)));
+        w.m = __half2float(__ushort_as_half((uint16_t)(dm >> 16)));
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            w.qs[i] = p[1 + i];
+    }
+    static __device__ void load_x(const mmv_args &a, int r, int u, X &x) { load_x_q8_32(a, r, u, true, x); }
+    static __device__ float dot(const U &w, const X &x, float acc)
+    {
+        /* sum (d q + m) dx x = d dx sum(q x) + m (dx sum x), the last factor being Q8_1's s */
+        acc = __fmaf_rn(w.d * x.d, (float)dot_nibbles(w.qs, x.q), acc);
+        return __fmaf_rn(w.m, x.s, acc);
+    }
+};
+
+/* Bit k of the 4-bit value b moved to bit 4 of byte k. */
+static __device__ __forceinline__ uint32_t spread4(uint32_t b)
+{
+    return ((b & 1u) << 4) | ((b & 2u) << 11) | ((b & 4u) << 18) | ((b & 8u) << 25);
+}
+
+struct w_q5_0 {
+    struct U {
+        float d;
+        uint32_t qh;
+        uint32_t qs[4];
+    };
+    typedef x_q8_32 X;
+    static __device__ int units(int k) { return k / 32; }
+    static __device__ void load(const mmv_args &a, int row, int u, U &w)
+    {
+        const uint8_t *b = a.w + (size_t)row * a.w_row_bytes + 22 * (size_t)u;
+        w.d = ld_f16(b);
+        w.qh = ld_u32_a2(b + 2);
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            w.qs[i] = ld_u32_a2(b + 6 + 4 * i);
+    }
+    static __device__ void load_x(const mmv_args &a, int r, int u, X &x) { load_x_q8_32(a, r, u, false, x); }
+    static __device__ float dot(const U &w, const X &x, float acc)
+    {
+        int s = 0;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            /* element j's fifth bit is bit j of qh (elements 4i.. low nibbles, 16+4i.. high) */
+            const uint32_t lo = (w.qs[i] & 0x0f0f0f0fu) | spread4((w.qh >> (4 * i)) & 15u);
+            const uint32_t hi = ((w.qs[i] >> 4) & 0x0f0f0f0fu) | spread4((w.qh >> (16 + 4 * i)) & 15u);
+            s = __dp4a((int)lo, x.q[i], s);
+            s = __dp4a((int)hi, x.q[4 + i], s);
+        }
+        s -= 16 * x.sum; /* the stored values are q + 16 */
+        return __fmaf_rn(w.d * x.d, (float)s, acc);
+    }
+};
+
+struct w_q8_0 {
+    struct U {
+        float d;
+        int qs[8];
+    };
+    typedef x_q8_32 X;
+    static __device__ int units(int k) { return k / 32; }
+    static __device__ void load(const mmv_args &a, int row, int u, U &w)
+    {
+        const uint8_t *b = a.w + (size_t)row * a.w_row_bytes + 34 * (size_t)u;
+        w.d = ld_f16(b);
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            w.qs[i] = (int)ld_u32_a2(b + 2 + 4 * i);
+    }
+    static __device__ void load_x(const mmv_args &a, int r, int u, X &x) { load_x_q8_32(a, r, u, false, x); }
+    static __device__ float dot(const U &w, const X &x, float acc)
+    {
+        int s = 0;
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            s = __dp4a(w.qs[i], x.q[i], s);
+        return __fmaf_rn(w.d * x.d, (float)s, acc);
+    }
+};
+
+/* 64 activations of a Q8_K block (a quarter of it) with its scale and the sums of 16. */
+struct x_q8_K64 {
+    int q[16];
+    float d;
+    int sum16[4];
+};
+
+static __device__ __forceinline__ void load_x_q8_K64(const mmv_args &a, int r, int e0, x_q8_K64 &x)
+{
+    const int4 *p = (const int4 *)(a.xq + (size_t)r * a.q_stride + e0);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int4 v = p[i];
+        x.q[4 * i] = v.x, x.q[4 * i + 1] = v.y, x.q[4 * i + 2] = v.z, x.q[4 * i + 3] = v.w;
+    }
+    x.d = a.xd[(size_t)r * (a.k / 256) + e0 / 256];
+    const int4 s = *(const int4 *)(a.xsum + (size_t)r * (a.k / 16) + e0 / 16);
+    x.sum16[0] = s.x, x.sum16[1] = s.y, x.sum16[2] = s.z, x.sum16[3] = s.w;
+}
+
+/* Q4_K: a unit is sub-blocks 2p and 2p+1 of a super-block, which share 32 bytes of qs (2p in the low
+ * nibbles, 2p+1 in the high ones). Contribution: d dx sum_j sc_j (q_j . x_j) - dmin dx sum_j m_j sum(x_j). */
+struct w_q4_K {
+    struct U {
+        float d, dmin;
+        int sc[2], m[2];
+        uint32_t qs[8];
+    };
+    typedef x_q8_K64 X;
+    static __device__ int units(int k) { return k / 64; }
+    static __device__ void load(const mmv_args &a, int row, int u, U &w)
+    {
+        const int p = u % 4;
+        const uint8_t *b = a.w + (size_t)row * a.w_row_bytes + 144 * (size_t)(u / 4); /* 16-byte aligned */
+        const uint32_t dm = *(const uint32_t *)b;
+        w.d = __half2float(__ushort_as_half((uint16_t)(dm & 0xffffu)));
+        w.dmin = __half2float(__ushort_as_half((uint16_t)(dm >> 16)));
+        const uint8_t *scales = b + 4;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int j = 2 * p + h;
+            /* ggml's get_scale_min_k4: six-bit scale and min of sub-block j */
+            if (j < 4) {
+                w.sc[h] = scales[j] & 63;
+                w.m[h] = scales[j + 4] & 63;
+            } else {
+                w.sc[h] = (scales[j + 4] & 0x0f) | ((scales[j - 4] >> 6) << 4);
+                w.m[h] = (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4);
+            }
+        }
+        const uint4 *q = (const uint4 *)(b + 16 + 32 * p);
+        const uint4 q0 = q[0], q1 = q[1];
+        w.qs[0] = q0.x, w.qs[1] = q0.y, w.qs[2] = q0.z, w.qs[3] = q0.w;
+        w.qs[4] = q1.x, w.qs[5] = q1.y, w.qs[6] = q1.z, w.qs[7] = q1.w;
+    }
+    static __device__ void load_x(const mmv_args &a, int r, int u, X &x) { load_x_q8_K64(a, r, 64 * u, x); }
+    static __device__ float dot(const U &w, const X &x, float acc)
+    {
+        int s0 = 0, s1 = 0;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            s0 = __dp4a((int)(w.qs[i] & 0x0f0f0f0fu), x.q[i], s0);
+            s1 = __dp4a((int)((w.qs[i] >> 4) & 0x0f0f0f0fu), x.q[8 + i], s1);
+        }
+        const int sumi = w.sc[0] * s0 + w.sc[1] * s1;
+        const int summ = w.m[0] * (x.sum16[0] + x.sum16[1]) + w.m[1] * (x.sum16[2] + x.sum16[3]);
+        acc = __fmaf_rn(w.d * x.d, (float)sumi, acc);
+        return __fmaf_rn(-(w.dmin * x.d), (float)summ, acc);
+    }
+};
+
+/* Q6_K: a unit is quarters a and a+2 of half h of a super-block (elements 128h + 32a + l and
+ * 128h + 64 + 32a + l, l < 32): they share 32 bytes of ql (low and high nibbles) and the 32 bytes of
+ * qh of half h (bits 2a and 2a+4). Values are stored as q + 32 with a scale per 16 elements. */
+struct w_q6_K {
+    struct U {
+        float d;
+        int sc[4]; /* quarter a: l < 16, l >= 16; quarter a+2: l < 16, l >= 16 */
+        uint32_t lo[8], hi[8]; /* the 6-bit values (0..63) of quarters a and a+2, four per word */
+    };
+    struct X {
+        int qa[8], qb[8];
+        float d;
+        int sum16[4];
+    };
+    static __device__ int units(int k) { return k / 64; }
+    static __device__ void load(const mmv_args &a, int row, int u, U &w)
+    {
+        const int h = (u % 4) / 2, qa = u % 2;
+        const uint8_t *b = a.w + (size_t)row * a.w_row_bytes + 210 * (size_t)(u / 4); /* 2-byte aligned */
+        const uint8_t *ql = b + 64 * h + 32 * qa, *qh = b + 128 + 32 * h;
+        const int8_t *scales = (const int8_t *)(b + 192 + 8 * h + 2 * qa);
+        w.d = ld_f16(b + 208);
+        w.sc[0] = scales[0], w.sc[1] = scales[1], w.sc[2] = scales[4], w.sc[3] = scales[5];
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const uint32_t l4 = ld_u32_a2(ql + 4 * i), h2 = ld_u32_a2(qh + 4 * i);
+            w.lo[i] = (l4 & 0x0f0f0f0fu) | (((h2 >> (2 * qa)) & 0x03030303u) << 4);
+            w.hi[i] = ((l4 >> 4) & 0x0f0f0f0fu) | (((h2 >> (2 * qa + 4)) & 0x03030303u) << 4);
+        }
+    }
+    static __device__ void load_x(const mmv_args &a, int r, int u, X &x)
+    {
+        const int h = (u % 4) / 2, qa = u % 2;
+        const int e0 = 256 * (u / 4) + 128 * h + 32 * qa; /* quarter a; quarter a+2 is 64 further */
+        const uint8_t *row = a.xq + (size_t)r * a.q_stride;
+        const int4 *pa = (const int4 *)(row + e0), *pb = (const int4 *)(row + e0 + 64);
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            const int4 va = pa[i], vb = pb[i];
+            x.qa[4 * i] = va.x, x.qa[4 * i + 1] = va.y, x.qa[4 * i + 2] = va.z, x.qa[4 * i + 3] = va.w;
+            x.qb[4 * i] = vb.x, x.qb[4 * i + 1] = vb.y, x.qb[4 * i + 2] = vb.z, x.qb[4 * i + 3] = vb.w;
+        }
+        x.d = a.xd[(size_t)r * (a.k / 256) + u / 4];
+        const int *s = a.xsum + (size_t)r * (a.k / 16);
+        const int2 sa = *(const int2 *)(s + e0 / 16), sb = *(const int2 *)(s + (e0 + 64) / 16);
+        x.sum16[0] = sa.x, x.sum16[1] = sa.y, x.sum16[2] = sb.x, x.sum16[3] = sb.y;
+    }
+    static __device__ float dot(const U &w, const X &x, float acc)
+    {
+        int g[4] = {0, 0, 0, 0};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            g[0] = __dp4a((int)w.lo[i], x.qa[i], g[0]);
+            g[1] = __dp4a((int)w.lo[4 + i], x.qa[4 + i], g[1]);
+            g[2] = __dp4a((int)w.hi[i], x.qb[i], g[2]);
+            g[3] = __dp4a((int)w.hi[4 + i], x.qb[4 + i], g[3]);
+        }
+        int sumi = 0;
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            sumi += w.sc[i] * (g[i] - 32 * x.sum16[i]);
+        return __fmaf_rn(w.d * x.d, (float)sumi, acc);
+    }
+};
+
+/* Float weights: 8 elements per unit. */
+template <enum spec_dtype T>
+struct w_float {
+    struct U {
+        float v[8];
+    };
+    typedef U X;
+    static __device__ int units(int k) { return (k + 7) / 8; }
+    static __device__ float elem(const uint8_t *row, int e)
+    {
+        if (T == SPEC_F32)
+            return ((const float *)row)[e];
+        if (T == SPEC_F16)
+            return __half2float(__ushort_as_half(((const uint16_t *)row)[e]));
+        return bf16_to_f32(((const uint16_t *)row)[e]);
+    }
+    /* 8 elements from e0 of a row of type T (or of its activation type, which is the same). */
+    static __device__ void load8(const uint8_t *row, int e0, int k, bool vec, float v[8])
+    {
+        if (!vec) {
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                v[i] = e0 + i < k ? elem(row, e0 + i) : 0.0f;
+        } else if (T == SPEC_F32) {
+            const float4 a = ((const float4 *)row)[e0 / 4], b = ((const float4 *)row)[e0 / 4 + 1];
+            v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+        } else {
+            const uint4 raw = ((const uint4 *)row)[e0 / 8];
+            const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const uint16_t lo = (uint16_t)(words[i] & 0xffffu), hi = (uint16_t)(words[i] >> 16);
+                v[2 * i] = T == SPEC_F16 ? __half2float(__ushort_as_half(lo)) : bf16_to_f32(lo);
+                v[2 * i + 1] = T == SPEC_F16 ? __half2float(__ushort_as_half(hi)) : bf16_to_f32(hi);
+            }
+        }
+    }
+    static __device__ void load(const mmv_args &a, int row, int u, U &w)
+    {
+        load8(a.w + (size_t)row * a.w_row_bytes, 8 * u, a.k, a.vec, w.v);
+    }
+    static __device__ void load_x(const mmv_args &a, int r, int u, X &x)
+    {
+        load8(a.xq + (size_t)r * a.q_stride, 8 * u, a.k, a.vec, x.v);
+    }
+    static __device__ float dot(const U &w, const X &x, float acc)
+    {
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            acc = __fmaf_rn(w.v[i], x.v[i], acc);
+        return acc;
+    }
+};
+
+/* ---------------------------------------------------------------------------------------------- */
+/* The mat-vec kernel                                                                             */
+
+template <class W>
+__global__ void __launch_bounds__(MMV_THREADS) mmv(const mmv_args a)
+{
+    const int lane = threadIdx.x % CUDA_WARP;
+    const int row0 = (blockIdx.x * MMV_WARPS + threadIdx.x / CUDA_WARP) * MMV_RPW;
+    const int n_units = W::units(a.k);
+    for (int t0 = 0; t0 < a.n; t0 += MMV_TILE) {
+        const int nt = min(MMV_TILE, a.n - t0);
+        float acc[MMV_RPW][MMV_TILE];
+#pragma unroll
+        for (int i = 0; i < MMV_RPW; i++)
+#pragma unroll
+            for (int r = 0; r < MMV_TILE; r++)
+                acc[i][r] = 0.0f;
+        for (int u = lane; u < n_units; u += CUDA_WARP) {
+            typename W::U wu[MMV_RPW];
+#pragma unroll
+            for (int i = 0; i < MMV_RPW; i++) /* rows past the end repeat the last one, unused */
+                W::load(a, min(row0 + i, a.rows - 1), u, wu[i]);
+#pragma unroll
+            for (int r = 0; r < MMV_TILE; r++) {
+                if (r < nt) {
+                    typename W::X xu;
+                    W::load_x(a, t0 + r, u, xu);
+#pragma unroll
+                    for (int i = 0; i < MMV_RPW; i++)
+                        acc[i][r] = W::dot(wu[i], xu, acc[i][r]);
+                }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < MMV_TILE; r++) {
+            if (r < nt) {
+#pragma unroll
+                for (int i = 0; i < MMV_RPW; i++) {
+                    const float v = warp_sum(acc[i][r]);
+                    if (lane == 0 && row0 + i < a.rows)
+                        a.y[(size_t)(t0 + r) * a.y_stride + row0 + i] = v;
+                }
+            }
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Host side                                                                                      */
+
+bool cuda_weight_type_ok(enum spec_dtype t)
+{
+    switch (t) {
+    case SPEC_F32:
+    case SPEC_F16:
+    case SPEC_BF16:
+    case SPEC_Q4_0:
+    case SPEC_Q4_1:
+    case SPEC_Q5_0:
+    case SPEC_Q8_0:
+    case SPEC_Q4_K:
+    case SPEC_Q6_K:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static size_t align256(size_t b)
+{
+    return (b + 255) & ~(size_t)255;
+}
+
+static bool aligned16(const void *p, size_t stride_bytes)
+{
+    return (uintptr_t)p % 16 == 0 && stride_bytes % 16 == 0;
+}
+
+template <class W>
+static cudaError_t launch_mmv(cudaStream_t st, const mmv_args &a)
+{
+    const unsigned blocks = (unsigned)((a.rows + MMV_ROWS_PER_BLOCK - 1) / MMV_ROWS_PER_BLOCK);
+    mmv<W><<<blocks, MMV_THREADS, 0, st>>>(a);
+    return cudaGetLastError();
+}
+
+/* Converts x to the activation type of a quantised weight type into act and fills a's x fields. */
+static cudaError_t quantize_act(cudaStream_t st, struct cuda_buf *act, enum spec_dtype wtype, int k, const float *x,
+                                size_t x_stride, int n, mmv_args &a)
+{
+    const bool q8_K = wtype == SPEC_Q4_K || wtype == SPEC_Q6_K, q8_1 = wtype == SPEC_Q4_1;
+    const int block = q8_K ? 256 : 32;
+    const size_t nb = (size_t)n * (size_t)(k / block);
+    const size_t q_bytes = align256((size_t)n * k), d_bytes = align256(nb * sizeof(float)),
+                 s_bytes = q8_1 ? d_bytes : 0, sum_bytes = align256((size_t)n * (k / 16) * sizeof(int));
+    cudaError_t err = cuda_buf_reserve(act, q_bytes + d_bytes + s_bytes + sum_bytes);
+    if (err != cudaSuccess)
+        return err;
+    uint8_t *base = (uint8_t *)act->p;
+    a.xq = base;
+    a.q_stride = (size_t)k;
+    a.xd = (const float *)(base + q_bytes);
+    a.xs = q8_1 ? (const float *)(base + q_bytes + d_bytes) : NULL;
+    a.xsum = (const int *)(base + q_bytes + d_bytes + s_bytes);
+    const unsigned warps_per_block = MMV_THREADS / CUDA_WARP;
+    const unsigned blocks = (unsigned)((nb + warps_per_block - 1) / warps_per_block);
+    int8_t *q = (int8_t *)base;
+    float *d = (float *)a.xd, *s = (float *)a.xs;
+    int *sum16 = (int *)a.xsum;
+    if (q8_K)
+        quantize_q8_K<<<blocks, MMV_THREADS, 0, st>>>(x, x_stride, k, n, q, d, sum16);
+    else if (q8_1)
+        quantize_q8_32<true><<<blocks, MMV_THREADS, 0, st>>>(x, x_stride, k, n, q, d, s, sum16);
+    else
+        quantize_q8_32<false><<<blocks, MMV_THREADS, 0, st>>>(x, x_stride, k, n, q, d, s, sum16);
+    return cudaGetLastError();
+}
+
+cudaError_t cuda_matmul(cudaStream_t st, struct cuda_buf *act, enum spec_dtype wtype, const void *w,
+                        size_t w_row_bytes, int rows, int k, const float *x, size_t x_stride, int n, float *y,
+                        size_t y_stride)
+{
+    mmv_args a = {};
+    a.w = (const uint8_t *)w;
+    a.w_row_bytes = w_row_bytes;
+    a.rows = rows;
+    a.k = k;
+    a.n = n;
+    a.y = y;
+    a.y_stride = y_stride;
+    cudaError_t err;
+    switch (wtype) {
+    case SPEC_F32:
+        a.xq = (const uint8_t *)x;
+        a.q_stride = x_stride * sizeof(float);
+        a.vec = k % 8 == 0 && aligned16(w, w_row_bytes) && aligned16(x, a.q_stride);
+        return launch_mmv<w_float<SPEC_F32> >(st, a);
+    case SPEC_F16:
+    case SPEC_BF16: {
+        err = cuda_buf_reserve(act, (size_t)n * k * sizeof(uint16_t));
+        if (err != cudaSuccess)
+            return err;
+        const int64_t total = (int64_t)n * k;
+        const unsigned blocks = (unsigned)(total / 256 + 1 < 4096 ? total / 256 + 1 : 4096);
+        if (wtype == SPEC_BF16)
+            convert_rows<true><<<blocks, 256, 0, st>>>(x, x_stride, k, n, (uint16_t *)act->p);
+        else
+            convert_rows<false><<<blocks, 256, 0, st>>>(x, x_stride, k, n, (uint16_t *)act->p);
+        if ((err = cudaGetLastError()) != cudaSuccess)
+            return err;
+        a.xq = (const uint8_t *)act->p;
+        a.q_stride = (size_t)k * sizeof(uint16_t);
+        a.vec = k % 8 == 0 && aligned16(w, w_row_bytes) && aligned16(a.xq, a.q_stride);
+        return wtype == SPEC_F16 ? launch_mmv<w_float<SPEC_F16> >(st, a) : launch_mmv<w_float<SPEC_BF16> >(st, a);
+    }
+    default:
+        break;
+    }
+    if ((err = quantize_act(st, act, wtype, k, x, x_stride, n, a)) != cudaSuccess)
+        return err;
+    switch (wtype) {
+    case SPEC_Q4_0:
+        return launch_mmv<w_q4_0>(st, a);
+    case SPEC_Q4_1:
+        return launch_mmv<w_q4_1>(st, a);
+    case SPEC_Q5_0:
+        return launch_mmv<w_q5_0>(st, a);
+    case SPEC_Q8_0:
+        return launch_mmv<w_q8_0>(st, a);
+    case SPEC_Q4_K:
+        return launch_mmv<w_q4_K>(st, a);
+    case SPEC_Q6_K:
+        return launch_mmv<w_q6_K>(st, a);
+    default:
+        return cudaErrorInvalidValue;
+    }
+}

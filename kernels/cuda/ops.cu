@@ -1,0 +1,386 @@
+/* The CUDA backend's other ops: embedding rows, RMS norm, RoPE, KV-cache stores, elementwise ops and
+ * attention. Each mirrors the CPU backend's arithmetic expression by expression (files here are built
+ * with -fmad=false, so `a * b + c` rounds twice as it does in the C code); where the GPU must order a
+ * reduction differently the order is fixed per row, so no result depends on the batch. */
+#include "kernels/cuda/cuda_ops.h"
+
+#define ELT_THREADS 256
+#define ELT_MAX_BLOCKS 4096
+
+static unsigned elt_blocks(int64_t total)
+{
+    const int64_t b = (total + ELT_THREADS - 1) / ELT_THREADS;
+    return (unsigned)(b < 1 ? 1 : b > ELT_MAX_BLOCKS ? ELT_MAX_BLOCKS : b);
+}
+
+#define GRID_STRIDE(i, total)                                                                              \
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (total);                         \
+         i += (int64_t)gridDim.x * blockDim.x)
+
+/* ---------------------------------------------------------------------------------------------- */
+/* get_rows: dequantisation, bit-exact with kern_dequantize_row()                                 */
+
+template <enum spec_dtype T>
+static __device__ float dequant(const uint8_t *row, int e)
+{
+    const int j = e % 32;
+    switch (T) {
+    case SPEC_F32:
+        return ((const float *)row)[e];
+    case SPEC_F16:
+        return ld_f16(row + 2 * e);
+    case SPEC_BF16:
+        return bf16_to_f32(((const uint16_t *)row)[e]);
+    case SPEC_Q4_0: {
+        const uint8_t *b = row + 18 * (e / 32);
+        const int q = j < 16 ? (b[2 + j] & 0x0f) : (b[2 + j - 16] >> 4);
+        return (float)(q - 8) * ld_f16(b);
+    }
+    case SPEC_Q4_1: {
+        const uint8_t *b = row + 20 * (e / 32);
+        const int q = j < 16 ? (b[4 + j] & 0x0f) : (b[4 + j - 16] >> 4);
+        return (float)q * ld_f16(b) + ld_f16(b + 2);
+    }
+    case SPEC_Q5_0: {
+        const uint8_t *b = row + 22 * (e / 32);
+        const uint32_t qh = ld_u32_a2(b + 2);
+        const int lo = j < 16 ? (b[6 + j] & 0x0f) : (b[6 + j - 16] >> 4);
+        const int q = lo | (int)(((qh >> j) & 1u) << 4);
+        return (float)(q - 16) * ld_f16(b);
+    }
+    case SPEC_Q8_0: {
+        const uint8_t *b = row + 34 * (e / 32);
+        return (float)(int8_t)b[2 + j] * ld_f16(b);
+    }
+    case SPEC_Q4_K: {
+        const uint8_t *b = row + 144 * (e / 256);
+        const int sub = (e % 256) / 32;
+        const uint8_t *scales = b + 4;
+        int sc, m;
+        if (sub < 4) {
+            sc = scales[sub] & 63;
+            m = scales[sub + 4] & 63;
+        } else {
+            sc = (scales[sub + 4] & 0x0f) | ((scales[sub - 4] >> 6) << 4);
+            m = (scales[sub + 4] >> 4) | ((scales[sub] >> 6) << 4);
+        }
+        const uint8_t qb = b[16 + 32 * (sub / 2) + j];
+        const int q = sub % 2 ? qb >> 4 : qb & 0x0f;
+        const float d1 = ld_f16(b) * (float)sc, m1 = ld_f16(b + 2) * (float)m;
+        return d1 * (float)q - m1;
+    }
+    case SPEC_Q6_K: {
+        const uint8_t *b = row + 210 * (e / 256);
+        const int w = e % 256, h = w / 128, quarter = (w % 128) / 32;
+        const uint8_t ql = b[64 * h + j + 32 * (quarter & 1)];
+        const int lo = quarter < 2 ? (ql & 0x0f) : (ql >> 4);
+        const int hi = (b[128 + 32 * h + j] >> (2 * quarter)) & 3;
+        const int8_t q = (int8_t)((lo | (hi << 4)) - 32);
+        const int8_t scale = (int8_t)b[192 + w / 16];
+        return ld_f16(b + 208) * (float)scale * (float)q;
+    }
+    default:
+        return 0.0f;
+    }
+}
+
+template <enum spec_dtype T>
+__global__ void get_rows_kernel(const uint8_t *table, size_t row_bytes, int ne0, const int32_t *ids, int n,
+                                float *out, size_t out_stride)
+{
+    GRID_STRIDE(i, (int64_t)ne0 * n)
+    {
+        const int r = (int)(i / ne0), e = (int)(i % ne0);
+        out[(size_t)r * out_stride + e] = dequant<T>(table + (size_t)ids[r] * row_bytes, e);
+    }
+}
+
+cudaError_t cuda_get_rows(cudaStream_t st, enum spec_dtype type, const void *table, size_t row_bytes, int ne0,
+                          const int32_t *ids, int n, float *out, size_t out_stride)
+{
+    const unsigned blocks = elt_blocks((int64_t)ne0 * n);
+    const uint8_t *t = (const uint8_t *)table;
+    switch (type) {
+    case SPEC_F32:
+        get_rows_kernel<SPEC_F32><<<blocks, ELT_THREADS, 0, st>>>(t, row_bytes, ne0, ids, n, out, out_stride);
+        break;
+    case SPEC_F16:
+        get_rows_kernel<SPEC_F16><<<blocks, ELT_THREADS, 0, st>>>(t, row_bytes, ne0, ids, n, out, out_stride);
+        break;
+    case SPEC_BF16:
+        get_rows_kernel<SPEC_BF16><<<blocks, ELT_THREADS, 0, st>>>(t, row_bytes, ne0, ids, n, out, out_stride);
+        break;
+    case SPEC_Q4_0:
+        get_rows_kernel<SPEC_Q4_0><<<blocks, ELT_THREADS, 0, st>>>(t, row_bytes, ne0, ids, n, out, out_stride);
+        break;
+    case SPEC_Q4_1:
+        get_rows_kernel<SPEC_Q4_1><<<blocks, ELT_THREADS, 0, st>>>(t, row_bytes, ne0, ids, n, out, out_stride);
+        break;
+    case SPEC_Q5_0:
+        get_rows_kernel<SPEC_Q5_0><<<blocks, ELT_THREADS, 0, st>>>(t, row_bytes, ne0, ids, n, out, out_stride);
+        break;
+    case SPEC_Q8_0:
+        get_rows_kernel<SPEC_Q8_0><<<blocks, ELT_THREADS, 0, st>>>(t, row_bytes, ne0, ids, n, out, out_stride);
+        break;
+    case SPEC_Q4_K:
+        get_rows_kernel<SPEC_Q4_K><<<blocks, ELT_THREADS, 0, st>>>(t, row_bytes, ne0, ids, n, out, out_stride);
+        break;
+    case SPEC_Q6_K:
+        get_rows_kernel<SPEC_Q6_K><<<blocks, ELT_THREADS, 0, st>>>(t, row_bytes, ne0, ids, n, out, out_stride);
+        break;
+    default:
+        return cudaErrorInvalidValue;
+    }
+    return cudaGetLastError();
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* RMS norm: the CPU sums the squares in double; so does each thread here over its elements, and the
+ * block adds the threads' sums by a fixed tree. A double sum of floats rounds to the same float mean
+ * in all but vanishingly rare cases, and the rest is the CPU's expression.                        */
+
+#define RMS_THREADS 256
+
+__global__ void __launch_bounds__(RMS_THREADS)
+    rms_norm_kernel(const float *x, size_t x_stride, const float *w, float eps, float *y, size_t y_stride, int ne0,
+                    int rows)
+{
+    __shared__ double part[RMS_THREADS];
+    const int tid = threadIdx.x;
+    for (int r = blockIdx.x; r < rows; r += gridDim.x) {
+        const float *xr = x + (size_t)r * x_stride;
+        float *yr = y + (size_t)r * y_stride;
+        double s = 0.0;
+        for (int i = tid; i < ne0; i += RMS_THREADS)
+            s += (double)(xr[i] * xr[i]);
+        part[tid] = s;
+        __syncthreads();
+        for (int half = RMS_THREADS / 2; half > 0; half >>= 1) {
+            if (tid < half)
+                part[tid] += part[tid + half];
+            __syncthreads();
+        }
+        const float mean = (float)(part[0] / (double)ne0);
+        const float scale = 1.0f / sqrtf(mean + eps);
+        for (int i = tid; i < ne0; i += RMS_THREADS)
+            yr[i] = (xr[i] * scale) * w[i];
+        __syncthreads(); /* part[0] is read by every thread before the next row writes part */
+    }
+}
+
+cudaError_t cuda_rms_norm(cudaStream_t st, const float *x, size_t x_stride, const float *w, float eps, float *y,
+                          size_t y_stride, int ne0, int rows)
+{
+    const unsigned blocks = (unsigned)(rows < 65535 ? rows : 65535);
+    rms_norm_kernel<<<blocks, RMS_THREADS, 0, st>>>(x, x_stride, w, eps, y, y_stride, ne0, rows);
+    return cudaGetLastError();
+}
+
+cudaError_t cuda_kernels_usable(void)
+{
+    cudaFuncAttributes attr;
+    return cudaFuncGetAttributes(&attr, rms_norm_kernel);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* RoPE with the host's (cos, sin) table: x0 c - x1 s and x0 s + x1 c, each product rounded.        */
+
+__global__ void rope_kernel(float *x, size_t x_stride, int rows, int n_head, int head_dim, int n_rot, bool neox,
+                            const float *table)
+{
+    const int pairs = n_rot / 2;
+    GRID_STRIDE(i, (int64_t)rows * n_head * pairs)
+    {
+        const int r = (int)(i / ((int64_t)n_head * pairs));
+        const int rem = (int)(i % ((int64_t)n_head * pairs));
+        const int h = rem / pairs, i0 = 2 * (rem % pairs);
+        const float c = table[(size_t)r * n_rot + i0], s = table[(size_t)r * n_rot + i0 + 1];
+        const int a = neox ? i0 / 2 : i0, stride = neox ? pairs : 1;
+        float *p = x + (size_t)r * x_stride + (size_t)h * head_dim;
+        const float x0 = p[a], x1 = p[a + stride];
+        p[a] = x0 * c - x1 * s;
+        p[a + stride] = x0 * s + x1 * c;
+    }
+}
+
+cudaError_t cuda_rope(cudaStream_t st, float *x, size_t x_stride, int rows, int n_head, int head_dim, int n_rot,
+                      bool neox, const float *table)
+{
+    const unsigned blocks = elt_blocks((int64_t)rows * n_head * (n_rot / 2));
+    rope_kernel<<<blocks, ELT_THREADS, 0, st>>>(x, x_stride, rows, n_head, head_dim, n_rot, neox, table);
+    return cudaGetLastError();
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* KV-cache stores                                                                                */
+
+__global__ void store_rows_kernel(const float *src, size_t src_stride, uint8_t *dst, size_t dst_row_bytes, bool f16,
+                                  int ne0, int rows)
+{
+    GRID_STRIDE(i, (int64_t)ne0 * rows)
+    {
+        const int r = (int)(i / ne0), e = (int)(i % ne0);
+        const float v = src[(size_t)r * src_stride + e];
+        uint8_t *row = dst + (size_t)r * dst_row_bytes;
+        if (f16)
+            ((uint16_t *)row)[e] = __half_as_ushort(__float2half_rn(v));
+        else
+            ((float *)row)[e] = v;
+    }
+}
+
+cudaError_t cuda_store_rows(cudaStream_t st, const float *src, size_t src_stride, void *dst, size_t dst_row_bytes,
+                            enum spec_dtype dst_type, int ne0, int rows)
+{
+    const unsigned blocks = elt_blocks((int64_t)ne0 * rows);
+    store_rows_kernel<<<blocks, ELT_THREADS, 0, st>>>(src, src_stride, (uint8_t *)dst, dst_row_bytes,
+                                                      dst_type == SPEC_F16, ne0, rows);
+    return cudaGetLastError();
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Elementwise                                                                                    */
+
+__global__ void eltwise_kernel(enum cuda_eltwise_op op, const float *a, size_t a_stride, const float *b,
+                               size_t b_stride, float *out, size_t out_stride, int ne0, int rows)
+{
+    GRID_STRIDE(i, (int64_t)ne0 * rows)
+    {
+        const int r = (int)(i / ne0), e = (int)(i % ne0);
+        const float av = a[(size_t)r * a_stride + e], bv = b[(size_t)r * b_stride + e];
+        /* ggml_silu_f32: x / (1 + e^-x) */
+        out[(size_t)r * out_stride + e] = op == CUDA_ADD ? av + bv : av / (1.0f + expf(-av)) * bv;
+    }
+}
+
+cudaError_t cuda_eltwise(cudaStream_t st, enum cuda_eltwise_op op, const float *a, size_t a_stride, const float *b,
+                         size_t b_stride, float *out, size_t out_stride, int ne0, int rows)
+{
+    const unsigned blocks = elt_blocks((int64_t)ne0 * rows);
+    eltwise_kernel<<<blocks, ELT_THREADS, 0, st>>>(op, a, a_stride, b, b_stride, out, out_stride, ne0, rows);
+    return cudaGetLastError();
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Attention, split over the cache (flash-decoding).
+ *
+ * Query i sees keys 0 .. pos0 + i. The keys are cut into chunks of ATT_CHUNK at fixed boundaries;
+ * one block per (chunk, head, query) computes the chunk's scores, their max m, the sum l of
+ * exp(s - m) and o = sum exp(s - m) v, in a fixed order. A second kernel combines the chunks of a
+ * (head, query) in chunk order: o = sum_c e^(m_c - M) o_c / sum_c e^(m_c - M) l_c. Everything
+ * depends on the query's own key count only, never on how many queries share the call.
+ *
+ * As on the CPU, q is rounded to F16 when the key cache is F16 (the products are then exact). The
+ * CPU also rounds the normalised weights to F16 before they weight V (llama.cpp's mul_mat); a split
+ * softmax cannot know the normalised weights per chunk, so here they stay F32: the difference is at
+ * most 2^-11 of sum_j p_j |v_j| per output (see the conformance test's bound).                    */
+
+#define ATT_CHUNK 128
+#define ATT_THREADS 128
+#define ATT_WARPS (ATT_THREADS / CUDA_WARP)
+
+static __device__ __forceinline__ float cache_elem(const uint8_t *row, bool f16, int e)
+{
+    return f16 ? ld_f16(row + 2 * e) : ((const float *)row)[e];
+}
+
+__global__ void __launch_bounds__(ATT_THREADS)
+    attn_chunk_kernel(const float *q, size_t q_stride, const uint8_t *k, size_t k_row_bytes, bool k_f16,
+                      const uint8_t *v, size_t v_row_bytes, bool v_f16, int n_head, int group, int head_dim,
+                      int pos0, float scale, int n_chunks, float *part_o, float *part_ml)
+{
+    __shared__ float qs[CUDA_ATTN_MAX_HEAD_DIM];
+    __shared__ float sc[ATT_CHUNK];
+    const int c = blockIdx.x, h = blockIdx.y, i = blockIdx.z;
+    const int n_kv = pos0 + i + 1, j0 = c * ATT_CHUNK;
+    if (j0 >= n_kv)
+        return; /* past this query's keys: the whole block leaves, before any barrier */
+    const int len = min(ATT_CHUNK, n_kv - j0);
+    const int tid = threadIdx.x, lane = tid % CUDA_WARP, warp = tid / CUDA_WARP;
+    const int g = h / group;
+
+    const float *qh = q + (size_t)i * q_stride + (size_t)h * head_dim;
+    for (int d = tid; d < head_dim; d += ATT_THREADS)
+        qs[d] = k_f16 ? __half2float(__float2half_rn(qh[d])) : qh[d];
+    __syncthreads();
+
+    /* scores: a warp per key, the lanes over the head's dimensions */
+    const uint8_t *kg = k + (size_t)g * head_dim * (k_f16 ? 2 : 4);
+    for (int j = warp; j < len; j += ATT_WARPS) {
+        const uint8_t *kr = kg + (size_t)(j0 + j) * k_row_bytes;
+        float part = 0.0f;
+        for (int d = lane; d < head_dim; d += CUDA_WARP)
+            part = __fmaf_rn(qs[d], cache_elem(kr, k_f16, d), part);
+        const float dot = warp_sum(part);
+        if (lane == 0)
+            sc[j] = dot * scale;
+    }
+    __syncthreads();
+
+    /* every thread scans the chunk in the same order, so all hold the same max and sum */
+    float m = -INFINITY;
+    for (int j = 0; j < len; j++)
+        m = fmaxf(m, sc[j]);
+    __syncthreads(); /* all have read the scores before they are overwritten by their weights */
+    for (int j = tid; j < len; j += ATT_THREADS)
+        sc[j] = expf(sc[j] - m);
+    __syncthreads();
+    float l = 0.0f;
+    for (int j = 0; j < len; j++)
+        l += sc[j];
+
+    const uint8_t *vg = v + (size_t)g * head_dim * (v_f16 ? 2 : 4);
+    const size_t slot = ((size_t)i * n_head + h) * n_chunks + c;
+    for (int d = tid; d < head_dim; d += ATT_THREADS) {
+        float o = 0.0f;
+        for (int j = 0; j < len; j++)
+            o = __fmaf_rn(sc[j], cache_elem(vg + (size_t)(j0 + j) * v_row_bytes, v_f16, d), o);
+        part_o[slot * head_dim + d] = o;
+    }
+    if (tid == 0) {
+        part_ml[2 * slot] = m;
+        part_ml[2 * slot + 1] = l;
+    }
+}
+
+__global__ void __launch_bounds__(ATT_THREADS)
+    attn_combine_kernel(const float *part_o, const float *part_ml, int n_head, int head_dim, int pos0, int n_chunks,
+                        float *out, size_t out_stride)
+{
+    const int h = blockIdx.x, i = blockIdx.y;
+    const int used = (pos0 + i + 1 + ATT_CHUNK - 1) / ATT_CHUNK;
+    const size_t slot0 = ((size_t)i * n_head + h) * n_chunks;
+    float mx = -INFINITY;
+    for (int c = 0; c < used; c++)
+        mx = fmaxf(mx, part_ml[2 * (slot0 + c)]);
+    float l = 0.0f;
+    for (int c = 0; c < used; c++)
+        l = __fmaf_rn(expf(part_ml[2 * (slot0 + c)] - mx), part_ml[2 * (slot0 + c) + 1], l);
+    for (int d = threadIdx.x; d < head_dim; d += ATT_THREADS) {
+        float o = 0.0f;
+        for (int c = 0; c < used; c++)
+            o = __fmaf_rn(expf(part_ml[2 * (slot0 + c)] - mx), part_o[(slot0 + c) * head_dim + d], o);
+        out[(size_t)i * out_stride + (size_t)h * head_dim + d] = o / l;
+    }
+}
+
+cudaError_t cuda_attention(cudaStream_t st, struct cuda_buf *part, const float *q, size_t q_stride, const void *k,
+                           size_t k_row_bytes, enum spec_dtype k_type, const void *v, size_t v_row_bytes,
+                           enum spec_dtype v_type, const struct kern_attn_params *p, int n, float *out,
+                           size_t out_stride)
+{
+    const int n_chunks = (p->pos0 + n + ATT_CHUNK - 1) / ATT_CHUNK;
+    const size_t slots = (size_t)n * p->n_head * n_chunks;
+    const size_t o_bytes = (slots * p->head_dim * sizeof(float) + 255) & ~(size_t)255;
+    cudaError_t err = cuda_buf_reserve(part, o_bytes + slots * 2 * sizeof(float));
+    if (err != cudaSuccess)
+        return err;
+    float *part_o = (float *)part->p, *part_ml = (float *)((uint8_t *)part->p + o_bytes);
+    const dim3 grid((unsigned)n_chunks, (unsigned)p->n_head, (unsigned)n);
+    attn_chunk_kernel<<<grid, ATT_THREADS, 0, st>>>(q, q_stride, (const uint8_t *)k, k_row_bytes, k_type == SPEC_F16, (const uint8_t *)v, v_row_bytes, v_type == SPEC_F16, p->n_head, p->n_head / p->n_head_kv, p->head_dim, p->pos0, p->scale, n_chunks, part_o, part_ml);
+    if ((err = cudaGetLastError()) != cudaSuccess)
+        return err;
+    const dim3 cgrid((unsigned)p->n_head, (unsigned)n);
+    attn_combine_kernel<<<cgrid, ATT_THREADS, 0, st>>>(part_o, part_ml, p->n_head, p->head_dim, p->pos0, n_chunks, out, out_stride);
+    return cudaGetLastError();
+}

@@ -1,0 +1,684 @@
+/* The CUDA backend against the CPU backend (the reference): every op on random inputs for every weight
+ * type, batch invariance on the GPU, and whole synthetic models (logits, greedy decoding, batched
+ * forwards, speculative decoding).
+ *
+ * Without a usable CUDA device every test skips with "no CUDA device: conformance not run"; with
+ * SPECD_REQUIRE_CUDA=1 (make test-cuda) it fails instead, so a GPU run can never pass vacuously.
+ *
+ * Error bounds, CUDA vs CPU, per op (y: the CPU's result; the CUDA backend converts activations
+ * exactly as the CPU does, so only the order of float sums differs where a bound is not zero):
+ *  - get_rows, rope, store_rows, add, add_bias: bit-identical (the same expressions, and the rope
+ *    table is computed on the host with the CPU's code);
+ *  - rms_norm: |dy| <= 1e-6 |y| (the sum of squares is a double sum in another order);
+ *  - swiglu: |dy| <= 1e-6 |y| (the GPU's expf is within 2 ulp of glibc's);
+ *  - matmul, every type: |dy| <= 1e-5 sum_k |w_k x_k| (w dequantised): both backends quantise the
+ *    activations to the same Q8 blocks (or round them to the same F16/BF16 values) and compute exact
+ *    integer block dots; the GPU adds the scaled blocks in another order, with fused multiply-adds;
+ *  - attention, F32 cache: |dy| <= 1e-5 max|v|; F16 cache: |dy| <= 6e-4 max|v|, because the CPU rounds
+ *    the normalised attention weights to F16 (llama.cpp's mul_mat) and the GPU's split softmax keeps
+ *    them F32: the difference is at most 2^-11 sum_j p_j |v_j|;
+ *  - whole models: F32 weights with F32 caches, |dlogit| <= 1e-4 max|logit|; quantised weights with
+ *    F16 caches, |dlogit| <= 2e-2 max|logit| (a last-bit difference can move an activation across a Q8
+ *    rounding boundary); greedy tokens identical over 32 steps, on prompts whose CPU top-2 margins
+ *    exceed that bound at every step (checked, so identity is a real test).
+ * On the GPU itself every op is batch-invariant: n rows in one call give the bits of n one-row calls. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "engine/engine.h"
+#include "kernels/backend.h"
+#include "model/model.h"
+#include "tests/kernels/kern_test.h"
+#include "tests/support/tsupport.h"
+
+static struct kern_backend *cpu, *gpu;
+static uint64_t rng;
+
+static void setup(void)
+{
+    rng = 0x5eed;
+    cr_assert_eq(kern_backend_create("cpu", &(struct kern_backend_config){.n_threads = 2}, &cpu), 0);
+}
+
+static void teardown(void)
+{
+    kern_backend_destroy(gpu);
+    kern_backend_destroy(cpu);
+    gpu = NULL;
+}
+
+TestSuite(conformance, .init = setup, .fini = teardown);
+
+/* Every test starts here: the CUDA backend, or a loud skip (a failure under SPECD_REQUIRE_CUDA=1). */
+static void need_cuda(void)
+{
+    const int err = kern_backend_create("cuda", NULL, &gpu);
+    if (err == SPEC_OK)
+        return;
+    const char *req = getenv("SPECD_REQUIRE_CUDA");
+    if (req && strcmp(req, "1") == 0)
+        cr_assert_fail("SPECD_REQUIRE_CUDA=1 but the CUDA backend is unavailable (%s)", spec_errname(err));
+    fprintf(stderr, "!!! no CUDA device: conformance not run (%s)\n", spec_errname(err));
+    cr_skip_test("no CUDA device: conformance not run (%s)", spec_errname(err));
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Tensors on a backend from host data and back                                                  */
+
+static struct kern_tensor upload(struct kern_backend *b, enum spec_dtype type, int64_t ne0, int64_t ne1,
+                                 const void *host)
+{
+    struct kern_tensor t;
+    cr_assert_eq(b->ops->tensor_alloc(b, type, ne0, ne1, &t), 0);
+    cr_assert_eq(b->ops->rows_from_host(b, &t, 0, ne1, host), 0);
+    return t;
+}
+
+static struct kern_tensor weight(struct kern_backend *b, enum spec_dtype type, int64_t ne0, int64_t ne1,
+                                 const void *host)
+{
+    struct kern_tensor t;
+    cr_assert_eq(b->ops->weight_from_host(b, type, ne0, ne1, host, &t), 0);
+    return t;
+}
+
+/* A tensor of F32 filled with NaN, so that an element an op fails to write shows. */
+static struct kern_tensor poisoned(struct kern_backend *b, int64_t ne0, int64_t ne1)
+{
+    float *nan = malloc((size_t)(ne0 * ne1) * sizeof(float));
+    for (int64_t i = 0; i < ne0 * ne1; i++)
+        nan[i] = NAN;
+    struct kern_tensor t = upload(b, SPEC_F32, ne0, ne1, nan);
+    free(nan);
+    return t;
+}
+
+static float *download(struct kern_backend *b, const struct kern_tensor *t)
+{
+    float *h = malloc((size_t)t->ne1 * t->row_bytes);
+    cr_assert_eq(b->ops->rows_to_host(b, t, 0, t->ne1, h), 0);
+    return h;
+}
+
+static float *random_f32(int64_t n, float scale)
+{
+    float *x = malloc((size_t)n * sizeof(float));
+    kt_fill_normal(&rng, x, n, scale);
+    return x;
+}
+
+static void free_t(struct kern_backend *b, struct kern_tensor *t)
+{
+    b->ops->tensor_free(b, t);
+}
+
+/* |got - want| <= rel |want| elementwise; NaN never passes. */
+static void assert_close_rel(const float *got, const float *want, int64_t n, double rel, const char *what)
+{
+    for (int64_t i = 0; i < n; i++)
+        cr_assert(fabs((double)got[i] - want[i]) <= rel * fabs((double)want[i]),
+                  "%s: element %lld is %.9g, the CPU's %.9g", what, (long long)i, got[i], want[i]);
+}
+
+static void assert_bits(const void *got, const void *want, size_t bytes, const char *what)
+{
+    cr_assert(memcmp(got, want, bytes) == 0, "%s: not bit-identical", what);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* matmul                                                                                         */
+
+/* Random weights of a type: quantised from floats, or raw random blocks (extreme codes). */
+static void *random_weights(enum spec_dtype t, int64_t k, int64_t rows, int raw, size_t *row_bytes)
+{
+    uint64_t rb;
+    cr_assert_eq(kern_row_bytes(t, (uint64_t)k, &rb), 0);
+    uint8_t *w = malloc(rb * (size_t)rows);
+    for (int64_t r = 0; r < rows; r++)
+        kt_random_row(&rng, t, k, w + (size_t)r * rb, raw);
+    *row_bytes = (size_t)rb;
+    return w;
+}
+
+/* y = x . w^T on both backends; the GPU's result must be within 1e-5 sum_k |w_k x_k| of the CPU's. */
+static void check_matmul(enum spec_dtype t, int64_t k, int64_t rows, int n, int raw)
+{
+    const char *name = kern_dtype_info(t)->name;
+    size_t rb;
+    void *wh = random_weights(t, k, rows, raw, &rb);
+    float *xh = random_f32(k * n, 1.0f), *wf = malloc((size_t)(k * rows) * sizeof(float));
+    for (int64_t r = 0; r < rows; r++)
+        cr_assert_eq(kern_dequantize_row(t, (const uint8_t *)wh + (size_t)r * rb, wf + r * k, k), 0);
+
+    struct kern_tensor wc = weight(cpu, t, k, rows, wh), xc = upload(cpu, SPEC_F32, k, n, xh), yc;
+    cr_assert_eq(cpu->ops->tensor_alloc(cpu, SPEC_F32, rows, n, &yc), 0);
+    struct kern_tensor wg = weight(gpu, t, k, rows, wh), xg = upload(gpu, SPEC_F32, k, n, xh),
+                       yg = poisoned(gpu, rows, n);
+    cr_assert_eq(cpu->ops->matmul(cpu, &wc, &xc, &yc), 0);
+    cr_assert_eq(gpu->ops->matmul(gpu, &wg, &xg, &yg), 0, "%s: CUDA matmul failed", name);
+    float *want = download(cpu, &yc), *got = download(gpu, &yg);
+    for (int r = 0; r < n; r++) {
+        for (int64_t j = 0; j < rows; j++) {
+            double mag = 0.0;
+            for (int64_t i = 0; i < k; i++)
+                mag += fabs((double)wf[j * k + i] * xh[(int64_t)r * k + i]);
+            const float g = got[r * rows + j], w = want[r * rows + j];
+            cr_assert(fabs((double)g - w) <= 1e-5 * mag + 1e-30,
+                      "%s%s k=%lld n=%d: y[%d][%lld] = %.9g, the CPU's %.9g (bound %.3g)", name, raw ? " raw" : "",
+                      (long long)k, n, r, (long long)j, g, w, 1e-5 * mag);
+        }
+    }
+    free(want);
+    free(got);
+    free_t(cpu, &wc), free_t(cpu, &xc), free_t(cpu, &yc);
+    free_t(gpu, &wg), free_t(gpu, &xg), free_t(gpu, &yg);
+    free(wh), free(xh), free(wf);
+}
+
+Test(conformance, matmul_matches_the_cpu_for_every_weight_type_and_batch)
+{
+    need_cuda();
+    const int ns[] = {1, 3, 8, 9, 33};
+    for (size_t ti = 0; ti < KT_N_CPU_TYPES; ti++)
+        for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++)
+            check_matmul(kt_cpu_types[ti], 512, 67, ns[ni], 0);
+}
+
+Test(conformance, matmul_matches_the_cpu_on_extreme_quant_codes)
+{
+    need_cuda();
+    for (size_t ti = 0; ti < KT_N_CPU_TYPES; ti++)
+        if (kern_dtype_info(kt_cpu_types[ti])->block_size > 1)
+            check_matmul(kt_cpu_types[ti], 1024, 19, 5, 1);
+}
+
+Test(conformance, matmul_of_float_weights_takes_rows_of_any_length)
+{
+    need_cuda();
+    const enum spec_dtype types[] = {SPEC_F32, SPEC_F16, SPEC_BF16};
+    for (size_t ti = 0; ti < 3; ti++) {
+        check_matmul(types[ti], 100, 13, 4, 0); /* not a multiple of 8: the unvectorised loads */
+        check_matmul(types[ti], 7, 5, 2, 0);
+    }
+}
+
+/* n rows in one call give exactly the bits of n one-row calls, and of the same rows inside a larger
+ * batch at another offset. */
+Test(conformance, matmul_rows_are_bit_identical_whatever_the_batch)
+{
+    need_cuda();
+    const int64_t k = 512, rows = 45;
+    const int n = 33;
+    for (size_t ti = 0; ti < KT_N_CPU_TYPES; ti++) {
+        const enum spec_dtype t = kt_cpu_types[ti];
+        size_t rb;
+        void *wh = random_weights(t, k, rows, 0, &rb);
+        float *xh = random_f32(k * n, 1.0f);
+        struct kern_tensor w = weight(gpu, t, k, rows, wh), x = upload(gpu, SPEC_F32, k, n, xh),
+                           y = poisoned(gpu, rows, n), y1 = poisoned(gpu, rows, 1);
+        cr_assert_eq(gpu->ops->matmul(gpu, &w, &x, &y), 0);
+        float *all = download(gpu, &y);
+        for (int r = 0; r < n; r++) {
+            struct kern_tensor xr = x;
+            xr.data = (char *)x.data + (size_t)r * x.row_bytes;
+            xr.ne1 = 1;
+            xr.owned = false;
+            cr_assert_eq(gpu->ops->matmul(gpu, &w, &xr, &y1), 0);
+            float *one = download(gpu, &y1);
+            cr_assert(memcmp(one, all + (size_t)r * rows, (size_t)rows * sizeof(float)) == 0,
+                      "%s: row %d alone differs from row %d of a batch of %d", kern_dtype_info(t)->name, r, r, n);
+            free(one);
+        }
+        /* rows 5..13 as a batch of 9: a different tile position for every row */
+        struct kern_tensor xs = x, ys = poisoned(gpu, rows, 9);
+        xs.data = (char *)x.data + 5 * x.row_bytes;
+        xs.ne1 = 9;
+        xs.owned = false;
+        cr_assert_eq(gpu->ops->matmul(gpu, &w, &xs, &ys), 0);
+        float *part = download(gpu, &ys);
+        assert_bits(part, all + 5 * rows, 9 * (size_t)rows * sizeof(float), kern_dtype_info(t)->name);
+        free(part);
+        free(all);
+        free_t(gpu, &w), free_t(gpu, &x), free_t(gpu, &y), free_t(gpu, &y1), free_t(gpu, &ys);
+        free(wh), free(xh);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* get_rows                                                                                       */
+
+Test(conformance, get_rows_dequantizes_bit_identically_for_every_type)
+{
+    need_cuda();
+    const int64_t k = 512, rows = 7;
+    const int32_t ids[] = {3, 0, 6, 3};
+    for (size_t ti = 0; ti < KT_N_CPU_TYPES; ti++) {
+        for (int raw = 0; raw < 2; raw++) {
+            const enum spec_dtype t = kt_cpu_types[ti];
+            size_t rb;
+            void *wh = random_weights(t, k, rows, raw, &rb);
+            struct kern_tensor tc = weight(cpu, t, k, rows, wh), tg = weight(gpu, t, k, rows, wh), oc,
+                               og = poisoned(gpu, k, 4);
+            cr_assert_eq(cpu->ops->tensor_alloc(cpu, SPEC_F32, k, 4, &oc), 0);
+            cr_assert_eq(cpu->ops->get_rows(cpu, &tc, ids, 4, &oc), 0);
+            cr_assert_eq(gpu->ops->get_rows(gpu, &tg, ids, 4, &og), 0);
+            float *want = download(cpu, &oc), *got = download(gpu, &og);
+            assert_bits(got, want, (size_t)(4 * k) * sizeof(float), kern_dtype_info(t)->name);
+            const int32_t bad[] = {7};
+            cr_assert_eq(gpu->ops->get_rows(gpu, &tg, bad, 1, &og), SPEC_E_INVALID_ARG); /* out has 4 rows */
+            free(want), free(got), free(wh);
+            free_t(cpu, &tc), free_t(cpu, &oc), free_t(gpu, &tg), free_t(gpu, &og);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Row-wise ops                                                                                   */
+
+Test(conformance, rms_norm_matches_the_cpu_also_in_place)
+{
+    need_cuda();
+    const int64_t ne0 = 1536, n = 5;
+    float *xh = random_f32(ne0 * n, 3.0f), *wh = random_f32(ne0, 1.0f);
+    struct kern_tensor xc = upload(cpu, SPEC_F32, ne0, n, xh), wc = upload(cpu, SPEC_F32, ne0, 1, wh), yc,
+                       xg = upload(gpu, SPEC_F32, ne0, n, xh), wg = upload(gpu, SPEC_F32, ne0, 1, wh),
+                       yg = poisoned(gpu, ne0, n);
+    cr_assert_eq(cpu->ops->tensor_alloc(cpu, SPEC_F32, ne0, n, &yc), 0);
+    cr_assert_eq(cpu->ops->rms_norm(cpu, &xc, &wc, 1e-6f, &yc), 0);
+    cr_assert_eq(gpu->ops->rms_norm(gpu, &xg, &wg, 1e-6f, &yg), 0);
+    cr_assert_eq(gpu->ops->rms_norm(gpu, &xg, &wg, 1e-6f, &xg), 0);
+    float *want = download(cpu, &yc), *got = download(gpu, &yg), *inplace = download(gpu, &xg);
+    assert_close_rel(got, want, ne0 * n, 1e-6, "rms_norm");
+    assert_bits(inplace, got, (size_t)(ne0 * n) * sizeof(float), "rms_norm in place");
+    free(want), free(got), free(inplace), free(xh), free(wh);
+    free_t(cpu, &xc), free_t(cpu, &wc), free_t(cpu, &yc), free_t(gpu, &xg), free_t(gpu, &wg), free_t(gpu, &yg);
+}
+
+static void check_rope(enum kern_rope_mode mode, int n_rot, float scale, bool factors)
+{
+    const int n_head = 3, head_dim = 64, n = 6;
+    const int32_t pos[] = {0, 1, 7, 300, 4095, 2};
+    float ff[32];
+    for (int i = 0; i < 32; i++)
+        ff[i] = 1.0f + (float)i / 8.0f;
+    const struct kern_rope_params p = {.mode = mode, .n_rot = n_rot, .freq_base = 10000.0f, .freq_scale = scale,
+                                       .freq_factors = factors ? ff : NULL};
+    float *xh = random_f32(n_head * head_dim * n, 1.0f);
+    struct kern_tensor xc = upload(cpu, SPEC_F32, n_head * head_dim, n, xh),
+                       xg = upload(gpu, SPEC_F32, n_head * head_dim, n, xh);
+    cr_assert_eq(cpu->ops->rope(cpu, &xc, n_head, head_dim, pos, &p), 0);
+    cr_assert_eq(gpu->ops->rope(gpu, &xg, n_head, head_dim, pos, &p), 0);
+    float *want = download(cpu, &xc), *got = download(gpu, &xg);
+    assert_bits(got, want, (size_t)(n_head * head_dim * n) * sizeof(float), "rope");
+    /* the same positions again (the cached table) and then others */
+    cr_assert_eq(cpu->ops->rope(cpu, &xc, n_head, head_dim, pos, &p), 0);
+    cr_assert_eq(gpu->ops->rope(gpu, &xg, n_head, head_dim, pos, &p), 0);
+    const int32_t pos2[] = {5, 6, 7, 8, 9, 10};
+    cr_assert_eq(cpu->ops->rope(cpu, &xc, n_head, head_dim, pos2, &p), 0);
+    cr_assert_eq(gpu->ops->rope(gpu, &xg, n_head, head_dim, pos2, &p), 0);
+    free(want), free(got);
+    want = download(cpu, &xc), got = download(gpu, &xg);
+    assert_bits(got, want, (size_t)(n_head * head_dim * n) * sizeof(float), "rope, second and third call");
+    free(want), free(got), free(xh);
+    free_t(cpu, &xc), free_t(gpu, &xg);
+}
+
+Test(conformance, rope_is_bit_identical_in_both_modes_with_scaling_and_factors)
+{
+    need_cuda();
+    check_rope(KERN_ROPE_NORM, 64, 1.0f, false);
+    check_rope(KERN_ROPE_NEOX, 64, 1.0f, false);
+    check_rope(KERN_ROPE_NEOX, 32, 0.25f, true); /* partial rotation: the tail stays */
+    check_rope(KERN_ROPE_NORM, 48, 0.5f, true);
+}
+
+Test(conformance, store_rows_add_bias_and_swiglu_match_the_cpu)
+{
+    need_cuda();
+    const int64_t ne0 = 200, n = 3;
+    float *ah = random_f32(ne0 * n, 4.0f), *bh = random_f32(ne0 * n, 2.0f);
+    struct kern_tensor ac = upload(cpu, SPEC_F32, ne0, n, ah), bc = upload(cpu, SPEC_F32, ne0, n, bh),
+                       ag = upload(gpu, SPEC_F32, ne0, n, ah), bg = upload(gpu, SPEC_F32, ne0, n, bh);
+    struct kern_tensor bias_c = upload(cpu, SPEC_F32, ne0, 1, bh), bias_g = upload(gpu, SPEC_F32, ne0, 1, bh);
+    struct kern_tensor oc, og = poisoned(gpu, ne0, n);
+    cr_assert_eq(cpu->ops->tensor_alloc(cpu, SPEC_F32, ne0, n, &oc), 0);
+
+    cr_assert_eq(cpu->ops->add(cpu, &ac, &bc, &oc), 0);
+    cr_assert_eq(gpu->ops->add(gpu, &ag, &bg, &og), 0);
+    float *want = download(cpu, &oc), *got = download(gpu, &og);
+    assert_bits(got, want, (size_t)(ne0 * n) * sizeof(float), "add");
+    free(want), free(got);
+
+    cr_assert_eq(cpu->ops->swiglu(cpu, &ac, &bc, &oc), 0);
+    cr_assert_eq(gpu->ops->swiglu(gpu, &ag, &bg, &og), 0);
+    want = download(cpu, &oc), got = download(gpu, &og);
+    assert_close_rel(got, want, ne0 * n, 1e-6, "swiglu");
+    free(want), free(got);
+
+    cr_assert_eq(cpu->ops->add_bias(cpu, &ac, &bias_c), 0);
+    cr_assert_eq(gpu->ops->add_bias(gpu, &ag, &bias_g), 0);
+    want = download(cpu, &ac), got = download(gpu, &ag);
+    assert_bits(got, want, (size_t)(ne0 * n) * sizeof(float), "add_bias");
+    free(want), free(got);
+
+    /* cache rows 4..6 of a 10-row cache, F16 and F32 */
+    const enum spec_dtype kv[] = {SPEC_F16, SPEC_F32};
+    for (int i = 0; i < 2; i++) {
+        struct kern_tensor cc, cg;
+        cr_assert_eq(cpu->ops->tensor_alloc(cpu, kv[i], ne0, 10, &cc), 0);
+        cr_assert_eq(gpu->ops->tensor_alloc(gpu, kv[i], ne0, 10, &cg), 0);
+        cr_assert_eq(cpu->ops->store_rows(cpu, &bc, &cc, 4), 0);
+        cr_assert_eq(gpu->ops->store_rows(gpu, &bg, &cg, 4), 0);
+        cr_assert_eq(gpu->ops->store_rows(gpu, &bg, &cg, 8), SPEC_E_RANGE);
+        want = download(cpu, &cc), got = download(gpu, &cg);
+        assert_bits(got, want, 10 * cc.row_bytes, kern_dtype_info(kv[i])->name);
+        free(want), free(got);
+        free_t(cpu, &cc), free_t(gpu, &cg);
+    }
+    free(ah), free(bh);
+    free_t(cpu, &ac), free_t(cpu, &bc), free_t(cpu, &bias_c), free_t(cpu, &oc);
+    free_t(gpu, &ag), free_t(gpu, &bg), free_t(gpu, &bias_g), free_t(gpu, &og);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Attention                                                                                      */
+
+struct attn_case {
+    int n_head, n_head_kv, head_dim, pos0, n, rows;
+    enum spec_dtype kv;
+};
+
+/* Random q and caches; returns the max |v| over the cache. */
+static float attn_inputs(const struct attn_case *c, float **q, float **k, float **v)
+{
+    const int64_t kv_dim = (int64_t)c->n_head_kv * c->head_dim;
+    *q = random_f32((int64_t)c->n_head * c->head_dim * c->n, 1.0f);
+    *k = random_f32(kv_dim * c->rows, 1.0f);
+    *v = random_f32(kv_dim * c->rows, 1.0f);
+    float vmax = 0.0f;
+    for (int64_t i = 0; i < kv_dim * c->rows; i++)
+        vmax = fmaxf(vmax, fabsf((*v)[i]));
+    return vmax;
+}
+
+/* A cache of type c->kv on backend b holding the F32 rows h (rounded by store_rows). */
+static struct kern_tensor cache_on(struct kern_backend *b, const struct attn_case *c, const float *h)
+{
+    const int64_t kv_dim = (int64_t)c->n_head_kv * c->head_dim;
+    struct kern_tensor t, src = upload(b, SPEC_F32, kv_dim, c->rows, h);
+    cr_assert_eq(b->ops->tensor_alloc(b, c->kv, kv_dim, c->rows, &t), 0);
+    cr_assert_eq(b->ops->store_rows(b, &src, &t, 0), 0);
+    free_t(b, &src);
+    return t;
+}
+
+static void check_attention(const struct attn_case *c)
+{
+    float *qh, *kh, *vh;
+    const float vmax = attn_inputs(c, &qh, &kh, &vh);
+    const struct kern_attn_params p = {.n_head = c->n_head, .n_head_kv = c->n_head_kv, .head_dim = c->head_dim,
+                                       .pos0 = c->pos0, .scale = 1.0f / sqrtf((float)c->head_dim)};
+    const int64_t q_dim = (int64_t)c->n_head * c->head_dim;
+    struct kern_tensor qc = upload(cpu, SPEC_F32, q_dim, c->n, qh), kc = cache_on(cpu, c, kh), vc = cache_on(cpu, c, vh),
+                       oc;
+    struct kern_tensor qg = upload(gpu, SPEC_F32, q_dim, c->n, qh), kg = cache_on(gpu, c, kh), vg = cache_on(gpu, c, vh),
+                       og = poisoned(gpu, q_dim, c->n);
+    cr_assert_eq(cpu->ops->tensor_alloc(cpu, SPEC_F32, q_dim, c->n, &oc), 0);
+    cr_assert_eq(cpu->ops->attention(cpu, &qc, &kc, &vc, &p, &oc), 0);
+    cr_assert_eq(gpu->ops->attention(gpu, &qg, &kg, &vg, &p, &og), 0);
+    float *want = download(cpu, &oc), *got = download(gpu, &og);
+    const double bound = (c->kv == SPEC_F16 ? 6e-4 : 1e-5) * vmax;
+    for (int64_t i = 0; i < q_dim * c->n; i++)
+        cr_assert(fabs((double)got[i] - want[i]) <= bound,
+                  "attention %s pos0 %d n %d heads %d/%d dim %d: element %lld is %.9g, the CPU's %.9g (bound %.3g)",
+                  kern_dtype_info(c->kv)->name, c->pos0, c->n, c->n_head, c->n_head_kv, c->head_dim, (long long)i,
+                  got[i], want[i], bound);
+
+    /* batch invariance: query i alone at pos0 + i gives the bits it has in the batch */
+    struct kern_tensor o1 = poisoned(gpu, q_dim, 1);
+    for (int i = 0; i < c->n; i++) {
+        struct kern_tensor qi = qg;
+        qi.data = (char *)qg.data + (size_t)i * qg.row_bytes;
+        qi.ne1 = 1;
+        qi.owned = false;
+        struct kern_attn_params pi = p;
+        pi.pos0 = c->pos0 + i;
+        cr_assert_eq(gpu->ops->attention(gpu, &qi, &kg, &vg, &pi, &o1), 0);
+        float *one = download(gpu, &o1);
+        cr_assert(memcmp(one, got + (size_t)i * q_dim, (size_t)q_dim * sizeof(float)) == 0,
+                  "attention: query %d alone differs from the batch of %d", i, c->n);
+        free(one);
+    }
+    cr_assert_eq(gpu->ops->attention(gpu, &qg, &kg, &vg, &(struct kern_attn_params){.n_head = c->n_head,
+                 .n_head_kv = c->n_head_kv, .head_dim = c->head_dim, .pos0 = c->rows - c->n + 1, .scale = 1.0f}, &og),
+                 SPEC_E_RANGE);
+    free(want), free(got), free(qh), free(kh), free(vh);
+    free_t(cpu, &qc), free_t(cpu, &kc), free_t(cpu, &vc), free_t(cpu, &oc);
+    free_t(gpu, &qg), free_t(gpu, &kg), free_t(gpu, &vg), free_t(gpu, &og), free_t(gpu, &o1);
+}
+
+Test(conformance, attention_matches_the_cpu_and_is_batch_invariant)
+{
+    need_cuda();
+    const struct attn_case cases[] = {
+        {.n_head = 8, .n_head_kv = 2, .head_dim = 64, .pos0 = 254, .n = 5, .rows = 300, .kv = SPEC_F16},
+        {.n_head = 8, .n_head_kv = 2, .head_dim = 64, .pos0 = 254, .n = 5, .rows = 300, .kv = SPEC_F32},
+        {.n_head = 4, .n_head_kv = 4, .head_dim = 16, .pos0 = 0, .n = 9, .rows = 9, .kv = SPEC_F16},
+        {.n_head = 12, .n_head_kv = 2, .head_dim = 128, .pos0 = 0, .n = 1, .rows = 1, .kv = SPEC_F16},
+        {.n_head = 2, .n_head_kv = 1, .head_dim = 256, .pos0 = 120, .n = 17, .rows = 140, .kv = SPEC_F32},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        check_attention(&cases[i]);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Whole models                                                                                   */
+
+static struct model_synth_config llama_cfg(enum spec_dtype wtype)
+{
+    return (struct model_synth_config){.arch = MODEL_ARCH_LLAMA, .wtype = wtype, .n_layer = 2, .n_embd = 64,
+                                       .n_head = 4, .n_head_kv = 2, .n_ff = 96, .n_vocab = 300, .n_ctx = 64,
+                                       .rope_freqs = true, .seed = 7};
+}
+
+static struct model_synth_config qwen2_cfg(enum spec_dtype wtype)
+{
+    return (struct model_synth_config){.arch = MODEL_ARCH_QWEN2, .wtype = wtype, .n_layer = 2, .n_embd = 256,
+                                       .n_head = 4, .n_head_kv = 1, .n_ff = 512, .n_vocab = 320, .n_ctx = 64,
+                                       .tied_output = true, .seed = 11};
+}
+
+static const int32_t prompt[11] = {1, 77, 260, 5, 299, 42, 42, 180, 3, 250, 17};
+
+static struct model_seq *new_seq(struct model *m, int n_ctx)
+{
+    struct model_seq *s = NULL;
+    cr_assert_eq(model_seq_new(m, n_ctx, &s), 0);
+    return s;
+}
+
+static int argmax(const float *l, int n, float *margin)
+{
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (l[i] > l[best])
+            best = i;
+    float second = -INFINITY;
+    for (int i = 0; i < n; i++)
+        if (i != best && l[i] > second)
+            second = l[i];
+    *margin = l[best] - second;
+    return best;
+}
+
+/* Prompt logits within rel * max|logit| of the CPU's, then 32 greedy steps with the same tokens. */
+static void check_model(const struct model_synth_config *c, bool kv_f32, double rel)
+{
+    const char *what = kern_dtype_info(c->wtype)->name;
+    const struct model_config mc = {.kv_f32 = kv_f32};
+    struct mem_model mcpu = tsupport_load_synth(c, cpu, mc), mgpu = tsupport_load_synth(c, gpu, mc);
+    const int nv = model_n_vocab(mcpu.m), n = 11, steps = 32;
+    float *lc = malloc(sizeof(float) * (size_t)(n * nv)), *lg = malloc(sizeof(float) * (size_t)(n * nv));
+    struct model_seq *sc = new_seq(mcpu.m, 64), *sg = new_seq(mgpu.m, 64);
+    cr_assert_eq(model_forward(mcpu.m, sc, prompt, n, lc), 0);
+    cr_assert_eq(model_forward(mgpu.m, sg, prompt, n, lg), 0);
+    float lmax = 0.0f;
+    for (int i = 0; i < n * nv; i++)
+        lmax = fmaxf(lmax, fabsf(lc[i]));
+    const double bound = rel * lmax;
+    for (int i = 0; i < n * nv; i++)
+        cr_assert(fabs((double)lg[i] - lc[i]) <= bound, "%s%s: logit %d of position %d is %.7g, the CPU's %.7g (bound %.3g)",
+                  what, kv_f32 ? " kv_f32" : "", i % nv, i / nv, lg[i], lc[i], bound);
+
+    float mc_margin, mg_margin, min_margin = INFINITY;
+    int32_t tc = argmax(lc + (size_t)(n - 1) * nv, nv, &mc_margin), tg = argmax(lg + (size_t)(n - 1) * nv, nv, &mg_margin);
+    for (int step = 0; step < steps; step++) {
+        min_margin = fminf(min_margin, mc_margin);
+        cr_assert_eq(tg, tc, "%s: greedy step %d: CUDA chose %d, the CPU %d (CPU top-2 margin %.3g, bound %.3g)", what,
+                     step, tg, tc, mc_margin, bound);
+        cr_assert_eq(model_forward(mcpu.m, sc, &tc, 1, lc), 0);
+        cr_assert_eq(model_forward(mgpu.m, sg, &tg, 1, lg), 0);
+        tc = argmax(lc, nv, &mc_margin);
+        tg = argmax(lg, nv, &mg_margin);
+    }
+    /* The identity above means something only if no step was a near tie for the CPU. */
+    cr_assert(min_margin > 2 * bound, "%s: a CPU top-2 margin of %.3g is within the bound %.3g: pick another seed", what,
+              min_margin, bound);
+    model_seq_free(sc), model_seq_free(sg);
+    free(lc), free(lg);
+    tsupport_mem_model_free(&mcpu);
+    tsupport_mem_model_free(&mgpu);
+}
+
+Test(conformance, model_with_float_weights_and_f32_cache_matches_the_cpu)
+{
+    need_cuda();
+    struct model_synth_config c = llama_cfg(SPEC_F32);
+    check_model(&c, true, 1e-4);
+    c = qwen2_cfg(SPEC_F32);
+    check_model(&c, true, 1e-4);
+}
+
+Test(conformance, quantized_models_match_the_cpu_and_decode_the_same_greedy_tokens)
+{
+    need_cuda();
+    const enum spec_dtype llama_types[] = {SPEC_F16, SPEC_BF16, SPEC_Q8_0, SPEC_Q4_0, SPEC_Q4_1, SPEC_Q5_0};
+    for (size_t i = 0; i < sizeof llama_types / sizeof llama_types[0]; i++) {
+        struct model_synth_config c = llama_cfg(llama_types[i]);
+        check_model(&c, false, 2e-2);
+    }
+    const enum spec_dtype qwen_types[] = {SPEC_Q4_K, SPEC_Q6_K};
+    for (size_t i = 0; i < 2; i++) {
+        struct model_synth_config c = qwen2_cfg(qwen_types[i]);
+        check_model(&c, false, 2e-2);
+    }
+}
+
+/* model_forward_batch's promise on the GPU: positions batched, chunked or alone, and sequences
+ * batched together, all give the same logits bits. */
+Test(conformance, model_forward_is_batch_invariant_on_cuda)
+{
+    need_cuda();
+    const enum spec_dtype types[] = {SPEC_Q4_K, SPEC_Q8_0};
+    for (int ti = 0; ti < 2; ti++) {
+        struct model_synth_config c = qwen2_cfg(types[ti]);
+        struct mem_model mm = tsupport_load_synth(&c, gpu, (struct model_config){0}),
+                         small = tsupport_load_synth(&c, gpu, (struct model_config){.max_batch = 4});
+        const int n = 11, nv = model_n_vocab(mm.m);
+        float *batch = malloc(sizeof(float) * (size_t)(n * nv)), *seq = malloc(sizeof(float) * (size_t)(n * nv)),
+              *chunked = malloc(sizeof(float) * (size_t)(n * nv)), *other = malloc(sizeof(float) * (size_t)(3 * nv)),
+              *other_alone = malloc(sizeof(float) * (size_t)(3 * nv));
+        struct model_seq *a = new_seq(mm.m, 32), *b = new_seq(mm.m, 32), *d = new_seq(small.m, 32),
+                         *e = new_seq(mm.m, 32), *f = new_seq(mm.m, 32);
+        cr_assert_eq(model_forward(mm.m, a, prompt, n, batch), 0);
+        for (int i = 0; i < n; i++)
+            cr_assert_eq(model_forward(mm.m, b, prompt + i, 1, seq + (size_t)i * nv), 0);
+        cr_assert_eq(model_forward(small.m, d, prompt, n, chunked), 0);
+        assert_bits(seq, batch, sizeof(float) * (size_t)(n * nv), "one by one vs batch");
+        assert_bits(chunked, batch, sizeof(float) * (size_t)(n * nv), "chunked vs batch");
+
+        /* two sequences in one pass: each gets the logits it gets alone */
+        const int32_t toks[3] = {9, 8, 7};
+        cr_assert_eq(model_forward(mm.m, f, toks, 3, other_alone), 0);
+        float *mine = malloc(sizeof(float) * (size_t)(n * nv));
+        struct model_seq *g = new_seq(mm.m, 32);
+        const struct model_batch_item items[2] = {
+            {.s = g, .tokens = prompt, .n = n, .logits = mine, .all_logits = true},
+            {.s = e, .tokens = toks, .n = 3, .logits = other, .all_logits = true},
+        };
+        cr_assert_eq(model_forward_batch(mm.m, items, 2), 0);
+        assert_bits(mine, batch, sizeof(float) * (size_t)(n * nv), "sequence batched with another");
+        assert_bits(other, other_alone, sizeof(float) * (size_t)(3 * nv), "other sequence batched");
+        model_seq_free(a), model_seq_free(b), model_seq_free(d), model_seq_free(e), model_seq_free(f),
+            model_seq_free(g);
+        free(batch), free(seq), free(chunked), free(other), free(other_alone), free(mine);
+        tsupport_mem_model_free(&mm);
+        tsupport_mem_model_free(&small);
+    }
+}
+
+static int generate(struct model *target, struct model *draft, bool spec, int draft_max, const int32_t *p, int np,
+                    int32_t *out, int n_gen)
+{
+    struct engine *e = NULL;
+    const struct engine_config cfg = {.target = target, .draft = draft, .n_ctx = 128, .draft_max = draft_max,
+                                      .draft_min = 1, .adaptive = false, .penalty_window = 64};
+    cr_assert_eq(engine_new(&cfg, &e), SPEC_OK);
+    const struct engine_request req = {.prompt = p, .n_prompt = np, .max_tokens = n_gen,
+                                       .sampling = verify_params_default(), .speculative = spec};
+    int n_out = 0;
+    enum engine_finish fin;
+    cr_assert_eq(engine_generate(e, &req, NULL, NULL, out, n_gen, &n_out, &fin, NULL), SPEC_OK);
+    engine_free(e);
+    return n_out;
+}
+
+/* The design's promise on the GPU: greedy speculative output (a draft model, then prompt lookup)
+ * is token-identical to greedy target-only output. */
+Test(conformance, greedy_speculative_decoding_equals_target_only_on_cuda)
+{
+    need_cuda();
+    struct model_synth_config tc = qwen2_cfg(SPEC_Q4_K), dc = qwen2_cfg(SPEC_Q8_0);
+    tc.n_ctx = dc.n_ctx = 128;
+    dc.n_layer = 1;
+    dc.n_embd = 64;
+    dc.n_ff = 128;
+    struct mem_model t = tsupport_load_synth(&tc, gpu, (struct model_config){0}),
+                     d = tsupport_load_synth(&dc, gpu, (struct model_config){0});
+    int32_t want[40], got[40];
+    const int n_want = generate(t.m, NULL, false, 1, prompt, 8, want, 40);
+    const int draft_maxes[] = {1, 4, 8};
+    for (int i = 0; i < 3; i++) {
+        for (int use_draft = 0; use_draft < 2; use_draft++) {
+            const int n = generate(t.m, use_draft ? d.m : NULL, true, draft_maxes[i], prompt, 8, got, 40);
+            cr_assert_eq(n, n_want);
+            for (int j = 0; j < n; j++)
+                cr_assert_eq(got[j], want[j], "draft_max %d %s: token %d is %d, target-only gave %d", draft_maxes[i],
+                             use_draft ? "draft model" : "prompt lookup", j, got[j], want[j]);
+        }
+    }
+    tsupport_mem_model_free(&d);
+    tsupport_mem_model_free(&t);
+}
+
+Test(conformance, cuda_refuses_what_the_cpu_refuses)
+{
+    need_cuda();
+    cr_assert_str_eq(gpu->ops->name, "cuda");
+    struct kern_backend *a = NULL;
+    cr_assert_eq(kern_backend_create("auto", NULL, &a), 0);
+    cr_assert_str_eq(a->ops->name, "cuda", "auto must pick the GPU when there is one");
+    kern_backend_destroy(a);
+    uint8_t block[24] = {0};
+    struct kern_tensor w, x = poisoned(gpu, 32, 1), y = poisoned(gpu, 1, 1);
+    cr_assert_eq(gpu->ops->weight_from_host(gpu, SPEC_Q5_1, 32, 1, block, &w), 0);
+    cr_assert_eq(gpu->ops->matmul(gpu, &w, &x, &y), SPEC_E_UNSUPPORTED);
+    cr_assert_eq(gpu->ops->rows_to_host(gpu, &x, 1, 1, block), SPEC_E_RANGE);
+    struct kern_tensor bad;
+    cr_assert_eq(gpu->ops->tensor_alloc(gpu, SPEC_Q4_K, 100, 1, &bad), SPEC_E_RANGE);
+    free_t(gpu, &w), free_t(gpu, &x), free_t(gpu, &y);
+}
