@@ -3,6 +3,14 @@
 #define SPECD_BENCH_BENCH_H
 
 #include <stdlib.h>
+#include <time.h>
+
+static inline double bench_now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
 
 /* A comma-separated list of integers ("1,4,16") into out[max]: the count, or -1 when malformed or
  * longer than max. */

@@ -93,13 +93,6 @@ static int parse_args(int argc, char **argv, struct args *a)
     return a->target && a->n_gen > 0 && a->requests > 0 && a->n_threads > 0 ? 0 : -1;
 }
 
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 /* ---------------------------------------------------------------------------------------------- */
 /* Through the daemon                                                                             */
 
@@ -151,7 +144,7 @@ static int run_level(const struct args *a, const char *socket, int n_clients, do
         pthread_create(&th[i], NULL, client_main, &jobs[i]);
     }
     pthread_barrier_wait(&start);
-    const double t0 = now_s();
+    const double t0 = bench_now_s();
     long tokens = 0;
     int err = 0;
     for (int i = 0; i < n_clients; i++) {
@@ -159,7 +152,7 @@ static int run_level(const struct args *a, const char *socket, int n_clients, do
         tokens += jobs[i].tokens;
         err = err ? err : jobs[i].err;
     }
-    const double t = now_s() - t0;
+    const double t = bench_now_s() - t0;
     pthread_barrier_destroy(&start);
     if (err) {
         fprintf(stderr, "bench_daemon: %d clients: %s\n", n_clients, spc_strerror(err));
@@ -229,7 +222,7 @@ static int run_in_process(const struct args *a, double *tok_s)
         err = engine_new(&cfg, &e);
     int32_t prompt[1024], *out = malloc((size_t)a->n_gen * sizeof *out);
     long tokens = 0;
-    const double t0 = now_s();
+    const double t0 = bench_now_s();
     for (int r = 0; !err && r < a->requests; r++) {
         char buf[PROMPT_CAP];
         const char *text = prompt_text(a, r, buf);
@@ -244,7 +237,7 @@ static int run_in_process(const struct args *a, double *tok_s)
             err = engine_generate(e, &req, NULL, NULL, out, a->n_gen, &n_out, &fin, NULL);
         tokens += n_out;
     }
-    const double t = now_s() - t0;
+    const double t = bench_now_s() - t0;
     *tok_s = tokens / t;
     fprintf(stderr, "in-process: %ld tokens in %.2f s\n", tokens, t);
     free(out);

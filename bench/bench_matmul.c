@@ -10,15 +10,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench/bench.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static int parse_type(const char *name, enum spec_dtype *out)
 {
@@ -37,11 +31,11 @@ static double time_call(struct cpu_pool *pool, enum spec_dtype t, const void *w,
                         const float *x, int n, float *y, double seconds)
 {
     double best = 1e30;
-    const double end = now_s() + seconds;
-    while (now_s() < end) {
-        const double t0 = now_s();
+    const double end = bench_now_s() + seconds;
+    while (bench_now_s() < end) {
+        const double t0 = bench_now_s();
         cpu_matmul(pool, t, w, wrb, rows, k, x, k, n, y);
-        const double dt = now_s() - t0;
+        const double dt = bench_now_s() - t0;
         if (dt < best)
             best = dt;
     }

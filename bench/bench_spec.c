@@ -4,7 +4,7 @@
  * acceptance, tokens per target pass and speedup as a markdown table.
  *
  *   bench_spec --target T.gguf [--draft D.gguf] --prompts FILE [--per-category N] [-n TOKENS]
- *              [--gammas 2,4,8,0] [--threads N] [--concurrency C]
+ *              [--gammas 2,4,8,0] [--threads N] [--concurrency C] [--device auto|cpu|cuda]
  * γ = 0 in --gammas means adaptive (draft_min 1, draft_max 8).
  *
  * With --concurrency C it checks greedy identity instead, on up to --per-category prompts of every
@@ -105,20 +105,22 @@ struct cat_stats {
 };
 
 struct args {
-    const char *target, *draft, *prompts;
+    const char *target, *draft, *prompts, *device;
     int per_category, n_gen, n_threads, n_gammas, concurrency;
     int gammas[MAX_GAMMAS];
 };
 
 static int parse_args(int argc, char **argv, struct args *a)
 {
-    *a = (struct args){.per_category = 3, .n_gen = 64, .n_gammas = 4, .gammas = {2, 4, 8, 0}};
+    *a = (struct args){.device = "auto", .per_category = 3, .n_gen = 64, .n_gammas = 4, .gammas = {2, 4, 8, 0}};
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *o = argv[i], *v = argv[i + 1];
         if (!strcmp(o, "--target"))
             a->target = v;
         else if (!strcmp(o, "--draft"))
             a->draft = v;
+        else if (!strcmp(o, "--device"))
+            a->device = v;
         else if (!strcmp(o, "--prompts"))
             a->prompts = v;
         else if (!strcmp(o, "--per-category"))
@@ -139,13 +141,6 @@ static int parse_args(int argc, char **argv, struct args *a)
                    a->concurrency <= ENGINE_MAX_SEQS
                ? 0
                : -1;
-}
-
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
 static struct cat_stats *category(struct cat_stats *cats, int *n_cats, const char *name)
@@ -254,7 +249,7 @@ static int job_update(void *user, const struct engine_update *u)
 /* Every job in one mode, up to `concurrency` at a time; returns wall seconds or -1. */
 static double run_all(struct engine *e, struct job *jobs, struct job_ref *refs, int n_jobs, int mode, int n_gen)
 {
-    const double t0 = now_s();
+    const double t0 = bench_now_s();
     int next = 0, finished = 0;
     while (finished < n_jobs) {
         while (next < n_jobs && engine_n_active(e) < engine_max_seqs(e)) {
@@ -273,13 +268,14 @@ static double run_all(struct engine *e, struct job *jobs, struct job_ref *refs, 
         }
         if (engine_step(e))
             return -1.0;
+        const int before = finished;
         finished = 0;
         for (int i = 0; i < next; i++)
             finished += jobs[i].done[mode];
-        fprintf(stderr, "\r%s: %d/%d done", mode ? "speculative" : "target-only", finished, n_jobs);
+        if (finished != before) /* progress, one line per finished request (logs stay short) */
+            fprintf(stderr, "%s: %d/%d done\n", mode ? "speculative" : "target-only", finished, n_jobs);
     }
-    fprintf(stderr, "\n");
-    return now_s() - t0;
+    return bench_now_s() - t0;
 }
 
 static int check_identity(const struct args *a, struct model *target, struct model *draft, FILE *f)
@@ -381,12 +377,14 @@ int main(int argc, char **argv)
     struct args a;
     if (parse_args(argc, argv, &a)) {
         fprintf(stderr, "usage: bench_spec --target T.gguf [--draft D.gguf] --prompts FILE [--per-category N] "
-                        "[-n TOKENS] [--gammas 2,4,8,0] [--threads N]\n");
+                        "[-n TOKENS] [--gammas 2,4,8,0] [--threads N] [--concurrency C] [--device auto|cpu|cuda]\n");
         return 2;
     }
     struct kern_backend *be;
     struct model *target = NULL, *draft = NULL;
-    int err = kern_backend_create("cpu", &(struct kern_backend_config){.n_threads = a.n_threads}, &be);
+    int err = kern_backend_create(a.device, &(struct kern_backend_config){.n_threads = a.n_threads}, &be);
+    if (!err)
+        fprintf(stderr, "bench_spec: backend %s\n", be->ops->name);
     if (!err)
         err = model_load(a.target, be, &target);
     if (!err && a.draft)

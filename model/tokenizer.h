@@ -142,7 +142,7 @@ size_t tok_stream_max_out(const struct tok *t);
  * bos/eos/unknown ids, add_bos_token, add_eos_token}; nothing else. */
 #define TOK_SYNTH_BPE_MIN_VOCAB 260
 #define TOK_SYNTH_SPM_MIN_VOCAB 16
-#define TOK_SYNTH_MAX_VOCAB 65536
+#define TOK_SYNTH_MAX_VOCAB 262144 /* real vocabularies reach 152k (Qwen2.5), 256k (Gemma) */
 
 struct tok_synth_config {
     enum tok_kind kind;

@@ -24,12 +24,13 @@ static void usage(FILE *f)
             "  --draft-min-prob P  end a draft run when the draft's probability drops below P (default 0)\n"
             "  --no-spec           target-only decoding\n"
             "  --ab                run speculative and target-only, and compare\n"
+            "  --device D          auto | cpu | cuda (default auto: CUDA when usable, else the CPU)\n"
             "  --ctx N --threads N --ids\n"
             "Without --draft, drafts come from prompt lookup (n-grams of the context).\n");
 }
 
 struct args {
-    const char *target, *draft, *prompt;
+    const char *target, *draft, *prompt, *device;
     int n_gen, n_ctx, n_threads, draft_max, draft_min;
     float draft_min_prob;
     bool no_spec, ab, fixed, ids;
@@ -40,7 +41,7 @@ struct args {
 
 static int parse_args(int argc, char **argv, struct args *a)
 {
-    *a = (struct args){.n_gen = 128, .draft_max = 8, .draft_min = 1, .sp = verify_params_default()};
+    *a = (struct args){.device = "auto", .n_gen = 128, .draft_max = 8, .draft_min = 1, .sp = verify_params_default()};
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(o, "-h") || !strcmp(o, "--help")) {
@@ -65,6 +66,8 @@ static int parse_args(int argc, char **argv, struct args *a)
             a->draft = v;
         else if (!strcmp(o, "-p"))
             a->prompt = v;
+        else if (!strcmp(o, "--device"))
+            a->device = v;
         else if (!strcmp(o, "-n"))
             a->n_gen = (int)strtol(v, &end, 10);
         else if (!strcmp(o, "--ctx"))
@@ -176,10 +179,11 @@ int main(int argc, char **argv)
     char why[256] = "";
     int rc = 1;
 
-    if ((err = kern_backend_create("cpu", &(struct kern_backend_config){.n_threads = a.n_threads}, &be))) {
-        fail("backend", err, NULL);
+    if ((err = kern_backend_create(a.device, &(struct kern_backend_config){.n_threads = a.n_threads}, &be))) {
+        fail(a.device, err, NULL);
         goto out;
     }
+    fprintf(stderr, "backend: %s\n", be->ops->name);
     if ((err = model_load_cfg(a.target, be, &(struct model_config){.why = why, .why_cap = sizeof why}, &target))) {
         fail(a.target, err, why);
         goto out;

@@ -1,0 +1,224 @@
+/* bench_roofline: how close one backend's decoding comes to its memory bandwidth, and what a
+ * verification pass costs relative to one decode step.
+ *
+ *   bench_roofline --model M.gguf [--device auto|cpu|cuda] [--threads N] [--pos P] [--gamma-max G]
+ *                  [--seconds S] [--copy-mib MIB]
+ *
+ * It prints, as markdown:
+ *  - copy bandwidth: the backend copying an F32 tensor of MIB MiB into another (store_rows), counted
+ *    as bytes read + bytes written per second, the fastest of repeated copies;
+ *  - decode at batch 1 after P tokens of context: tokens/s, and the bytes one step must read (every
+ *    weight matrix once, the embedding row aside, plus the K and V caches of the P positions) divided
+ *    by the step time, as a percentage of the copy bandwidth (the roofline);
+ *  - verification of γ+1 positions (the last accepted token and γ drafts, every position's logits to
+ *    the host) for γ = 1 … G, as a multiple of one decode step's time.
+ * Every figure is the median of repeated runs, each rolled back so that all start at position P. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench/bench.h"
+#include "common/err.h"
+#include "kernels/backend.h"
+#include "model/gguf.h"
+#include "model/model.h"
+
+struct args {
+    const char *model, *device;
+    int n_threads, pos, gamma_max;
+    double seconds;
+    int copy_mib;
+};
+
+static int parse_args(int argc, char **argv, struct args *a)
+{
+    *a = (struct args){.device = "auto", .pos = 512, .gamma_max = 16, .seconds = 1.0, .copy_mib = 256};
+    for (int i = 1; i < argc; i++) {
+        const char *o = argv[i];
+        if (i + 1 >= argc)
+            return -1;
+        const char *v = argv[++i];
+        if (!strcmp(o, "--model"))
+            a->model = v;
+        else if (!strcmp(o, "--device"))
+            a->device = v;
+        else if (!strcmp(o, "--threads"))
+            a->n_threads = atoi(v);
+        else if (!strcmp(o, "--pos"))
+            a->pos = atoi(v);
+        else if (!strcmp(o, "--gamma-max"))
+            a->gamma_max = atoi(v);
+        else if (!strcmp(o, "--seconds"))
+            a->seconds = atof(v);
+        else if (!strcmp(o, "--copy-mib"))
+            a->copy_mib = atoi(v);
+        else
+            return -1;
+    }
+    if (!a->model || a->pos < 1 || a->gamma_max < 1 || a->gamma_max > 64 || a->seconds <= 0 || a->copy_mib < 1)
+        return -1;
+    return 0;
+}
+
+static int cmp_double(const void *x, const void *y)
+{
+    const double a = *(const double *)x, b = *(const double *)y;
+    return (a > b) - (a < b);
+}
+
+#define MAX_RUNS 256
+
+/* Median seconds of one forward of n tokens at position pos (then rolled back), repeated for about
+ * `seconds` (at least 3 runs). */
+static int time_forward(struct model *m, struct model_seq *s, const int32_t *tokens, int n, float *logits,
+                        double seconds, double *median)
+{
+    double t[MAX_RUNS];
+    int runs = 0;
+    const int pos = model_seq_len(s);
+    const double end = bench_now_s() + seconds;
+    while (runs < MAX_RUNS && (runs < 3 || bench_now_s() < end)) {
+        const double t0 = bench_now_s();
+        int err = model_forward(m, s, tokens, n, logits);
+        t[runs++] = bench_now_s() - t0;
+        if (err || (err = model_seq_truncate(s, pos)))
+            return err;
+    }
+    qsort(t, (size_t)runs, sizeof t[0], cmp_double);
+    *median = t[runs / 2];
+    return SPEC_OK;
+}
+
+/* Bytes read by the copy and written by it, per second: the fastest of repeated copies. */
+static int copy_bandwidth(struct kern_backend *be, int mib, double seconds, double *bytes_per_s)
+{
+    const int64_t cols = 1 << 16, rows = (int64_t)mib * (1 << 20) / (cols * 4);
+    struct kern_tensor src, dst;
+    int err = be->ops->tensor_alloc(be, SPEC_F32, cols, rows, &src);
+    if (err)
+        return err;
+    if ((err = be->ops->tensor_alloc(be, SPEC_F32, cols, rows, &dst))) {
+        be->ops->tensor_free(be, &src);
+        return err;
+    }
+    float *host = calloc((size_t)cols, sizeof *host);
+    double best = 1e30;
+    const int reps = 8; /* copies per timing, so that launching and waiting are amortised */
+    if (!host)
+        err = SPEC_E_NOMEM;
+    for (int64_t r = 0; r < rows && !err; r++)
+        err = be->ops->rows_from_host(be, &src, r, 1, host);
+    const double end = bench_now_s() + seconds;
+    for (int runs = 0; !err && (runs < 3 || bench_now_s() < end); runs++) {
+        const double t0 = bench_now_s();
+        for (int i = 0; i < reps && !err; i++)
+            err = be->ops->store_rows(be, &src, &dst, 0);
+        if (!err) /* waits for the copies: results reach the host in order */
+            err = be->ops->rows_to_host(be, &dst, rows - 1, 1, host);
+        const double t = (bench_now_s() - t0) / reps;
+        if (t < best)
+            best = t;
+    }
+    *bytes_per_s = 2.0 * (double)src.row_bytes * (double)rows / best;
+    free(host);
+    be->ops->tensor_free(be, &dst);
+    be->ops->tensor_free(be, &src);
+    return err;
+}
+
+/* What one decode step reads: every tensor but the token embedding, which is read one row at a time
+ * unless the output layer shares it (no output.weight). */
+static int weight_bytes(const char *path, double *bytes)
+{
+    struct gguf *g;
+    const int err = gguf_open(path, &g);
+    if (err)
+        return err;
+    const bool tied = gguf_find_tensor(g, "output.weight") == NULL;
+    double total = 0.0;
+    for (uint64_t i = 0; i < gguf_tensor_count(g); i++) {
+        const struct gguf_tensor *t = gguf_tensor_at(g, i);
+        if (!tied && gguf_str_eq(t->name, "token_embd.weight"))
+            continue;
+        total += (double)t->n_bytes;
+    }
+    gguf_close(g);
+    *bytes = total;
+    return SPEC_OK;
+}
+
+int main(int argc, char **argv)
+{
+    struct args a;
+    if (parse_args(argc, argv, &a)) {
+        fprintf(stderr, "usage: bench_roofline --model M.gguf [--device auto|cpu|cuda] [--threads N] [--pos P] "
+                        "[--gamma-max G] [--seconds S] [--copy-mib MIB]\n");
+        return 2;
+    }
+    struct kern_backend *be = NULL;
+    struct model *m = NULL;
+    struct model_seq *s = NULL;
+    int32_t *tokens = NULL;
+    float *logits = NULL;
+    double copy_bw = 0.0, wbytes = 0.0;
+    int err = kern_backend_create(a.device, &(struct kern_backend_config){.n_threads = a.n_threads}, &be);
+    if (!err)
+        err = copy_bandwidth(be, a.copy_mib, a.seconds, &copy_bw);
+    if (!err)
+        err = weight_bytes(a.model, &wbytes);
+    if (!err)
+        err = model_load(a.model, be, &m);
+    if (!err)
+        err = model_seq_new(m, a.pos + a.gamma_max + 1, &s);
+    const int n_vocab = m ? model_n_vocab(m) : 0;
+    if (!err) {
+        tokens = malloc((size_t)(a.pos + a.gamma_max + 1) * sizeof *tokens);
+        logits = malloc((size_t)(a.gamma_max + 1) * (size_t)n_vocab * sizeof *logits);
+        if (!tokens || !logits)
+            err = SPEC_E_NOMEM;
+    }
+    if (!err) {
+        uint64_t x = 0x9e3779b97f4a7c15u; /* any ids: the cost does not depend on them */
+        for (int i = 0; i < a.pos + a.gamma_max + 1; i++) {
+            x = x * 6364136223846793005u + 1442695040888963407u;
+            tokens[i] = (int32_t)((x >> 33) % (uint64_t)n_vocab);
+        }
+        err = model_forward_last(m, s, tokens, a.pos, NULL);
+    }
+    double t1 = 0.0, tv[65] = {0};
+    if (!err)
+        err = time_forward(m, s, tokens + a.pos, 1, logits, a.seconds, &t1);
+    for (int g = 1; g <= a.gamma_max && !err; g++)
+        err = time_forward(m, s, tokens + a.pos, g + 1, logits, a.seconds, &tv[g]);
+    if (err) {
+        fprintf(stderr, "bench_roofline: %s (%s)\n", spec_strerror(err), spec_errname(err));
+        free(logits);
+        free(tokens);
+        model_seq_free(s);
+        model_free(m);
+        kern_backend_destroy(be);
+        return 1;
+    }
+    const struct model_hparams *hp = model_hparams(m);
+    const double kv_bytes = 2.0 /* K and V */ * 2.0 /* F16 */ * hp->n_layer * (double)hp->n_head_kv *
+                            hp->head_dim * a.pos;
+    const double step_bw = (wbytes + kv_bytes) / t1;
+    printf("| measure | value |\n|---|---|\n");
+    printf("| backend | %s |\n", be->ops->name);
+    printf("| model | %s (%s, %d layers, n_embd %d, n_vocab %d) |\n", a.model, model_arch_name(hp->arch),
+           hp->n_layer, hp->n_embd, n_vocab);
+    printf("| copy bandwidth (read + write, %d MiB) | %.1f GB/s |\n", a.copy_mib, copy_bw / 1e9);
+    printf("| bytes per decode step (weights + KV at pos %d) | %.1f MB + %.1f MB |\n", a.pos, wbytes / 1e6,
+           kv_bytes / 1e6);
+    printf("| decode, batch 1 | %.2f ms/token, %.1f tokens/s |\n", t1 * 1e3, 1.0 / t1);
+    printf("| decode bandwidth | %.1f GB/s = %.1f%% of copy bandwidth |\n", step_bw / 1e9, 100.0 * step_bw / copy_bw);
+    printf("\n| γ | positions | verify time | verify / decode |\n|---|---|---|---|\n");
+    for (int g = 1; g <= a.gamma_max; g++)
+        printf("| %d | %d | %.2f ms | %.2fx |\n", g, g + 1, tv[g] * 1e3, tv[g] / t1);
+    free(logits);
+    free(tokens);
+    model_seq_free(s);
+    model_free(m);
+    kern_backend_destroy(be);
+    return 0;
+}

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# The GPU measurement (run on the lent machine, from the repository root, after bench/gpu/bundle.sh
+# here): the CUDA conformance suite, copy bandwidth and the decode roofline of 1.5B- and 0.5B-shaped
+# models, verify(γ+1)/decode(1) for γ = 1…16, greedy identity of speculative vs target-only decoding
+# on the GPU, and the speculative speedup on the dev prompts. Results go to $OUT (or /tmp/specd-out).
+#
+#   bench/gpu/measure.sh [STEP...]     STEP: info conformance roofline identity speedup (default: all)
+#
+# Everything the bundle brings is kept under /tmp/specd-gpu, which outlives a call while the machine
+# stays warm: SmolLM2 travels in parts over several calls and the speedup step runs once all are there.
+# The timing models are synthetic (random weights) with the shapes of Qwen2.5-Coder 1.5B (Q4_K) and
+# 0.5B (Q4_0, as its width 896 is no multiple of the K-quants' 256), generated on the machine; the
+# bytes and shapes, not the weights, set the time. SPECD_GPU_DEVICE=cpu SPECD_GPU_SMALL=1 runs the
+# same steps on small shapes on a machine without a GPU, to check the script itself.
+#
+# With the device tool (64 MiB travel per call; the bundle's parts are sized for two calls):
+#   1. here: bench/gpu/bundle.sh
+#   2. run carry=[.gpu/bin, .gpu/lib, .gpu/prompts-dev.jsonl, .gpu/model/smollm2.part00,
+#      .gpu/model/smollm2.sha256], command "bench/gpu/measure.sh", timeout 540
+#   3. at once (while warm): carry=[.gpu/model/smollm2.part01, .gpu/model/smollm2.part02],
+#      command "bench/gpu/measure.sh speedup"
+#   4. give_back; commit $OUT's tables as bench/results/<date>-<gpu>.md with these commands.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+stash=/tmp/specd-gpu
+out=${OUT:-/tmp/specd-out}
+device=${SPECD_GPU_DEVICE:-cuda}
+mkdir -p "$stash/model" "$out"
+if [ -d .gpu/bin ]; then
+    cp -rf .gpu/bin .gpu/lib "$stash/"
+    cp -f .gpu/prompts-dev.jsonl "$stash/"
+fi
+[ -d .gpu/model ] && cp -f .gpu/model/* "$stash/model/" 2>/dev/null
+B=$stash/bin
+export LD_LIBRARY_PATH=$stash/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+[ -x "$B/bench_roofline" ] || { echo "measure: no bundle (run bench/gpu/bundle.sh and carry .gpu)" >&2; exit 2; }
+
+if [ -n "${SPECD_GPU_SMALL:-}" ]; then
+    target_shape="--layers 2 --dim 256 --heads 4 --kv-heads 2 --ff 512 --vocab 4096"
+    draft_shape="--layers 1 --dim 128 --heads 2 --kv-heads 1 --ff 256 --vocab 4096"
+else # Qwen2.5-Coder 1.5B and 0.5B (both tie the output to the embedding)
+    target_shape="--layers 28 --dim 1536 --heads 12 --kv-heads 2 --ff 8960 --vocab 151936"
+    draft_shape="--layers 24 --dim 896 --heads 14 --kv-heads 2 --ff 4864 --vocab 151936"
+fi
+target=$stash/synth-target.gguf
+draft=$stash/synth-draft.gguf
+make_models() { # in the background while the conformance suite runs; reused while the machine is warm
+    [ -f "$target" ] || "$B/specd-mkmodel" -o "$target" --arch qwen2 --type Q4_K --tied --ctx 4096 $target_shape
+    [ -f "$draft" ] || "$B/specd-mkmodel" -o "$draft" --arch qwen2 --type Q4_0 --tied --ctx 4096 $draft_shape
+}
+make_models >"$out/mkmodel.log" 2>&1 &
+models_pid=$!
+models_rc=
+models_ready() {
+    [ -n "$models_rc" ] || { wait "$models_pid"; models_rc=$?; }
+    [ "$models_rc" -eq 0 ] || { cat "$out/mkmodel.log"; return 1; }
+}
+
+steps=${*:-info conformance roofline identity speedup}
+status=0
+for step in $steps; do
+    echo "=== $step"
+    case $step in
+    info)
+        nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv \
+            2>&1 | tee "$out/device.txt"
+        ;;
+    conformance)
+        SPECD_REQUIRE_CUDA=1 "$B/test_backend_conformance" --jobs 1 2>&1 | tee "$out/conformance.txt" |
+            grep -E 'FAIL|Synthesis|!!!'
+        [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+        ;;
+    roofline)
+        models_ready || { status=1; continue; }
+        for m in target draft; do
+            "$B/bench_roofline" --device "$device" --model "$stash/synth-$m.gguf" --pos 512 --gamma-max 16 \
+                --copy-mib 1024 | tee "$out/roofline-$m.md" || status=1
+        done
+        ;;
+    identity)
+        models_ready || { status=1; continue; }
+        "$B/bench_spec" --device "$device" --target "$target" --draft "$draft" --prompts "$stash/prompts-dev.jsonl" \
+            --per-category 4 -n 64 --concurrency 8 2>"$out/identity.log" | tee "$out/identity.md" || status=1
+        ;;
+    speedup)
+        smol=$stash/smollm2.gguf
+        if [ ! -f "$smol" ] && [ -f "$stash/model/smollm2.sha256" ]; then
+            cat "$stash"/model/smollm2.part* >"$smol.tmp" 2>/dev/null
+            if [ "$(sha256sum <"$smol.tmp" | cut -d' ' -f1)" = "$(cat "$stash/model/smollm2.sha256")" ]; then
+                mv "$smol.tmp" "$smol"
+            else
+                rm -f "$smol.tmp"
+            fi
+        fi
+        if [ ! -f "$smol" ]; then
+            echo "speedup: SmolLM2 incomplete ($(ls "$stash/model" | tr '\n' ' ')): carry the next part"
+            continue
+        fi
+        "$B/bench_spec" --device "$device" --target "$smol" --prompts "$stash/prompts-dev.jsonl" \
+            --per-category 3 -n 128 --gammas 2,4,8,0 2>"$out/speedup.log" | tee "$out/speedup.md" || status=1
+        ;;
+    *) echo "measure: unknown step $step" >&2; status=2 ;;
+    esac
+done
+models_ready >/dev/null || true
+exit $status
