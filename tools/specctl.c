@@ -281,6 +281,7 @@ static void print_result(const struct args *a, const struct spc_gen_result *r)
         if (!a->stream)
             fwrite(r->text, 1, r->text_len, stdout);
         putchar('\n');
+        fflush(stdout); /* the text ends before the stats on stderr begin */
         fprintf(stderr, "[%s] %lld tokens (prompt %lld) in %.1f ms, seed %llu", fin, (long long)r->completion_tokens,
                 (long long)r->prompt_tokens, r->timing.total_ms, (unsigned long long)r->seed);
         if (r->spec.enabled)
