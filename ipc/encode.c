@@ -419,10 +419,15 @@ static void prom_hist(struct text *t, const char *name, const char *help, const 
 int ipc_stats_prometheus(const struct ipc_stats *s, char **text, size_t *len)
 {
     struct text t = {0};
-    for (size_t i = 0; i < N_METRICS; i++)
-        tprintf(&t, "# HELP specd_%s %s\n# TYPE specd_%s %s\nspecd_%s %llu\n", metrics[i].name, metrics[i].help,
-                metrics[i].name, metrics[i].kind == COUNTER ? "counter" : "gauge", metrics[i].name,
-                (unsigned long long)metric(s, i));
+    for (size_t i = 0; i < N_METRICS; i++) {
+        /* Prometheus names counters NAME_total; the map's keys stay as they are. */
+        const char *name = metrics[i].name;
+        const size_t n = strlen(name);
+        const bool add_total = metrics[i].kind == COUNTER && !(n > 6 && !strcmp(name + n - 6, "_total"));
+        const char *sfx = add_total ? "_total" : "";
+        tprintf(&t, "# HELP specd_%s%s %s\n# TYPE specd_%s%s %s\nspecd_%s%s %llu\n", name, sfx, metrics[i].help, name,
+                sfx, metrics[i].kind == COUNTER ? "counter" : "gauge", name, sfx, (unsigned long long)metric(s, i));
+    }
     tprintf(&t, "# HELP specd_uptime_seconds Seconds since the daemon started.\n"
                 "# TYPE specd_uptime_seconds gauge\nspecd_uptime_seconds %.3f\n",
             s->uptime_s);

@@ -1264,7 +1264,7 @@ Test(daemon, info_stats_health_and_tokenizer_methods)
     cl_send(c, "[0, 7, 'stats', [{'format': 'prometheus'}]]");
     const msgpack_object *prom = mget(expect_result(c, 7), "text");
     char line[64];
-    snprintf(line, sizeof line, "\nspecd_tokens_generated %d\n", gen.n_tokens);
+    snprintf(line, sizeof line, "\nspecd_tokens_generated_total %d\n", gen.n_tokens);
     cr_assert(has_substr(prom, line), "%.*s", (int)prom->via.str.size, prom->via.str.ptr);
     cr_assert(has_substr(prom, "specd_request_seconds_count 1\n"));
     gen_free(&gen);
