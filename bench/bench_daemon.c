@@ -5,8 +5,9 @@
  * so that the daemon's overhead is a ratio measured in one run on one machine.
  *
  *   bench_daemon --target T.gguf [--draft D.gguf] [-n TOKENS] [--requests R] [--clients 1,4,16]
- *                [--threads N] [--repeats R] [--no-spec] [--chatml]
- * The overhead is measured with R (default 3) alternated pairs of one-client and in-process runs.
+ *                [--threads N] [--pairs P] [--no-spec] [--chatml]
+ * The overhead is the median over P (default 16) back-to-back pairs of one request through the daemon
+ * and the same request in-process.
  * --chatml wraps each prompt in the ChatML template of SmolLM2/Qwen2.5 instruct models, so that they
  * answer at length instead of ending a raw prompt early. */
 #include <errno.h>
@@ -27,6 +28,7 @@
 #include "specd_client.h"
 
 #define MAX_LEVELS 8
+#define MAX_PAIRS 256
 #define CTX 2048
 #define DRAFT_MAX 8
 
@@ -44,7 +46,7 @@ static const char *const prompts[] = {
 
 struct args {
     const char *target, *draft;
-    int n_gen, requests, n_threads, n_levels, repeats;
+    int n_gen, requests, n_threads, n_levels, pairs;
     int levels[MAX_LEVELS];
     bool no_spec, chatml;
 };
@@ -62,7 +64,7 @@ static const char *prompt_text(const struct args *a, int i, char *buf)
 
 static int parse_args(int argc, char **argv, struct args *a)
 {
-    *a = (struct args){.n_gen = 64, .requests = 4, .n_threads = 2, .n_levels = 3, .levels = {1, 4, 16}, .repeats = 3};
+    *a = (struct args){.n_gen = 64, .requests = 4, .n_threads = 2, .n_levels = 3, .levels = {1, 4, 16}, .pairs = 16};
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i];
         if (!strcmp(o, "--no-spec") || !strcmp(o, "--chatml")) {
@@ -82,8 +84,8 @@ static int parse_args(int argc, char **argv, struct args *a)
             a->requests = atoi(v);
         else if (!strcmp(o, "--threads"))
             a->n_threads = atoi(v);
-        else if (!strcmp(o, "--repeats"))
-            a->repeats = atoi(v);
+        else if (!strcmp(o, "--pairs"))
+            a->pairs = atoi(v);
         else if (!strcmp(o, "--clients")) {
             if ((a->n_levels = bench_int_list(v, a->levels, MAX_LEVELS)) < 0)
                 return -1;
@@ -93,7 +95,9 @@ static int parse_args(int argc, char **argv, struct args *a)
     for (int i = 0; i < a->n_levels; i++)
         if (a->levels[i] < 1 || a->levels[i] > 64)
             return -1;
-    return a->target && a->n_gen > 0 && a->requests > 0 && a->n_threads > 0 && a->repeats > 0 ? 0 : -1;
+    return a->target && a->n_gen > 0 && a->requests > 0 && a->n_threads > 0 && a->pairs > 0 && a->pairs <= MAX_PAIRS
+               ? 0
+               : -1;
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -108,6 +112,26 @@ struct client_job {
     int err;
 };
 
+/* Request r through a connected client: its completion tokens. */
+static int daemon_request(const struct args *a, struct spc_client *c, int r, long *tokens)
+{
+    char buf[PROMPT_CAP];
+    struct spc_gen_params p = spc_gen_params_default();
+    p.prompt = prompt_text(a, r, buf);
+    p.max_tokens = a->n_gen;
+    p.temperature = 0.0;
+    p.speculative = !a->no_spec;
+    struct spc_gen_result *res = NULL;
+    const int err = spc_generate(c, &p, NULL, NULL, &res);
+    if (!err) {
+        *tokens = res->completion_tokens;
+        spc_free(res);
+    } else if (err == SPC_E_DAEMON) {
+        fprintf(stderr, "bench_daemon: request %d: %s: %s\n", r, spc_last_error(c)->name, spc_last_error(c)->message);
+    }
+    return err;
+}
+
 static void *client_main(void *arg)
 {
     struct client_job *j = arg;
@@ -115,21 +139,9 @@ static void *client_main(void *arg)
     j->err = spc_connect(&(struct spc_options){.socket_path = j->socket}, &c);
     pthread_barrier_wait(j->start);
     for (int r = 0; !j->err && r < j->a->requests; r++) {
-        char buf[PROMPT_CAP];
-        struct spc_gen_params p = spc_gen_params_default();
-        p.prompt = prompt_text(j->a, j->index * j->a->requests + r, buf);
-        p.max_tokens = j->a->n_gen;
-        p.temperature = 0.0;
-        p.speculative = !j->a->no_spec;
-        struct spc_gen_result *res = NULL;
-        j->err = spc_generate(c, &p, NULL, NULL, &res);
-        if (!j->err) {
-            j->tokens += res->completion_tokens;
-            spc_free(res);
-        } else if (j->err == SPC_E_DAEMON) {
-            fprintf(stderr, "bench_daemon: client %d: %s: %s\n", j->index, spc_last_error(c)->name,
-                    spc_last_error(c)->message);
-        }
+        long n = 0;
+        j->err = daemon_request(j->a, c, j->index * j->a->requests + r, &n);
+        j->tokens += n;
     }
     spc_close(c);
     return NULL;
@@ -243,35 +255,60 @@ static int in_process_open(const struct args *a, struct in_process *ip)
     return err;
 }
 
-/* The single client's request sequence through engine_generate. */
-static int run_in_process(const struct args *a, struct in_process *ip, double *tok_s)
+/* Request r through engine_generate: its completion tokens. */
+static int in_process_request(const struct args *a, struct in_process *ip, int r, long *tokens)
 {
+    char buf[PROMPT_CAP];
+    const char *text = prompt_text(a, r, buf);
     int32_t prompt[1024], *out = malloc((size_t)a->n_gen * sizeof *out);
-    int err = out ? 0 : SPEC_E_NOMEM;
-    long tokens = 0;
-    const double t0 = bench_now_s();
-    for (int r = 0; !err && r < a->requests; r++) {
-        char buf[PROMPT_CAP];
-        const char *text = prompt_text(a, r, buf);
-        size_t n_prompt = 0;
-        err = tok_encode(model_tokenizer(ip->target), text, strlen(text), true, true, prompt, 1024, &n_prompt);
-        const struct engine_request req = {.prompt = prompt, .n_prompt = (int)n_prompt, .max_tokens = a->n_gen,
-                                           .sampling = verify_params_default(), .speculative = !a->no_spec};
-        int n_out = 0;
-        enum engine_finish fin;
-        if (!err)
-            err = engine_generate(ip->e, &req, NULL, NULL, out, a->n_gen, &n_out, &fin, NULL);
-        tokens += n_out;
-    }
-    const double t = bench_now_s() - t0;
+    size_t n_prompt = 0;
+    int err = out ? tok_encode(model_tokenizer(ip->target), text, strlen(text), true, true, prompt, 1024, &n_prompt)
+                  : SPEC_E_NOMEM;
+    const struct engine_request req = {.prompt = prompt, .n_prompt = (int)n_prompt, .max_tokens = a->n_gen,
+                                       .sampling = verify_params_default(), .speculative = !a->no_spec};
+    int n_out = 0;
+    enum engine_finish fin;
+    if (!err)
+        err = engine_generate(ip->e, &req, NULL, NULL, out, a->n_gen, &n_out, &fin, NULL);
     free(out);
-    if (err) {
-        fprintf(stderr, "bench_daemon: in-process: %s\n", spec_strerror(err));
-        return err;
+    if (err)
+        fprintf(stderr, "bench_daemon: in-process request %d: %s\n", r, spec_strerror(err));
+    *tokens = n_out;
+    return err;
+}
+
+static int cmp_double(const void *x, const void *y)
+{
+    const double a = *(const double *)x, b = *(const double *)y;
+    return (a > b) - (a < b);
+}
+
+
+/* The daemon's cost: the same request through one client and in-process, back to back (alternating
+ * which goes first), many times; each pair's ratio of tokens/s sees the same state of a noisy
+ * machine, and the median of the ratios is the figure. ratios[] gets them sorted. */
+static int measure_overhead(const struct args *a, const char *socket, struct in_process *ip, double *ratios)
+{
+    struct spc_client *c = NULL;
+    int err = spc_connect(&(struct spc_options){.socket_path = socket}, &c);
+    for (int p = 0; p < a->pairs && !err; p++) {
+        double t[2] = {0.0, 0.0}; /* [0] daemon, [1] in-process */
+        long n[2] = {0, 0};
+        for (int i = 0; i < 2 && !err; i++) {
+            const int which = (p + i) % 2;
+            const double t0 = bench_now_s();
+            err = which == 0 ? daemon_request(a, c, p, &n[0]) : in_process_request(a, ip, p, &n[1]);
+            t[which] = bench_now_s() - t0;
+        }
+        if (!err && (n[0] <= 0 || n[1] <= 0))
+            err = SPEC_E_RANGE;
+        if (!err)
+            ratios[p] = ((double)n[0] / t[0]) / ((double)n[1] / t[1]);
     }
-    *tok_s = tokens / t;
-    fprintf(stderr, "in-process: %ld tokens in %.2f s\n", tokens, t);
-    return 0;
+    spc_close(c);
+    if (!err)
+        qsort(ratios, (size_t)a->pairs, sizeof *ratios, cmp_double);
+    return err;
 }
 
 int main(int argc, char **argv)
@@ -279,7 +316,7 @@ int main(int argc, char **argv)
     struct args a;
     if (parse_args(argc, argv, &a)) {
         fprintf(stderr, "usage: bench_daemon --target T.gguf [--draft D.gguf] [-n TOKENS] [--requests R] "
-                        "[--clients 1,4,16] [--threads N] [--repeats R] [--no-spec] [--chatml]\n");
+                        "[--clients 1,4,16] [--threads N] [--pairs P] [--no-spec] [--chatml]\n");
         return 2;
     }
     char dir[] = "/tmp/bench-daemon.XXXXXX", socket[64];
@@ -295,22 +332,15 @@ int main(int argc, char **argv)
         rmdir(dir);
         return 1;
     }
-    double rate[MAX_LEVELS], best_daemon = 0.0, best_in_process = 0.0;
-    int err = 0;
+    double rate[MAX_LEVELS], warm_up;
+    int err = run_level(&a, socket, 1, &warm_up); /* pages the weights in; not counted */
     for (int i = 0; i < a.n_levels && !err; i++)
         err = run_level(&a, socket, a.levels[i], &rate[i]);
-    /* The overhead: one client through the daemon and the same requests in-process, alternated so
-     * that drifts of the machine hit both, the best of each (a shared machine only ever slows). */
     struct in_process ip;
+    double ratios[MAX_PAIRS];
     const bool ip_open = !err && !(err = in_process_open(&a, &ip));
-    for (int r = 0; r < a.repeats && !err; r++) {
-        double d = 0.0, p = 0.0;
-        err = run_level(&a, socket, 1, &d);
-        if (!err)
-            err = run_in_process(&a, &ip, &p);
-        best_daemon = d > best_daemon ? d : best_daemon;
-        best_in_process = p > best_in_process ? p : best_in_process;
-    }
+    if (!err)
+        err = measure_overhead(&a, socket, &ip, ratios);
     if (ip_open)
         in_process_close(&ip);
     kill(pid, SIGTERM);
@@ -325,9 +355,10 @@ int main(int argc, char **argv)
     printf("| clients | aggregate tok/s | vs 1 client |\n|---|---|---|\n");
     for (int i = 0; i < a.n_levels; i++)
         printf("| %d | %.2f | %.2fx |\n", a.levels[i], rate[i], rate[i] / single);
-    printf("\nOne client, best of %d alternated runs: through the daemon %.2f tok/s, in-process (engine_generate, "
-           "same requests) %.2f tok/s: overhead %.1f%%. Daemon exit status after SIGTERM: %d.\n",
-           a.repeats, best_daemon, best_in_process, 100.0 * (1.0 - best_daemon / best_in_process),
+    const int q = a.pairs / 4;
+    printf("\nDaemon vs in-process, one request at a time, %d pairs: tokens/s ratio median %.3f (quartiles %.3f, "
+           "%.3f): overhead %.1f%%. Daemon exit status after SIGTERM: %d.\n",
+           a.pairs, ratios[a.pairs / 2], ratios[q], ratios[a.pairs - 1 - q], 100.0 * (1.0 - ratios[a.pairs / 2]),
            WIFEXITED(status) ? WEXITSTATUS(status) : -1);
     return 0;
 }
