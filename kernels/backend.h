@@ -97,6 +97,9 @@ struct kern_tensor {
     bool owned; /* allocated by the backend (freed by kern_tensor_free), else a view */
 };
 
+/* SPEC_E_RANGE unless t has data and rows [row0, row0 + n) lie within its ne1 rows (n may be 0). */
+int kern_rows_check(const struct kern_tensor *t, int64_t row0, int64_t n);
+
 enum kern_rope_mode {
     KERN_ROPE_NORM = 0, /* llama: rotate adjacent pairs (x[2i], x[2i+1]) */
     KERN_ROPE_NEOX = 2, /* qwen2/neox: rotate halves (x[i], x[i + n_rot/2]) */

@@ -101,18 +101,11 @@ static int cpu_weight_from_host(struct kern_backend *be, enum spec_dtype type, i
     return SPEC_OK;
 }
 
-static int rows_check(const struct kern_tensor *t, int64_t row0, int64_t n)
-{
-    if (!t || !t->data || row0 < 0 || n < 0 || row0 > t->ne1 || n > t->ne1 - row0)
-        return SPEC_E_RANGE;
-    return SPEC_OK;
-}
-
 /* Host rows are packed, row_bytes apart. */
 static int cpu_rows_to_host(struct kern_backend *be, const struct kern_tensor *t, int64_t row0, int64_t n,
                             void *host)
 {
-    int err = rows_check(t, row0, n);
+    int err = kern_rows_check(t, row0, n);
     if (err)
         return err;
     for (int64_t r = 0; r < n; r++)
@@ -123,7 +116,7 @@ static int cpu_rows_to_host(struct kern_backend *be, const struct kern_tensor *t
 static int cpu_rows_from_host(struct kern_backend *be, struct kern_tensor *t, int64_t row0, int64_t n,
                               const void *host)
 {
-    int err = rows_check(t, row0, n);
+    int err = kern_rows_check(t, row0, n);
     if (err)
         return err;
     for (int64_t r = 0; r < n; r++)
@@ -331,7 +324,7 @@ static int cpu_store_rows(struct kern_backend *be, const struct kern_tensor *src
 {
     if (!is_f32(src) || !dst || !dst->data || dst->ne0 != src->ne0)
         return SPEC_E_INVALID_ARG;
-    int err = rows_check(dst, dst_row0, src->ne1);
+    int err = kern_rows_check(dst, dst_row0, src->ne1);
     if (err)
         return err;
     for (int64_t r = 0; r < src->ne1; r++) {

@@ -157,18 +157,11 @@ static int cuda_weight_from_host(struct kern_backend *be, enum spec_dtype type, 
     return SPEC_OK;
 }
 
-static int rows_check(const struct kern_tensor *t, int64_t row0, int64_t n)
-{
-    if (!t || !t->data || row0 < 0 || n < 0 || row0 > t->ne1 || n > t->ne1 - row0)
-        return SPEC_E_RANGE;
-    return SPEC_OK;
-}
-
 /* Host rows are packed row_bytes apart, as the tensor's are: one contiguous copy. */
 static int cuda_rows_to_host(struct kern_backend *be, const struct kern_tensor *t, int64_t row0, int64_t n,
                              void *host)
 {
-    int err = rows_check(t, row0, n);
+    int err = kern_rows_check(t, row0, n);
     if (err || n == 0)
         return err;
     const cudaStream_t st = cuda_of(be)->stream;
@@ -180,7 +173,7 @@ static int cuda_rows_to_host(struct kern_backend *be, const struct kern_tensor *
 static int cuda_rows_from_host(struct kern_backend *be, struct kern_tensor *t, int64_t row0, int64_t n,
                                const void *host)
 {
-    int err = rows_check(t, row0, n);
+    int err = kern_rows_check(t, row0, n);
     if (err || n == 0)
         return err;
     const cudaStream_t st = cuda_of(be)->stream;
@@ -358,7 +351,7 @@ static int cuda_store_rows_op(struct kern_backend *be, const struct kern_tensor 
 {
     if (!is_f32(src) || !dst || !dst->data || dst->ne0 != src->ne0)
         return SPEC_E_INVALID_ARG;
-    const int err = rows_check(dst, dst_row0, src->ne1);
+    const int err = kern_rows_check(dst, dst_row0, src->ne1);
     if (err)
         return err;
     if (dst->type != SPEC_F16 && dst->type != SPEC_F32)
