@@ -97,8 +97,6 @@ struct kern_tensor {
     bool owned; /* allocated by the backend (freed by kern_tensor_free), else a view */
 };
 
-/* SPEC_E_RANGE unless t has data and rows [row0, row0 + n) lie within its ne1 rows (n may be 0). */
-int kern_rows_check(const struct kern_tensor *t, int64_t row0, int64_t n);
 
 enum kern_rope_mode {
     KERN_ROPE_NORM = 0, /* llama: rotate adjacent pairs (x[2i], x[2i+1]) */
@@ -122,6 +120,28 @@ struct kern_attn_params {
     int pos0;
     float scale; /* usually 1/sqrt(head_dim) */
 };
+
+/* Argument checks every backend runs before an op (kernels/check.c), so that all backends refuse the
+ * same calls with the same codes: SPEC_E_INVALID_ARG (missing tensor, mismatched shapes, an
+ * activation that is not F32 with at most INT32_MAX rows and columns), then SPEC_E_UNSUPPORTED (a
+ * type the op cannot take), then SPEC_E_RANGE (rows or ids outside a tensor). Each takes the
+ * arguments of the op of the same name below. */
+
+/* SPEC_E_RANGE unless t has data and rows [row0, row0 + n) lie within its ne1 rows (n may be 0). */
+int kern_rows_check(const struct kern_tensor *t, int64_t row0, int64_t n);
+int kern_get_rows_check(const struct kern_tensor *table, const int32_t *ids, int n, const struct kern_tensor *out);
+int kern_matmul_check(const struct kern_tensor *w, const struct kern_tensor *x, const struct kern_tensor *y);
+int kern_add_bias_check(const struct kern_tensor *y, const struct kern_tensor *bias);
+/* swiglu and add: three F32 tensors of one shape */
+int kern_eltwise_check(const struct kern_tensor *a, const struct kern_tensor *b, const struct kern_tensor *out);
+int kern_rms_norm_check(const struct kern_tensor *x, const struct kern_tensor *w, float eps,
+                        const struct kern_tensor *y);
+int kern_rope_check(const struct kern_tensor *x, int n_head, int head_dim, const int32_t *pos,
+                    const struct kern_rope_params *p);
+int kern_store_rows_check(const struct kern_tensor *src, const struct kern_tensor *dst, int64_t dst_row0);
+int kern_attention_check(const struct kern_tensor *q, const struct kern_tensor *k_cache,
+                         const struct kern_tensor *v_cache, const struct kern_attn_params *p,
+                         const struct kern_tensor *out);
 
 struct kern_backend;
 

@@ -126,10 +126,3 @@ uint16_t kern_fp32_to_bf16(float f)
         return (uint16_t)((x >> 16) | 64);
     return (uint16_t)((x + 0x7fff + ((x >> 16) & 1)) >> 16);
 }
-
-int kern_rows_check(const struct kern_tensor *t, int64_t row0, int64_t n)
-{
-    if (!t || !t->data || row0 < 0 || n < 0 || row0 > t->ne1 || n > t->ne1 - row0)
-        return SPEC_E_RANGE;
-    return SPEC_OK;
-}

@@ -43,17 +43,6 @@ static void *row_ptr(const struct kern_tensor *t, int64_t r)
     return (char *)t->data + (size_t)r * t->row_bytes;
 }
 
-static bool is_f32(const struct kern_tensor *t)
-{
-    return t && t->data && t->type == SPEC_F32 && t->ne0 > 0 && t->ne1 > 0 &&
-           t->row_bytes >= (size_t)t->ne0 * sizeof(float);
-}
-
-static bool same_shape(const struct kern_tensor *a, const struct kern_tensor *b)
-{
-    return a->ne0 == b->ne0 && a->ne1 == b->ne1;
-}
-
 /* ---------------------------------------------------------------------------------------------- */
 /* Memory                                                                                         */
 
@@ -130,13 +119,11 @@ static int cpu_rows_from_host(struct kern_backend *be, struct kern_tensor *t, in
 static int cpu_get_rows(struct kern_backend *be, const struct kern_tensor *table, const int32_t *ids, int n,
                         struct kern_tensor *out)
 {
-    if (!table || !table->data || !ids || !is_f32(out) || out->ne0 != table->ne0 || out->ne1 != n)
-        return SPEC_E_INVALID_ARG;
-    for (int i = 0; i < n; i++)
-        if (ids[i] < 0 || ids[i] >= table->ne1)
-            return SPEC_E_RANGE;
+    int err = kern_get_rows_check(table, ids, n, out);
+    if (err)
+        return err;
     for (int i = 0; i < n; i++) {
-        int err = kern_dequantize_row(table->type, row_ptr(table, ids[i]), row_ptr(out, i), table->ne0);
+        err = kern_dequantize_row(table->type, row_ptr(table, ids[i]), row_ptr(out, i), table->ne0);
         if (err)
             return err;
     }
@@ -146,10 +133,11 @@ static int cpu_get_rows(struct kern_backend *be, const struct kern_tensor *table
 static int cpu_matmul_op(struct kern_backend *be, const struct kern_tensor *w, const struct kern_tensor *x,
                          struct kern_tensor *y)
 {
-    if (!w || !w->data || !is_f32(x) || !is_f32(y) || x->ne0 != w->ne0 || y->ne0 != w->ne1 || y->ne1 != x->ne1)
-        return SPEC_E_INVALID_ARG;
+    const int err = kern_matmul_check(w, x, y);
+    if (err)
+        return err;
     /* cpu_matmul writes y as packed rows of w->ne1 floats. */
-    if (y->row_bytes != (size_t)y->ne0 * sizeof(float) || x->row_bytes % sizeof(float))
+    if (y->row_bytes != (size_t)y->ne0 * sizeof(float))
         return SPEC_E_INVALID_ARG;
     return cpu_matmul(cpu_of(be)->pool, w->type, w->data, w->row_bytes, w->ne1, w->ne0, x->data,
                       (int64_t)(x->row_bytes / sizeof(float)), x->ne1, y->data);
@@ -190,8 +178,9 @@ static void eltwise_rows(void *arg, int ith, int nth)
 
 static int cpu_add_bias(struct kern_backend *be, struct kern_tensor *y, const struct kern_tensor *bias)
 {
-    if (!is_f32(y) || !is_f32(bias) || bias->ne0 != y->ne0 || bias->ne1 != 1)
-        return SPEC_E_INVALID_ARG;
+    const int err = kern_add_bias_check(y, bias);
+    if (err)
+        return err;
     struct eltwise_task t = {.a = y, .bias = bias, .out = y, .op = ELT_BIAS};
     cpu_run(cpu_of(be), eltwise_rows, &t, y->ne0 * y->ne1);
     return SPEC_OK;
@@ -200,8 +189,9 @@ static int cpu_add_bias(struct kern_backend *be, struct kern_tensor *y, const st
 static int cpu_swiglu(struct kern_backend *be, const struct kern_tensor *gate, const struct kern_tensor *up,
                       struct kern_tensor *out)
 {
-    if (!is_f32(gate) || !is_f32(up) || !is_f32(out) || !same_shape(gate, up) || !same_shape(gate, out))
-        return SPEC_E_INVALID_ARG;
+    const int err = kern_eltwise_check(gate, up, out);
+    if (err)
+        return err;
     struct eltwise_task t = {.a = gate, .b = up, .out = out, .op = ELT_SWIGLU};
     cpu_run(cpu_of(be), eltwise_rows, &t, out->ne0 * out->ne1);
     return SPEC_OK;
@@ -210,8 +200,9 @@ static int cpu_swiglu(struct kern_backend *be, const struct kern_tensor *gate, c
 static int cpu_add(struct kern_backend *be, const struct kern_tensor *a, const struct kern_tensor *b,
                    struct kern_tensor *out)
 {
-    if (!is_f32(a) || !is_f32(b) || !is_f32(out) || !same_shape(a, b) || !same_shape(a, out))
-        return SPEC_E_INVALID_ARG;
+    const int err = kern_eltwise_check(a, b, out);
+    if (err)
+        return err;
     struct eltwise_task t = {.a = a, .b = b, .out = out, .op = ELT_ADD};
     cpu_run(cpu_of(be), eltwise_rows, &t, out->ne0 * out->ne1);
     return SPEC_OK;
@@ -247,9 +238,9 @@ static void rms_rows(void *arg, int ith, int nth)
 static int cpu_rms_norm(struct kern_backend *be, const struct kern_tensor *x, const struct kern_tensor *w,
                         float eps, struct kern_tensor *y)
 {
-    if (!is_f32(x) || !is_f32(w) || !is_f32(y) || w->ne0 != x->ne0 || w->ne1 != 1 || !same_shape(x, y) ||
-        !(eps >= 0.0f))
-        return SPEC_E_INVALID_ARG;
+    const int err = kern_rms_norm_check(x, w, eps, y);
+    if (err)
+        return err;
     struct rms_task t = {.x = x, .w = w, .y = y, .eps = eps};
     cpu_run(cpu_of(be), rms_rows, &t, x->ne0 * x->ne1);
     return SPEC_OK;
@@ -302,10 +293,9 @@ static void rope_rows(void *arg, int ith, int nth)
 static int cpu_rope(struct kern_backend *be, struct kern_tensor *x, int n_head, int head_dim, const int32_t *pos,
                     const struct kern_rope_params *p)
 {
-    if (!is_f32(x) || !pos || !p || n_head <= 0 || head_dim <= 0 || (int64_t)n_head * head_dim != x->ne0 ||
-        p->n_rot <= 0 || p->n_rot > head_dim || p->n_rot % 2 ||
-        (p->mode != KERN_ROPE_NORM && p->mode != KERN_ROPE_NEOX) || !(p->freq_base > 0.0f))
-        return SPEC_E_INVALID_ARG;
+    const int err = kern_rope_check(x, n_head, head_dim, pos, p);
+    if (err)
+        return err;
     struct cpu_backend *cb = cpu_of(be);
     float *cache = cpu_pool_scratch(cb->pool, (size_t)cb->n_threads * (size_t)p->n_rot * sizeof(float));
     if (!cache)
@@ -322,9 +312,7 @@ static int cpu_rope(struct kern_backend *be, struct kern_tensor *x, int n_head, 
 static int cpu_store_rows(struct kern_backend *be, const struct kern_tensor *src, struct kern_tensor *dst,
                           int64_t dst_row0)
 {
-    if (!is_f32(src) || !dst || !dst->data || dst->ne0 != src->ne0)
-        return SPEC_E_INVALID_ARG;
-    int err = kern_rows_check(dst, dst_row0, src->ne1);
+    int err = kern_store_rows_check(src, dst, dst_row0);
     if (err)
         return err;
     for (int64_t r = 0; r < src->ne1; r++) {
@@ -436,18 +424,9 @@ static int cpu_attention(struct kern_backend *be, const struct kern_tensor *q, c
                          const struct kern_tensor *v_cache, const struct kern_attn_params *p,
                          struct kern_tensor *out)
 {
-    if (!is_f32(q) || !is_f32(out) || !k_cache || !v_cache || !k_cache->data || !v_cache->data || !p ||
-        p->n_head <= 0 || p->n_head_kv <= 0 || p->n_head % p->n_head_kv || p->head_dim <= 0 || p->pos0 < 0)
-        return SPEC_E_INVALID_ARG;
-    const int64_t q_dim = (int64_t)p->n_head * p->head_dim, kv_dim = (int64_t)p->n_head_kv * p->head_dim;
-    if (q->ne0 != q_dim || !same_shape(q, out) || k_cache->ne0 != kv_dim || v_cache->ne0 != kv_dim ||
-        !same_shape(k_cache, v_cache))
-        return SPEC_E_INVALID_ARG;
-    if ((k_cache->type != SPEC_F16 && k_cache->type != SPEC_F32) ||
-        (v_cache->type != SPEC_F16 && v_cache->type != SPEC_F32) || k_cache->ne0 == 0)
-        return SPEC_E_UNSUPPORTED;
-    if ((int64_t)p->pos0 + q->ne1 > k_cache->ne1)
-        return SPEC_E_RANGE;
+    int err = kern_attention_check(q, k_cache, v_cache, p, out);
+    if (err)
+        return err;
 
     struct cpu_backend *cb = cpu_of(be);
     const enum cpu_isa isa = cpu_isa_active();
@@ -461,7 +440,7 @@ static int cpu_attention(struct kern_backend *be, const struct kern_tensor *q, c
     if (!t.kq_dot || !t.q_conv || !t.p_conv)
         return SPEC_E_UNSUPPORTED;
     uint64_t qb;
-    int err = kern_row_bytes(cpu_vec_dot_type(k_cache->type), (uint64_t)p->head_dim, &qb);
+    err = kern_row_bytes(cpu_vec_dot_type(k_cache->type), (uint64_t)p->head_dim, &qb);
     if (err)
         return err;
     t.q_bytes = (size_t)qb;

@@ -6,7 +6,8 @@
  * ops take (token ids, positions) are copied before the op returns: cudaMemcpyAsync from pageable
  * memory stages the bytes before it returns, and rows_from_host waits for its copy.
  *
- * Argument checks and error codes are the CPU backend's, so both backends refuse the same calls.
+ * Every op runs the shared argument check of kernels/backend.h first (so both backends refuse the
+ * same calls with the same codes), then this backend's own limits (types, 32-bit sizes, head_dim).
  * A CUDA failure comes back as SPEC_E_NOMEM (allocation) or SPEC_E_IO (anything else). */
 #include <math.h>
 #include <stdlib.h>
@@ -82,17 +83,6 @@ static char *row_ptr(const struct kern_tensor *t, int64_t r)
 static size_t fstride(const struct kern_tensor *t)
 {
     return t->row_bytes / sizeof(float);
-}
-
-static bool is_f32(const struct kern_tensor *t)
-{
-    return t && t->data && t->type == SPEC_F32 && t->ne0 > 0 && t->ne1 > 0 && t->ne0 <= INT32_MAX &&
-           t->ne1 <= INT32_MAX && t->row_bytes >= (size_t)t->ne0 * sizeof(float) && t->row_bytes % sizeof(float) == 0;
-}
-
-static bool same_shape(const struct kern_tensor *a, const struct kern_tensor *b)
-{
-    return a->ne0 == b->ne0 && a->ne1 == b->ne1;
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -188,15 +178,13 @@ static int cuda_rows_from_host(struct kern_backend *be, struct kern_tensor *t, i
 static int cuda_get_rows_op(struct kern_backend *be, const struct kern_tensor *table, const int32_t *ids, int n,
                             struct kern_tensor *out)
 {
-    if (!table || !table->data || !ids || !is_f32(out) || out->ne0 != table->ne0 || out->ne1 != n)
-        return SPEC_E_INVALID_ARG;
-    for (int i = 0; i < n; i++)
-        if (ids[i] < 0 || ids[i] >= table->ne1)
-            return SPEC_E_RANGE;
+    int err = kern_get_rows_check(table, ids, n, out);
+    if (err)
+        return err;
     if (!cuda_weight_type_ok(table->type))
         return SPEC_E_UNSUPPORTED;
     struct cuda_backend *cb = cuda_of(be);
-    int err = err_of(cuda_buf_reserve(&cb->ids, (size_t)n * sizeof(int32_t)));
+    err = err_of(cuda_buf_reserve(&cb->ids, (size_t)n * sizeof(int32_t)));
     if (err)
         return err;
     if ((err = err_of(cudaMemcpyAsync(cb->ids.p, ids, (size_t)n * sizeof(int32_t), cudaMemcpyHostToDevice, cb->stream))))
@@ -208,8 +196,9 @@ static int cuda_get_rows_op(struct kern_backend *be, const struct kern_tensor *t
 static int cuda_matmul_op(struct kern_backend *be, const struct kern_tensor *w, const struct kern_tensor *x,
                           struct kern_tensor *y)
 {
-    if (!w || !w->data || !is_f32(x) || !is_f32(y) || x->ne0 != w->ne0 || y->ne0 != w->ne1 || y->ne1 != x->ne1)
-        return SPEC_E_INVALID_ARG;
+    const int err = kern_matmul_check(w, x, y);
+    if (err)
+        return err;
     if (!cuda_weight_type_ok(w->type))
         return SPEC_E_UNSUPPORTED;
     const struct kern_dtype_info *info = kern_dtype_info(w->type);
@@ -225,8 +214,9 @@ static int cuda_matmul_op(struct kern_backend *be, const struct kern_tensor *w, 
 
 static int cuda_add_bias(struct kern_backend *be, struct kern_tensor *y, const struct kern_tensor *bias)
 {
-    if (!is_f32(y) || !is_f32(bias) || bias->ne0 != y->ne0 || bias->ne1 != 1)
-        return SPEC_E_INVALID_ARG;
+    const int err = kern_add_bias_check(y, bias);
+    if (err)
+        return err;
     return err_of(cuda_eltwise(cuda_of(be)->stream, CUDA_ADD, (const float *)y->data, fstride(y),
                                (const float *)bias->data, 0, (float *)y->data, fstride(y), (int)y->ne0, (int)y->ne1));
 }
@@ -234,8 +224,9 @@ static int cuda_add_bias(struct kern_backend *be, struct kern_tensor *y, const s
 static int cuda_swiglu(struct kern_backend *be, const struct kern_tensor *gate, const struct kern_tensor *up,
                        struct kern_tensor *out)
 {
-    if (!is_f32(gate) || !is_f32(up) || !is_f32(out) || !same_shape(gate, up) || !same_shape(gate, out))
-        return SPEC_E_INVALID_ARG;
+    const int err = kern_eltwise_check(gate, up, out);
+    if (err)
+        return err;
     return err_of(cuda_eltwise(cuda_of(be)->stream, CUDA_SWIGLU, (const float *)gate->data, fstride(gate),
                                (const float *)up->data, fstride(up), (float *)out->data, fstride(out), (int)out->ne0,
                                (int)out->ne1));
@@ -244,8 +235,9 @@ static int cuda_swiglu(struct kern_backend *be, const struct kern_tensor *gate, 
 static int cuda_add(struct kern_backend *be, const struct kern_tensor *a, const struct kern_tensor *b,
                     struct kern_tensor *out)
 {
-    if (!is_f32(a) || !is_f32(b) || !is_f32(out) || !same_shape(a, b) || !same_shape(a, out))
-        return SPEC_E_INVALID_ARG;
+    const int err = kern_eltwise_check(a, b, out);
+    if (err)
+        return err;
     return err_of(cuda_eltwise(cuda_of(be)->stream, CUDA_ADD, (const float *)a->data, fstride(a),
                                (const float *)b->data, fstride(b), (float *)out->data, fstride(out), (int)out->ne0,
                                (int)out->ne1));
@@ -254,9 +246,9 @@ static int cuda_add(struct kern_backend *be, const struct kern_tensor *a, const 
 static int cuda_rms_norm_op(struct kern_backend *be, const struct kern_tensor *x, const struct kern_tensor *w,
                             float eps, struct kern_tensor *y)
 {
-    if (!is_f32(x) || !is_f32(w) || !is_f32(y) || w->ne0 != x->ne0 || w->ne1 != 1 || !same_shape(x, y) ||
-        !(eps >= 0.0f))
-        return SPEC_E_INVALID_ARG;
+    const int err = kern_rms_norm_check(x, w, eps, y);
+    if (err)
+        return err;
     return err_of(cuda_rms_norm(cuda_of(be)->stream, (const float *)x->data, fstride(x), (const float *)w->data, eps,
                                 (float *)y->data, fstride(y), (int)x->ne0, (int)x->ne1));
 }
@@ -331,12 +323,11 @@ static int rope_table(struct cuda_backend *cb, const int32_t *pos, int n, const 
 static int cuda_rope_op(struct kern_backend *be, struct kern_tensor *x, int n_head, int head_dim, const int32_t *pos,
                         const struct kern_rope_params *p)
 {
-    if (!is_f32(x) || !pos || !p || n_head <= 0 || head_dim <= 0 || (int64_t)n_head * head_dim != x->ne0 ||
-        p->n_rot <= 0 || p->n_rot > head_dim || p->n_rot % 2 ||
-        (p->mode != KERN_ROPE_NORM && p->mode != KERN_ROPE_NEOX) || !(p->freq_base > 0.0f))
-        return SPEC_E_INVALID_ARG;
+    int err = kern_rope_check(x, n_head, head_dim, pos, p);
+    if (err)
+        return err;
     struct cuda_backend *cb = cuda_of(be);
-    const int err = rope_table(cb, pos, (int)x->ne1, p);
+    err = rope_table(cb, pos, (int)x->ne1, p);
     if (err)
         return err;
     return err_of(cuda_rope(cb->stream, (float *)x->data, fstride(x), (int)x->ne1, n_head, head_dim, p->n_rot,
@@ -349,9 +340,7 @@ static int cuda_rope_op(struct kern_backend *be, struct kern_tensor *x, int n_he
 static int cuda_store_rows_op(struct kern_backend *be, const struct kern_tensor *src, struct kern_tensor *dst,
                               int64_t dst_row0)
 {
-    if (!is_f32(src) || !dst || !dst->data || dst->ne0 != src->ne0)
-        return SPEC_E_INVALID_ARG;
-    const int err = kern_rows_check(dst, dst_row0, src->ne1);
+    const int err = kern_store_rows_check(src, dst, dst_row0);
     if (err)
         return err;
     if (dst->type != SPEC_F16 && dst->type != SPEC_F32)
@@ -364,18 +353,11 @@ static int cuda_attention_op(struct kern_backend *be, const struct kern_tensor *
                              const struct kern_tensor *v_cache, const struct kern_attn_params *p,
                              struct kern_tensor *out)
 {
-    if (!is_f32(q) || !is_f32(out) || !k_cache || !v_cache || !k_cache->data || !v_cache->data || !p ||
-        p->n_head <= 0 || p->n_head_kv <= 0 || p->n_head % p->n_head_kv || p->head_dim <= 0 || p->pos0 < 0)
-        return SPEC_E_INVALID_ARG;
-    const int64_t q_dim = (int64_t)p->n_head * p->head_dim, kv_dim = (int64_t)p->n_head_kv * p->head_dim;
-    if (q->ne0 != q_dim || !same_shape(q, out) || k_cache->ne0 != kv_dim || v_cache->ne0 != kv_dim ||
-        !same_shape(k_cache, v_cache))
-        return SPEC_E_INVALID_ARG;
-    if ((k_cache->type != SPEC_F16 && k_cache->type != SPEC_F32) ||
-        (v_cache->type != SPEC_F16 && v_cache->type != SPEC_F32) || p->head_dim > CUDA_ATTN_MAX_HEAD_DIM)
+    const int err = kern_attention_check(q, k_cache, v_cache, p, out);
+    if (err)
+        return err;
+    if (p->head_dim > CUDA_ATTN_MAX_HEAD_DIM)
         return SPEC_E_UNSUPPORTED;
-    if ((int64_t)p->pos0 + q->ne1 > k_cache->ne1)
-        return SPEC_E_RANGE;
     struct cuda_backend *cb = cuda_of(be);
     return err_of(cuda_attention(cb->stream, &cb->part, (const float *)q->data, fstride(q), k_cache->data,
                                  k_cache->row_bytes, k_cache->type, v_cache->data, v_cache->row_bytes, v_cache->type, p,

@@ -1,0 +1,103 @@
+/* Argument checks shared by every backend, so that the CPU and CUDA backends refuse the same calls
+ * with the same codes: SPEC_E_INVALID_ARG for a missing tensor or mismatched shapes, SPEC_E_UNSUPPORTED
+ * for a type the op cannot take, SPEC_E_RANGE for rows or ids outside a tensor, in that order. A
+ * backend adds its own limits after these. */
+#include <stdint.h>
+
+#include "common/err.h"
+#include "kernels/backend.h"
+
+int kern_rows_check(const struct kern_tensor *t, int64_t row0, int64_t n)
+{
+    if (!t || !t->data || row0 < 0 || n < 0 || row0 > t->ne1 || n > t->ne1 - row0)
+        return SPEC_E_RANGE;
+    return SPEC_OK;
+}
+
+/* Activations: F32 rows of whole floats, with shapes that 32-bit kernel indices can address. */
+static bool is_f32(const struct kern_tensor *t)
+{
+    return t && t->data && t->type == SPEC_F32 && t->ne0 > 0 && t->ne1 > 0 && t->ne0 <= INT32_MAX &&
+           t->ne1 <= INT32_MAX && t->row_bytes >= (size_t)t->ne0 * sizeof(float) && t->row_bytes % sizeof(float) == 0;
+}
+
+static bool same_shape(const struct kern_tensor *a, const struct kern_tensor *b)
+{
+    return a->ne0 == b->ne0 && a->ne1 == b->ne1;
+}
+
+int kern_get_rows_check(const struct kern_tensor *table, const int32_t *ids, int n, const struct kern_tensor *out)
+{
+    if (!table || !table->data || !ids || !is_f32(out) || out->ne0 != table->ne0 || out->ne1 != n)
+        return SPEC_E_INVALID_ARG;
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= table->ne1)
+            return SPEC_E_RANGE;
+    return SPEC_OK;
+}
+
+int kern_matmul_check(const struct kern_tensor *w, const struct kern_tensor *x, const struct kern_tensor *y)
+{
+    if (!w || !w->data || !is_f32(x) || !is_f32(y) || x->ne0 != w->ne0 || y->ne0 != w->ne1 || y->ne1 != x->ne1)
+        return SPEC_E_INVALID_ARG;
+    return SPEC_OK;
+}
+
+int kern_add_bias_check(const struct kern_tensor *y, const struct kern_tensor *bias)
+{
+    if (!is_f32(y) || !is_f32(bias) || bias->ne0 != y->ne0 || bias->ne1 != 1)
+        return SPEC_E_INVALID_ARG;
+    return SPEC_OK;
+}
+
+int kern_eltwise_check(const struct kern_tensor *a, const struct kern_tensor *b, const struct kern_tensor *out)
+{
+    if (!is_f32(a) || !is_f32(b) || !is_f32(out) || !same_shape(a, b) || !same_shape(a, out))
+        return SPEC_E_INVALID_ARG;
+    return SPEC_OK;
+}
+
+int kern_rms_norm_check(const struct kern_tensor *x, const struct kern_tensor *w, float eps,
+                        const struct kern_tensor *y)
+{
+    if (!is_f32(x) || !is_f32(w) || !is_f32(y) || w->ne0 != x->ne0 || w->ne1 != 1 || !same_shape(x, y) ||
+        !(eps >= 0.0f))
+        return SPEC_E_INVALID_ARG;
+    return SPEC_OK;
+}
+
+int kern_rope_check(const struct kern_tensor *x, int n_head, int head_dim, const int32_t *pos,
+                    const struct kern_rope_params *p)
+{
+    if (!is_f32(x) || !pos || !p || n_head <= 0 || head_dim <= 0 || (int64_t)n_head * head_dim != x->ne0 ||
+        p->n_rot <= 0 || p->n_rot > head_dim || p->n_rot % 2 ||
+        (p->mode != KERN_ROPE_NORM && p->mode != KERN_ROPE_NEOX) || !(p->freq_base > 0.0f))
+        return SPEC_E_INVALID_ARG;
+    return SPEC_OK;
+}
+
+int kern_store_rows_check(const struct kern_tensor *src, const struct kern_tensor *dst, int64_t dst_row0)
+{
+    if (!is_f32(src) || !dst || !dst->data || dst->ne0 != src->ne0)
+        return SPEC_E_INVALID_ARG;
+    return kern_rows_check(dst, dst_row0, src->ne1);
+}
+
+int kern_attention_check(const struct kern_tensor *q, const struct kern_tensor *k_cache,
+                         const struct kern_tensor *v_cache, const struct kern_attn_params *p,
+                         const struct kern_tensor *out)
+{
+    if (!is_f32(q) || !is_f32(out) || !k_cache || !v_cache || !k_cache->data || !v_cache->data || !p ||
+        p->n_head <= 0 || p->n_head_kv <= 0 || p->n_head % p->n_head_kv || p->head_dim <= 0 || p->pos0 < 0)
+        return SPEC_E_INVALID_ARG;
+    const int64_t q_dim = (int64_t)p->n_head * p->head_dim, kv_dim = (int64_t)p->n_head_kv * p->head_dim;
+    if (q->ne0 != q_dim || !same_shape(q, out) || k_cache->ne0 != kv_dim || v_cache->ne0 != kv_dim ||
+        !same_shape(k_cache, v_cache))
+        return SPEC_E_INVALID_ARG;
+    if ((k_cache->type != SPEC_F16 && k_cache->type != SPEC_F32) ||
+        (v_cache->type != SPEC_F16 && v_cache->type != SPEC_F32))
+        return SPEC_E_UNSUPPORTED;
+    if ((int64_t)p->pos0 + q->ne1 > k_cache->ne1)
+        return SPEC_E_RANGE;
+    return SPEC_OK;
+}
