@@ -4,8 +4,9 @@
  * acceptance, tokens per target pass and speedup as a markdown table.
  *
  *   bench_spec --target T.gguf [--draft D.gguf] --prompts FILE [--per-category N] [-n TOKENS]
- *              [--gammas 2,4,8,0] [--threads N] [--concurrency C] [--device auto|cpu|cuda]
- * γ = 0 in --gammas means adaptive (draft_min 1, draft_max 8).
+ *              [--gammas 2,4,8,0] [--draft-vocab N] [--threads N] [--concurrency C] [--device auto|cpu|cuda]
+ * γ = 0 in --gammas means adaptive (draft_min 1, draft_max 8). --draft-vocab N: the draft scores only
+ * token ids below N (model_config.n_logits).
  *
  * With --concurrency C it checks greedy identity instead, on up to --per-category prompts of every
  * category: each prompt decoded target-only and speculatively (adaptive γ), both requests side by
@@ -106,7 +107,7 @@ struct cat_stats {
 
 struct args {
     const char *target, *draft, *prompts, *device;
-    int per_category, n_gen, n_threads, n_gammas, concurrency;
+    int per_category, n_gen, n_threads, n_gammas, concurrency, draft_vocab;
     int gammas[MAX_GAMMAS];
 };
 
@@ -131,6 +132,8 @@ static int parse_args(int argc, char **argv, struct args *a)
             a->n_threads = atoi(v);
         else if (!strcmp(o, "--concurrency"))
             a->concurrency = atoi(v);
+        else if (!strcmp(o, "--draft-vocab"))
+            a->draft_vocab = atoi(v);
         else if (!strcmp(o, "--gammas")) {
             if ((a->n_gammas = bench_int_list(v, a->gammas, MAX_GAMMAS)) < 0)
                 return -1;
@@ -395,7 +398,8 @@ int main(int argc, char **argv)
     struct args a;
     if (parse_args(argc, argv, &a)) {
         fprintf(stderr, "usage: bench_spec --target T.gguf [--draft D.gguf] --prompts FILE [--per-category N] "
-                        "[-n TOKENS] [--gammas 2,4,8,0] [--threads N] [--concurrency C] [--device auto|cpu|cuda]\n");
+                        "[-n TOKENS] [--gammas 2,4,8,0] [--draft-vocab N] [--threads N] [--concurrency C] "
+                        "[--device auto|cpu|cuda]\n");
         return 2;
     }
     struct kern_backend *be;
@@ -406,7 +410,7 @@ int main(int argc, char **argv)
     if (!err)
         err = model_load(a.target, be, &target);
     if (!err && a.draft)
-        err = model_load(a.draft, be, &draft);
+        err = model_load_cfg(a.draft, be, &(struct model_config){.n_logits = a.draft_vocab}, &draft);
     FILE *f = err ? NULL : fopen(a.prompts, "r");
     if (err || !f) {
         fprintf(stderr, "bench_spec: %s\n", err ? spec_strerror(err) : "cannot open the prompts file");

@@ -44,7 +44,7 @@ struct options {
     int n_allow_uid;
     const char *device;
     bool ctx_given;
-    int n_ctx, draft_max, draft_min, max_seqs, max_clients, max_queue, max_pending, threads;
+    int n_ctx, draft_max, draft_min, draft_vocab, max_seqs, max_clients, max_queue, max_pending, threads;
     size_t max_frame;
     size_t max_output; /* per client: queued output past which its generations are cancelled */
     double drain_timeout;

@@ -26,6 +26,8 @@ static void usage(FILE *f)
             "  --ctx N              context per request in tokens (default 4096, at most the target's)\n"
             "  --draft-max N        largest draft length per round (default 8, 1..%d)\n"
             "  --draft-min N        smallest adaptive draft length (default 1)\n"
+            "  --draft-vocab N      the draft scores only token ids below N: a cheaper draft step, the\n"
+            "                       same output (default: the whole vocabulary)\n"
             "  --max-seqs N         requests generating at once, batched together (default 8, 1..%d)\n"
             "  --max-queue N        generate requests waiting for a batch slot (default 64)\n"
             "  --max-clients N      connections at once (default 64)\n"
@@ -41,7 +43,7 @@ static void usage(FILE *f)
 
 enum {
     O_TARGET = 256, O_DRAFT, O_SOCKET, O_SOCKET_MODE, O_ALLOW_UID, O_DEVICE, O_THREADS, O_CTX, O_DRAFT_MAX,
-    O_DRAFT_MIN, O_MAX_SEQS, O_MAX_QUEUE, O_MAX_CLIENTS, O_MAX_PENDING, O_MAX_FRAME, O_MAX_OUTPUT, O_DRAIN,
+    O_DRAFT_MIN, O_DRAFT_VOCAB, O_MAX_SEQS, O_MAX_QUEUE, O_MAX_CLIENTS, O_MAX_PENDING, O_MAX_FRAME, O_MAX_OUTPUT, O_DRAIN,
     O_LOG_LEVEL, O_HELP, O_VERSION,
 };
 
@@ -56,6 +58,7 @@ static const struct option longopts[] = {
     {"ctx", required_argument, NULL, O_CTX},
     {"draft-max", required_argument, NULL, O_DRAFT_MAX},
     {"draft-min", required_argument, NULL, O_DRAFT_MIN},
+    {"draft-vocab", required_argument, NULL, O_DRAFT_VOCAB},
     {"max-seqs", required_argument, NULL, O_MAX_SEQS},
     {"max-queue", required_argument, NULL, O_MAX_QUEUE},
     {"max-clients", required_argument, NULL, O_MAX_CLIENTS},
@@ -134,6 +137,10 @@ static int parse_args(int argc, char **argv, struct options *o)
         case O_DRAFT_MIN:
             if (!(rc = num(name, optarg, 10, 1, ENGINE_MAX_DRAFT, &v)))
                 o->draft_min = (int)v;
+            break;
+        case O_DRAFT_VOCAB:
+            if (!(rc = num(name, optarg, 10, 1, INT32_MAX, &v)))
+                o->draft_vocab = (int)v;
             break;
         case O_MAX_SEQS:
             if (!(rc = num(name, optarg, 10, 1, ENGINE_MAX_SEQS, &v)))
@@ -222,10 +229,10 @@ static int create_backend(const struct options *o, struct kern_backend **be, con
     return rc;
 }
 
-static int load(const char *path, struct kern_backend *be, struct model **m)
+static int load(const char *path, struct kern_backend *be, int n_logits, struct model **m)
 {
     char why[256] = "";
-    const struct model_config cfg = {.why = why, .why_cap = sizeof why};
+    const struct model_config cfg = {.why = why, .why_cap = sizeof why, .n_logits = n_logits};
     const int rc = model_load_cfg(path, be, &cfg, m);
     if (rc)
         dlog(DLOG_ERROR, "%s: %s (%s)%s%s", path, spec_strerror(rc), spec_errname(rc), why[0] ? ": " : "", why);
@@ -258,9 +265,9 @@ int main(int argc, char **argv)
     struct server_models m = {0};
     int rc = create_backend(&opt, &be, &m.backend);
     if (!rc)
-        rc = load(opt.target, be, &m.target);
+        rc = load(opt.target, be, 0, &m.target);
     if (!rc && opt.draft)
-        rc = load(opt.draft, be, &m.draft);
+        rc = load(opt.draft, be, opt.draft_vocab, &m.draft);
     if (!rc) {
         const int n_ctx_train = model_n_ctx_train(m.target);
         if (opt.n_ctx > n_ctx_train) {

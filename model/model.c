@@ -25,7 +25,7 @@ struct model_scratch {
     struct kern_tensor att;       /* n_head * head_dim: attention output */
     struct kern_tensor k, v;      /* n_head_kv * head_dim */
     struct kern_tensor gate, up;  /* n_ff */
-    struct kern_tensor logits;    /* n_vocab */
+    struct kern_tensor logits;    /* n_logits */
     int32_t *pos;                 /* host: each row's position */
     int32_t *ids;                 /* host: each row's token, then the rows that want logits */
 };
@@ -38,6 +38,7 @@ struct model {
     struct kern_rope_params rope;
     struct kern_tensor tok_embd, output_norm, output;
     bool tied_output; /* output is tok_embd */
+    int n_logits;     /* logits computed for token ids [0, n_logits); -INFINITY after */
     struct model_layer *layers;
     int max_batch;
     enum spec_dtype kv_type; /* F16 like llama.cpp's default, or F32 */
@@ -261,7 +262,7 @@ static int scratch_alloc(struct model *m)
     } plan[] = {
         {&m->s.x, hp->n_embd}, {&m->s.xb, hp->n_embd}, {&m->s.q, q_dim},     {&m->s.att, q_dim},
         {&m->s.k, kv_dim},     {&m->s.v, kv_dim},      {&m->s.gate, hp->n_ff}, {&m->s.up, hp->n_ff},
-        {&m->s.logits, hp->n_vocab},
+        {&m->s.logits, m->n_logits},
     };
     for (size_t i = 0; i < sizeof plan / sizeof plan[0]; i++)
         SPEC_TRY(be->ops->tensor_alloc(be, SPEC_F32, plan[i].ne0, nb, plan[i].t));
@@ -317,6 +318,7 @@ static int model_build(struct loader *ld, const struct model_config *cfg, struct
     m->rope.freq_scale = hp->rope_freq_scale;
 
     m->kv_type = cfg && cfg->kv_f32 ? SPEC_F32 : SPEC_F16;
+    m->n_logits = cfg && cfg->n_logits > 0 && cfg->n_logits < hp->n_vocab ? cfg->n_logits : hp->n_vocab;
     m->max_batch = cfg && cfg->max_batch > 0 ? cfg->max_batch : MODEL_DEFAULT_MAX_BATCH;
     if (m->max_batch > HP_MAX)
         return fail(ld, SPEC_E_INVALID_ARG, "max_batch %d is too large", m->max_batch);
@@ -528,8 +530,24 @@ static struct kern_tensor rows(const struct kern_tensor *t, int64_t row0, int64_
     return v;
 }
 
+/* Copies n logit rows to host rows of n_vocab floats, padding the ids past n_logits with -INFINITY. */
+static int logits_to_host(struct model *m, const struct kern_tensor *lg, int row0, int n, float *host)
+{
+    const struct kern_backend_ops *op = m->be->ops;
+    const size_t nv = (size_t)m->hp.n_vocab, nl = (size_t)m->n_logits;
+    if (nl == nv)
+        return op->rows_to_host(m->be, lg, row0, n, host);
+    for (int r = 0; r < n; r++) {
+        float *dst = host + (size_t)r * nv;
+        SPEC_TRY(op->rows_to_host(m->be, lg, row0 + r, 1, dst));
+        for (size_t j = nl; j < nv; j++)
+            dst[j] = -INFINITY;
+    }
+    return SPEC_OK;
+}
+
 /* Logits of the rows the segments want: the rows are gathered into xb, normalised and multiplied by
- * the output matrix, then copied to each item's buffer. */
+ * the output matrix (its first n_logits rows), then copied to each item's buffer. */
 static int step_logits(struct model *m, const struct segment *sg, int n_sg)
 {
     struct kern_backend *be = m->be;
@@ -548,20 +566,21 @@ static int step_logits(struct model *m, const struct segment *sg, int n_sg)
     }
     if (n_out == 0)
         return SPEC_OK;
-    struct kern_tensor xo = rows(&m->s.xb, 0, n_out), lg = rows(&m->s.logits, 0, n_out);
+    struct kern_tensor xo = rows(&m->s.xb, 0, n_out), lg = rows(&m->s.logits, 0, n_out),
+                       head = rows(&m->output, 0, m->n_logits);
     SPEC_TRY(op->get_rows(be, &m->s.x, m->s.ids, n_out, &xo));
     SPEC_TRY(op->rms_norm(be, &xo, &m->output_norm, m->hp.norm_eps, &xo));
-    SPEC_TRY(op->matmul(be, &m->output, &xo, &lg));
+    SPEC_TRY(op->matmul(be, &head, &xo, &lg));
     int row = 0;
     for (int i = 0; i < n_sg; i++) {
         const struct model_batch_item *it = sg[i].it;
         if (!it->logits)
             continue;
         if (it->all_logits) {
-            SPEC_TRY(op->rows_to_host(be, &lg, row, sg[i].n, it->logits + (size_t)sg[i].off * nv));
+            SPEC_TRY(logits_to_host(m, &lg, row, sg[i].n, it->logits + (size_t)sg[i].off * nv));
             row += sg[i].n;
         } else if (sg[i].off + sg[i].n == it->n) {
-            SPEC_TRY(op->rows_to_host(be, &lg, row, 1, it->logits));
+            SPEC_TRY(logits_to_host(m, &lg, row, 1, it->logits));
             row++;
         }
     }

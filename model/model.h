@@ -54,6 +54,11 @@ struct model_config {
     size_t why_cap;
     bool kv_f32;   /* F32 KV caches instead of llama.cpp's default F16 (its type_k = type_v = f32): no
                     * rounding of keys, values, queries or attention weights to F16 */
+    int n_logits;  /* compute logits for token ids [0, n_logits) only and report -INFINITY for the
+                    * rest; <= 0 or >= n_vocab: all. For a draft model: its output matrix is often a
+                    * third of what it reads per token, and byte-level BPE ids are in merge order, so
+                    * the first ids are the frequent ones (FR-Spec). Drafting never proposes a later
+                    * id, which verification corrects like any other miss. */
 };
 
 struct model;

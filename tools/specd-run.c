@@ -22,6 +22,7 @@ static void usage(FILE *f)
             "  --draft-min N       smallest adaptive draft run (default 1)\n"
             "  --fixed-draft       always draft --draft-max tokens (no adaptive choice)\n"
             "  --draft-min-prob P  end a draft run when the draft's probability drops below P (default 0)\n"
+            "  --draft-vocab N     the draft scores only token ids below N (default: all; output unchanged)\n"
             "  --no-spec           target-only decoding\n"
             "  --ab                run speculative and target-only, and compare\n"
             "  --device D          auto | cpu | cuda (default auto: CUDA when usable, else the CPU)\n"
@@ -31,7 +32,7 @@ static void usage(FILE *f)
 
 struct args {
     const char *target, *draft, *prompt, *device;
-    int n_gen, n_ctx, n_threads, draft_max, draft_min;
+    int n_gen, n_ctx, n_threads, draft_max, draft_min, draft_vocab;
     float draft_min_prob;
     bool no_spec, ab, fixed, ids;
     struct verify_params sp;
@@ -78,6 +79,8 @@ static int parse_args(int argc, char **argv, struct args *a)
             a->draft_max = (int)strtol(v, &end, 10);
         else if (!strcmp(o, "--draft-min"))
             a->draft_min = (int)strtol(v, &end, 10);
+        else if (!strcmp(o, "--draft-vocab"))
+            a->draft_vocab = (int)strtol(v, &end, 10);
         else if (!strcmp(o, "--draft-min-prob"))
             a->draft_min_prob = strtof(v, &end);
         else if (!strcmp(o, "--temp"))
@@ -189,7 +192,9 @@ int main(int argc, char **argv)
         goto out;
     }
     if (a.draft &&
-        (err = model_load_cfg(a.draft, be, &(struct model_config){.why = why, .why_cap = sizeof why}, &draft))) {
+        (err = model_load_cfg(a.draft, be,
+                              &(struct model_config){.why = why, .why_cap = sizeof why, .n_logits = a.draft_vocab},
+                              &draft))) {
         fail(a.draft, err, why);
         goto out;
     }

@@ -637,6 +637,29 @@ Test(daemon, output_equals_specd_run_greedy_and_seeded)
     daemon_cleanup(&d);
 }
 
+/* A draft that scores only the first 100 of 300 ids (--draft-vocab) changes how fast, not what. */
+Test(daemon, a_vocabulary_limited_draft_gives_the_target_only_output)
+{
+    struct daemon d;
+    daemon_init(&d);
+    const char *extra[] = {"--draft-vocab", "100", NULL};
+    daemon_start(&d, extra);
+    struct client *c = cl_open(&d);
+    int32_t want[256];
+    const char *greedy[] = {"-n", "40", "--temp", "0", "--no-spec", NULL};
+    const int n_greedy = specd_run_ids(&d, "Once upon a time", greedy, want, 256);
+    cr_assert_gt(n_greedy, 0);
+    cl_send(c, "[0, 1, 'generate', [{'prompt': 'Once upon a time', 'max_tokens': 40, 'temperature': 0}]]");
+    struct gen g = {.id = 1};
+    collect(c, &g, 1);
+    cr_assert_eq(g.n_tokens, n_greedy);
+    cr_assert_eq(memcmp(g.tokens, want, (size_t)n_greedy * sizeof *want), 0);
+    gen_free(&g);
+    cl_close(c);
+    daemon_stop(&d);
+    daemon_cleanup(&d);
+}
+
 Test(daemon, cancel_ends_a_generate_with_cancelled)
 {
     struct daemon d;

@@ -188,6 +188,48 @@ Test(model, forward_last_gives_the_last_row_of_forward)
     tsupport_mem_model_free(&mm);
 }
 
+/* A draft that scores only the first ids: those logits are the full model's, bit for bit, in every
+ * row and through a batch with a last-row item; the rest are -inf. */
+Test(model, n_logits_keeps_the_first_ids_exact_and_the_rest_minus_infinity)
+{
+    struct model_synth_config c = qwen2_cfg(SPEC_Q4_K); /* tied output: the head is a view of token_embd */
+    struct mem_model full = load_synth(&c, 4),
+                     part = tsupport_load_synth(&c, be, (struct model_config){.max_batch = 4, .n_logits = 100});
+    const int nv = model_n_vocab(full.m);
+    cr_assert_eq(model_n_vocab(part.m), nv, "the vocabulary and the logit rows keep their size");
+    float *want = malloc(sizeof(float) * (size_t)(11 * nv)), *got = malloc(sizeof(float) * (size_t)(11 * nv));
+    struct model_seq *a = new_seq(full.m, 0), *b = new_seq(part.m, 0);
+    cr_assert_eq(model_forward(full.m, a, prompt, 11, want), 0);
+    cr_assert_eq(model_forward(part.m, b, prompt, 11, got), 0);
+    for (int r = 0; r < 11; r++) {
+        cr_assert_arr_eq(got + (size_t)r * nv, want + (size_t)r * nv, sizeof(float) * 100, "row %d", r);
+        for (int j = 100; j < nv; j++)
+            cr_assert(isinf(got[(size_t)r * nv + j]) && got[(size_t)r * nv + j] < 0, "row %d id %d", r, j);
+    }
+    cr_assert_eq(model_seq_truncate(b, 5), 0);
+    struct model_seq *b2 = new_seq(part.m, 0);
+    float *last = malloc(sizeof(float) * (size_t)nv);
+    for (int j = 0; j < nv; j++)
+        last[j] = 1.0f; /* every id is written */
+    const struct model_batch_item items[2] = {
+        {.s = b, .tokens = prompt + 5, .n = 6, .logits = got, .all_logits = true},
+        {.s = b2, .tokens = prompt, .n = 11, .logits = last},
+    };
+    cr_assert_eq(model_forward_batch(part.m, items, 2), 0);
+    cr_assert_arr_eq(got, want + (size_t)5 * nv, sizeof(float) * 100);
+    cr_assert_arr_eq(last, want + (size_t)10 * nv, sizeof(float) * 100);
+    for (int j = 100; j < nv; j++)
+        cr_assert(isinf(last[j]) && last[j] < 0 && isinf(got[(size_t)5 * nv + j]), "id %d", j);
+    model_seq_free(a);
+    model_seq_free(b);
+    model_seq_free(b2);
+    free(want);
+    free(got);
+    free(last);
+    tsupport_mem_model_free(&full);
+    tsupport_mem_model_free(&part);
+}
+
 /* Speculative decoding's rollback: rejected draft tokens are forgotten and overwritten. */
 Test(model, truncate_then_reforward_reproduces_the_logits)
 {
