@@ -25,6 +25,7 @@ LDLIBS   += -luv -lmsgpackc -lm
 
 # SIMD variants are compiled with their own ISA flags and picked at run time (kernels/cpu).
 AVX2FLAGS := -mavx2 -mfma -mf16c
+AVX512FLAGS := $(AVX2FLAGS) -mavx512f -mavx512bw -mavx512vl
 
 MODEL_DIR ?= .models
 export SPECD_MODEL_DIR := $(abspath $(MODEL_DIR))
@@ -93,6 +94,10 @@ $(BUILD)/bin/specd: $(DAEMON_OBJS) $(LIB)
 $(BUILD)/obj/%_avx2.o: %_avx2.c
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(AVX2FLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/obj/%_avx512.o: %_avx512.c
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(AVX512FLAGS) -MMD -MP -c $< -o $@
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(@D)

@@ -1,6 +1,6 @@
 /* Matmul throughput: weight bytes streamed per second for y = x . w^T, per type and batch size.
  *
- *   bench_matmul [-t threads] [-r rows] [-k cols] [-s seconds] [-i scalar|avx2] [TYPE...]
+ *   bench_matmul [-t threads] [-r rows] [-k cols] [-s seconds] [-i scalar|avx2|avx512] [TYPE...]
  *
  * Defaults: 1 thread, a 2048 x 2048 weight (it fits in L3 here; use -r 8192 -k 8192 for a
  * DRAM-bound figure), Q4_K Q8_0 Q4_0. For each batch size n the weight is read once per call, so
@@ -60,14 +60,17 @@ int main(int argc, char **argv)
             seconds = atof(argv[++i]);
         else if (strcmp(argv[i], "-i") == 0 && i + 1 < argc) {
             ++i;
-            if (cpu_isa_set(strcmp(argv[i], "scalar") == 0 ? CPU_ISA_SCALAR : CPU_ISA_AVX2) != 0) {
+            int isa = CPU_ISA_SCALAR;
+            while (isa < CPU_ISA_COUNT && strcmp(argv[i], cpu_isa_name((enum cpu_isa)isa)) != 0)
+                isa++;
+            if (isa == CPU_ISA_COUNT || cpu_isa_set((enum cpu_isa)isa) != 0) {
                 fprintf(stderr, "ISA %s not available\n", argv[i]);
                 return 1;
             }
         } else if (n_types < SPEC_DTYPE_COUNT && parse_type(argv[i], &types[n_types]) == 0)
             n_types++;
         else {
-            fprintf(stderr, "usage: %s [-t threads] [-r rows] [-k cols] [-s seconds] [-i scalar|avx2] [TYPE...]\n",
+            fprintf(stderr, "usage: %s [-t threads] [-r rows] [-k cols] [-s seconds] [-i scalar|avx2|avx512] [TYPE...]\n",
                     argv[0]);
             return 1;
         }
@@ -90,7 +93,7 @@ int main(int argc, char **argv)
         x[i] = (float)((s >> 40) & 0xffff) / 32768.0f - 1.0f;
     }
     printf("matmul %ld x %ld, %d thread%s, %s\n", (long)rows, (long)k, threads, threads == 1 ? "" : "s",
-           cpu_isa_active() == CPU_ISA_AVX2 ? "avx2" : "scalar");
+           cpu_isa_name(cpu_isa_active()));
     printf("%-6s %3s %10s %9s %8s\n", "type", "n", "us/call", "GB/s", "x n=1");
     for (int ti = 0; ti < n_types; ti++) {
         const enum spec_dtype t = types[ti];

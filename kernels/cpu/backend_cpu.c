@@ -435,7 +435,7 @@ static int cpu_attention(struct kern_backend *be, const struct kern_tensor *q, c
         .kq_dot = cpu_dot_kernel(k_cache->type, isa),
         .q_conv = cpu_from_float_kernel(cpu_vec_dot_type(k_cache->type), isa),
         .p_conv = cpu_from_float_kernel(SPEC_F16, isa),
-        .axpy_f16 = isa == CPU_ISA_AVX2 ? cpu_attn_axpy_f16_avx2 : cpu_attn_axpy_f16,
+        .axpy_f16 = isa >= CPU_ISA_AVX2 ? cpu_attn_axpy_f16_avx2 : cpu_attn_axpy_f16,
     };
     if (!t.kq_dot || !t.q_conv || !t.p_conv)
         return SPEC_E_UNSUPPORTED;

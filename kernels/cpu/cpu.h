@@ -107,11 +107,15 @@ static inline float cpu_fp16_to_fp32(uint16_t h)
  * every ISA: the SIMD code fixes the order of its float operations and the scalar code mirrors it. */
 enum cpu_isa {
     CPU_ISA_SCALAR = 0,
-    CPU_ISA_AVX2 = 1, /* AVX2 + FMA + F16C */
+    CPU_ISA_AVX2 = 1,   /* AVX2 + FMA + F16C */
+    CPU_ISA_AVX512 = 2, /* the AVX2 set + AVX-512 F/BW/VL: a wider Q6_K kernel, AVX2 for the rest */
+    CPU_ISA_COUNT
 };
 
-/* The ISA the matmul uses: the best one this CPU has, unless SPECD_CPU_ISA=scalar is set in the
- * environment or cpu_isa_set() chose another. */
+/* "scalar", "avx2", "avx512"; NULL for a value outside the enum. */
+const char *cpu_isa_name(enum cpu_isa isa);
+/* The ISA the matmul uses: the best one this CPU has, unless SPECD_CPU_ISA names another one this
+ * CPU has (by cpu_isa_name) or cpu_isa_set() chose another. */
 enum cpu_isa cpu_isa_active(void);
 /* Tests: pin an ISA for later calls (not while a matmul runs). SPEC_E_UNSUPPORTED if the CPU lacks it. */
 int cpu_isa_set(enum cpu_isa isa);
@@ -156,6 +160,9 @@ cpu_from_float_fn cpu_from_float_kernel(enum spec_dtype vtype, enum cpu_isa isa)
  * scalar kernel serves. */
 cpu_dot_fn cpu_avx2_dot_kernel(enum spec_dtype wtype);
 cpu_from_float_fn cpu_avx2_from_float_kernel(enum spec_dtype vtype);
+/* The AVX-512 table (quants_avx512.c); call only when cpu_isa_available(CPU_ISA_AVX512). NULL where
+ * the AVX2 kernel serves. */
+cpu_dot_fn cpu_avx512_dot_kernel(enum spec_dtype wtype);
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Thread pool                                                                                     */

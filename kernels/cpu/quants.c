@@ -798,38 +798,50 @@ void cpu_act_fill_scales(enum spec_dtype vtype, void *row, int64_t k, int64_t b0
     }
 }
 
+/* Each ISA's kernel where it has one, else the next narrower ISA's. */
 cpu_dot_fn cpu_dot_kernel(enum spec_dtype wtype, enum cpu_isa isa)
 {
-    if (isa == CPU_ISA_AVX2) {
-        if (!cpu_isa_available(CPU_ISA_AVX2))
-            return NULL;
-        cpu_dot_fn fn = cpu_avx2_dot_kernel(wtype);
-        return fn ? fn : dot_kernel_scalar(wtype);
-    }
-    return dot_kernel_scalar(wtype);
+    if (!cpu_isa_available(isa))
+        return NULL;
+    cpu_dot_fn fn = NULL;
+    if (isa >= CPU_ISA_AVX512)
+        fn = cpu_avx512_dot_kernel(wtype);
+    if (!fn && isa >= CPU_ISA_AVX2)
+        fn = cpu_avx2_dot_kernel(wtype);
+    return fn ? fn : dot_kernel_scalar(wtype);
 }
 
 cpu_from_float_fn cpu_from_float_kernel(enum spec_dtype vtype, enum cpu_isa isa)
 {
-    if (isa == CPU_ISA_AVX2) {
-        if (!cpu_isa_available(CPU_ISA_AVX2))
-            return NULL;
-        cpu_from_float_fn fn = cpu_avx2_from_float_kernel(vtype);
-        return fn ? fn : from_float_kernel_scalar(vtype);
-    }
-    return from_float_kernel_scalar(vtype);
+    if (!cpu_isa_available(isa))
+        return NULL;
+    cpu_from_float_fn fn = isa >= CPU_ISA_AVX2 ? cpu_avx2_from_float_kernel(vtype) : NULL;
+    return fn ? fn : from_float_kernel_scalar(vtype);
 }
 
 bool cpu_isa_available(enum cpu_isa isa)
 {
+    __builtin_cpu_init();
+    const bool avx2 =
+        __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     switch (isa) {
     case CPU_ISA_SCALAR:
         return true;
     case CPU_ISA_AVX2:
-        __builtin_cpu_init();
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+        return avx2;
+    case CPU_ISA_AVX512:
+        return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl");
+    case CPU_ISA_COUNT:
+        break;
     }
     return false;
+}
+
+const char *cpu_isa_name(enum cpu_isa isa)
+{
+    static const char *const names[CPU_ISA_COUNT] = {"scalar", "avx2", "avx512"};
+    return isa >= 0 && isa < CPU_ISA_COUNT ? names[isa] : NULL;
 }
 
 static enum cpu_isa active_isa;
@@ -838,10 +850,16 @@ static pthread_once_t isa_once = PTHREAD_ONCE_INIT;
 static void isa_init(void)
 {
     const char *env = getenv("SPECD_CPU_ISA");
-    if (env && strcmp(env, "scalar") == 0)
-        active_isa = CPU_ISA_SCALAR;
-    else
-        active_isa = cpu_isa_available(CPU_ISA_AVX2) ? CPU_ISA_AVX2 : CPU_ISA_SCALAR;
+    active_isa = CPU_ISA_SCALAR;
+    for (int i = CPU_ISA_SCALAR; i < CPU_ISA_COUNT; i++) {
+        const enum cpu_isa isa = (enum cpu_isa)i;
+        if (env && strcmp(env, cpu_isa_name(isa)) == 0 && cpu_isa_available(isa)) {
+            active_isa = isa; /* the one asked for */
+            return;
+        }
+        if (cpu_isa_available(isa))
+            active_isa = isa; /* else the widest */
+    }
 }
 
 enum cpu_isa cpu_isa_active(void)

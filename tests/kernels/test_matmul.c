@@ -1,4 +1,4 @@
-/* Dot kernels and the matmul: AVX2 equals scalar bit for bit, dots equal a double-precision reference
+/* Dot kernels and the matmul: every SIMD ISA equals scalar bit for bit, dots equal a double-precision reference
  * within float rounding, and a batched matmul equals n separate matvecs bit for bit on any thread
  * count and ISA (the property speculative verification relies on for greedy identity). */
 #include <criterion/criterion.h>
@@ -50,15 +50,15 @@ static void *make_activations(uint64_t *s, enum spec_dtype vtype, int64_t k, int
 }
 
 /* ---------------------------------------------------------------------------------------------- */
-/* AVX2 kernels against the scalar ones                                                            */
+/* SIMD kernels against the scalar ones                                                            */
 
-static void check_avx2_equals_scalar(enum spec_dtype t)
+static void check_simd_equals_scalar(enum spec_dtype t, enum cpu_isa isa)
 {
-    if (!cpu_isa_available(CPU_ISA_AVX2))
-        cr_skip_test("no AVX2 on this CPU: only the scalar kernels run");
+    if (!cpu_isa_available(isa))
+        cr_skip_test("no %s on this CPU: its kernels are not run", cpu_isa_name(isa));
     const enum spec_dtype vtype = cpu_vec_dot_type(t);
-    cpu_dot_fn scalar = cpu_dot_kernel(t, CPU_ISA_SCALAR), avx2 = cpu_dot_kernel(t, CPU_ISA_AVX2);
-    cr_assert(scalar && avx2);
+    cpu_dot_fn scalar = cpu_dot_kernel(t, CPU_ISA_SCALAR), simd = cpu_dot_kernel(t, isa);
+    cr_assert(scalar && simd);
     uint64_t seed = 0x5eed + (uint64_t)t;
     for (int trial = 0; trial < 120; trial++) {
         const int64_t k = random_k(&seed, t, 1500);
@@ -70,24 +70,26 @@ static void check_avx2_equals_scalar(enum spec_dtype t)
         memset(ys, 0xAA, sizeof(ys));
         memset(ya, 0x55, sizeof(ya));
         scalar(k, w, xq, act_bytes(vtype, k), nx, ys, 1);
-        avx2(k, w, xq, act_bytes(vtype, k), nx, ya, 1);
+        simd(k, w, xq, act_bytes(vtype, k), nx, ya, 1);
         for (int r = 0; r < nx; r++)
-            cr_assert_eq(memcmp(&ys[r], &ya[r], sizeof(float)), 0, "%s k=%ld nx=%d row %d: scalar %a, avx2 %a",
-                         kern_dtype_info(t)->name, (long)k, nx, r, (double)ys[r], (double)ya[r]);
+            cr_assert_eq(memcmp(&ys[r], &ya[r], sizeof(float)), 0, "%s k=%ld nx=%d row %d: scalar %a, %s %a",
+                         kern_dtype_info(t)->name, (long)k, nx, r, (double)ys[r], cpu_isa_name(isa), (double)ya[r]);
         free(w);
         free(xq);
     }
 }
 
-Test(dot, avx2_equals_scalar_f32) { check_avx2_equals_scalar(SPEC_F32); }
-Test(dot, avx2_equals_scalar_f16) { check_avx2_equals_scalar(SPEC_F16); }
-Test(dot, avx2_equals_scalar_bf16) { check_avx2_equals_scalar(SPEC_BF16); }
-Test(dot, avx2_equals_scalar_q4_0) { check_avx2_equals_scalar(SPEC_Q4_0); }
-Test(dot, avx2_equals_scalar_q4_1) { check_avx2_equals_scalar(SPEC_Q4_1); }
-Test(dot, avx2_equals_scalar_q5_0) { check_avx2_equals_scalar(SPEC_Q5_0); }
-Test(dot, avx2_equals_scalar_q8_0) { check_avx2_equals_scalar(SPEC_Q8_0); }
-Test(dot, avx2_equals_scalar_q4_k) { check_avx2_equals_scalar(SPEC_Q4_K); }
-Test(dot, avx2_equals_scalar_q6_k) { check_avx2_equals_scalar(SPEC_Q6_K); }
+Test(dot, avx2_equals_scalar_f32) { check_simd_equals_scalar(SPEC_F32, CPU_ISA_AVX2); }
+Test(dot, avx2_equals_scalar_f16) { check_simd_equals_scalar(SPEC_F16, CPU_ISA_AVX2); }
+Test(dot, avx2_equals_scalar_bf16) { check_simd_equals_scalar(SPEC_BF16, CPU_ISA_AVX2); }
+Test(dot, avx2_equals_scalar_q4_0) { check_simd_equals_scalar(SPEC_Q4_0, CPU_ISA_AVX2); }
+Test(dot, avx2_equals_scalar_q4_1) { check_simd_equals_scalar(SPEC_Q4_1, CPU_ISA_AVX2); }
+Test(dot, avx2_equals_scalar_q5_0) { check_simd_equals_scalar(SPEC_Q5_0, CPU_ISA_AVX2); }
+Test(dot, avx2_equals_scalar_q8_0) { check_simd_equals_scalar(SPEC_Q8_0, CPU_ISA_AVX2); }
+Test(dot, avx2_equals_scalar_q4_k) { check_simd_equals_scalar(SPEC_Q4_K, CPU_ISA_AVX2); }
+Test(dot, avx2_equals_scalar_q6_k) { check_simd_equals_scalar(SPEC_Q6_K, CPU_ISA_AVX2); }
+Test(dot, avx512_equals_scalar_q4_k) { check_simd_equals_scalar(SPEC_Q4_K, CPU_ISA_AVX512); }
+Test(dot, avx512_equals_scalar_q6_k) { check_simd_equals_scalar(SPEC_Q6_K, CPU_ISA_AVX512); }
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Dots against double precision                                                                   */
@@ -206,7 +208,7 @@ static void check_batch_invariance(enum spec_dtype t)
         cr_assert_eq(cpu_isa_set(CPU_ISA_SCALAR), 0);
         for (int r = 0; r < nmax; r++)
             cr_assert_eq(cpu_matmul(ps.p[1], t, w, wrb, rows, k, x + r * k, k, 1, ref + r * rows), 0);
-        for (int isa = CPU_ISA_SCALAR; isa <= CPU_ISA_AVX2; isa++) {
+        for (int isa = CPU_ISA_SCALAR; isa < CPU_ISA_COUNT; isa++) {
             if (cpu_isa_set((enum cpu_isa)isa) != 0)
                 continue;
             for (int th = 1; th <= MAX_THREADS; th++) {
