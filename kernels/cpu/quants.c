@@ -10,6 +10,7 @@
  *  - the lanes are then reduced in the fixed order of hsum8().
  * This differs from ggml's scalar code only in how the exact integer sums are grouped into float
  * lanes, so results agree with ggml to float rounding. */
+#include <cpuid.h>
 #include <float.h>
 #include <math.h>
 #include <pthread.h>
@@ -819,11 +820,17 @@ cpu_from_float_fn cpu_from_float_kernel(enum spec_dtype vtype, enum cpu_isa isa)
     return fn ? fn : from_float_kernel_scalar(vtype);
 }
 
+/* F16C from CPUID: clang before 16 does not know __builtin_cpu_supports("f16c"). */
+static bool has_f16c(void)
+{
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+
 bool cpu_isa_available(enum cpu_isa isa)
 {
     __builtin_cpu_init();
-    const bool avx2 =
-        __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c();
     switch (isa) {
     case CPU_ISA_SCALAR:
         return true;

@@ -345,7 +345,7 @@ Test(tokenizer, llama3_takes_a_word_that_is_a_token_without_merging)
 Test(tokenizer, merges_never_cross_pre_tokenizer_boundaries)
 {
     /* With a merge for "a" + "Ġ" (a then space), "a b" still splits as "a" | " b" first. */
-    static const char *const toks[] = {"a", "b", "\xC4\xA0", "a\xC4\xA0", "\xC4\xA0" "b"};
+    static const char *const toks[] = {"a", "b", "\xC4\xA0", "a\xC4\xA0", "\xC4\xA0\x62"}; /* \x62: b */
     static const char *const merges[] = {"a \xC4\xA0", "\xC4\xA0 b"};
     struct tok *t = hand(hand_writer("gpt2", "gpt-2", toks, NULL, 5, merges, 2, NULL));
     int32_t ids[8];
