@@ -298,6 +298,11 @@ static int model_build(struct loader *ld, const struct model_config *cfg, struct
         m->tied_output = true;
     }
 
+    /* Every layer has tensors of its own: a block_count beyond the tensor count is a lie, found
+     * here before it sizes any allocation. */
+    if ((uint64_t)hp->n_layer > gguf_tensor_count(ld->g))
+        return fail(ld, SPEC_E_RANGE, "%s.block_count = %d but the file holds %llu tensors", ld->arch, hp->n_layer,
+                    (unsigned long long)gguf_tensor_count(ld->g));
     m->layers = calloc((size_t)hp->n_layer, sizeof(*m->layers));
     if (!m->layers)
         return SPEC_E_NOMEM;

@@ -576,6 +576,10 @@ Test(model, rejects_missing_or_inconsistent_hyperparameters)
                     SPEC_E_RANGE, "rope.dimension_count");
     expect_rejected(&c, &(struct edit){.key = "llama.block_count", .set_u32 = true, .u32 = 3}, SPEC_E_NOT_FOUND,
                     "blk.2.");
+    /* found by tools/fuzz/fuzz_model.c: a block count that sized a 3.6 GB allocation before the
+     * first missing tensor was noticed */
+    expect_rejected(&c, &(struct edit){.key = "llama.block_count", .set_u32 = true, .u32 = 10000000}, SPEC_E_RANGE,
+                    "block_count = 10000000");
 }
 
 Test(model, rejects_rope_scaling_it_does_not_implement)
