@@ -5,7 +5,6 @@
 
 #include <immintrin.h>
 #include <stdint.h>
-#include <string.h>
 
 #include "kernels/cpu/cpu.h"
 
