@@ -820,29 +820,27 @@ cpu_from_float_fn cpu_from_float_kernel(enum spec_dtype vtype, enum cpu_isa isa)
     return fn ? fn : from_float_kernel_scalar(vtype);
 }
 
-/* F16C from CPUID: clang before 16 does not know __builtin_cpu_supports("f16c"). */
-static bool has_f16c(void)
+/* What this CPU has, found once: the kernel lookups of every matmul ask, and CPUID traps to the
+ * hypervisor in a VM. */
+static bool isa_present[CPU_ISA_COUNT];
+static pthread_once_t detect_once = PTHREAD_ONCE_INIT;
+
+static void isa_detect(void)
 {
+    __builtin_cpu_init();
+    /* F16C from CPUID: clang before 16 does not know __builtin_cpu_supports("f16c"). */
     unsigned a, b, c, d;
-    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+    const bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+    isa_present[CPU_ISA_SCALAR] = true;
+    isa_present[CPU_ISA_AVX2] = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
+    isa_present[CPU_ISA_AVX512] = isa_present[CPU_ISA_AVX2] && __builtin_cpu_supports("avx512f") &&
+                                  __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
 }
 
 bool cpu_isa_available(enum cpu_isa isa)
 {
-    __builtin_cpu_init();
-    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c();
-    switch (isa) {
-    case CPU_ISA_SCALAR:
-        return true;
-    case CPU_ISA_AVX2:
-        return avx2;
-    case CPU_ISA_AVX512:
-        return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-               __builtin_cpu_supports("avx512vl");
-    case CPU_ISA_COUNT:
-        break;
-    }
-    return false;
+    pthread_once(&detect_once, isa_detect);
+    return isa >= 0 && isa < CPU_ISA_COUNT && isa_present[isa];
 }
 
 const char *cpu_isa_name(enum cpu_isa isa)
