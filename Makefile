@@ -23,9 +23,12 @@ CFLAGS   += -std=c11 $(OPT) -g $(WARN) -pthread $(SANFLAGS)
 LDFLAGS  += -pthread $(SANFLAGS)
 LDLIBS   += -luv -lmsgpackc -lm
 
-# SIMD variants are compiled with their own ISA flags and picked at run time (kernels/cpu).
+# SIMD variants are compiled with their own ISA flags and picked at run time (kernels/cpu). No
+# contraction of a * b + c into an FMA anywhere: the kernels of every ISA must round alike.
+CFLAGS   += -ffp-contract=off
 AVX2FLAGS := -mavx2 -mfma -mf16c
 AVX512FLAGS := $(AVX2FLAGS) -mavx512f -mavx512bw -mavx512vl
+AMXFLAGS := $(AVX512FLAGS) -mamx-tile -mamx-int8
 
 MODEL_DIR ?= .models
 export SPECD_MODEL_DIR := $(abspath $(MODEL_DIR))
@@ -98,6 +101,10 @@ $(BUILD)/obj/%_avx2.o: %_avx2.c
 $(BUILD)/obj/%_avx512.o: %_avx512.c
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(AVX512FLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/obj/%_amx.o: %_amx.c
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(AMXFLAGS) -MMD -MP -c $< -o $@
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(@D)

@@ -1,6 +1,6 @@
 /* Matmul throughput: weight bytes streamed per second for y = x . w^T, per type and batch size.
  *
- *   bench_matmul [-t threads] [-r rows] [-k cols] [-s seconds] [-i scalar|avx2|avx512] [TYPE...]
+ *   bench_matmul [-t threads] [-r rows] [-k cols] [-s seconds] [-i scalar|avx2|avx512|amx] [TYPE...]
  *
  * Defaults: 1 thread, a 2048 x 2048 weight (it fits in L3 here; use -r 8192 -k 8192 for a
  * DRAM-bound figure), Q4_K Q8_0 Q4_0. For each batch size n the weight is read once per call, so
@@ -70,7 +70,7 @@ int main(int argc, char **argv)
         } else if (n_types < SPEC_DTYPE_COUNT && parse_type(argv[i], &types[n_types]) == 0)
             n_types++;
         else {
-            fprintf(stderr, "usage: %s [-t threads] [-r rows] [-k cols] [-s seconds] [-i scalar|avx2|avx512] [TYPE...]\n",
+            fprintf(stderr, "usage: %s [-t threads] [-r rows] [-k cols] [-s seconds] [-i scalar|avx2|avx512|amx] [TYPE...]\n",
                     argv[0]);
             return 1;
         }

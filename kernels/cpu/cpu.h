@@ -109,10 +109,11 @@ enum cpu_isa {
     CPU_ISA_SCALAR = 0,
     CPU_ISA_AVX2 = 1,   /* AVX2 + FMA + F16C */
     CPU_ISA_AVX512 = 2, /* the AVX2 set + AVX-512 F/BW/VL: a wider Q6_K kernel, AVX2 for the rest */
+    CPU_ISA_AMX = 3,    /* the AVX-512 set + AMX-TILE/INT8, granted by the kernel: tile kernels for batches */
     CPU_ISA_COUNT
 };
 
-/* "scalar", "avx2", "avx512"; NULL for a value outside the enum. */
+/* "scalar", "avx2", "avx512", "amx"; NULL for a value outside the enum. */
 const char *cpu_isa_name(enum cpu_isa isa);
 /* The ISA the matmul uses: the best one this CPU has, unless SPECD_CPU_ISA names another one this
  * CPU has (by cpu_isa_name) or cpu_isa_set() chose another. */
@@ -156,6 +157,20 @@ typedef void (*cpu_dot_fn)(int64_t k, const void *w, const void *x, size_t x_str
 cpu_dot_fn cpu_dot_kernel(enum spec_dtype wtype, enum cpu_isa isa);
 cpu_from_float_fn cpu_from_float_kernel(enum spec_dtype vtype, enum cpu_isa isa);
 
+/* y[r * y_stride + j] = dot(w row j, x_r) for the CPU_TILE_ROWS weight rows j, w_row_bytes apart, and
+ * the nx (1..CPU_TILE_MAX_BATCH) activation rows r, in the form above. Bit-identical to the dot
+ * kernels. Above CPU_TILE_ROWS activation rows the kernel reads whole tiles of 16: x must then hold
+ * nx rounded up to a multiple of 16 rows (the extra rows' results are dropped). */
+#define CPU_TILE_ROWS 16
+#define CPU_TILE_MAX_BATCH 64
+typedef void (*cpu_tile_fn)(int64_t k, const void *w, size_t w_row_bytes, const void *x, size_t x_stride, int nx,
+                            float *y, size_t y_stride);
+
+/* The tile kernel of an ISA for a weight type and a batch of n activation rows; NULL when the ISA
+ * has none for the type (every ISA below AMX), is not available, or the dot kernel is the faster
+ * one for n rows. */
+cpu_tile_fn cpu_tile_kernel(enum spec_dtype wtype, enum cpu_isa isa, int64_t n);
+
 /* The AVX2 tables (quants_avx2.c); call only when cpu_isa_available(CPU_ISA_AVX2). NULL where the
  * scalar kernel serves. */
 cpu_dot_fn cpu_avx2_dot_kernel(enum spec_dtype wtype);
@@ -163,6 +178,8 @@ cpu_from_float_fn cpu_avx2_from_float_kernel(enum spec_dtype vtype);
 /* The AVX-512 table (quants_avx512.c); call only when cpu_isa_available(CPU_ISA_AVX512). NULL where
  * the AVX2 kernel serves. */
 cpu_dot_fn cpu_avx512_dot_kernel(enum spec_dtype wtype);
+/* The AMX table (quants_amx.c); call only when cpu_isa_available(CPU_ISA_AMX). */
+cpu_tile_fn cpu_amx_tile_kernel(enum spec_dtype wtype, int64_t n);
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Thread pool                                                                                     */

@@ -3,8 +3,13 @@
  * One task does both phases: the threads first convert the activation rows to the weight's vec_dot
  * type (into pool scratch), meet at a barrier, then take chunks of weight rows from a shared counter.
  * Each weight row is dotted with a tile of up to ACT_TILE activation rows while it is in L1, so for
- * the small batches of speculative verification every weight byte comes from memory once. */
+ * the small batches of speculative verification every weight byte comes from memory once. Where the
+ * ISA has a tile kernel for the type and batch size (AMX), weight rows go CPU_TILE_ROWS at a time
+ * through it, with up to CPU_TILE_MAX_BATCH activation rows per pass (the
+ * weights are rearranged once per pass); its results are bit-identical to the dot kernel's, so which
+ * path a batch takes never shows in the logits. */
 #include <stdatomic.h>
+#include <string.h>
 
 #include "common/err.h"
 #include "kernels/backend.h"
@@ -21,6 +26,7 @@
 struct matmul_task {
     struct cpu_pool *pool;
     cpu_dot_fn dot;
+    cpu_tile_fn tile; /* NULL: dot kernel only */
     cpu_from_float_fn from_float; /* NULL when x is used as it is (F32 weights) */
     const char *w;
     size_t w_row_bytes;
@@ -34,6 +40,7 @@ struct matmul_task {
     enum spec_dtype vtype;
     uint32_t v_block, v_type_size; /* vec_dot type's block */
     int64_t chunk_rows;
+    int64_t act_rows; /* activation rows per pass over a chunk */
     atomic_llong next_chunk;
 };
 
@@ -61,10 +68,15 @@ static void matmul_worker(void *arg, int ith, int nth)
         if (j0 >= t->rows)
             break;
         const int64_t j1 = j0 + t->chunk_rows < t->rows ? j0 + t->chunk_rows : t->rows;
-        for (int64_t r0 = 0; r0 < t->n; r0 += ACT_TILE) {
-            const int nx = (int)(t->n - r0 < ACT_TILE ? t->n - r0 : ACT_TILE);
+        for (int64_t r0 = 0; r0 < t->n; r0 += t->act_rows) {
+            const int nx = (int)(t->n - r0 < t->act_rows ? t->n - r0 : t->act_rows);
             const char *xq = t->xq + (size_t)r0 * t->xq_stride;
-            for (int64_t j = j0; j < j1; j++)
+            int64_t j = j0;
+            if (t->tile)
+                for (; j + CPU_TILE_ROWS <= j1; j += CPU_TILE_ROWS)
+                    t->tile(t->k, t->w + (size_t)j * t->w_row_bytes, t->w_row_bytes, xq, t->xq_stride, nx,
+                            t->y + r0 * t->rows + j, (size_t)t->rows);
+            for (; j < j1; j++)
                 t->dot(t->k, t->w + (size_t)j * t->w_row_bytes, xq, t->xq_stride, nx, t->y + r0 * t->rows + j,
                        (size_t)t->rows);
         }
@@ -93,6 +105,8 @@ int cpu_matmul(struct cpu_pool *pool, enum spec_dtype wtype, const void *w, size
     struct matmul_task t = {
         .pool = pool,
         .dot = dot,
+        /* the tile kernel addresses its 16 rows with int32 offsets */
+        .tile = w_row_bytes <= INT32_MAX / CPU_TILE_ROWS ? cpu_tile_kernel(wtype, isa, n) : NULL,
         .w = w,
         .w_row_bytes = w_row_bytes,
         .rows = rows,
@@ -111,12 +125,17 @@ int cpu_matmul(struct cpu_pool *pool, enum spec_dtype wtype, const void *w, size
     } else {
         t.from_float = cpu_from_float_kernel(vtype, isa);
         t.xq_stride = xq_bytes;
-        if ((uint64_t)n > SIZE_MAX / xq_bytes)
+        /* the tile kernel reads whole tiles of activation rows in batches over one tile: zero rows pad */
+        const int64_t n_alloc = t.tile && n > CPU_TILE_ROWS ? (n + CPU_TILE_ROWS - 1) / CPU_TILE_ROWS * CPU_TILE_ROWS : n;
+        if ((uint64_t)n_alloc > SIZE_MAX / xq_bytes)
             return SPEC_E_RANGE;
-        t.xq = cpu_pool_scratch(pool, (size_t)n * xq_bytes);
-        if (!t.xq)
+        char *xq = cpu_pool_scratch(pool, (size_t)n_alloc * xq_bytes);
+        if (!xq)
             return SPEC_E_NOMEM;
+        memset(xq + (size_t)n * xq_bytes, 0, (size_t)(n_alloc - n) * xq_bytes);
+        t.xq = xq;
     }
+    t.act_rows = t.tile ? CPU_TILE_MAX_BATCH : ACT_TILE;
 
     /* Several chunks per thread so a thread slowed by another process does not hold up the rest. */
     const int nth = cpu_pool_size(pool);
@@ -124,6 +143,8 @@ int cpu_matmul(struct cpu_pool *pool, enum spec_dtype wtype, const void *w, size
     const int64_t balanced = rows / ((int64_t)nth * 4);
     if (chunk > balanced)
         chunk = balanced;
+    if (t.tile) /* whole tiles of weight rows, except at the end */
+        chunk = chunk < CPU_TILE_ROWS ? CPU_TILE_ROWS : chunk - chunk % CPU_TILE_ROWS;
     t.chunk_rows = chunk > 0 ? chunk : 1;
     atomic_init(&t.next_chunk, 0);
     cpu_pool_run(pool, matmul_worker, &t);

@@ -1,13 +1,15 @@
 /* Row codecs (ggml's reference quantisers and dequantisers), the scalar dot-product kernels and the
  * per-ISA kernel tables.
  *
- * The dot kernels fix one summation order that the AVX2 kernels reproduce exactly:
- *  - quantised types: integer products are summed exactly, four adjacent elements per int32 lane
- *    (the lanes of pmaddubsw + pmaddwd), and each block adds scale * lane into 8 float lanes
- *    (a multiply then an add, never fused); Q4_1's min term m * s is a separate scalar sum and the
- *    K-quants' mins are subtracted lane by lane (see the kernels);
+ * The dot kernels fix one summation order that the SIMD kernels reproduce exactly:
+ *  - 32-element block types: integer products are summed exactly, four adjacent elements per int32
+ *    lane (the lanes of pmaddubsw + pmaddwd), and each block adds scale * lane into 8 float lanes
+ *    (a multiply then an add, never fused); Q4_1's min term m * s is a separate scalar sum;
+ *  - K-quants: a super-block's integer sum (and Q4_K's min sum) is exact in int32 however it is
+ *    grouped, and one float accumulator takes d * sum (then subtracts dmin * mins) per super-block,
+ *    so kernels that group the integer work differently (SIMD lanes, AMX tiles) agree bit for bit;
  *  - float types: 32 float lanes (four 8-wide accumulators), the tail in double, as ggml does;
- *  - the lanes are then reduced in the fixed order of hsum8().
+ *  - float lanes are then reduced in the fixed order of hsum8().
  * This differs from ggml's scalar code only in how the exact integer sums are grouped into float
  * lanes, so results agree with ggml to float rounding. */
 #include <cpuid.h>
@@ -16,6 +18,8 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "common/err.h"
 #include "kernels/backend.h"
@@ -593,63 +597,57 @@ static void dot_q8_0_scalar(int64_t k, const void *w, const void *x, size_t x_st
     }
 }
 
-/* Q4_K: lane l of a super-block sums scale_j * (products of elements 32j+4l .. 32j+4l+3) over the
- * eight sub-blocks j; mins lane l holds min_l * (bsums[2l] + bsums[2l+1]). Both are exact integers;
- * each super-block adds d * lanes and then subtracts dmin * mins lanes. */
+/* Q4_K: a super-block's sum of scale_j * (products of sub-block j) and its sum of
+ * min_j * (activation sum of sub-block j), both exact in int32 (at most 256 * 15 * 127 * 63 and
+ * 63 * 8 * 32 * 127), enter the accumulator as d * sum, then - dmin * mins. */
 static void dot_q4_K_scalar(int64_t k, const void *w, const void *x, size_t x_stride, int nx, float *y,
                             size_t y_stride)
 {
     const struct cpu_block_q4_K *wb = w;
     for (int r = 0; r < nx; r++) {
         const struct cpu_block_q8_K *xb = ROW(x, r, x_stride);
-        float acc[8] = {0};
+        float acc = 0.0f;
         for (int64_t i = 0; i < k / CPU_QK_K; i++) {
-            int32_t lanes[8] = {0}, lanes_m[8];
+            int32_t sum = 0, mins = 0;
             for (int j = 0; j < 8; j++) {
                 uint8_t sc, m;
                 q4_K_scale_min(j, wb[i].scales, &sc, &m);
                 const uint8_t *q4 = wb[i].qs + 32 * (j / 2);
                 const int8_t *q8 = xb[i].qs + 32 * j;
-                for (int l = 0; l < 8; l++) {
-                    int s = 0;
-                    for (int t = 4 * l; t < 4 * l + 4; t++)
-                        s += ((j & 1) ? q4[t] >> 4 : q4[t] & 0x0f) * q8[t];
-                    lanes[l] += sc * s;
-                }
-                lanes_m[j] = m * (xb[i].bsums[2 * j] + xb[i].bsums[2 * j + 1]);
+                int32_t s = 0;
+                for (int t = 0; t < 32; t++)
+                    s += ((j & 1) ? q4[t] >> 4 : q4[t] & 0x0f) * q8[t];
+                sum += sc * s;
+                mins += m * (xb[i].bsums[2 * j] + xb[i].bsums[2 * j + 1]);
             }
             const float d = cpu_fp16_to_fp32(wb[i].d) * xb[i].d;
             const float dmin = cpu_fp16_to_fp32(wb[i].dmin) * xb[i].d;
-            for (int l = 0; l < 8; l++)
-                acc[l] = (acc[l] + d * (float)lanes[l]) - dmin * (float)lanes_m[l];
+            acc = (acc + d * (float)sum) - dmin * (float)mins;
         }
-        y[r * y_stride] = hsum8(acc);
+        y[r * y_stride] = acc;
     }
 }
 
-/* Q6_K: 32-element chunk c has scales[2c] for lanes 0-3 and scales[2c+1] for lanes 4-7. */
+/* Q6_K: a super-block's sum of scale_g * (products of (q - 32) * x over 16-element group g), exact
+ * in int32, enters the accumulator as d * sum. */
 static void dot_q6_K_scalar(int64_t k, const void *w, const void *x, size_t x_stride, int nx, float *y,
                             size_t y_stride)
 {
     const struct cpu_block_q6_K *wb = w;
     for (int r = 0; r < nx; r++) {
         const struct cpu_block_q8_K *xb = ROW(x, r, x_stride);
-        float acc[8] = {0};
+        float acc = 0.0f;
         for (int64_t i = 0; i < k / CPU_QK_K; i++) {
-            int32_t lanes[8] = {0};
-            for (int c = 0; c < 8; c++) {
-                for (int l = 0; l < 8; l++) {
-                    int s = 0;
-                    for (int t = 32 * c + 4 * l; t < 32 * c + 4 * l + 4; t++)
-                        s += (q6_K_value(&wb[i], t) - 32) * xb[i].qs[t];
-                    lanes[l] += wb[i].scales[2 * c + l / 4] * s;
-                }
+            int32_t sum = 0;
+            for (int g = 0; g < 16; g++) {
+                int32_t s = 0;
+                for (int t = 16 * g; t < 16 * g + 16; t++)
+                    s += (q6_K_value(&wb[i], t) - 32) * xb[i].qs[t];
+                sum += wb[i].scales[g] * s;
             }
-            const float d = cpu_fp16_to_fp32(wb[i].d) * xb[i].d;
-            for (int l = 0; l < 8; l++)
-                acc[l] = acc[l] + d * (float)lanes[l];
+            acc = acc + cpu_fp16_to_fp32(wb[i].d) * xb[i].d * (float)sum;
         }
-        y[r * y_stride] = hsum8(acc);
+        y[r * y_stride] = acc;
     }
 }
 
@@ -799,6 +797,11 @@ void cpu_act_fill_scales(enum spec_dtype vtype, void *row, int64_t k, int64_t b0
     }
 }
 
+/* Linux's arch_prctl request for a dynamically enabled state component (asm/prctl.h), and AMX tile
+ * data's component number. */
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+
 /* Each ISA's kernel where it has one, else the next narrower ISA's. */
 cpu_dot_fn cpu_dot_kernel(enum spec_dtype wtype, enum cpu_isa isa)
 {
@@ -810,6 +813,11 @@ cpu_dot_fn cpu_dot_kernel(enum spec_dtype wtype, enum cpu_isa isa)
     if (!fn && isa >= CPU_ISA_AVX2)
         fn = cpu_avx2_dot_kernel(wtype);
     return fn ? fn : dot_kernel_scalar(wtype);
+}
+
+cpu_tile_fn cpu_tile_kernel(enum spec_dtype wtype, enum cpu_isa isa, int64_t n)
+{
+    return isa == CPU_ISA_AMX && cpu_isa_available(isa) ? cpu_amx_tile_kernel(wtype, n) : NULL;
 }
 
 cpu_from_float_fn cpu_from_float_kernel(enum spec_dtype vtype, enum cpu_isa isa)
@@ -835,6 +843,16 @@ static void isa_detect(void)
     isa_present[CPU_ISA_AVX2] = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
     isa_present[CPU_ISA_AVX512] = isa_present[CPU_ISA_AVX2] && __builtin_cpu_supports("avx512f") &&
                                   __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+    /* AMX: CPUID.7.0:EDX bits 24 (TILE) and 25 (INT8), the OS saving tile state (XCR0 bits 17, 18),
+     * and Linux's per-process permission to use tile data, asked for once here. */
+    const bool amx_cpu = __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d & (1u << 24)) && (d & (1u << 25)) &&
+                         __get_cpuid(1, &a, &b, &c, &d) && (c & bit_OSXSAVE);
+    if (isa_present[CPU_ISA_AVX512] && amx_cpu) {
+        uint32_t xcr0_lo, xcr0_hi;
+        __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+        isa_present[CPU_ISA_AMX] =
+            (xcr0_lo & (3u << 17)) == (3u << 17) && syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+    }
 }
 
 bool cpu_isa_available(enum cpu_isa isa)
@@ -845,7 +863,7 @@ bool cpu_isa_available(enum cpu_isa isa)
 
 const char *cpu_isa_name(enum cpu_isa isa)
 {
-    static const char *const names[CPU_ISA_COUNT] = {"scalar", "avx2", "avx512"};
+    static const char *const names[CPU_ISA_COUNT] = {"scalar", "avx2", "avx512", "amx"};
     return isa >= 0 && isa < CPU_ISA_COUNT ? names[isa] : NULL;
 }
 

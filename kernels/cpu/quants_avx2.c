@@ -162,10 +162,7 @@ static ALWAYS_INLINE void dot_q4_K_m(int64_t nb, const void *w, const void *x, s
     /* min l for the two bsums of sub-block l: int16 lanes 2l and 2l+1 */
     const __m256i mins_shuf = _mm256_setr_epi8(0, 1, 0, 1, 2, 3, 2, 3, 4, 5, 4, 5, 6, 7, 6, 7, 8, 9, 8, 9, 10, 11, 10,
                                                11, 12, 13, 12, 13, 14, 15, 14, 15);
-    __m256 acc[4];
-#pragma GCC unroll 4
-    for (int r = 0; r < M; r++)
-        acc[r] = _mm256_setzero_ps();
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int64_t i = 0; i < nb; i++) {
         const struct cpu_block_q4_K *b = (const struct cpu_block_q4_K *)w + i;
         const __m256i sm = q4_K_scales_mins(b->scales);
@@ -193,24 +190,22 @@ static ALWAYS_INLINE void dot_q4_K_m(int64_t nb, const void *w, const void *x, s
         for (int r = 0; r < M; r++) {
             const struct cpu_block_q8_K *xb = (const struct cpu_block_q8_K *)ROW(x, r, x_stride) + i;
             const __m256i bs = _mm256_loadu_si256((const __m256i *)xb->bsums);
-            const __m256i mins_lanes = _mm256_madd_epi16(bs, mins16);
-            const __m256 m = _mm256_mul_ps(_mm256_set1_ps(dminw * xb->d), _mm256_cvtepi32_ps(mins_lanes));
-            acc[r] = _mm256_sub_ps(scale_add(acc[r], dw * xb->d, sumi[r]), m);
+            int32_t sum, mins;
+            hsum2_epi32(sumi[r], _mm256_madd_epi16(bs, mins16), &sum, &mins);
+            const float d = dw * xb->d, dmin = dminw * xb->d;
+            acc[r] = (acc[r] + d * (float)sum) - dmin * (float)mins;
         }
     }
 #pragma GCC unroll 4
     for (int r = 0; r < M; r++)
-        y[r * y_stride] = hsum8_ps(acc[r]);
+        y[r * y_stride] = acc[r];
 }
 
 static ALWAYS_INLINE void dot_q6_K_m(int64_t nb, const void *w, const void *x, size_t x_stride, float *y,
                                      size_t y_stride, const int M)
 {
     const __m256i low4 = _mm256_set1_epi8(0x0f), low2 = _mm256_set1_epi8(0x03), m32 = _mm256_set1_epi8(32);
-    __m256 acc[4];
-#pragma GCC unroll 4
-    for (int r = 0; r < M; r++)
-        acc[r] = _mm256_setzero_ps();
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int64_t i = 0; i < nb; i++) {
         const struct cpu_block_q6_K *b = (const struct cpu_block_q6_K *)w + i;
         __m256i sumi[4];
@@ -248,12 +243,14 @@ static ALWAYS_INLINE void dot_q6_K_m(int64_t nb, const void *w, const void *x, s
 #pragma GCC unroll 4
         for (int r = 0; r < M; r++) {
             const struct cpu_block_q8_K *xb = (const struct cpu_block_q8_K *)ROW(x, r, x_stride) + i;
-            acc[r] = scale_add(acc[r], fp16(b->d) * xb->d, sumi[r]);
+            int32_t sum, unused;
+            hsum2_epi32(sumi[r], sumi[r], &sum, &unused);
+            acc[r] = acc[r] + fp16(b->d) * xb->d * (float)sum;
         }
     }
 #pragma GCC unroll 4
     for (int r = 0; r < M; r++)
-        y[r * y_stride] = hsum8_ps(acc[r]);
+        y[r * y_stride] = acc[r];
 }
 
 DOT_BY_FOURS(dot_q4_K_avx2, dot_q4_K_m, k / CPU_QK_K)

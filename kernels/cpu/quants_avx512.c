@@ -31,10 +31,7 @@ static ALWAYS_INLINE void dot_q6_K_m(int64_t nb, const void *w, const void *x, s
                                      size_t y_stride, const int M)
 {
     const __m512i low4 = _mm512_set1_epi8(0x0f), low2 = _mm512_set1_epi8(0x03), m32 = _mm512_set1_epi8(32);
-    __m256 acc[4];
-#pragma GCC unroll 4
-    for (int r = 0; r < M; r++)
-        acc[r] = _mm256_setzero_ps();
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int64_t i = 0; i < nb; i++) {
         const struct cpu_block_q6_K *b = (const struct cpu_block_q6_K *)w + i;
         __m512i sumi[4];
@@ -73,12 +70,15 @@ static ALWAYS_INLINE void dot_q6_K_m(int64_t nb, const void *w, const void *x, s
 #pragma GCC unroll 4
         for (int r = 0; r < M; r++) {
             const struct cpu_block_q8_K *xb = (const struct cpu_block_q8_K *)ROW(x, r, x_stride) + i;
-            acc[r] = scale_add(acc[r], fp16(b->d) * xb->d, fold512(sumi[r]));
+            int32_t sum, unused;
+            const __m256i lanes = fold512(sumi[r]);
+            hsum2_epi32(lanes, lanes, &sum, &unused);
+            acc[r] = acc[r] + fp16(b->d) * xb->d * (float)sum;
         }
     }
 #pragma GCC unroll 4
     for (int r = 0; r < M; r++)
-        y[r * y_stride] = hsum8_ps(acc[r]);
+        y[r * y_stride] = acc[r];
 }
 
 DOT_BY_FOURS(dot_q6_K_avx512, dot_q6_K_m, k / CPU_QK_K)

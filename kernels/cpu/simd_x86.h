@@ -25,6 +25,16 @@ static inline float hsum8_ps(__m256 v)
     return _mm_cvtss_f32(lo);
 }
 
+/* The sums of the eight int32 lanes of a and of b (exact: integer adds in any order). */
+static inline void hsum2_epi32(__m256i a, __m256i b, int32_t *sa, int32_t *sb)
+{
+    const __m256i h = _mm256_hadd_epi32(a, b); /* a01 a23 b01 b23 | a45 a67 b45 b67 */
+    __m128i q = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+    q = _mm_hadd_epi32(q, q);
+    *sa = _mm_cvtsi128_si32(q);
+    *sb = _mm_extract_epi32(q, 1);
+}
+
 /* acc + d * float(s), as a multiply and an add (never fused, like the scalar code) */
 static inline __m256 scale_add(__m256 acc, float d, __m256i s)
 {

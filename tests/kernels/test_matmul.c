@@ -91,6 +91,46 @@ Test(dot, avx2_equals_scalar_q6_k) { check_simd_equals_scalar(SPEC_Q6_K, CPU_ISA
 Test(dot, avx512_equals_scalar_q4_k) { check_simd_equals_scalar(SPEC_Q4_K, CPU_ISA_AVX512); }
 Test(dot, avx512_equals_scalar_q6_k) { check_simd_equals_scalar(SPEC_Q6_K, CPU_ISA_AVX512); }
 
+/* A tile kernel's 16 weight rows x nx activation rows equal the scalar dots bit for bit, with padded
+ * weight rows and a strided output; random bytes cover every quant and scale value, and every third
+ * activation row is scaled to saturate at +-127. */
+static void check_tile_equals_scalar(enum spec_dtype t)
+{
+    if (!cpu_isa_available(CPU_ISA_AMX))
+        cr_skip_test("no AMX on this CPU (or Linux refused tile data): the tile kernels are not run");
+    const enum spec_dtype vtype = cpu_vec_dot_type(t);
+    cpu_dot_fn scalar = cpu_dot_kernel(t, CPU_ISA_SCALAR);
+    cpu_tile_fn tile = cpu_tile_kernel(t, CPU_ISA_AMX, CPU_TILE_ROWS);
+    cr_assert(scalar && tile);
+    uint64_t seed = 0x711e + (uint64_t)t;
+    for (int trial = 0; trial < 64; trial++) {
+        const int64_t k = random_k(&seed, t, 3000);
+        const int nx = 1 + trial % CPU_TILE_ROWS;
+        const size_t wrb = row_bytes(t, k) + (size_t)(trial % 3) * 40;
+        const size_t ys = CPU_TILE_ROWS + (size_t)(trial % 4);
+        uint8_t *w = malloc(wrb * CPU_TILE_ROWS);
+        for (int j = 0; j < CPU_TILE_ROWS; j++)
+            kt_random_row(&seed, t, k, w + wrb * (size_t)j, (trial + j) % 2);
+        void *xq = make_activations(&seed, vtype, k, nx);
+        float ref[CPU_TILE_ROWS * (CPU_TILE_ROWS + 4)], y[CPU_TILE_ROWS * (CPU_TILE_ROWS + 4)];
+        memset(ref, 0xAA, sizeof(ref));
+        memset(y, 0xAA, sizeof(y));
+        for (int j = 0; j < CPU_TILE_ROWS; j++)
+            scalar(k, w + wrb * (size_t)j, xq, act_bytes(vtype, k), nx, ref + j, ys);
+        tile(k, w, wrb, xq, act_bytes(vtype, k), nx, y, ys);
+        for (int r = 0; r < nx; r++)
+            for (int j = 0; j < CPU_TILE_ROWS; j++)
+                cr_assert_eq(memcmp(&ref[r * ys + j], &y[r * ys + j], sizeof(float)), 0,
+                             "%s k=%ld nx=%d row %d weight row %d: scalar %a, amx %a", kern_dtype_info(t)->name,
+                             (long)k, nx, r, j, (double)ref[r * ys + j], (double)y[r * ys + j]);
+        free(w);
+        free(xq);
+    }
+}
+
+Test(dot, amx_tile_equals_scalar_q4_k) { check_tile_equals_scalar(SPEC_Q4_K); }
+Test(dot, amx_tile_equals_scalar_q6_k) { check_tile_equals_scalar(SPEC_Q6_K); }
+
 /* ---------------------------------------------------------------------------------------------- */
 /* Dots against double precision                                                                   */
 
@@ -191,7 +231,7 @@ static void pools_destroy(struct pools *ps)
 static void check_batch_invariance(enum spec_dtype t)
 {
     static const int64_t rows_cases[] = {37, 3};
-    static const int n_cases[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 20};
+    static const int n_cases[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 20, 70};
     struct pools ps;
     pools_create(&ps);
     uint64_t seed = 0xba7c + (uint64_t)t;
@@ -201,7 +241,7 @@ static void check_batch_invariance(enum spec_dtype t)
         uint8_t *w = malloc(wrb * (size_t)rows);
         for (int64_t j = 0; j < rows; j++)
             kt_random_row(&seed, t, k, w + wrb * j, (int)(j % 2));
-        const int nmax = 20;
+        const int nmax = 70;
         float *x = malloc((size_t)(nmax * k) * sizeof(float));
         kt_fill_normal(&seed, x, nmax * k, 1.0f);
         float *ref = malloc((size_t)(nmax * rows) * sizeof(float)), *y = malloc((size_t)(nmax * rows) * sizeof(float));
