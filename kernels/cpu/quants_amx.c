@@ -23,6 +23,7 @@
  * the products. Stacking several scale groups into one product (zero-padded copies of the
  * activations) was tried: no faster overall. */
 #include <immintrin.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <string.h>
 
@@ -40,17 +41,18 @@ struct tile_config {
     uint8_t rows[16];
 } __attribute__((packed));
 
-/* C tiles of `rows` x 16 int32, A tiles of `rows` x k_bytes, B tiles of k_bytes / 4 rows x 64. */
-static void configure_tiles(int rows, int k_bytes)
+/* n_c C tiles of `rows` x 16 int32, then two A tiles of `rows` x k_bytes, then B tiles of
+ * k_bytes / 4 rows x 64. */
+static void configure_tiles(int n_c, int rows, int k_bytes)
 {
     struct tile_config cfg;
     memset(&cfg, 0, sizeof(cfg));
     cfg.palette = 1;
-    for (int t = 0; t < 6; t++) {
+    for (int t = 0; t < n_c + 2; t++) {
         cfg.rows[t] = (uint8_t)rows;
-        cfg.colsb[t] = (uint16_t)(t < 4 ? 64 : k_bytes);
+        cfg.colsb[t] = (uint16_t)(t < n_c ? 64 : k_bytes);
     }
-    for (int t = 6; t < 8; t++) {
+    for (int t = n_c + 2; t < 8; t++) {
         cfg.rows[t] = (uint8_t)(k_bytes / 4);
         cfg.colsb[t] = 64;
     }
@@ -94,6 +96,19 @@ static inline __m512i gather_rows(const uint8_t *base, __m512i row_offsets)
     return _mm512_i32gather_epi32(row_offsets, (const void *)base, 1);
 }
 
+/* Scaled quants for large batches: the int16 products scale * q of the bytes q (each dword lane n
+ * times lane n of sc, int32) split into the signed high and unsigned low bytes, so that
+ * scale * q = 256 * hi + lo and one tile product per 64 elements covers every scale group. */
+static inline void split_scaled(__m512i q, __m512i sc, __m512i *hi, __m512i *lo)
+{
+    const __m512i sc16 = _mm512_or_si512(_mm512_and_si512(sc, _mm512_set1_epi32(0xffff)), _mm512_slli_epi32(sc, 16));
+    const __m512i even = _mm512_mullo_epi16(_mm512_srai_epi16(_mm512_slli_epi16(q, 8), 8), sc16);
+    const __m512i odd = _mm512_mullo_epi16(_mm512_srai_epi16(q, 8), sc16);
+    const __m512i low8 = _mm512_set1_epi16(0x00ff), high8 = _mm512_set1_epi16((short)0xff00);
+    *lo = _mm512_or_si512(_mm512_and_si512(even, low8), _mm512_slli_epi16(odd, 8));
+    *hi = _mm512_or_si512(_mm512_and_si512(_mm512_srai_epi16(even, 8), low8), _mm512_and_si512(odd, high8));
+}
+
 /* fp32 of the fp16 in the low (high) 16 bits of each lane */
 static inline __m512 fp16_lo(__m512i v)
 {
@@ -109,28 +124,20 @@ static inline __m512 fp16_hi(__m512i v)
 /* Q4_K: eight sub-blocks of 32 (TDPBSUD: signed activations, unsigned nibbles)                     */
 
 /* B tiles: 64 rows of 64 bytes, four bytes of weight row n in each row's dword n; scale group g
- * (32 elements of Q4_K, 16 of Q6_K) in rows g * group_bytes / 4 onwards. */
+ * (32 elements of Q4_K, 16 of Q6_K) in rows g * group_bytes / 4 onwards. b[0] holds the quants, or
+ * for a large batch the scaled quants' high bytes and b[1] their low bytes (split_scaled). */
 #define B_ROWS 64
 
 struct q4_K_block {
-    _Alignas(64) uint8_t b[B_ROWS][64];
+    _Alignas(64) uint8_t b[2][B_ROWS][64];
     __m512i sc[8];                    /* sub-block j's scale, lane n = weight row n */
     __m512i min_pairs[4];             /* int16 pairs (min 2p, min 2p+1) */
     __m512 d, dmin;
 };
 
-static ALWAYS_INLINE void q4_K_prepare(const uint8_t *blk, size_t w_row_bytes, __m512i row_offsets,
+static ALWAYS_INLINE void q4_K_prepare(const uint8_t *blk, size_t w_row_bytes, __m512i row_offsets, bool scaled,
                                        struct q4_K_block *s)
 {
-    const __m512i low4 = _mm512_set1_epi8(0x0f);
-    for (int p = 0; p < 4; p++) {
-        __m512i v[8];
-        transpose_16x8(blk + offsetof(struct cpu_block_q4_K, qs) + 32 * p, w_row_bytes, v);
-        for (int kk = 0; kk < 8; kk++) {
-            _mm512_store_si512((void *)s->b[16 * p + kk], _mm512_and_si512(v[kk], low4));
-            _mm512_store_si512((void *)s->b[16 * p + 8 + kk], _mm512_and_si512(_mm512_srli_epi16(v[kk], 4), low4));
-        }
-    }
     /* the scales and mins of every row, unpacked as q4_K_scale_min does */
     const __m512i six = _mm512_set1_epi32(0x3f3f3f3f), four = _mm512_set1_epi32(0x0f0f0f0f),
                   two = _mm512_set1_epi32(0x03030303), byte = _mm512_set1_epi32(0xff);
@@ -157,15 +164,32 @@ static ALWAYS_INLINE void q4_K_prepare(const uint8_t *blk, size_t w_row_bytes, _
     s->min_pairs[3] = _mm512_shuffle_epi8(m_hi, pairs23);
     s->d = fp16_lo(dd);
     s->dmin = fp16_hi(dd);
+
+    const __m512i low4 = _mm512_set1_epi8(0x0f);
+    for (int p = 0; p < 4; p++) {
+        __m512i v[8];
+        transpose_16x8(blk + offsetof(struct cpu_block_q4_K, qs) + 32 * p, w_row_bytes, v);
+        for (int kk = 0; kk < 8; kk++) {
+            const __m512i q[2] = {_mm512_and_si512(v[kk], low4), _mm512_and_si512(_mm512_srli_epi16(v[kk], 4), low4)};
+            for (int h = 0; h < 2; h++) {
+                uint8_t *row0 = s->b[0][16 * p + 8 * h + kk], *row1 = s->b[1][16 * p + 8 * h + kk];
+                if (scaled) {
+                    __m512i hi, lo;
+                    split_scaled(q[h], s->sc[2 * p + h], &hi, &lo);
+                    _mm512_store_si512((void *)row0, hi);
+                    _mm512_store_si512((void *)row1, lo);
+                } else {
+                    _mm512_store_si512((void *)row0, q[h]);
+                }
+            }
+        }
+    }
 }
 
-/* acc = (acc + d * sum) - dmin * mins for activation row r of the tile (c: its products). */
-static ALWAYS_INLINE __m512 q4_K_finish(const struct cpu_block_q8_K *xb, const struct q4_K_block *s,
-                                        int32_t c[16][TILE][TILE], int r, __m512 acc)
+/* acc = (acc + d * sum) - dmin * mins for one activation row and its super-block sums. */
+static ALWAYS_INLINE __m512 q4_K_finish(const struct cpu_block_q8_K *xb, const struct q4_K_block *s, __m512i sum,
+                                        __m512 acc)
 {
-    __m512i sum = _mm512_mullo_epi32(_mm512_load_si512((const void *)c[0][r]), s->sc[0]);
-    for (int j = 1; j < 8; j++)
-        sum = _mm512_add_epi32(sum, _mm512_mullo_epi32(_mm512_load_si512((const void *)c[j][r]), s->sc[j]));
     /* min_j * (bsums[2j] + bsums[2j+1]), two sub-blocks per pmaddwd */
     __m512i mins = _mm512_setzero_si512();
     for (int p = 0; p < 4; p++) {
@@ -184,14 +208,23 @@ static ALWAYS_INLINE __m512 q4_K_finish(const struct cpu_block_q8_K *xb, const s
 /* Q6_K: sixteen groups of 16 (TDPBSSD: signed activations, six-bit quants minus 32)                */
 
 struct q6_K_block {
-    _Alignas(64) uint8_t b[B_ROWS][64];
+    _Alignas(64) uint8_t b[2][B_ROWS][64];
     __m512i sc[16];                   /* group g's scale, lane n = weight row n */
     __m512 d;
 };
 
-static ALWAYS_INLINE void q6_K_prepare(const uint8_t *blk, size_t w_row_bytes, __m512i row_offsets,
+static ALWAYS_INLINE void q6_K_prepare(const uint8_t *blk, size_t w_row_bytes, __m512i row_offsets, bool scaled,
                                        struct q6_K_block *s)
 {
+    /* int8 scales: byte b of the dword at scales + 4q is group 4q + b */
+    for (int q = 0; q < 4; q++) {
+        const __m512i v = gather_rows(blk + offsetof(struct cpu_block_q6_K, scales) + 4 * q, row_offsets);
+        for (int b = 0; b < 4; b++)
+            s->sc[4 * q + b] = _mm512_srai_epi32(_mm512_slli_epi32(v, 24 - 8 * b), 24);
+    }
+    /* d is the last field: read the dword that ends with it, not one past the block */
+    s->d = fp16_hi(gather_rows(blk + offsetof(struct cpu_block_q6_K, d) - 2, row_offsets));
+
     const __m512i low4 = _mm512_set1_epi8(0x0f), low2 = _mm512_set1_epi8(0x03), m32 = _mm512_set1_epi8(32);
     for (int h = 0; h < 2; h++) {
         /* as in the AVX2 kernel: chunks 4h, 4h+1 from the low nibbles of ql[64h ..) and ql[64h+32 ..),
@@ -210,27 +243,26 @@ static ALWAYS_INLINE void q6_K_prepare(const uint8_t *blk, size_t w_row_bytes, _
                 _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql1[kk], 4), low4),
                                 _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh[kk], 6), low2), 4)),
             };
-            for (int t = 0; t < 4; t++)
-                _mm512_store_si512((void *)s->b[8 * (4 * h + t) + kk], _mm512_sub_epi8(q[t], m32));
+            for (int t = 0; t < 4; t++) {
+                const int c = 4 * h + t; /* chunk: groups 2c (kk < 4) and 2c + 1 */
+                const __m512i q6 = _mm512_sub_epi8(q[t], m32);
+                if (scaled) {
+                    __m512i hi, lo;
+                    split_scaled(q6, s->sc[2 * c + kk / 4], &hi, &lo);
+                    _mm512_store_si512((void *)s->b[0][8 * c + kk], hi);
+                    _mm512_store_si512((void *)s->b[1][8 * c + kk], lo);
+                } else {
+                    _mm512_store_si512((void *)s->b[0][8 * c + kk], q6);
+                }
+            }
         }
     }
-    /* int8 scales: byte b of the dword at scales + 4q is group 4q + b */
-    for (int q = 0; q < 4; q++) {
-        const __m512i v = gather_rows(blk + offsetof(struct cpu_block_q6_K, scales) + 4 * q, row_offsets);
-        for (int b = 0; b < 4; b++)
-            s->sc[4 * q + b] = _mm512_srai_epi32(_mm512_slli_epi32(v, 24 - 8 * b), 24);
-    }
-    /* d is the last field: read the dword that ends with it, not one past the block */
-    s->d = fp16_hi(gather_rows(blk + offsetof(struct cpu_block_q6_K, d) - 2, row_offsets));
 }
 
-/* acc + d * sum for activation row r of the tile (c: its products). */
-static ALWAYS_INLINE __m512 q6_K_finish(const struct cpu_block_q8_K *xb, const struct q6_K_block *s,
-                                        int32_t c[16][TILE][TILE], int r, __m512 acc)
+/* acc + d * sum for one activation row and its super-block sums. */
+static ALWAYS_INLINE __m512 q6_K_finish(const struct cpu_block_q8_K *xb, const struct q6_K_block *s, __m512i sum,
+                                        __m512 acc)
 {
-    __m512i sum = _mm512_mullo_epi32(_mm512_load_si512((const void *)c[0][r]), s->sc[0]);
-    for (int g = 1; g < 16; g++)
-        sum = _mm512_add_epi32(sum, _mm512_mullo_epi32(_mm512_load_si512((const void *)c[g][r]), s->sc[g]));
     return _mm512_add_ps(acc, _mm512_mul_ps(_mm512_mul_ps(s->d, _mm512_set1_ps(xb->d)), _mm512_cvtepi32_ps(sum)));
 }
 
@@ -240,6 +272,11 @@ enum kquant { KQ_Q4_K, KQ_Q6_K };
 
 #define KQ_GROUPS(kind) ((kind) == KQ_Q4_K ? 8 : 16)
 #define KQ_GROUP_BYTES(kind) ((kind) == KQ_Q4_K ? 32 : 16)
+/* Activation rows from which scaled quants (split_scaled) pay for their longer preparation with
+ * 2 tile products and stores per super-block instead of one per scale group (measured, one thread,
+ * calls alternated: Q6_K 0.91x the time at 8 rows, 0.78x at 16, 0.51x at 64; Q4_K, which keeps its
+ * min term, 1.18x at 8, 1.0x at 16, 0.93x at 32, 0.86x at 64). */
+#define KQ_SCALED_MIN_BATCH(kind) ((kind) == KQ_Q4_K ? 32 : 8)
 
 /* c[g] = the products of scale group g: the activation rows' bytes of the group (from qs, x_stride
  * apart) times its B tile; four groups per pass. */
@@ -274,6 +311,38 @@ static ALWAYS_INLINE void products(enum kquant kind, int groups, const char *qs,
 #undef PRODUCT
 }
 
+/* Row r's super-block sum from the per-group products: sum over g of c[g][r] * sc[g]. */
+static ALWAYS_INLINE __m512i group_sum(int32_t c[16][TILE][TILE], const __m512i *sc, int groups, int r)
+{
+    __m512i sum = _mm512_mullo_epi32(_mm512_load_si512((const void *)c[0][r]), sc[0]);
+    for (int g = 1; g < groups; g++)
+        sum = _mm512_add_epi32(sum, _mm512_mullo_epi32(_mm512_load_si512((const void *)c[g][r]), sc[g]));
+    return sum;
+}
+
+/* c[0] = activations times the scaled quants' high bytes, c[1] times their low bytes, over the whole
+ * super-block (four 64-element products each). */
+static ALWAYS_INLINE void products_scaled(const char *qs, size_t x_stride, const uint8_t (*b)[B_ROWS][64],
+                                          int32_t c[16][TILE][TILE])
+{
+    _tile_zero(0);
+    _tile_zero(1);
+    for (int t = 0; t < 4; t += 2) {
+        _tile_loadd(2, qs + 64 * t, (long)x_stride);
+        _tile_loadd(4, b[0][16 * t], 64);
+        _tile_loadd(6, b[1][16 * t], 64);
+        _tile_dpbssd(0, 2, 4);
+        _tile_dpbsud(1, 2, 6);
+        _tile_loadd(3, qs + 64 * (t + 1), (long)x_stride);
+        _tile_loadd(5, b[0][16 * (t + 1)], 64);
+        _tile_loadd(7, b[1][16 * (t + 1)], 64);
+        _tile_dpbssd(0, 3, 5);
+        _tile_dpbsud(1, 3, 7);
+    }
+    _tile_stored(0, c[0], 64);
+    _tile_stored(1, c[1], 64);
+}
+
 static ALWAYS_INLINE void tile_kquant(enum kquant kind, int64_t k, const void *w, size_t w_row_bytes, const void *x,
                                       size_t x_stride, int nx, float *y, size_t y_stride)
 {
@@ -289,23 +358,42 @@ static ALWAYS_INLINE void tile_kquant(enum kquant kind, int64_t k, const void *w
     _Alignas(64) int32_t c[16][TILE][TILE];
     _Alignas(64) float acc[CPU_TILE_MAX_BATCH][TILE];
     memset(acc, 0, (size_t)nx * sizeof(acc[0]));
-    configure_tiles(nx < TILE ? nx : TILE, gb);
+    const bool scaled = nx >= KQ_SCALED_MIN_BATCH(kind);
+    if (scaled)
+        configure_tiles(2, TILE, 64);
+    else
+        configure_tiles(4, nx < TILE ? nx : TILE, gb);
     for (int64_t i = 0; i < nb; i++) {
         const uint8_t *blk = (const uint8_t *)w + (size_t)i * w_block;
+        /* the next super-block of all 16 rows: 16 streams are more than the hardware prefetchers
+         * follow (measured: Q4_K at 8 rows ~20% faster from DRAM) */
+        if (i + 1 < nb)
+            for (int n = 0; n < TILE; n++)
+                for (size_t o = 0; o < w_block; o += 64)
+                    _mm_prefetch((const char *)blk + w_block + (size_t)n * w_row_bytes + o, _MM_HINT_T0);
         if (kind == KQ_Q4_K)
-            q4_K_prepare(blk, w_row_bytes, row_offsets, &s.q4);
+            q4_K_prepare(blk, w_row_bytes, row_offsets, scaled, &s.q4);
         else
-            q6_K_prepare(blk, w_row_bytes, row_offsets, &s.q6);
-        const uint8_t(*b)[64] = kind == KQ_Q4_K ? s.q4.b : s.q6.b;
+            q6_K_prepare(blk, w_row_bytes, row_offsets, scaled, &s.q6);
+        const uint8_t(*b)[B_ROWS][64] = kind == KQ_Q4_K ? s.q4.b : s.q6.b;
+        const __m512i *sc = kind == KQ_Q4_K ? s.q4.sc : s.q6.sc;
         for (int r0 = 0; r0 < nx; r0 += TILE) {
             const char *xblk = (const char *)x + (size_t)r0 * x_stride + (size_t)i * sizeof(struct cpu_block_q8_K);
-            products(kind, groups, xblk + offsetof(struct cpu_block_q8_K, qs), x_stride, b, c);
+            const char *qs = xblk + offsetof(struct cpu_block_q8_K, qs);
+            if (scaled)
+                products_scaled(qs, x_stride, b, c);
+            else
+                products(kind, groups, qs, x_stride, b[0], c);
             const int rows = nx - r0 < TILE ? nx - r0 : TILE;
             for (int r = 0; r < rows; r++) {
                 const struct cpu_block_q8_K *xb = (const void *)(xblk + (size_t)r * x_stride);
+                const __m512i sum =
+                    scaled ? _mm512_add_epi32(_mm512_slli_epi32(_mm512_load_si512((const void *)c[0][r]), 8),
+                                              _mm512_load_si512((const void *)c[1][r]))
+                           : group_sum(c, sc, groups, r);
                 const __m512 prev = _mm512_load_ps(acc[r0 + r]);
-                _mm512_store_ps(acc[r0 + r], kind == KQ_Q4_K ? q4_K_finish(xb, &s.q4, c, r, prev)
-                                                             : q6_K_finish(xb, &s.q6, c, r, prev));
+                _mm512_store_ps(acc[r0 + r], kind == KQ_Q4_K ? q4_K_finish(xb, &s.q4, sum, prev)
+                                                             : q6_K_finish(xb, &s.q6, sum, prev));
             }
         }
     }

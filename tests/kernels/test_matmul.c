@@ -91,7 +91,8 @@ Test(dot, avx2_equals_scalar_q6_k) { check_simd_equals_scalar(SPEC_Q6_K, CPU_ISA
 Test(dot, avx512_equals_scalar_q4_k) { check_simd_equals_scalar(SPEC_Q4_K, CPU_ISA_AVX512); }
 Test(dot, avx512_equals_scalar_q6_k) { check_simd_equals_scalar(SPEC_Q6_K, CPU_ISA_AVX512); }
 
-/* A tile kernel's 16 weight rows x nx activation rows equal the scalar dots bit for bit, with padded
+/* A tile kernel's 16 weight rows x nx activation rows equal the scalar dots bit for bit, for batches
+ * that take either form of the quants (per scale group, or scaled for large batches), with padded
  * weight rows and a strided output; random bytes cover every quant and scale value, and every third
  * activation row is scaled to saturate at +-127. */
 static void check_tile_equals_scalar(enum spec_dtype t)
@@ -103,16 +104,17 @@ static void check_tile_equals_scalar(enum spec_dtype t)
     cpu_tile_fn tile = cpu_tile_kernel(t, CPU_ISA_AMX, CPU_TILE_ROWS);
     cr_assert(scalar && tile);
     uint64_t seed = 0x711e + (uint64_t)t;
-    for (int trial = 0; trial < 64; trial++) {
+    enum { MAX_NX = 40, PADDED_NX = 48 }; /* over 16 rows the kernel reads whole tiles of 16 */
+    for (int trial = 0; trial < 80; trial++) {
         const int64_t k = random_k(&seed, t, 3000);
-        const int nx = 1 + trial % CPU_TILE_ROWS;
+        const int nx = 1 + trial % MAX_NX;
         const size_t wrb = row_bytes(t, k) + (size_t)(trial % 3) * 40;
         const size_t ys = CPU_TILE_ROWS + (size_t)(trial % 4);
         uint8_t *w = malloc(wrb * CPU_TILE_ROWS);
         for (int j = 0; j < CPU_TILE_ROWS; j++)
             kt_random_row(&seed, t, k, w + wrb * (size_t)j, (trial + j) % 2);
-        void *xq = make_activations(&seed, vtype, k, nx);
-        float ref[CPU_TILE_ROWS * (CPU_TILE_ROWS + 4)], y[CPU_TILE_ROWS * (CPU_TILE_ROWS + 4)];
+        void *xq = make_activations(&seed, vtype, k, PADDED_NX);
+        float ref[MAX_NX * (CPU_TILE_ROWS + 4)], y[MAX_NX * (CPU_TILE_ROWS + 4)];
         memset(ref, 0xAA, sizeof(ref));
         memset(y, 0xAA, sizeof(y));
         for (int j = 0; j < CPU_TILE_ROWS; j++)
