@@ -3,25 +3,31 @@
  *
  * A tile kernel takes 16 weight rows at once. For each super-block it rearranges the 16 rows'
  * quants into AMX's B layout (4 bytes of one row per 32-bit column: a dword transpose) once, then,
- * for every group of up to 16 activation rows, lets TDPBSUD/TDPBSSD form the exact int32 sum of
- * each activation row with each weight row over one scale group at a time, and AVX-512 applies the
- * groups' integer scales across the 16 weight rows and does the super-block's float operations.
- * The integer sums equal the row kernels' and the float operations are the same, in the same order
- * (see quants.c), so every result is bit-identical to the scalar, AVX2 and AVX-512 kernels, and a
- * position's logits do not depend on which kernel its batch size picked.
+ * for every group of up to 16 activation rows, lets TDPBSUD/TDPBSSD form exact int32 sums of each
+ * activation row with each weight row, in one of two forms:
+ *  - per scale group (small batches): one product per group, whose integer scale AVX-512 then
+ *    applies across the 16 weight rows; tmm0-3 take four groups' products, tmm4/5 hold activation
+ *    rows (A), tmm6/7 quants (B);
+ *  - scaled (large batches): the preparation multiplies each quant by its scale and splits the
+ *    product into two bytes (split_scaled), so two accumulating products cover the super-block;
+ *    tmm0/1 take them, tmm2/3 hold A, tmm4-7 B.
+ * AVX-512 then does the super-block's float operations. The integer sums equal the row kernels'
+ * and the float operations are the same, in the same order (see quants.c), so every result is
+ * bit-identical to the scalar, AVX2 and AVX-512 kernels, and a position's logits do not depend on
+ * which kernel or form its batch size picked.
  *
- * Tiles: tmm0-3 take the products of four scale groups, tmm4/tmm5 hold activation rows (A),
- * tmm6/tmm7 the rearranged weights (B). The configuration is loaded per call: A and C have nx rows
- * when the batch fits one tile, else 16, with the caller padding the activations to whole tiles.
+ * The configuration is loaded per call: A and C have nx rows when the batch fits one tile, else
+ * 16, with the caller padding the activations to whole tiles.
  *
  * Measured on a 2-vCPU Sapphire Rapids against the AVX-512 row kernels (8960 x 1536, one thread,
  * alternated runs): Q4_K 0.9x at 2 rows, 1.2x at 3, 1.3x at 4; Q6_K, whose 16 scale groups need
  * twice the tile products, 0.9x at 4, 1.2x at 5, 1.3x at 7; hence the batch sizes from which the
  * table offers them. With 2 threads: Q4_K 2.2x and Q6_K 1.3x at 8 rows; in L2 (512 x 1536) Q4_K
- * 3.3x at 16 rows and 4.2x at 64, Q6_K 2x and 3.2x. A TDP and its tile store cost about the same for
- * 2 rows as for 16 (latency-bound), so small batches pay mostly for the weight rearrangement and
- * the products. Stacking several scale groups into one product (zero-padded copies of the
- * activations) was tried: no faster overall. */
+ * 3.3x at 16 rows and 4.2x at 64, Q6_K 2x and 3.2x (before the scaled form). A product and its
+ * tile store cost about the same for 2 rows as for 16 (a full-tile TDP ~20 ns, a TILESTORED after
+ * it ~50 ns on this VM), so small batches pay mostly for the weight rearrangement and the stores.
+ * Stacking several scale groups into one product (zero-padded copies of the activations) was
+ * tried: no faster overall. bench/results/2026-11-30-cpu-xeon-2c-amx.md has the model-level runs. */
 #include <immintrin.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -128,6 +134,19 @@ static inline __m512 fp16_hi(__m512i v)
  * for a large batch the scaled quants' high bytes and b[1] their low bytes (split_scaled). */
 #define B_ROWS 64
 
+/* B row `row` from 64 quant bytes: as they are, or scaled by sc and split. */
+static ALWAYS_INLINE void store_b_row(uint8_t (*b)[B_ROWS][64], int row, __m512i q, __m512i sc, bool scaled)
+{
+    if (scaled) {
+        __m512i hi, lo;
+        split_scaled(q, sc, &hi, &lo);
+        _mm512_store_si512((void *)b[0][row], hi);
+        _mm512_store_si512((void *)b[1][row], lo);
+    } else {
+        _mm512_store_si512((void *)b[0][row], q);
+    }
+}
+
 struct q4_K_block {
     _Alignas(64) uint8_t b[2][B_ROWS][64];
     __m512i sc[8];                    /* sub-block j's scale, lane n = weight row n */
@@ -171,17 +190,8 @@ static ALWAYS_INLINE void q4_K_prepare(const uint8_t *blk, size_t w_row_bytes, _
         transpose_16x8(blk + offsetof(struct cpu_block_q4_K, qs) + 32 * p, w_row_bytes, v);
         for (int kk = 0; kk < 8; kk++) {
             const __m512i q[2] = {_mm512_and_si512(v[kk], low4), _mm512_and_si512(_mm512_srli_epi16(v[kk], 4), low4)};
-            for (int h = 0; h < 2; h++) {
-                uint8_t *row0 = s->b[0][16 * p + 8 * h + kk], *row1 = s->b[1][16 * p + 8 * h + kk];
-                if (scaled) {
-                    __m512i hi, lo;
-                    split_scaled(q[h], s->sc[2 * p + h], &hi, &lo);
-                    _mm512_store_si512((void *)row0, hi);
-                    _mm512_store_si512((void *)row1, lo);
-                } else {
-                    _mm512_store_si512((void *)row0, q[h]);
-                }
-            }
+            for (int h = 0; h < 2; h++)
+                store_b_row(s->b, 16 * p + 8 * h + kk, q[h], s->sc[2 * p + h], scaled);
         }
     }
 }
@@ -245,15 +255,7 @@ static ALWAYS_INLINE void q6_K_prepare(const uint8_t *blk, size_t w_row_bytes, _
             };
             for (int t = 0; t < 4; t++) {
                 const int c = 4 * h + t; /* chunk: groups 2c (kk < 4) and 2c + 1 */
-                const __m512i q6 = _mm512_sub_epi8(q[t], m32);
-                if (scaled) {
-                    __m512i hi, lo;
-                    split_scaled(q6, s->sc[2 * c + kk / 4], &hi, &lo);
-                    _mm512_store_si512((void *)s->b[0][8 * c + kk], hi);
-                    _mm512_store_si512((void *)s->b[1][8 * c + kk], lo);
-                } else {
-                    _mm512_store_si512((void *)s->b[0][8 * c + kk], q6);
-                }
+                store_b_row(s->b, 8 * c + kk, _mm512_sub_epi8(q[t], m32), s->sc[2 * c + kk / 4], scaled);
             }
         }
     }

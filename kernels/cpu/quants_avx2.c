@@ -162,14 +162,14 @@ static ALWAYS_INLINE void dot_q4_K_m(int64_t nb, const void *w, const void *x, s
     /* min l for the two bsums of sub-block l: int16 lanes 2l and 2l+1 */
     const __m256i mins_shuf = _mm256_setr_epi8(0, 1, 0, 1, 2, 3, 2, 3, 4, 5, 4, 5, 6, 7, 6, 7, 8, 9, 8, 9, 10, 11, 10,
                                                11, 12, 13, 12, 13, 14, 15, 14, 15);
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    __m128 acc = _mm_setzero_ps(); /* lane r: activation row r */
     for (int64_t i = 0; i < nb; i++) {
         const struct cpu_block_q4_K *b = (const struct cpu_block_q4_K *)w + i;
         const __m256i sm = q4_K_scales_mins(b->scales);
         const __m256i scales = _mm256_permute4x64_epi64(sm, 0x44);
         const __m256i mins16 = _mm256_shuffle_epi8(_mm256_permute4x64_epi64(sm, 0xee), mins_shuf);
         const float dw = fp16(b->d), dminw = fp16(b->dmin);
-        __m256i sumi[4];
+        __m256i sumi[4], mins[4];
 #pragma GCC unroll 4
         for (int r = 0; r < M; r++)
             sumi[r] = _mm256_setzero_si256();
@@ -189,23 +189,35 @@ static ALWAYS_INLINE void dot_q4_K_m(int64_t nb, const void *w, const void *x, s
 #pragma GCC unroll 4
         for (int r = 0; r < M; r++) {
             const struct cpu_block_q8_K *xb = (const struct cpu_block_q8_K *)ROW(x, r, x_stride) + i;
-            const __m256i bs = _mm256_loadu_si256((const __m256i *)xb->bsums);
-            int32_t sum, mins;
-            hsum2_epi32(sumi[r], _mm256_madd_epi16(bs, mins16), &sum, &mins);
-            const float d = dw * xb->d, dmin = dminw * xb->d;
-            acc[r] = (acc[r] + d * (float)sum) - dmin * (float)mins;
+            mins[r] = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)xb->bsums), mins16);
         }
+        /* the rows' super-block sums side by side, then (acc + d * sum) - dmin * mins per lane; one
+         * row (decode) reduces its sum and mins together */
+        const __m128 xd4 = q8_K_row_scales(x, x_stride, i, M);
+        const __m128 d = _mm_mul_ps(_mm_set1_ps(dw), xd4), dmin = _mm_mul_ps(_mm_set1_ps(dminw), xd4);
+        __m128 sum, msum;
+        if (M == 1) {
+            const __m256i pair[4] = {sumi[0], mins[0]};
+            sum = _mm_cvtepi32_ps(hsum_rows_epi32(pair, 2)); /* sum, mins, sum, mins */
+            msum = _mm_movehdup_ps(sum);
+        } else {
+            sum = _mm_cvtepi32_ps(hsum_rows_epi32(sumi, M));
+            msum = _mm_cvtepi32_ps(hsum_rows_epi32(mins, M));
+        }
+        acc = _mm_sub_ps(_mm_add_ps(acc, _mm_mul_ps(d, sum)), _mm_mul_ps(dmin, msum));
     }
+    float out[4];
+    _mm_storeu_ps(out, acc);
 #pragma GCC unroll 4
     for (int r = 0; r < M; r++)
-        y[r * y_stride] = acc[r];
+        y[r * y_stride] = out[r];
 }
 
 static ALWAYS_INLINE void dot_q6_K_m(int64_t nb, const void *w, const void *x, size_t x_stride, float *y,
                                      size_t y_stride, const int M)
 {
     const __m256i low4 = _mm256_set1_epi8(0x0f), low2 = _mm256_set1_epi8(0x03), m32 = _mm256_set1_epi8(32);
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    __m128 acc = _mm_setzero_ps(); /* lane r: activation row r */
     for (int64_t i = 0; i < nb; i++) {
         const struct cpu_block_q6_K *b = (const struct cpu_block_q6_K *)w + i;
         __m256i sumi[4];
@@ -240,17 +252,13 @@ static ALWAYS_INLINE void dot_q6_K_m(int64_t nb, const void *w, const void *x, s
                 }
             }
         }
-#pragma GCC unroll 4
-        for (int r = 0; r < M; r++) {
-            const struct cpu_block_q8_K *xb = (const struct cpu_block_q8_K *)ROW(x, r, x_stride) + i;
-            int32_t sum, unused;
-            hsum2_epi32(sumi[r], sumi[r], &sum, &unused);
-            acc[r] = acc[r] + fp16(b->d) * xb->d * (float)sum;
-        }
+        acc = q6_K_block_finish(acc, fp16(b->d), x, x_stride, i, M, sumi);
     }
+    float out[4];
+    _mm_storeu_ps(out, acc);
 #pragma GCC unroll 4
     for (int r = 0; r < M; r++)
-        y[r * y_stride] = acc[r];
+        y[r * y_stride] = out[r];
 }
 
 DOT_BY_FOURS(dot_q4_K_avx2, dot_q4_K_m, k / CPU_QK_K)

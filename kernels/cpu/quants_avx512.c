@@ -31,7 +31,7 @@ static ALWAYS_INLINE void dot_q6_K_m(int64_t nb, const void *w, const void *x, s
                                      size_t y_stride, const int M)
 {
     const __m512i low4 = _mm512_set1_epi8(0x0f), low2 = _mm512_set1_epi8(0x03), m32 = _mm512_set1_epi8(32);
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    __m128 acc = _mm_setzero_ps(); /* lane r: activation row r */
     for (int64_t i = 0; i < nb; i++) {
         const struct cpu_block_q6_K *b = (const struct cpu_block_q6_K *)w + i;
         __m512i sumi[4];
@@ -67,18 +67,17 @@ static ALWAYS_INLINE void dot_q6_K_m(int64_t nb, const void *w, const void *x, s
                 }
             }
         }
+        __m256i lanes[4];
 #pragma GCC unroll 4
-        for (int r = 0; r < M; r++) {
-            const struct cpu_block_q8_K *xb = (const struct cpu_block_q8_K *)ROW(x, r, x_stride) + i;
-            int32_t sum, unused;
-            const __m256i lanes = fold512(sumi[r]);
-            hsum2_epi32(lanes, lanes, &sum, &unused);
-            acc[r] = acc[r] + fp16(b->d) * xb->d * (float)sum;
-        }
+        for (int r = 0; r < M; r++)
+            lanes[r] = fold512(sumi[r]);
+        acc = q6_K_block_finish(acc, fp16(b->d), x, x_stride, i, M, lanes);
     }
+    float out[4];
+    _mm_storeu_ps(out, acc);
 #pragma GCC unroll 4
     for (int r = 0; r < M; r++)
-        y[r * y_stride] = acc[r];
+        y[r * y_stride] = out[r];
 }
 
 DOT_BY_FOURS(dot_q6_K_avx512, dot_q6_K_m, k / CPU_QK_K)

@@ -25,14 +25,41 @@ static inline float hsum8_ps(__m256 v)
     return _mm_cvtss_f32(lo);
 }
 
-/* The sums of the eight int32 lanes of a and of b (exact: integer adds in any order). */
-static inline void hsum2_epi32(__m256i a, __m256i b, int32_t *sa, int32_t *sb)
+/* Lane r: the sum of the eight int32 lanes of v[r], for r < M (1..4; exact: integer adds in any
+ * order); lanes from M on are unspecified. Fewer rows take fewer shuffles (decode is M = 1). */
+static inline __m128i hsum_rows_epi32(const __m256i v[4], int M)
 {
-    const __m256i h = _mm256_hadd_epi32(a, b); /* a01 a23 b01 b23 | a45 a67 b45 b67 */
-    __m128i q = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-    q = _mm_hadd_epi32(q, q);
-    *sa = _mm_cvtsi128_si32(q);
-    *sb = _mm_extract_epi32(q, 1);
+    if (M == 1) {
+        __m128i q = _mm_add_epi32(_mm256_castsi256_si128(v[0]), _mm256_extracti128_si256(v[0], 1));
+        q = _mm_add_epi32(q, _mm_shuffle_epi32(q, _MM_SHUFFLE(1, 0, 3, 2)));
+        return _mm_add_epi32(q, _mm_shuffle_epi32(q, _MM_SHUFFLE(2, 3, 0, 1)));
+    }
+    if (M == 2) {
+        const __m256i h = _mm256_hadd_epi32(v[0], v[1]); /* per 128-bit half: a a b b */
+        const __m128i q = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+        return _mm_hadd_epi32(q, q);
+    }
+    const __m256i ab = _mm256_hadd_epi32(v[0], v[1]), cd = _mm256_hadd_epi32(v[2], M > 3 ? v[3] : v[2]);
+    const __m256i abcd = _mm256_hadd_epi32(ab, cd); /* per 128-bit half: a b c d */
+    return _mm_add_epi32(_mm256_castsi256_si128(abcd), _mm256_extracti128_si256(abcd, 1));
+}
+
+/* Q6_K's end of a super-block for up to four activation rows (lane r: row r < M of x, the Q8_K
+ * rows x_stride apart): acc + (dw * d_r) * sum_r. */
+/* Lane r: the Q8_K scale d of super-block i of activation row r < M (rows x_stride apart), else 0.
+ * Built in registers: four scalar stores read back as one vector would stall store forwarding. */
+static inline __m128 q8_K_row_scales(const void *x, size_t x_stride, int64_t i, int M)
+{
+#define XD(r) (M > (r) ? ((const struct cpu_block_q8_K *)ROW(x, r, x_stride) + i)->d : 0.0f)
+    return _mm_setr_ps(XD(0), XD(1), XD(2), XD(3));
+#undef XD
+}
+
+static inline __m128 q6_K_block_finish(__m128 acc, float dw, const void *x, size_t x_stride, int64_t i, int M,
+                                       const __m256i sumi[4])
+{
+    const __m128 d = _mm_mul_ps(_mm_set1_ps(dw), q8_K_row_scales(x, x_stride, i, M));
+    return _mm_add_ps(acc, _mm_mul_ps(d, _mm_cvtepi32_ps(hsum_rows_epi32(sumi, M))));
 }
 
 /* acc + d * float(s), as a multiply and an add (never fused, like the scalar code) */

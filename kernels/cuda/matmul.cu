@@ -14,8 +14,9 @@
  *    The activation rows are walked in tiles of MMV_TILE, each row in its own accumulator with the
  *    same instructions, so nothing in a row's order of operations depends on how many rows share the
  *    call or where the row sits in it: n rows in one call give the bits of n one-row calls.
- * The order differs from the CPU's (8 float lanes per row), so results differ from the CPU backend by
- * float rounding of the sum only (tests/kernels/test_backend_conformance.c holds the bound).
+ * The order differs from the CPU's (8 float lanes per row, one float accumulator for the K-quants),
+ * so results differ from the CPU backend by float rounding of the sum only
+ * (tests/kernels/test_backend_conformance.c holds the bound).
  *
  * All files in kernels/cuda are compiled with -fmad=false: no multiply-add is fused unless written. */
 #include <limits.h>
