@@ -143,8 +143,8 @@ int cpu_matmul(struct cpu_pool *pool, enum spec_dtype wtype, const void *w, size
     const int64_t balanced = rows / ((int64_t)nth * 4);
     if (chunk > balanced)
         chunk = balanced;
-    if (t.tile) /* whole tiles of weight rows, except at the end */
-        chunk = chunk < CPU_TILE_ROWS ? CPU_TILE_ROWS : chunk - chunk % CPU_TILE_ROWS;
+    if (t.tile) /* whole tiles of weight rows, except at the end; one tile when each is much work */
+        chunk = chunk < CPU_TILE_ROWS || n > CPU_TILE_ROWS ? CPU_TILE_ROWS : chunk - chunk % CPU_TILE_ROWS;
     t.chunk_rows = chunk > 0 ? chunk : 1;
     atomic_init(&t.next_chunk, 0);
     cpu_pool_run(pool, matmul_worker, &t);
