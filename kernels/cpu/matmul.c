@@ -5,9 +5,9 @@
  * Each weight row is dotted with a tile of up to ACT_TILE activation rows while it is in L1, so for
  * the small batches of speculative verification every weight byte comes from memory once. Where the
  * ISA has a tile kernel for the type and batch size (AMX), weight rows go CPU_TILE_ROWS at a time
- * through it, with up to CPU_TILE_MAX_BATCH activation rows per pass (the
- * weights are rearranged once per pass); its results are bit-identical to the dot kernel's, so which
- * path a batch takes never shows in the logits. */
+ * through it, with up to CPU_TILE_MAX_BATCH activation rows per pass (the weights are rearranged
+ * once per pass); its results are bit-identical to the dot kernel's, so which path a batch takes
+ * never shows in the logits. */
 #include <stdatomic.h>
 #include <string.h>
 
@@ -126,7 +126,8 @@ int cpu_matmul(struct cpu_pool *pool, enum spec_dtype wtype, const void *w, size
         t.from_float = cpu_from_float_kernel(vtype, isa);
         t.xq_stride = xq_bytes;
         /* the tile kernel reads whole tiles of activation rows in batches over one tile: zero rows pad */
-        const int64_t n_alloc = t.tile && n > CPU_TILE_ROWS ? (n + CPU_TILE_ROWS - 1) / CPU_TILE_ROWS * CPU_TILE_ROWS : n;
+        const int64_t n_alloc =
+            t.tile && n > CPU_TILE_ROWS ? (n + CPU_TILE_ROWS - 1) / CPU_TILE_ROWS * CPU_TILE_ROWS : n;
         if ((uint64_t)n_alloc > SIZE_MAX / xq_bytes)
             return SPEC_E_RANGE;
         char *xq = cpu_pool_scratch(pool, (size_t)n_alloc * xq_bytes);

@@ -850,8 +850,8 @@ static void isa_detect(void)
     if (isa_present[CPU_ISA_AVX512] && amx_cpu) {
         uint32_t xcr0_lo, xcr0_hi;
         __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
-        isa_present[CPU_ISA_AMX] =
-            (xcr0_lo & (3u << 17)) == (3u << 17) && syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+        isa_present[CPU_ISA_AMX] = (xcr0_lo & (3u << 17)) == (3u << 17) &&
+                                   syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
     }
 }
 
