@@ -5,7 +5,8 @@
  * so that the daemon's overhead is a ratio measured in one run on one machine.
  *
  *   bench_daemon --target T.gguf [--draft D.gguf] [-n TOKENS] [--requests R] [--clients 1,4,16]
- *                [--threads N] [--pairs P] [--no-spec] [--chatml]
+ *                [--threads N] [--pairs P] [--draft-min G] [--no-spec] [--chatml]
+ * --draft-min G: the daemon's smallest adaptive draft length (default 1; 0 lets a round go undrafted).
  * The overhead is the median over P (default 16) back-to-back pairs of one request through the daemon
  * and the same request in-process.
  * --chatml wraps each prompt in the ChatML template of SmolLM2/Qwen2.5 instruct models, so that they
@@ -46,7 +47,7 @@ static const char *const prompts[] = {
 
 struct args {
     const char *target, *draft;
-    int n_gen, requests, n_threads, n_levels, pairs;
+    int n_gen, requests, n_threads, n_levels, pairs, draft_min;
     int levels[MAX_LEVELS];
     bool no_spec, chatml;
 };
@@ -64,7 +65,8 @@ static const char *prompt_text(const struct args *a, int i, char *buf)
 
 static int parse_args(int argc, char **argv, struct args *a)
 {
-    *a = (struct args){.n_gen = 64, .requests = 4, .n_threads = 2, .n_levels = 3, .levels = {1, 4, 16}, .pairs = 16};
+    *a = (struct args){.n_gen = 64, .requests = 4, .n_threads = 2, .n_levels = 3, .levels = {1, 4, 16}, .pairs = 16,
+                       .draft_min = 1};
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i];
         if (!strcmp(o, "--no-spec") || !strcmp(o, "--chatml")) {
@@ -86,6 +88,8 @@ static int parse_args(int argc, char **argv, struct args *a)
             a->n_threads = atoi(v);
         else if (!strcmp(o, "--pairs"))
             a->pairs = atoi(v);
+        else if (!strcmp(o, "--draft-min"))
+            a->draft_min = atoi(v);
         else if (!strcmp(o, "--clients")) {
             if ((a->n_levels = bench_int_list(v, a->levels, MAX_LEVELS)) < 0)
                 return -1;
@@ -95,7 +99,8 @@ static int parse_args(int argc, char **argv, struct args *a)
     for (int i = 0; i < a->n_levels; i++)
         if (a->levels[i] < 1 || a->levels[i] > 64)
             return -1;
-    return a->target && a->n_gen > 0 && a->requests > 0 && a->n_threads > 0 && a->pairs > 0 && a->pairs <= MAX_PAIRS
+    return a->target && a->n_gen > 0 && a->requests > 0 && a->n_threads > 0 && a->pairs > 0 && a->pairs <= MAX_PAIRS &&
+                   a->draft_min >= 0 && a->draft_min <= DRAFT_MAX
                ? 0
                : -1;
 }
@@ -180,7 +185,7 @@ static int run_level(const struct args *a, const char *socket, int n_clients, do
 
 static pid_t start_daemon(const struct args *a, const char *socket, int max_seqs)
 {
-    char exe[PATH_MAX], daemon[PATH_MAX + 8], threads[16], seqs[16], ctx[16], dmax[16];
+    char exe[PATH_MAX], daemon[PATH_MAX + 8], threads[16], seqs[16], ctx[16], dmax[16], dmin[16];
     const ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
     if (n <= 0)
         return -1;
@@ -191,8 +196,9 @@ static pid_t start_daemon(const struct args *a, const char *socket, int max_seqs
     snprintf(seqs, sizeof seqs, "%d", max_seqs);
     snprintf(ctx, sizeof ctx, "%d", CTX);
     snprintf(dmax, sizeof dmax, "%d", DRAFT_MAX);
+    snprintf(dmin, sizeof dmin, "%d", a->draft_min);
     const char *argv[24] = {daemon,        "--target", a->target, "--socket",  socket, "--threads",  threads,
-                            "--max-seqs",  seqs,       "--ctx",   ctx,         "--draft-max", dmax, "--draft-min", "1",
+                            "--max-seqs",  seqs,       "--ctx",   ctx,         "--draft-max", dmax, "--draft-min", dmin,
                             "--log-level", "warn",     "--max-clients", "128"};
     int argc = 19;
     if (a->draft) {
@@ -245,7 +251,7 @@ static int in_process_open(const struct args *a, struct in_process *ip)
     if (!err && a->draft)
         err = model_load(a->draft, ip->be, &ip->draft);
     const struct engine_config cfg = {.target = ip->target, .draft = ip->draft, .n_ctx = CTX, .draft_max = DRAFT_MAX,
-                                      .draft_min = 1, .adaptive = true, .penalty_window = 64, .max_seqs = 1};
+                                      .draft_min = a->draft_min, .adaptive = true, .penalty_window = 64, .max_seqs = 1};
     if (!err)
         err = engine_new(&cfg, &ip->e);
     if (err) {

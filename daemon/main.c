@@ -25,7 +25,8 @@ static void usage(FILE *f)
             "  --threads N          CPU compute threads (default: one per core)\n"
             "  --ctx N              context per request in tokens (default 4096, at most the target's)\n"
             "  --draft-max N        largest draft length per round (default 8, 1..%d)\n"
-            "  --draft-min N        smallest adaptive draft length (default 1)\n"
+            "  --draft-min N        smallest adaptive draft length (default 1); 0 lets rounds go undrafted\n"
+            "                       when drafting does not pay: faster under load, slower for one client\n"
             "  --draft-vocab N      the draft scores only token ids below N: a cheaper draft step, the\n"
             "                       same output (default: the whole vocabulary)\n"
             "  --max-seqs N         requests generating at once, batched together (default 8, 1..%d)\n"
@@ -135,7 +136,7 @@ static int parse_args(int argc, char **argv, struct options *o)
                 o->draft_max = (int)v;
             break;
         case O_DRAFT_MIN:
-            if (!(rc = num(name, optarg, 10, 1, ENGINE_MAX_DRAFT, &v)))
+            if (!(rc = num(name, optarg, 10, 0, ENGINE_MAX_DRAFT, &v)))
                 o->draft_min = (int)v;
             break;
         case O_DRAFT_VOCAB:

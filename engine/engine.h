@@ -28,7 +28,10 @@ struct engine_config {
     struct model *draft; /* NULL: prompt-lookup (n-gram) drafting */
     int n_ctx;           /* context per sequence; <= 0: the target's training context */
     int draft_max;       /* largest γ (1..ENGINE_MAX_DRAFT) */
-    int draft_min;       /* smallest γ the adaptive choice may pick (1..draft_max) */
+    int draft_min;       /* smallest γ the adaptive choice may pick (0..draft_max); 0 lets a round go
+                          * without drafts when they do not pay (a useless draft, or many requests
+                          * sharing the passes), and such rounds let the acceptance estimate drift back
+                          * up so that drafting is tried again now and then */
     bool adaptive;       /* choose γ each round from acceptance and cost; else always draft_max */
     float draft_min_prob; /* stop a draft run once the draft's probability of its token falls below */
     int penalty_window;  /* tokens the repetition penalties look back over (llama.cpp: 64) */

@@ -19,7 +19,7 @@ static void usage(FILE *f)
             "  --seed S            sampling seed (default 0)\n"
             "  --stop STR          end the text before STR (repeatable, up to 8)\n"
             "  --draft-max N       largest draft run (default 8)\n"
-            "  --draft-min N       smallest adaptive draft run (default 1)\n"
+            "  --draft-min N       smallest adaptive draft run; 0: a round may go undrafted (default 1)\n"
             "  --fixed-draft       always draft --draft-max tokens (no adaptive choice)\n"
             "  --draft-min-prob P  end a draft run when the draft's probability drops below P (default 0)\n"
             "  --draft-vocab N     the draft scores only token ids below N (default: all; output unchanged)\n"

@@ -107,6 +107,43 @@ Test(engine, greedy_speculative_output_equals_target_only_qwen2)
     tsupport_mem_model_free(&t);
 }
 
+/* Adaptive γ with draft_min 0 on a draft that is never right here (an unrelated model): rounds go
+ * undrafted once its acceptance estimate has fallen, and the output is still the target's; with
+ * draft_min 1 every round drafts. */
+Test(engine, adaptive_draft_min_zero_stops_drafting_a_useless_draft)
+{
+    struct model_synth_config tc = target_cfg(MODEL_ARCH_LLAMA), dc = draft_cfg(MODEL_ARCH_LLAMA);
+    dc.seed = 99; /* another vocabulary's weights: the draft's guesses are unrelated to the target's */
+    struct mem_model t = tsupport_load_synth(&tc, be, (struct model_config){0}),
+                     d = tsupport_load_synth(&dc, be, (struct model_config){0});
+    const struct verify_params greedy = verify_params_default();
+    enum { N = 120 };
+    int32_t want[N], got[N];
+    struct engine *base = new_engine(t.m, NULL, 1, false);
+    const int n_want = generate(base, prompts[1], 8, N, false, greedy, 0, want, NULL);
+    engine_free(base);
+    struct engine_stats st[2];
+    for (int min = 0; min < 2; min++) {
+        const struct engine_config cfg = {.target = t.m, .draft = d.m, .n_ctx = 256, .draft_max = 4,
+                                          .draft_min = min, .adaptive = true, .penalty_window = 64};
+        struct engine *e = NULL;
+        cr_assert_eq(engine_new(&cfg, &e), SPEC_OK);
+        const int n = generate(e, prompts[1], 8, N, true, greedy, 0, got, &st[min]);
+        cr_assert_eq(n, n_want);
+        cr_assert_arr_eq(got, want, sizeof(int32_t) * (size_t)n, "draft_min %d: the output is not the target's", min);
+        engine_free(e);
+    }
+    cr_assert_lt((double)st[1].n_accepted, 0.3 * (double)st[1].n_drafted, "the draft should be mostly wrong (%d of %d)",
+                 st[1].n_accepted, st[1].n_drafted);
+    cr_assert_geq(st[1].n_drafted, st[1].n_target_passes, "draft_min 1 drafts every round");
+    cr_assert_lt(st[0].n_drafted * 4, st[1].n_drafted, "draft_min 0 drafted %d tokens, draft_min 1 %d",
+                 st[0].n_drafted, st[1].n_drafted);
+    cr_assert_gt(st[0].n_drafted, 0, "the first rounds draft (the prior acceptance)");
+    cr_assert_eq(n_want, N, "a long enough run to see the choice settle");
+    tsupport_mem_model_free(&d);
+    tsupport_mem_model_free(&t);
+}
+
 /* A draft that scores only the first 150 of 300 ids never proposes the others; the output stays the
  * target's. */
 Test(engine, greedy_speculative_output_equals_target_only_with_a_vocabulary_limited_draft)
