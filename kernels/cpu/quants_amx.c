@@ -282,7 +282,7 @@ enum kquant { KQ_Q4_K, KQ_Q6_K };
 
 /* c[g] = the products of scale group g: the activation rows' bytes of the group (from qs, x_stride
  * apart) times its B tile; four groups per pass. */
-static ALWAYS_INLINE void products(enum kquant kind, int groups, const char *qs, size_t x_stride,
+static ALWAYS_INLINE void products(enum kquant kind, const char *qs, size_t x_stride,
                                    const uint8_t (*b)[64], int32_t c[16][TILE][TILE])
 {
     const int gb = KQ_GROUP_BYTES(kind);
@@ -296,7 +296,7 @@ static ALWAYS_INLINE void products(enum kquant kind, int groups, const char *qs,
         else                                                                                            \
             _tile_dpbssd(C, A, B);                                                                      \
     } while (0)
-    for (int t = 0; t < groups; t += 4) {
+    for (int t = 0; t < KQ_GROUPS(kind); t += 4) {
         _tile_zero(0);
         _tile_zero(1);
         _tile_zero(2);
@@ -314,10 +314,10 @@ static ALWAYS_INLINE void products(enum kquant kind, int groups, const char *qs,
 }
 
 /* Row r's super-block sum from the per-group products: sum over g of c[g][r] * sc[g]. */
-static ALWAYS_INLINE __m512i group_sum(int32_t c[16][TILE][TILE], const __m512i *sc, int groups, int r)
+static ALWAYS_INLINE __m512i group_sum(enum kquant kind, int32_t c[16][TILE][TILE], const __m512i *sc, int r)
 {
     __m512i sum = _mm512_mullo_epi32(_mm512_load_si512((const void *)c[0][r]), sc[0]);
-    for (int g = 1; g < groups; g++)
+    for (int g = 1; g < KQ_GROUPS(kind); g++)
         sum = _mm512_add_epi32(sum, _mm512_mullo_epi32(_mm512_load_si512((const void *)c[g][r]), sc[g]));
     return sum;
 }
@@ -349,7 +349,7 @@ static ALWAYS_INLINE void tile_kquant(enum kquant kind, int64_t k, const void *w
                                       size_t x_stride, int nx, float *y, size_t y_stride)
 {
     const int64_t nb = k / CPU_QK_K;
-    const int groups = KQ_GROUPS(kind), gb = KQ_GROUP_BYTES(kind);
+    const int gb = KQ_GROUP_BYTES(kind);
     const size_t w_block = kind == KQ_Q4_K ? sizeof(struct cpu_block_q4_K) : sizeof(struct cpu_block_q6_K);
     const __m512i row_offsets = _mm512_mullo_epi32(
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32((int)w_row_bytes));
@@ -385,14 +385,14 @@ static ALWAYS_INLINE void tile_kquant(enum kquant kind, int64_t k, const void *w
             if (scaled)
                 products_scaled(qs, x_stride, b, c);
             else
-                products(kind, groups, qs, x_stride, b[0], c);
+                products(kind, qs, x_stride, b[0], c);
             const int rows = nx - r0 < TILE ? nx - r0 : TILE;
             for (int r = 0; r < rows; r++) {
                 const struct cpu_block_q8_K *xb = (const void *)(xblk + (size_t)r * x_stride);
                 const __m512i sum =
                     scaled ? _mm512_add_epi32(_mm512_slli_epi32(_mm512_load_si512((const void *)c[0][r]), 8),
                                               _mm512_load_si512((const void *)c[1][r]))
-                           : group_sum(c, sc, groups, r);
+                           : group_sum(kind, c, sc, r);
                 const __m512 prev = _mm512_load_ps(acc[r0 + r]);
                 _mm512_store_ps(acc[r0 + r], kind == KQ_Q4_K ? q4_K_finish(xb, &s.q4, sum, prev)
                                                              : q6_K_finish(xb, &s.q6, sum, prev));
