@@ -10,8 +10,11 @@
  *  - decode at batch 1 after P tokens of context: tokens/s, and the bytes one step must read (every
  *    weight matrix once, the embedding row aside, plus the K and V caches of the P positions) divided
  *    by the step time, as a percentage of the copy bandwidth (the roofline);
- *  - verification of γ+1 positions (the last accepted token and γ drafts, every position's logits to
- *    the host) for γ = 1 … G, as a multiple of one decode step's time.
+ *  - verification of γ+1 positions (the last accepted token and γ drafts) for γ = 1 … G, as a
+ *    multiple of one decode step's time.
+ * Decode and verification return each position's greedy id (the backend's argmax), as the engine
+ * runs greedy requests; one more line times decode with the whole row of logits copied to the host,
+ * as sampled requests need it.
  * Every figure is the median of repeated runs, each rolled back so that all start at position P. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,18 +71,21 @@ static int cmp_double(const void *x, const void *y)
 
 #define MAX_RUNS 256
 
-/* Median seconds of one forward of n tokens at position pos (then rolled back), repeated for about
+/* Median seconds of one forward of n tokens at position pos (then rolled back), every position's
+ * greedy id to `ids` or, when logits is not NULL, its logits to `logits`; repeated for about
  * `seconds` (at least 3 runs). */
-static int time_forward(struct model *m, struct model_seq *s, const int32_t *tokens, int n, float *logits,
-                        double seconds, double *median)
+static int time_forward(struct model *m, struct model_seq *s, const int32_t *tokens, int n, int32_t *ids,
+                        float *logits, double seconds, double *median)
 {
+    const struct model_batch_item it = {.s = s, .tokens = tokens, .n = n, .all_logits = true,
+                                        .logits = logits, .argmax = logits ? NULL : ids};
     double t[MAX_RUNS];
     int runs = 0;
     const int pos = model_seq_len(s);
     const double end = bench_now_s() + seconds;
     while (runs < MAX_RUNS && (runs < 3 || bench_now_s() < end)) {
         const double t0 = bench_now_s();
-        int err = model_forward(m, s, tokens, n, logits);
+        int err = model_forward_batch(m, &it, 1);
         t[runs++] = bench_now_s() - t0;
         if (err || (err = model_seq_truncate(s, pos)))
             return err;
@@ -158,7 +164,7 @@ int main(int argc, char **argv)
     struct kern_backend *be = NULL;
     struct model *m = NULL;
     struct model_seq *s = NULL;
-    int32_t *tokens = NULL;
+    int32_t *tokens = NULL, ids[65];
     float *logits = NULL;
     double copy_bw = 0.0, wbytes = 0.0;
     int err = kern_backend_create(a.device, &(struct kern_backend_config){.n_threads = a.n_threads}, &be);
@@ -173,7 +179,7 @@ int main(int argc, char **argv)
     const int n_vocab = m ? model_n_vocab(m) : 0;
     if (!err) {
         tokens = malloc((size_t)(a.pos + a.gamma_max + 1) * sizeof *tokens);
-        logits = malloc((size_t)(a.gamma_max + 1) * (size_t)n_vocab * sizeof *logits);
+        logits = malloc((size_t)n_vocab * sizeof *logits);
         if (!tokens || !logits)
             err = SPEC_E_NOMEM;
     }
@@ -185,11 +191,13 @@ int main(int argc, char **argv)
         }
         err = model_forward_last(m, s, tokens, a.pos, NULL);
     }
-    double t1 = 0.0, tv[65] = {0};
+    double t1 = 0.0, t1_logits = 0.0, tv[65] = {0};
     if (!err)
-        err = time_forward(m, s, tokens + a.pos, 1, logits, a.seconds, &t1);
+        err = time_forward(m, s, tokens + a.pos, 1, ids, NULL, a.seconds, &t1);
+    if (!err)
+        err = time_forward(m, s, tokens + a.pos, 1, ids, logits, a.seconds, &t1_logits);
     for (int g = 1; g <= a.gamma_max && !err; g++)
-        err = time_forward(m, s, tokens + a.pos, g + 1, logits, a.seconds, &tv[g]);
+        err = time_forward(m, s, tokens + a.pos, g + 1, ids, NULL, a.seconds, &tv[g]);
     if (err) {
         fprintf(stderr, "bench_roofline: %s (%s)\n", spec_strerror(err), spec_errname(err));
         free(logits);
@@ -210,7 +218,8 @@ int main(int argc, char **argv)
     printf("| copy bandwidth (read + write, %d MiB) | %.1f GB/s |\n", a.copy_mib, copy_bw / 1e9);
     printf("| bytes per decode step (weights + KV at pos %d) | %.1f MB + %.1f MB |\n", a.pos, wbytes / 1e6,
            kv_bytes / 1e6);
-    printf("| decode, batch 1 | %.2f ms/token, %.1f tokens/s |\n", t1 * 1e3, 1.0 / t1);
+    printf("| decode, batch 1 (greedy id back) | %.2f ms/token, %.1f tokens/s |\n", t1 * 1e3, 1.0 / t1);
+    printf("| decode, batch 1 (logits back) | %.2f ms/token, %.1f tokens/s |\n", t1_logits * 1e3, 1.0 / t1_logits);
     printf("| decode bandwidth | %.1f GB/s = %.1f%% of copy bandwidth |\n", step_bw / 1e9, 100.0 * step_bw / copy_bw);
     printf("\n| γ | positions | verify time | verify / decode |\n|---|---|---|---|\n");
     for (int g = 1; g <= a.gamma_max; g++)

@@ -35,7 +35,9 @@ struct draft_model_run {
     size_t n_ctx;
     int max_out;                    /* >= 1 */
     int32_t *out;                   /* max_out proposed tokens */
-    float *q;                       /* max_out x n_vocab processed draft distributions */
+    float *q;                       /* max_out x n_vocab processed draft distributions; not written for raw
+                                     * greedy runs (verify_params_raw_greedy): greedy verification compares
+                                     * tokens, and the backend picks them without moving logits to the host */
     float *logits;                  /* n_vocab floats of scratch */
     int n_out;                      /* result: tokens proposed (>= 1 unless err) */
     int err;                        /* result: a named error that ended this run's drafting */

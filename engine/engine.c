@@ -35,6 +35,7 @@ struct slot {
     /* this round */
     int gamma, n_drafts;
     int32_t drafts[ENGINE_MAX_DRAFT];
+    int32_t choice[ENGINE_MAX_DRAFT + 1]; /* greedy requests: the target's token at each scored position */
     /* text: decoded bytes not yet handed out, because they may begin a stop string */
     struct tok_stream ts;
     char *text;
@@ -436,8 +437,8 @@ static double propose(struct engine *e, struct slot **act, int n_act)
             finish(sl, ENGINE_FINISH_ERROR, rc);
             continue;
         }
-        /* prompt lookup is certain of its guess: q is one-hot */
-        for (int k = 0; k < sl->n_drafts; k++) {
+        /* prompt lookup is certain of its guess: q is one-hot (greedy verification compares tokens only) */
+        for (int k = 0; k < sl->n_drafts && sl->sp.temperature > 0.0f; k++) {
             float *qk = sl->q + (size_t)k * (size_t)e->n_vocab;
             memset(qk, 0, (size_t)e->n_vocab * sizeof *qk);
             qk[sl->drafts[k]] = 1.0f;
@@ -461,16 +462,12 @@ static double propose(struct engine *e, struct slot **act, int n_act)
     return now() - t0;
 }
 
-/* Accepted prefix plus the corrected or bonus token, from the target rows in sl->p. */
+/* Accepted prefix plus the corrected or bonus token, from the target's greedy tokens in sl->choice or
+ * its rows in sl->p. */
 static int verify(struct engine *e, struct slot *sl, int32_t *accepted, int *n_accepted)
 {
-    const size_t v = (size_t)e->n_vocab;
-    if (sl->sp.temperature == 0.0f) {
-        int32_t target[ENGINE_MAX_DRAFT + 1];
-        for (int i = 0; i <= sl->n_drafts; i++)
-            SPEC_TRY(verify_argmax(sl->p + (size_t)i * v, e->n_vocab, &target[i]));
-        return verify_round_greedy(sl->drafts, sl->n_drafts, target, accepted, n_accepted);
-    }
+    if (sl->sp.temperature == 0.0f)
+        return verify_round_greedy(sl->drafts, sl->n_drafts, sl->choice, accepted, n_accepted);
     const struct verify_round r = {.p = sl->p, .q = sl->q, .draft = sl->drafts, .n_draft = sl->n_drafts,
                                    .n_vocab = e->n_vocab, .seed = sl->sp.seed, .seq = sl->seq_id,
                                    .pos0 = sl->n_hist, .scratch = e->residual};
@@ -574,7 +571,8 @@ int engine_step(struct engine *e)
         memcpy(sl->hist + sl->n_hist, sl->drafts, (size_t)sl->n_drafts * sizeof *sl->hist);
         who[n_items] = sl;
         items[n_items++] = (struct target_item){.s = sl->tseq, .ctx = sl->hist, .n_ctx_before = sl->n_hist - 1,
-                                                .n = sl->n_drafts + 1, .sp = &sl->sp, .p = sl->p};
+                                                .n = sl->n_drafts + 1, .sp = &sl->sp, .p = sl->p,
+                                                .choice = sl->choice};
         n_drafts += sl->n_drafts;
     }
     if (n_items == 0)

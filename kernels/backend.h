@@ -142,6 +142,7 @@ int kern_store_rows_check(const struct kern_tensor *src, const struct kern_tenso
 int kern_attention_check(const struct kern_tensor *q, const struct kern_tensor *k_cache,
                          const struct kern_tensor *v_cache, const struct kern_attn_params *p,
                          const struct kern_tensor *out);
+int kern_argmax_check(const struct kern_tensor *x, const int32_t *ids);
 
 struct kern_backend;
 
@@ -189,6 +190,12 @@ struct kern_backend_ops {
     /* out = a + b, elementwise (out may alias either input). */
     int (*add)(struct kern_backend *be, const struct kern_tensor *a, const struct kern_tensor *b,
                struct kern_tensor *out);
+    /* Greedy choices without moving rows of logits to the host. For every row r of x (F32), ids[r] is
+     * the index of its largest value, the lowest index on ties, never a NaN or -inf (-1 when the row
+     * holds nothing else). probs, when not NULL, gets that value's softmax probability over the row:
+     * 1 / sum_j exp(x_j - x_best) over the non-NaN x_j, summed in double (1 when x_best is +inf, 0
+     * when ids[r] is -1). ids and probs are host arrays of x->ne1 entries. */
+    int (*argmax)(struct kern_backend *be, const struct kern_tensor *x, int32_t *ids, float *probs);
 };
 
 struct kern_backend {

@@ -101,3 +101,10 @@ int kern_attention_check(const struct kern_tensor *q, const struct kern_tensor *
         return SPEC_E_RANGE;
     return SPEC_OK;
 }
+
+int kern_argmax_check(const struct kern_tensor *x, const int32_t *ids)
+{
+    if (!is_f32(x) || !ids)
+        return SPEC_E_INVALID_ARG;
+    return SPEC_OK;
+}

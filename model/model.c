@@ -28,6 +28,8 @@ struct model_scratch {
     struct kern_tensor logits;    /* n_logits */
     int32_t *pos;                 /* host: each row's position */
     int32_t *ids;                 /* host: each row's token, then the rows that want logits */
+    int32_t *pick;                /* host: each logits row's argmax */
+    float *pick_prob;             /* host: its probability */
 };
 
 struct model {
@@ -247,6 +249,8 @@ static void scratch_free(struct model *m)
             be->ops->tensor_free(be, all[i]);
     free(m->s.pos);
     free(m->s.ids);
+    free(m->s.pick);
+    free(m->s.pick_prob);
     m->s = (struct model_scratch){0};
 }
 
@@ -268,7 +272,9 @@ static int scratch_alloc(struct model *m)
         SPEC_TRY(be->ops->tensor_alloc(be, SPEC_F32, plan[i].ne0, nb, plan[i].t));
     m->s.pos = malloc((size_t)nb * sizeof(int32_t));
     m->s.ids = malloc((size_t)nb * sizeof(int32_t));
-    return m->s.pos && m->s.ids ? SPEC_OK : SPEC_E_NOMEM;
+    m->s.pick = malloc((size_t)nb * sizeof(int32_t));
+    m->s.pick_prob = malloc((size_t)nb * sizeof(float));
+    return m->s.pos && m->s.ids && m->s.pick && m->s.pick_prob ? SPEC_OK : SPEC_E_NOMEM;
 }
 
 static int model_build(struct loader *ld, const struct model_config *cfg, struct model *m)
@@ -551,23 +557,36 @@ static int logits_to_host(struct model *m, const struct kern_tensor *lg, int row
     return SPEC_OK;
 }
 
-/* Logits of the rows the segments want: the rows are gathered into xb, normalised and multiplied by
- * the output matrix (its first n_logits rows), then copied to each item's buffer. */
+/* Which of segment sg's rows have outputs: the first (relative to sg's rows) and how many. */
+static int output_rows(const struct segment *sg, int *first)
+{
+    const struct model_batch_item *it = sg->it;
+    *first = 0;
+    if (!it->logits && !it->argmax)
+        return 0;
+    if (it->all_logits)
+        return sg->n;
+    *first = sg->n - 1;
+    return sg->off + sg->n == it->n ? 1 : 0;
+}
+
+/* Outputs of the rows the segments want: the rows are gathered into xb, normalised and multiplied by
+ * the output matrix (its first n_logits rows); then logits are copied to the items that want them,
+ * and one argmax call over all these rows serves the items that want greedy choices. */
 static int step_logits(struct model *m, const struct segment *sg, int n_sg)
 {
     struct kern_backend *be = m->be;
     const struct kern_backend_ops *op = be->ops;
     const size_t nv = (size_t)m->hp.n_vocab;
     int n_out = 0;
+    bool pick = false, pick_prob = false;
     for (int i = 0; i < n_sg; i++) {
-        const struct model_batch_item *it = sg[i].it;
-        if (!it->logits)
-            continue;
-        if (it->all_logits)
-            for (int r = 0; r < sg[i].n; r++)
-                m->s.ids[n_out++] = sg[i].row0 + r;
-        else if (sg[i].off + sg[i].n == it->n)
-            m->s.ids[n_out++] = sg[i].row0 + sg[i].n - 1;
+        int first;
+        const int k = output_rows(&sg[i], &first);
+        for (int r = 0; r < k; r++)
+            m->s.ids[n_out++] = sg[i].row0 + first + r;
+        pick |= k > 0 && sg[i].it->argmax;
+        pick_prob |= k > 0 && sg[i].it->argmax && sg[i].it->argmax_prob;
     }
     if (n_out == 0)
         return SPEC_OK;
@@ -576,18 +595,23 @@ static int step_logits(struct model *m, const struct segment *sg, int n_sg)
     SPEC_TRY(op->get_rows(be, &m->s.x, m->s.ids, n_out, &xo));
     SPEC_TRY(op->rms_norm(be, &xo, &m->output_norm, m->hp.norm_eps, &xo));
     SPEC_TRY(op->matmul(be, &head, &xo, &lg));
+    if (pick)
+        SPEC_TRY(op->argmax(be, &lg, m->s.pick, pick_prob ? m->s.pick_prob : NULL));
     int row = 0;
     for (int i = 0; i < n_sg; i++) {
         const struct model_batch_item *it = sg[i].it;
-        if (!it->logits)
+        int first;
+        const int k = output_rows(&sg[i], &first);
+        if (k == 0)
             continue;
-        if (it->all_logits) {
-            SPEC_TRY(logits_to_host(m, &lg, row, sg[i].n, it->logits + (size_t)sg[i].off * nv));
-            row += sg[i].n;
-        } else if (sg[i].off + sg[i].n == it->n) {
-            SPEC_TRY(logits_to_host(m, &lg, row, 1, it->logits));
-            row++;
-        }
+        const int at = it->all_logits ? sg[i].off : 0; /* the item's index of this segment's first output */
+        if (it->logits)
+            SPEC_TRY(logits_to_host(m, &lg, row, k, it->logits + (size_t)at * nv));
+        if (it->argmax)
+            memcpy(it->argmax + at, m->s.pick + row, (size_t)k * sizeof *it->argmax);
+        if (it->argmax && it->argmax_prob)
+            memcpy(it->argmax_prob + at, m->s.pick_prob + row, (size_t)k * sizeof *it->argmax_prob);
+        row += k;
     }
     return SPEC_OK;
 }

@@ -106,8 +106,13 @@ struct model_batch_item {
     struct model_seq *s;
     const int32_t *tokens;
     int n;
+    bool all_logits; /* the outputs below cover all n positions, else the last one only */
     float *logits;   /* NULL: none; else n x n_vocab floats (all_logits) or the last position's n_vocab */
-    bool all_logits;
+    /* NULL: none; else each position's greedy choice, made by the backend without moving its logits to
+     * the host: argmax[i] is the largest logit's id (lowest on ties, never NaN; -1 when all are NaN or -inf),
+     * argmax_prob[i] (optional) its softmax probability (kern_backend_ops.argmax). */
+    int32_t *argmax;
+    float *argmax_prob;
 };
 
 /* Append each item's tokens to its own sequence in one pass: every weight matrix is read once for the

@@ -27,11 +27,13 @@ int target_score(struct model *m, struct target_item *items, int n_items, size_t
     if (!m || !items || n_items <= 0 || n_items > TARGET_MAX_ITEMS || model_n_vocab(m) != ts->n_vocab)
         return SPEC_E_INVALID_ARG;
     const size_t v = (size_t)ts->n_vocab;
-    size_t rows = 0;
+    size_t rows = 0; /* rows whose logits come to the host */
     for (int i = 0; i < n_items; i++) {
-        if (items[i].n <= 0 || !items[i].p || !items[i].ctx || !items[i].sp)
+        const struct target_item *it = &items[i];
+        if (it->n <= 0 || !it->p || !it->ctx || !it->sp || (it->sp->temperature == 0.0f && !it->choice))
             return SPEC_E_INVALID_ARG;
-        rows += (size_t)items[i].n;
+        if (!verify_params_raw_greedy(it->sp))
+            rows += (size_t)it->n;
     }
     if (rows > ts->cap_rows) {
         float *grown = realloc(ts->logits, rows * v * sizeof *grown);
@@ -44,19 +46,30 @@ int target_score(struct model *m, struct target_item *items, int n_items, size_t
     size_t row = 0;
     for (int i = 0; i < n_items; i++) {
         batch[i] = (struct model_batch_item){.s = items[i].s, .tokens = items[i].ctx + items[i].n_ctx_before,
-                                             .n = items[i].n, .logits = ts->logits + row * v, .all_logits = true};
-        row += (size_t)items[i].n;
+                                             .n = items[i].n, .all_logits = true};
+        if (verify_params_raw_greedy(items[i].sp)) {
+            batch[i].argmax = items[i].choice;
+        } else {
+            batch[i].logits = ts->logits + row * v;
+            row += (size_t)items[i].n;
+        }
     }
     SPEC_TRY(model_forward_batch(m, batch, n_items));
     for (int i = 0; i < n_items; i++) {
         struct target_item *it = &items[i];
         it->err = SPEC_OK;
         for (int r = 0; r < it->n && !it->err; r++) {
+            if (batch[i].argmax) {
+                it->err = it->choice[r] < 0 ? SPEC_E_NUMERIC : SPEC_OK;
+                continue;
+            }
             const int32_t *w;
             size_t nw;
+            float *pr = it->p + (size_t)r * v;
             verify_penalty_window(it->ctx, it->n_ctx_before + (size_t)r + 1, penalty_window, &w, &nw);
-            it->err = verify_process(it->sp, batch[i].logits + (size_t)r * v, ts->n_vocab, w, nw, ts->vs,
-                                     it->p + (size_t)r * v);
+            it->err = verify_process(it->sp, batch[i].logits + (size_t)r * v, ts->n_vocab, w, nw, ts->vs, pr);
+            if (!it->err && it->sp->temperature == 0.0f)
+                it->err = verify_argmax(pr, ts->n_vocab, &it->choice[r]);
         }
     }
     return SPEC_OK;

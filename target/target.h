@@ -1,7 +1,8 @@
 /* Target scoring: ONE forward pass of the target model over the last accepted token plus the draft
  * tokens of every active sequence (γ may differ per sequence), yielding the processed distribution p
  * at every position (the same sampler settings as each request, so verification compares like with
- * like). */
+ * like), and for greedy requests the greedy token. Raw greedy requests get their tokens from the
+ * backend, so only ids cross to the host for them. */
 #ifndef SPECD_TARGET_TARGET_H
 #define SPECD_TARGET_TARGET_H
 
@@ -18,7 +19,9 @@ struct target_item {
     size_t n_ctx_before;      /* the scored tokens are ctx[n_ctx_before .. n_ctx_before + n) */
     int n;
     const struct verify_params *sp;
-    float *p;                 /* out: n x n_vocab processed rows; row i predicts the token after ctx[n_ctx_before + i] */
+    float *p;                 /* out: n x n_vocab processed rows; row i predicts the token after ctx[n_ctx_before + i].
+                               * Not written for raw greedy requests (verify_params_raw_greedy) */
+    int32_t *choice;          /* out, greedy requests only: the n greedy tokens, choice[i] from row i */
     int err;                  /* out: a named error in this item's rows (the others are still valid) */
 };
 

@@ -89,11 +89,20 @@ int verify_argmax(const float *logits, int32_t n_vocab, int32_t *token)
     return SPEC_OK;
 }
 
+static bool penalised(const struct verify_params *p)
+{
+    return p->repeat_penalty != 1.0f || p->frequency_penalty != 0.0f || p->presence_penalty != 0.0f;
+}
+
+bool verify_params_raw_greedy(const struct verify_params *p)
+{
+    return p->temperature == 0.0f && !penalised(p);
+}
+
 static void apply_penalties(const struct verify_params *p, struct verify_scratch *s, const int32_t *recent,
                             size_t n_recent)
 {
-    const bool any = p->repeat_penalty != 1.0f || p->frequency_penalty != 0.0f || p->presence_penalty != 0.0f;
-    if (!any || !recent)
+    if (!penalised(p) || !recent)
         return;
     for (size_t i = 0; i < n_recent; i++)
         if (recent[i] >= 0 && recent[i] < s->n_vocab)

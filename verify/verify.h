@@ -11,6 +11,7 @@
 #ifndef SPECD_VERIFY_VERIFY_H
 #define SPECD_VERIFY_VERIFY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -29,6 +30,9 @@ struct verify_params {
 struct verify_params verify_params_default(void);
 /* SPEC_E_RANGE when a field is out of range or NaN. */
 int verify_params_check(const struct verify_params *p);
+/* Greedy without penalties: every choice is the argmax of the raw logits, which the backend can make
+ * itself (model_batch_item.argmax) so that no row of logits reaches the host. */
+bool verify_params_raw_greedy(const struct verify_params *p);
 
 /* Purposes of a random draw; each gets an independent stream. */
 enum verify_draw {

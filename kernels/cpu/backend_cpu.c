@@ -456,6 +456,51 @@ static int cpu_attention(struct kern_backend *be, const struct kern_tensor *q, c
 }
 
 /* ---------------------------------------------------------------------------------------------- */
+/* Greedy choice                                                                                  */
+
+struct argmax_task {
+    const struct kern_tensor *x;
+    int32_t *ids;
+    float *probs;
+};
+
+static void argmax_rows(void *arg, int ith, int nth)
+{
+    const struct argmax_task *t = arg;
+    const int64_t n = t->x->ne0;
+    for (int64_t r = ith; r < t->x->ne1; r += nth) {
+        const float *x = row_ptr(t->x, r);
+        int64_t best = -1;
+        for (int64_t i = 0; i < n; i++)
+            if (!isnan(x[i]) && x[i] != -INFINITY && (best < 0 || x[i] > x[best]))
+                best = i;
+        t->ids[r] = (int32_t)best;
+        if (!t->probs)
+            continue;
+        if (best < 0 || x[best] == INFINITY) {
+            t->probs[r] = best < 0 ? 0.0f : 1.0f;
+            continue;
+        }
+        const double max = x[best];
+        double sum = 0.0;
+        for (int64_t i = 0; i < n; i++)
+            if (!isnan(x[i]))
+                sum += exp((double)x[i] - max);
+        t->probs[r] = (float)(1.0 / sum);
+    }
+}
+
+static int cpu_argmax(struct kern_backend *be, const struct kern_tensor *x, int32_t *ids, float *probs)
+{
+    const int err = kern_argmax_check(x, ids);
+    if (err)
+        return err;
+    struct argmax_task t = {.x = x, .ids = ids, .probs = probs};
+    cpu_run(cpu_of(be), argmax_rows, &t, x->ne1 > 1 ? x->ne0 * x->ne1 : 0); /* a row is one thread's */
+    return SPEC_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
 
 static void cpu_destroy(struct kern_backend *be)
 {
@@ -481,6 +526,7 @@ static const struct kern_backend_ops cpu_ops = {
     .attention = cpu_attention,
     .swiglu = cpu_swiglu,
     .add = cpu_add,
+    .argmax = cpu_argmax,
 };
 
 int kern_cpu_backend_create(const struct kern_backend_config *cfg, struct kern_backend **out)

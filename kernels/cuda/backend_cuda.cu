@@ -26,6 +26,7 @@ struct cuda_backend {
     struct cuda_buf part; /* attention: per-chunk partial results */
     struct cuda_buf ids;  /* get_rows: token ids */
     struct cuda_buf rope; /* rope: the (cos, sin) table of the positions below */
+    struct cuda_buf pick; /* argmax: each row's id, then its probability */
     /* The positions and parameters the device table was made for: every layer's q and k of one
      * forward step rotate by the same positions, so the table is computed and uploaded once. */
     int32_t *rope_pos;
@@ -365,6 +366,30 @@ static int cuda_attention_op(struct kern_backend *be, const struct kern_tensor *
 }
 
 /* ---------------------------------------------------------------------------------------------- */
+/* Greedy choice: only an id (and a probability) per row comes back to the host                  */
+
+static int cuda_argmax_op(struct kern_backend *be, const struct kern_tensor *x, int32_t *ids, float *probs)
+{
+    int err = kern_argmax_check(x, ids);
+    if (err)
+        return err;
+    struct cuda_backend *cb = cuda_of(be);
+    const size_t rows = (size_t)x->ne1, id_bytes = (rows * sizeof(int32_t) + 255) & ~(size_t)255;
+    if ((err = err_of(cuda_buf_reserve(&cb->pick, id_bytes + rows * sizeof(float)))))
+        return err;
+    int32_t *d_ids = (int32_t *)cb->pick.p;
+    float *d_probs = probs ? (float *)((uint8_t *)cb->pick.p + id_bytes) : NULL;
+    if ((err = err_of(cuda_argmax(cb->stream, (const float *)x->data, fstride(x), (int)x->ne0, (int)rows, d_ids,
+                                  d_probs))) ||
+        (err = err_of(cudaMemcpyAsync(ids, d_ids, rows * sizeof(int32_t), cudaMemcpyDeviceToHost, cb->stream))))
+        return err;
+    if (probs &&
+        (err = err_of(cudaMemcpyAsync(probs, d_probs, rows * sizeof(float), cudaMemcpyDeviceToHost, cb->stream))))
+        return err;
+    return err_of(cudaStreamSynchronize(cb->stream));
+}
+
+/* ---------------------------------------------------------------------------------------------- */
 
 static void cuda_destroy(struct kern_backend *be)
 {
@@ -374,6 +399,7 @@ static void cuda_destroy(struct kern_backend *be)
     cuda_buf_release(&cb->part);
     cuda_buf_release(&cb->ids);
     cuda_buf_release(&cb->rope);
+    cuda_buf_release(&cb->pick);
     cudaStreamDestroy(cb->stream);
     free(cb->rope_pos);
     free(cb->rope_ff);
@@ -398,6 +424,7 @@ static const struct kern_backend_ops cuda_ops = {
     .attention = cuda_attention_op,
     .swiglu = cuda_swiglu,
     .add = cuda_add,
+    .argmax = cuda_argmax_op,
 };
 
 extern "C" int kern_cuda_backend_create(const struct kern_backend_config *cfg, struct kern_backend **out)

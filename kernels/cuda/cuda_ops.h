@@ -74,6 +74,10 @@ cudaError_t cuda_attention(cudaStream_t st, struct cuda_buf *part, const float *
                            enum spec_dtype v_type, const struct kern_attn_params *p, int n, float *out,
                            size_t out_stride);
 
+/* kern_backend.h's argmax into device arrays of `rows` entries (probs NULL: not computed). */
+cudaError_t cuda_argmax(cudaStream_t st, const float *x, size_t x_stride, int ne0, int rows, int32_t *ids,
+                        float *probs);
+
 /* cudaSuccess when this device can run the kernels (an image for its architecture is present). */
 cudaError_t cuda_kernels_usable(void);
 

@@ -141,6 +141,19 @@ cudaError_t cuda_get_rows(cudaStream_t st, enum spec_dtype type, const void *tab
 
 #define RMS_THREADS 256
 
+/* part[0] = the sum of part[0 .. N) by a fixed tree. Every thread of the block (N threads) calls it
+ * after writing its own part[tid]; all may read part[0] afterwards. */
+template <int N>
+static __device__ __forceinline__ void block_sum(double *part, int tid)
+{
+    __syncthreads();
+    for (int half = N / 2; half > 0; half >>= 1) {
+        if (tid < half)
+            part[tid] += part[tid + half];
+        __syncthreads();
+    }
+}
+
 __global__ void __launch_bounds__(RMS_THREADS)
     rms_norm_kernel(const float *x, size_t x_stride, const float *w, float eps, float *y, size_t y_stride, int ne0,
                     int rows)
@@ -154,12 +167,7 @@ __global__ void __launch_bounds__(RMS_THREADS)
         for (int i = tid; i < ne0; i += RMS_THREADS)
             s += (double)(xr[i] * xr[i]);
         part[tid] = s;
-        __syncthreads();
-        for (int half = RMS_THREADS / 2; half > 0; half >>= 1) {
-            if (tid < half)
-                part[tid] += part[tid + half];
-            __syncthreads();
-        }
+        block_sum<RMS_THREADS>(part, tid);
         const float mean = (float)(part[0] / (double)ne0);
         const float scale = 1.0f / sqrtf(mean + eps);
         for (int i = tid; i < ne0; i += RMS_THREADS)
@@ -258,6 +266,67 @@ cudaError_t cuda_eltwise(cudaStream_t st, enum cuda_eltwise_op op, const float *
 {
     const unsigned blocks = elt_blocks((int64_t)ne0 * rows);
     eltwise_kernel<<<blocks, ELT_THREADS, 0, st>>>(op, a, a_stride, b, b_stride, out, out_stride, ne0, rows);
+    return cudaGetLastError();
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Greedy choice: a block per row. The argmax with the lowest index on ties does not depend on the
+ * order of comparison, so it is the CPU's exactly; the probability's double sum runs in a fixed tree. */
+
+#define PICK_THREADS 256
+
+__global__ void __launch_bounds__(PICK_THREADS)
+    argmax_kernel(const float *x, size_t x_stride, int ne0, int32_t *ids, float *probs)
+{
+    __shared__ float best_v[PICK_THREADS];
+    __shared__ int best_i[PICK_THREADS];
+    __shared__ double sums[PICK_THREADS];
+    const int tid = threadIdx.x;
+    const float *row = x + (size_t)blockIdx.x * x_stride;
+    float bv = -INFINITY;
+    int bi = -1;
+    for (int i = tid; i < ne0; i += PICK_THREADS) { /* ascending: a later equal value never wins */
+        const float v = row[i];
+        if (!isnan(v) && v != -INFINITY && (bi < 0 || v > bv)) {
+            bv = v;
+            bi = i;
+        }
+    }
+    best_v[tid] = bv;
+    best_i[tid] = bi;
+    __syncthreads();
+    for (int half = PICK_THREADS / 2; half > 0; half >>= 1) {
+        if (tid < half) {
+            const float ov = best_v[tid + half];
+            const int oi = best_i[tid + half];
+            if (oi >= 0 && (best_i[tid] < 0 || ov > best_v[tid] || (ov == best_v[tid] && oi < best_i[tid]))) {
+                best_v[tid] = ov;
+                best_i[tid] = oi;
+            }
+        }
+        __syncthreads();
+    }
+    const int best = best_i[0];
+    const float max = best_v[0];
+    if (tid == 0)
+        ids[blockIdx.x] = best;
+    if (!probs)
+        return; /* the same for every thread: no barrier follows for anyone */
+    double s = 0.0;
+    if (best >= 0 && max != INFINITY)
+        for (int i = tid; i < ne0; i += PICK_THREADS)
+            if (!isnan(row[i]))
+                s += exp((double)row[i] - (double)max);
+    sums[tid] = s;
+    block_sum<PICK_THREADS>(sums, tid);
+    if (tid == 0)
+        probs[blockIdx.x] = best < 0 ? 0.0f : max == INFINITY ? 1.0f : (float)(1.0 / sums[0]);
+}
+
+cudaError_t cuda_argmax(cudaStream_t st, const float *x, size_t x_stride, int ne0, int rows, int32_t *ids,
+                        float *probs)
+{
+    argmax_kernel<<<(unsigned)rows, PICK_THREADS, 0, st>>>(x, x_stride, ne0, ids, probs);
     return cudaGetLastError();
 }
 

@@ -9,6 +9,7 @@
 #include "common/err.h"
 #include "engine/engine.h"
 #include "tests/support/tsupport.h"
+#include "verify/verify.h"
 
 static struct kern_backend *be;
 
@@ -152,6 +153,107 @@ Test(engine, greedy_speculative_output_equals_target_only_with_a_vocabulary_limi
     struct mem_model t = tsupport_load_synth(&tc, be, (struct model_config){0}),
                      d = tsupport_load_synth(&dc, be, (struct model_config){.n_logits = 150});
     check_greedy_identity(t.m, d.m);
+    tsupport_mem_model_free(&d);
+    tsupport_mem_model_free(&t);
+}
+
+/* Greedy decoding by hand, the reference for the engine's greedy choices (which the backend makes
+ * when there is no penalty): each step's logits on the host, penalised over the last 64 tokens by
+ * verify_process, and their argmax; ends at an end-of-generation token like the engine. */
+static int reference_greedy(struct model *m, const struct verify_params *sp, const int32_t *prompt, int n_prompt,
+                            int n_gen, int32_t *out)
+{
+    const int nv = model_n_vocab(m);
+    float *l = malloc(sizeof(float) * (size_t)nv), *p = malloc(sizeof(float) * (size_t)nv);
+    int32_t hist[256];
+    struct verify_scratch *vs = NULL;
+    struct model_seq *s = NULL;
+    cr_assert_eq(verify_scratch_new(nv, &vs), SPEC_OK);
+    cr_assert_eq(model_seq_new(m, 256, &s), SPEC_OK);
+    memcpy(hist, prompt, sizeof(int32_t) * (size_t)n_prompt);
+    size_t n = (size_t)n_prompt;
+    cr_assert_eq(model_forward_last(m, s, prompt, n_prompt, l), SPEC_OK);
+    int k = 0;
+    while (k < n_gen) {
+        const int32_t *w;
+        size_t nw;
+        verify_penalty_window(hist, n, 64, &w, &nw);
+        cr_assert_eq(verify_process(sp, l, nv, w, nw, vs, p), SPEC_OK);
+        int32_t t;
+        cr_assert_eq(verify_argmax(p, nv, &t), SPEC_OK);
+        out[k++] = hist[n++] = t;
+        if (tok_is_eog(model_tokenizer(m), t))
+            break;
+        cr_assert_eq(model_forward_last(m, s, &t, 1, l), SPEC_OK);
+    }
+    model_seq_free(s);
+    verify_scratch_free(vs);
+    free(l);
+    free(p);
+    return k;
+}
+
+static struct verify_params penalised_greedy(void)
+{
+    struct verify_params sp = verify_params_default();
+    sp.repeat_penalty = 1.3f;
+    sp.frequency_penalty = 0.2f;
+    return sp;
+}
+
+/* Target-only and speculative greedy decoding give the hand-made reference's tokens, with and
+ * without penalties (the backend's argmax and the host's penalised rows are two paths). */
+Test(engine, greedy_output_is_the_argmax_of_the_targets_logits_with_and_without_penalties)
+{
+    struct model_synth_config tc = target_cfg(MODEL_ARCH_QWEN2), dc = draft_cfg(MODEL_ARCH_QWEN2);
+    struct mem_model t = tsupport_load_synth(&tc, be, (struct model_config){0}),
+                     d = tsupport_load_synth(&dc, be, (struct model_config){0});
+    const struct verify_params sps[2] = {verify_params_default(), penalised_greedy()};
+    int32_t want[2][40], got[40];
+    int n_want[2];
+    for (int k = 0; k < 2; k++) {
+        n_want[k] = reference_greedy(t.m, &sps[k], prompts[1], 8, 40, want[k]);
+        for (int spec = 0; spec < 2; spec++) {
+            struct engine *e = new_engine(t.m, spec ? d.m : NULL, 4, false);
+            const int n = generate(e, prompts[1], 8, 40, spec, sps[k], 0, got, NULL);
+            cr_assert_eq(n, n_want[k]);
+            cr_assert_arr_eq(got, want[k], sizeof(int32_t) * (size_t)n, "penalties %d speculative %d", k, spec);
+            engine_free(e);
+        }
+    }
+    cr_assert(memcmp(want[0], want[1], sizeof want[0]) != 0, "the penalties change the output here");
+    tsupport_mem_model_free(&d);
+    tsupport_mem_model_free(&t);
+}
+
+/* draft_min_prob 1 ends every draft run after its first token (the draft is never certain here);
+ * greedy output stays the target's. The draft's probability comes from the backend (raw greedy),
+ * from the host's logits (penalised greedy) or from q (sampled). */
+Test(engine, draft_min_prob_ends_draft_runs_at_an_unsure_token)
+{
+    struct model_synth_config tc = target_cfg(MODEL_ARCH_QWEN2), dc = draft_cfg(MODEL_ARCH_QWEN2);
+    struct mem_model t = tsupport_load_synth(&tc, be, (struct model_config){0}),
+                     d = tsupport_load_synth(&dc, be, (struct model_config){0});
+    struct verify_params sps[3] = {verify_params_default(), penalised_greedy(), verify_params_default()};
+    sps[2].temperature = 0.8f;
+    sps[2].seed = 3;
+    for (int k = 0; k < 3; k++) {
+        int32_t out[2][40];
+        struct engine_stats st[2];
+        for (int sure = 0; sure < 2; sure++) {
+            const struct engine_config cfg = {.target = t.m, .draft = d.m, .n_ctx = 256, .draft_max = 4,
+                                              .draft_min = 1, .draft_min_prob = sure ? 1.0f : 0.0f,
+                                              .penalty_window = 64};
+            struct engine *e = NULL;
+            cr_assert_eq(engine_new(&cfg, &e), SPEC_OK);
+            cr_assert_eq(generate(e, prompts[0], 8, 40, true, sps[k], 0, out[sure], &st[sure]), 40);
+            engine_free(e);
+        }
+        cr_assert_leq(st[1].n_drafted, st[1].n_target_passes, "request %d: one draft per round at most", k);
+        cr_assert_gt(st[0].n_drafted, 2 * st[0].n_target_passes, "request %d: without the bound runs go on", k);
+        if (k < 2)
+            cr_assert_arr_eq(out[1], out[0], sizeof out[0], "request %d: the output is the target's", k);
+    }
     tsupport_mem_model_free(&d);
     tsupport_mem_model_free(&t);
 }

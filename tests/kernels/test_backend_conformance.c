@@ -9,6 +9,7 @@
  * exactly as the CPU does, so only the order of float sums differs where a bound is not zero):
  *  - get_rows, rope, store_rows, add, add_bias: bit-identical (the same expressions, and the rope
  *    table is computed on the host with the CPU's code);
+ *  - argmax: the same ids; probabilities |dp| <= 1e-6 p (double sums in another order);
  *  - rms_norm: |dy| <= 1e-6 |y| (the sum of squares is a double sum in another order);
  *  - swiglu: |dy| <= 1e-6 |y| (the GPU's expf is within 2 ulp of glibc's);
  *  - matmul, every type: |dy| <= 1e-5 sum_k |w_k x_k| (w dequantised): both backends quantise the
@@ -278,6 +279,32 @@ Test(conformance, get_rows_dequantizes_bit_identically_for_every_type)
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Row-wise ops                                                                                   */
+
+/* Rows as wide as Qwen2.5's vocabulary, with a tie, NaN, -inf, +inf and a row with nothing to choose. */
+Test(conformance, argmax_picks_the_cpus_ids_with_its_probabilities)
+{
+    need_cuda();
+    const int64_t ne0 = 151936, n = 6;
+    float *xh = random_f32(ne0 * n, 4.0f);
+    xh[0 * ne0 + 90000] = xh[0 * ne0 + 1234] = 30.0f;
+    xh[1 * ne0 + 0] = NAN, xh[1 * ne0 + 5] = -INFINITY;
+    xh[2 * ne0 + 151935] = INFINITY;
+    for (int64_t i = 0; i < ne0; i++)
+        xh[3 * ne0 + i] = i % 3 ? -INFINITY : NAN;
+    struct kern_tensor xc = upload(cpu, SPEC_F32, ne0, n, xh), xg = upload(gpu, SPEC_F32, ne0, n, xh);
+    int32_t want[6], got[6], got_alone[6];
+    float want_p[6], got_p[6];
+    cr_assert_eq(cpu->ops->argmax(cpu, &xc, want, want_p), 0);
+    cr_assert_eq(gpu->ops->argmax(gpu, &xg, got, got_p), 0);
+    cr_assert_eq(gpu->ops->argmax(gpu, &xg, got_alone, NULL), 0);
+    assert_bits(got, want, sizeof want, "argmax ids");
+    assert_bits(got_alone, want, sizeof want, "argmax ids without probabilities");
+    assert_close_rel(got_p, want_p, n, 1e-6, "argmax probabilities");
+    cr_assert_eq(want[0], 1234);
+    cr_assert_eq(want[3], -1);
+    free(xh);
+    free_t(cpu, &xc), free_t(gpu, &xg);
+}
 
 Test(conformance, rms_norm_matches_the_cpu_also_in_place)
 {

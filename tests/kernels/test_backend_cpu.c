@@ -500,3 +500,62 @@ Test(backend_cpu, store_rows_rounds_to_f16_at_the_given_row)
     be->ops->tensor_free(be, &src);
     be->ops->tensor_free(be, &dst);
 }
+
+/* ---------------------------------------------------------------------------------------------- */
+
+/* Greedy choice of row r by the definition: first largest value, NaN and -inf never chosen. */
+static int32_t ref_argmax(const float *x, int n, double *prob)
+{
+    int32_t best = -1;
+    for (int i = 0; i < n; i++)
+        if (!isnan(x[i]) && x[i] != -INFINITY && (best < 0 || x[i] > x[best]))
+            best = i;
+    double sum = 0.0;
+    for (int i = 0; best >= 0 && i < n; i++)
+        if (!isnan(x[i]))
+            sum += exp((double)x[i] - x[best]);
+    *prob = best < 0 ? 0.0 : 1.0 / sum;
+    return best;
+}
+
+Test(backend_cpu, argmax_takes_the_first_largest_value_and_its_softmax_probability)
+{
+    const int n = 5000, rows = 9;
+    struct kern_tensor x = rand_f32(n, rows, 12.0);
+    f32(&x, 1)[4321] = f32(&x, 1)[77] = 40.0f; /* a tie: the lower index wins */
+    f32(&x, 2)[0] = NAN, f32(&x, 2)[10] = 30.0f; /* NaN is never chosen nor counted */
+    f32(&x, 3)[2500] = -INFINITY;
+    for (int i = 0; i < n; i++) /* nothing to choose */
+        f32(&x, 4)[i] = i % 2 ? NAN : -INFINITY;
+    f32(&x, 5)[9] = INFINITY;  /* certain */
+    f32(&x, 6)[n - 1] = 1e30f; /* only the last one counts */
+    int32_t ids[9], one_id;
+    float probs[9], one_prob;
+    cr_assert_eq(be->ops->argmax(be, &x, ids, probs), SPEC_OK);
+    for (int r = 0; r < rows; r++) {
+        double want_prob;
+        const int32_t want = ref_argmax(f32(&x, r), n, &want_prob);
+        cr_assert_eq(ids[r], want, "row %d: %d, want %d", r, ids[r], want);
+        if (r == 5)
+            want_prob = 1.0; /* +inf: the reference's sum is NaN */
+        cr_assert(fabs(probs[r] - want_prob) <= 1e-6 * want_prob, "row %d: prob %.9g, want %.9g", r, probs[r],
+                  want_prob);
+        /* one row alone, without probabilities, gives the same id */
+        struct kern_tensor row = x;
+        row.data = f32(&x, r), row.ne1 = 1;
+        cr_assert_eq(be->ops->argmax(be, &row, &one_id, NULL), SPEC_OK);
+        cr_assert_eq(one_id, ids[r]);
+        cr_assert_eq(be->ops->argmax(be, &row, &one_id, &one_prob), SPEC_OK);
+        cr_assert_eq(memcmp(&one_prob, &probs[r], sizeof one_prob), 0, "row %d alone: another probability", r);
+    }
+    cr_assert_eq(ids[1], 77);
+    cr_assert_eq(ids[2], 10);
+    cr_assert_eq(ids[4], -1);
+    cr_assert_eq(probs[4], 0.0f);
+    cr_assert_eq(ids[5], 9);
+    cr_assert_eq(probs[5], 1.0f);
+    cr_assert_eq(ids[6], n - 1);
+    cr_assert_eq(probs[6], 1.0f);
+    cr_assert_eq(be->ops->argmax(be, &x, NULL, probs), SPEC_E_INVALID_ARG);
+    be->ops->tensor_free(be, &x);
+}

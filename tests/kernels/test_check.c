@@ -82,3 +82,13 @@ Test(check, norm_rope_and_matmul_refuse_mismatched_shapes)
     cr_assert_eq(kern_matmul_check(&wq, &xin, &yout), SPEC_OK);
     cr_assert_eq(kern_matmul_check(&wq, &xin, &ybad), SPEC_E_INVALID_ARG);
 }
+
+Test(check, argmax_takes_f32_rows_and_a_place_for_the_ids)
+{
+    struct kern_tensor x = f32(8, 2), h = f16(8, 2);
+    int32_t ids[2] = {0};
+    cr_assert_eq(kern_argmax_check(&x, ids), SPEC_OK);
+    cr_assert_eq(kern_argmax_check(&h, ids), SPEC_E_INVALID_ARG, "F16 rows");
+    cr_assert_eq(kern_argmax_check(&x, NULL), SPEC_E_INVALID_ARG, "no ids");
+    cr_assert_eq(kern_argmax_check(NULL, ids), SPEC_E_INVALID_ARG, "no tensor");
+}

@@ -354,6 +354,81 @@ Test(model, multi_sequence_batch_equals_each_sequence_alone_qwen2_q4_k)
     check_multi_sequence_batch(&c);
 }
 
+/* Greedy outputs: in a batch split over internal steps, items that want only the argmax (of every
+ * position or the last), the argmax with its probability, logits and argmax together, or nothing
+ * get each position's largest logit (lowest id on ties) and its softmax probability, as computed
+ * here from the logits of the same positions; with n_logits, only the scored ids are candidates. */
+static void check_argmax_outputs(int n_logits)
+{
+    struct model_synth_config c = qwen2_cfg(SPEC_Q4_K);
+    struct mem_model mm = tsupport_load_synth(&c, be, (struct model_config){.max_batch = 6, .n_logits = n_logits});
+    const int nv = model_n_vocab(mm.m);
+    enum { N_SEQ = 4 };
+    static const int new_len[N_SEQ] = {9, 4, 3, 2};
+    static const bool all[N_SEQ] = {true, false, true, true};
+    struct model_seq *solo[N_SEQ], *batched[N_SEQ];
+    float *want[N_SEQ], *lg = malloc(sizeof(float) * 9 * (size_t)nv), prob[N_SEQ][10];
+    int32_t pick[N_SEQ][10]; /* one more than the outputs, to see that nothing is written past them */
+    struct model_batch_item items[N_SEQ + 1];
+    for (int i = 0; i < N_SEQ; i++) {
+        solo[i] = new_seq(mm.m, 32);
+        batched[i] = new_seq(mm.m, 32);
+        want[i] = malloc(sizeof(float) * (size_t)new_len[i] * (size_t)nv);
+        cr_assert_eq(model_forward(mm.m, solo[i], prompt + i, new_len[i], want[i]), 0);
+        for (int r = 0; r < 10; r++)
+            pick[i][r] = -7, prob[i][r] = -7.0f;
+        items[i] = (struct model_batch_item){.s = batched[i], .tokens = prompt + i, .n = new_len[i],
+                                             .all_logits = all[i], .argmax = pick[i]};
+    }
+    items[1].argmax_prob = prob[1];
+    items[2].argmax_prob = prob[2];
+    items[3].logits = lg;
+    struct model_seq *silent = new_seq(mm.m, 32);
+    items[N_SEQ] = (struct model_batch_item){.s = silent, .tokens = prompt, .n = 5};
+    cr_assert_eq(model_forward_batch(mm.m, items, N_SEQ + 1), 0);
+    for (int i = 0; i < N_SEQ; i++) {
+        const int first = all[i] ? 0 : new_len[i] - 1;
+        for (int r = first; r < new_len[i]; r++) {
+            const float *l = want[i] + (size_t)r * (size_t)nv;
+            int32_t best = 0;
+            for (int j = 1; j < nv; j++)
+                best = l[j] > l[best] ? j : best;
+            double sum = 0.0;
+            for (int j = 0; j < nv; j++)
+                sum += exp((double)l[j] - l[best]);
+            const int at = r - first;
+            cr_assert_eq(pick[i][at], best, "item %d position %d: %d, want %d", i, r, pick[i][at], best);
+            cr_assert(n_logits <= 0 || best < n_logits);
+            if (items[i].argmax_prob)
+                cr_assert(fabs(prob[i][at] - 1.0 / sum) <= 1e-6 / sum, "item %d position %d: p %g, want %g", i, r,
+                          prob[i][at], 1.0 / sum);
+            else
+                cr_assert_eq(prob[i][at], -7.0f, "no probability was asked for");
+        }
+        cr_assert_eq(pick[i][new_len[i] - first], -7, "item %d: nothing written past its outputs", i);
+    }
+    cr_assert_arr_eq(lg, want[3], sizeof(float) * 2 * (size_t)nv, "logits alongside the argmax");
+    cr_assert_eq(model_seq_len(silent), 5);
+    for (int i = 0; i < N_SEQ; i++) {
+        model_seq_free(solo[i]);
+        model_seq_free(batched[i]);
+        free(want[i]);
+    }
+    model_seq_free(silent);
+    free(lg);
+    tsupport_mem_model_free(&mm);
+}
+
+Test(model, argmax_outputs_are_the_largest_logits_of_every_wanted_position)
+{
+    check_argmax_outputs(0);
+}
+
+Test(model, argmax_outputs_of_a_vocabulary_limited_model_stay_within_its_ids)
+{
+    check_argmax_outputs(100);
+}
+
 Test(model, multi_sequence_batch_is_all_or_nothing)
 {
     struct model_synth_config c = llama_cfg(SPEC_Q8_0);
