@@ -347,6 +347,7 @@ static int gen_result(struct spc_client *c, struct spc_msg *m, const msgpack_obj
         g->seed = d_uint(&d, res, "seed");
         const msgpack_object *usage = d_obj(&d, res, "usage", MSGPACK_OBJECT_MAP);
         g->prompt_tokens = d_int(&d, usage, "prompt_tokens");
+        g->cached_tokens = d_int(&d, usage, "cached_tokens");
         g->completion_tokens = d_int(&d, usage, "completion_tokens");
         const msgpack_object *sp = d_obj(&d, res, "speculative", MSGPACK_OBJECT_MAP);
         g->spec.enabled = d_bool(&d, sp, "enabled");

@@ -395,6 +395,7 @@ static void job_done(struct server *s, struct job *j)
         const struct ipc_generate_result r = {
             .text = j->text ? j->text : "", .n_text = j->n_text, .tokens = j->out, .n_tokens = j->n_out,
             .finish_reason = reasons[j->finish], .seed = j->seed, .prompt_tokens = j->n_prompt,
+            .cached_tokens = j->stats.n_prompt_cached,
             .speculative = j->gen.speculative, .drafted = j->stats.n_drafted, .accepted = j->stats.n_accepted,
             .target_passes = j->stats.n_target_passes,
             .queue_ms = j->submitted ? (j->t_submit - j->t_recv) * 1e3 : 0, .prefill_ms = j->stats.t_prefill * 1e3,

@@ -13,9 +13,11 @@
 #define ACCEPT_PRIOR 0.7
 #define ACCEPT_RECOVERY 0.02
 
-/* One request in flight. */
+/* One request in flight. A free slot may keep the KV caches of its last request (tseq, dseq) with
+ * the tokens they hold (hist[0 .. n_hist)), so that a prompt extending them skips their prefill. */
 struct slot {
     bool used, prefilled, cancel;
+    uint64_t last_use;  /* the engine's submit count when this slot last took a request */
     uint32_t id;
     engine_update_fn fn;
     void *user;
@@ -24,7 +26,7 @@ struct slot {
     struct verify_params sp;
     uint64_t seq_id;
     struct model_seq *tseq, *dseq;
-    int32_t *hist;      /* n_ctx + draft_max + 1: accepted tokens, drafts appended while scoring */
+    int32_t *hist;      /* n_ctx + ENGINE_MAX_DRAFT + 1: accepted tokens, drafts appended while scoring */
     size_t n_hist;
     int n_prompt, n_gen;
     float *q;           /* draft_max x n_vocab draft distributions */
@@ -48,6 +50,7 @@ struct engine {
     struct engine_config cfg;
     int32_t n_vocab;
     uint32_t next_id;
+    uint64_t n_submitted;
     struct slot *slots; /* max_seqs */
     struct target_scratch tsc;
     struct verify_scratch *vs;
@@ -80,16 +83,41 @@ const char *engine_finish_name(enum engine_finish f)
     return "unknown";
 }
 
+/* The buffers of one request. */
+static void slot_free_request(struct slot *sl)
+{
+    free(sl->q);
+    free(sl->p);
+    free(sl->dlogits);
+    free(sl->text);
+}
+
 static void slot_release(struct slot *sl)
 {
     model_seq_free(sl->tseq);
     model_seq_free(sl->dseq);
     free(sl->hist);
-    free(sl->q);
-    free(sl->p);
-    free(sl->dlogits);
-    free(sl->text);
+    slot_free_request(sl);
     *sl = (struct slot){0};
+}
+
+/* A finished request's slot keeps its caches, cut to the accepted tokens they hold (a round may
+ * have left drafts in them), for a later prompt that starts the same way. */
+static void slot_keep_caches(struct slot *sl)
+{
+    int n = model_seq_len(sl->tseq);
+    if ((size_t)n > sl->n_hist)
+        n = (int)sl->n_hist;
+    int rc = model_seq_truncate(sl->tseq, n);
+    if (!rc && sl->dseq && model_seq_len(sl->dseq) > n)
+        rc = model_seq_truncate(sl->dseq, n);
+    if (rc) {
+        slot_release(sl);
+        return;
+    }
+    slot_free_request(sl);
+    *sl = (struct slot){.last_use = sl->last_use, .tseq = sl->tseq, .dseq = sl->dseq, .hist = sl->hist,
+                        .n_hist = (size_t)n};
 }
 
 void engine_free(struct engine *e)
@@ -193,37 +221,80 @@ static int check_request(const struct engine *e, const struct engine_request *re
     return verify_params_check(&req->sampling);
 }
 
+/* Tokens at the start of a prompt whose KV rows slot sl's kept caches already hold; the last prompt
+ * token is always fed again, as it opens the first round. */
+static int reusable(const struct slot *sl, const struct engine_request *req)
+{
+    const size_t kept = sl->tseq ? (size_t)model_seq_len(sl->tseq) : 0;
+    size_t n = 0;
+    while (n < kept && n + 1 < (size_t)req->n_prompt && sl->hist[n] == req->prompt[n])
+        n++;
+    return (int)n;
+}
+
+/* The free slot for a request: the one whose kept caches cover the longest start of its prompt, else
+ * one that keeps nothing, else the one unused the longest. */
+static struct slot *pick_slot(struct engine *e, const struct engine_request *req, int *n_reuse)
+{
+    struct slot *best = NULL;
+    int best_n = -1;
+    for (int i = 0; i < e->cfg.max_seqs; i++) {
+        struct slot *sl = &e->slots[i];
+        if (sl->used)
+            continue;
+        const int n = reusable(sl, req);
+        const bool better = !best || n > best_n ||
+                            (n == best_n && (best->tseq != NULL) > (sl->tseq != NULL)) ||
+                            (n == best_n && (best->tseq != NULL) == (sl->tseq != NULL) && sl->last_use < best->last_use);
+        if (better) {
+            best = sl;
+            best_n = n;
+        }
+    }
+    *n_reuse = best_n;
+    return best;
+}
+
 int engine_submit(struct engine *e, const struct engine_request *req, engine_update_fn fn, void *user,
                   uint32_t *id)
 {
     if (!e || !fn)
         return SPEC_E_INVALID_ARG;
     SPEC_TRY(check_request(e, req));
-    struct slot *sl = NULL;
-    for (int i = 0; i < e->cfg.max_seqs && !sl; i++)
-        if (!e->slots[i].used)
-            sl = &e->slots[i];
+    int n_reuse;
+    struct slot *sl = pick_slot(e, req, &n_reuse);
     if (!sl)
         return SPEC_E_BUSY;
     const struct tok *tok = model_tokenizer(e->cfg.target);
     const int draft_max = req->draft_max > 0 && req->draft_max < e->cfg.draft_max ? req->draft_max : e->cfg.draft_max;
     const size_t v = (size_t)e->n_vocab;
-    *sl = (struct slot){.used = true, .id = e->next_id, .fn = fn, .user = user, .max_tokens = req->max_tokens,
-                        .draft_max = draft_max, .speculative = req->speculative, .sp = req->sampling,
-                        .seq_id = req->seq_id, .n_prompt = req->n_prompt, .accept_rate = ACCEPT_PRIOR,
-                        .st = {.n_prompt = req->n_prompt}, .n_stop = req->n_stop};
+    struct model_seq *tseq = sl->tseq, *dseq = sl->dseq;
+    int32_t *hist = sl->hist;
+    *sl = (struct slot){.used = true, .last_use = ++e->n_submitted, .id = e->next_id, .fn = fn, .user = user,
+                        .max_tokens = req->max_tokens, .draft_max = draft_max, .speculative = req->speculative,
+                        .sp = req->sampling, .seq_id = req->seq_id, .tseq = tseq, .dseq = dseq, .hist = hist,
+                        .n_prompt = req->n_prompt, .accept_rate = ACCEPT_PRIOR,
+                        .st = {.n_prompt = req->n_prompt, .n_prompt_cached = n_reuse}, .n_stop = req->n_stop};
     sl->cap_text = ENGINE_MAX_STOP_LEN + (size_t)(ENGINE_MAX_DRAFT + 1) * tok_stream_max_out(tok) + 8;
-    sl->hist = malloc(((size_t)e->cfg.n_ctx + (size_t)draft_max + 1) * sizeof *sl->hist);
+    if (!sl->hist)
+        sl->hist = malloc(((size_t)e->cfg.n_ctx + ENGINE_MAX_DRAFT + 1) * sizeof *sl->hist);
     sl->p = malloc(((size_t)draft_max + 1) * v * sizeof *sl->p);
     sl->text = malloc(sl->cap_text);
-    int rc = sl->hist && sl->p && sl->text ? model_seq_new(e->cfg.target, e->cfg.n_ctx, &sl->tseq) : SPEC_E_NOMEM;
+    int rc = sl->hist && sl->p && sl->text ? SPEC_OK : SPEC_E_NOMEM;
+    if (!rc)
+        rc = sl->tseq ? model_seq_truncate(sl->tseq, n_reuse) : model_seq_new(e->cfg.target, e->cfg.n_ctx, &sl->tseq);
+    if (!rc && sl->dseq && model_seq_len(sl->dseq) > n_reuse)
+        rc = model_seq_truncate(sl->dseq, n_reuse);
     if (!rc && req->speculative) {
         sl->q = malloc((size_t)draft_max * v * sizeof *sl->q);
         if (!sl->q)
             rc = SPEC_E_NOMEM;
         else if (e->cfg.draft) {
             sl->dlogits = malloc(v * sizeof *sl->dlogits);
-            rc = sl->dlogits ? model_seq_new(e->cfg.draft, e->cfg.n_ctx, &sl->dseq) : SPEC_E_NOMEM;
+            if (!sl->dlogits)
+                rc = SPEC_E_NOMEM;
+            else if (!sl->dseq)
+                rc = model_seq_new(e->cfg.draft, e->cfg.n_ctx, &sl->dseq);
         }
     }
     if (rc) {
@@ -322,8 +393,10 @@ static int deliver(struct slot *sl, const int32_t *tokens, int n, bool done, enu
     const int verdict = sl->fn(sl->user, &u);
     memmove(sl->text, sl->text + n_out, sl->n_text - n_out);
     sl->n_text -= n_out;
-    if (done)
-        slot_release(sl);
+    if (done && fin == ENGINE_FINISH_ERROR)
+        slot_release(sl); /* a failed pass may have left the caches in any state */
+    else if (done)
+        slot_keep_caches(sl);
     return verdict;
 }
 
@@ -335,8 +408,8 @@ static void finish(struct slot *sl, enum engine_finish fin, int err)
 /* ---------------------------------------------------------------------------------------------- */
 /* The round                                                                                      */
 
-/* Feed all but the last prompt token of each new request to the target (and draft): the last one
- * opens the first round. */
+/* Feed all but the last prompt token of each new request to the target (and draft), after what their
+ * kept caches already hold: the last one opens the first round. */
 static void prefill(struct engine *e)
 {
     struct model_batch_item tb[ENGINE_MAX_SEQS], db[ENGINE_MAX_SEQS];
@@ -352,11 +425,11 @@ static void prefill(struct engine *e)
             continue;
         }
         who[nw++] = sl;
-        if (sl->n_prompt < 2)
-            continue;
-        tb[nt++] = (struct model_batch_item){.s = sl->tseq, .tokens = sl->hist, .n = sl->n_prompt - 1};
-        if (sl->dseq)
-            db[nd++] = (struct model_batch_item){.s = sl->dseq, .tokens = sl->hist, .n = sl->n_prompt - 1};
+        const int tlen = model_seq_len(sl->tseq), dlen = sl->dseq ? model_seq_len(sl->dseq) : 0;
+        if (tlen < sl->n_prompt - 1)
+            tb[nt++] = (struct model_batch_item){.s = sl->tseq, .tokens = sl->hist + tlen, .n = sl->n_prompt - 1 - tlen};
+        if (sl->dseq && dlen < sl->n_prompt - 1)
+            db[nd++] = (struct model_batch_item){.s = sl->dseq, .tokens = sl->hist + dlen, .n = sl->n_prompt - 1 - dlen};
     }
     const double t0 = now();
     int rc = nt > 0 ? model_forward_batch(e->cfg.target, tb, nt) : SPEC_OK;

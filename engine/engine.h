@@ -13,6 +13,10 @@
  * position, purpose), so a sampled request is reproducible too when its γ is fixed (adaptive off);
  * the adaptive γ follows measured costs, and where a round ends decides which draws are used, so
  * with it the same seed gives the same distribution but not always the same sample.
+ * Prompt caching: a finished request's slot keeps its KV caches, and a later prompt starting with
+ * the same tokens (the next turn of a chat, a shared system prompt) takes the slot holding the
+ * longest such start and skips its prefill. A cached KV row is the one prefill would write (the
+ * forward pass is batch-invariant), so caching never changes output either.
  * The engine is single-threaded: call it from one thread; callbacks must not call it. */
 #ifndef SPECD_ENGINE_ENGINE_H
 #define SPECD_ENGINE_ENGINE_H
@@ -65,6 +69,7 @@ struct engine_request {
 
 struct engine_stats {
     int n_prompt;
+    int n_prompt_cached; /* prompt tokens whose KV rows a finished request had left in the caches */
     int n_generated;
     int n_target_passes; /* decode rounds, each one batched target pass */
     int n_drafted;

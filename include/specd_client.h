@@ -140,6 +140,7 @@ struct spc_gen_result {
     enum spc_finish finish;
     uint64_t seed;
     int64_t prompt_tokens, completion_tokens;
+    int64_t cached_tokens; /* prompt tokens the daemon had kept from an earlier request (no prefill) */
     struct {
         bool enabled;
         int64_t drafted, accepted, target_passes;

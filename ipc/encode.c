@@ -165,8 +165,9 @@ int ipc_encode_generate(msgpack_sbuffer *sb, uint32_t id, const struct ipc_gener
     kv_uint(&o, "seed", r->seed);
 
     str(&o, "usage");
-    msgpack_pack_map(&o.pk, 2);
+    msgpack_pack_map(&o.pk, 3);
     kv_int(&o, "prompt_tokens", r->prompt_tokens);
+    kv_int(&o, "cached_tokens", r->cached_tokens);
     kv_int(&o, "completion_tokens", r->n_tokens);
 
     str(&o, "speculative");

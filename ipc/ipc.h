@@ -201,6 +201,7 @@ struct ipc_generate_result {
     const char *finish_reason; /* "stop" | "length" | "cancelled" */
     uint64_t seed;
     int prompt_tokens;
+    int cached_tokens; /* prompt tokens whose KV rows were kept from an earlier request */
     bool speculative;
     int drafted, accepted, target_passes;
     double queue_ms, prefill_ms, draft_ms, target_ms, total_ms;

@@ -282,8 +282,9 @@ static void print_result(const struct args *a, const struct spc_gen_result *r)
             fwrite(r->text, 1, r->text_len, stdout);
         putchar('\n');
         fflush(stdout); /* the text ends before the stats on stderr begin */
-        fprintf(stderr, "[%s] %lld tokens (prompt %lld) in %.1f ms, seed %llu", fin, (long long)r->completion_tokens,
-                (long long)r->prompt_tokens, r->timing.total_ms, (unsigned long long)r->seed);
+        fprintf(stderr, "[%s] %lld tokens (prompt %lld, %lld cached) in %.1f ms, seed %llu", fin,
+                (long long)r->completion_tokens, (long long)r->prompt_tokens, (long long)r->cached_tokens,
+                r->timing.total_ms, (unsigned long long)r->seed);
         if (r->spec.enabled)
             fprintf(stderr, ", acceptance %.3f, %.2f tokens/pass", r->spec.acceptance, r->spec.tokens_per_pass);
         fputc('\n', stderr);
@@ -293,11 +294,13 @@ static void print_result(const struct args *a, const struct spc_gen_result *r)
     json_str(r->text, r->text_len);
     fputs(",\"tokens\":", stdout);
     json_tokens(r->tokens, r->n_tokens);
-    printf(",\"finish_reason\":\"%s\",\"seed\":%llu,\"usage\":{\"prompt_tokens\":%lld,\"completion_tokens\":%lld},"
+    printf(",\"finish_reason\":\"%s\",\"seed\":%llu,\"usage\":{\"prompt_tokens\":%lld,\"cached_tokens\":%lld,"
+           "\"completion_tokens\":%lld},"
            "\"speculative\":{\"enabled\":%s,\"drafted\":%lld,\"accepted\":%lld,\"acceptance\":%g,"
            "\"target_passes\":%lld,\"tokens_per_pass\":%g},"
            "\"timing\":{\"queue_ms\":%g,\"prefill_ms\":%g,\"draft_ms\":%g,\"target_ms\":%g,\"total_ms\":%g}}\n",
-           fin, (unsigned long long)r->seed, (long long)r->prompt_tokens, (long long)r->completion_tokens,
+           fin, (unsigned long long)r->seed, (long long)r->prompt_tokens, (long long)r->cached_tokens,
+           (long long)r->completion_tokens,
            r->spec.enabled ? "true" : "false", (long long)r->spec.drafted, (long long)r->spec.accepted,
            r->spec.acceptance, (long long)r->spec.target_passes, r->spec.tokens_per_pass, r->timing.queue_ms,
            r->timing.prefill_ms, r->timing.draft_ms, r->timing.target_ms, r->timing.total_ms);

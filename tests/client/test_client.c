@@ -296,9 +296,11 @@ static void send_result_omitting(struct peer *p, uint32_t id, const char *text, 
         case 2: msgpack_pack_str_with_body(&pk, finish, strlen(finish)); break;
         case 3: msgpack_pack_uint64(&pk, 1ull << 40); break;
         case 4:
-            msgpack_pack_map(&pk, 2);
+            msgpack_pack_map(&pk, 3);
             msgpack_pack_str_with_body(&pk, "prompt_tokens", 13);
             msgpack_pack_int(&pk, 3);
+            msgpack_pack_str_with_body(&pk, "cached_tokens", 13);
+            msgpack_pack_int(&pk, 2);
             msgpack_pack_str_with_body(&pk, "completion_tokens", 17);
             msgpack_pack_int(&pk, 4);
             break;
@@ -627,6 +629,7 @@ static void check_stream(bool bytewise)
     cr_assert_str_eq(spc_finish_name(r->finish), "stop");
     cr_assert_eq(r->seed, 1ull << 40);
     cr_assert_eq(r->prompt_tokens, 3);
+    cr_assert_eq(r->cached_tokens, 2);
     cr_assert_eq(r->completion_tokens, 4);
     cr_assert(r->spec.enabled);
     cr_assert_eq(r->spec.drafted, 4);

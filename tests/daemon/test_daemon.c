@@ -416,6 +416,7 @@ struct gen {
     int n_tokens;
     char finish[16];
     uint64_t seed;
+    int prompt_tokens, cached_tokens;
     int err_code; /* 0: a result */
 };
 
@@ -482,6 +483,8 @@ static void collect(struct client *c, struct gen *g, int n)
         snprintf(x->finish, sizeof x->finish, "%.*s", (int)fin->via.str.size, fin->via.str.ptr);
         x->seed = mget(r, "seed")->via.u64;
         cr_assert_eq(mget(mget(r, "usage"), "completion_tokens")->via.i64, x->n_tokens);
+        x->prompt_tokens = (int)mget(mget(r, "usage"), "prompt_tokens")->via.i64;
+        x->cached_tokens = (int)mget(mget(r, "usage"), "cached_tokens")->via.i64;
     }
 }
 
@@ -614,6 +617,9 @@ Test(daemon, output_equals_specd_run_greedy_and_seeded)
         cr_assert_eq(g.n_tokens, n_greedy, "speculative %d: %d tokens, specd-run %d", spec, g.n_tokens, n_greedy);
         cr_assert_eq(memcmp(g.tokens, want, (size_t)n_greedy * sizeof *want), 0, "speculative %d differs", spec);
         cr_assert_eq(g.n_chunks, 0, "not streamed unless asked");
+        /* the second request finds the first one's caches: all of its prompt but the last token */
+        cr_assert_eq(g.cached_tokens, spec ? g.prompt_tokens - 1 : 0, "speculative %d: %d of %d prompt tokens cached",
+                     spec, g.cached_tokens, g.prompt_tokens);
         gen_free(&g);
     }
     /* Sampled with a seed: the same random stream as specd-run's (filters off there by default).
@@ -630,6 +636,8 @@ Test(daemon, output_equals_specd_run_greedy_and_seeded)
         cr_assert_eq(g.seed, 7);
         cr_assert_eq(g.n_tokens, n_sampled);
         cr_assert_eq(memcmp(g.tokens, want, (size_t)n_sampled * sizeof *want), 0, "seeded run %d differs", rep);
+        if (rep) /* (the first run may share a BOS with the greedy prompt) */
+            cr_assert_eq(g.cached_tokens, g.prompt_tokens - 1, "seeded run %d", rep);
         gen_free(&g);
     }
     cl_close(c);

@@ -89,7 +89,7 @@ Test(encode, chunk_and_generate_result_shapes)
     cr_assert_eq(ipc_encode_chunk(&sb, 9, "ab", 2, toks, 2), SPEC_OK);
     const struct ipc_generate_result r = {
         .text = "abcd", .n_text = 4, .tokens = toks, .n_tokens = 4, .finish_reason = "length", .seed = 123,
-        .prompt_tokens = 3, .speculative = true, .drafted = 10, .accepted = 5, .target_passes = 2,
+        .prompt_tokens = 3, .cached_tokens = 2, .speculative = true, .drafted = 10, .accepted = 5, .target_passes = 2,
         .queue_ms = 1, .prefill_ms = 2, .draft_ms = 3, .target_ms = 4, .total_ms = 10};
     cr_assert_eq(ipc_encode_generate(&sb, 9, &r), SPEC_OK);
 
@@ -111,6 +111,7 @@ Test(encode, chunk_and_generate_result_shapes)
     assert_str(get(res, "finish_reason"), "length");
     cr_assert_eq(get(res, "seed")->via.u64, 123);
     cr_assert_eq(get(get(res, "usage"), "prompt_tokens")->via.i64, 3);
+    cr_assert_eq(get(get(res, "usage"), "cached_tokens")->via.i64, 2);
     cr_assert_eq(get(get(res, "usage"), "completion_tokens")->via.i64, 4);
     const msgpack_object *sp = get(res, "speculative");
     cr_assert(get(sp, "enabled")->via.boolean);
