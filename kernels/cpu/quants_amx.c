@@ -362,7 +362,7 @@ static ALWAYS_INLINE void tile_kquant(enum kquant kind, int64_t k, const void *w
     memset(acc, 0, (size_t)nx * sizeof(acc[0]));
     const bool scaled = nx >= KQ_SCALED_MIN_BATCH(kind);
     if (scaled)
-        configure_tiles(2, TILE, 64);
+        configure_tiles(2, nx < TILE ? nx : TILE, 64);
     else
         configure_tiles(4, nx < TILE ? nx : TILE, gb);
     for (int64_t i = 0; i < nb; i++) {

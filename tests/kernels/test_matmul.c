@@ -5,6 +5,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "common/err.h"
 #include "kernels/backend.h"
@@ -91,10 +93,23 @@ Test(dot, avx2_equals_scalar_q6_k) { check_simd_equals_scalar(SPEC_Q6_K, CPU_ISA
 Test(dot, avx512_equals_scalar_q4_k) { check_simd_equals_scalar(SPEC_Q4_K, CPU_ISA_AVX512); }
 Test(dot, avx512_equals_scalar_q6_k) { check_simd_equals_scalar(SPEC_Q6_K, CPU_ISA_AVX512); }
 
+/* `bytes` of memory that end where an unreadable page begins, so that a read past them faults. */
+static uint8_t *guarded(size_t bytes, void **map, size_t *map_len)
+{
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE), span = (bytes + page - 1) / page * page;
+    *map_len = span + page;
+    uint8_t *m = mmap(NULL, *map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    cr_assert(m != MAP_FAILED);
+    cr_assert_eq(mprotect(m + span, page, PROT_NONE), 0);
+    *map = m;
+    return m + span - bytes;
+}
+
 /* A tile kernel's 16 weight rows x nx activation rows equal the scalar dots bit for bit, for batches
  * that take either form of the quants (per scale group, or scaled for large batches), with padded
  * weight rows and a strided output; random bytes cover every quant and scale value, and every third
- * activation row is scaled to saturate at +-127. */
+ * activation row is scaled to saturate at +-127. The activations end at an unreadable page: up to
+ * 16 rows the kernel must read only nx of them, above 16 whole tiles (the caller pads). */
 static void check_tile_equals_scalar(enum spec_dtype t)
 {
     if (!cpu_isa_available(CPU_ISA_AMX))
@@ -104,29 +119,34 @@ static void check_tile_equals_scalar(enum spec_dtype t)
     cpu_tile_fn tile = cpu_tile_kernel(t, CPU_ISA_AMX, CPU_TILE_ROWS);
     cr_assert(scalar && tile);
     uint64_t seed = 0x711e + (uint64_t)t;
-    enum { MAX_NX = 40, PADDED_NX = 48 }; /* over 16 rows the kernel reads whole tiles of 16 */
+    enum { MAX_NX = 40 };
     for (int trial = 0; trial < 80; trial++) {
         const int64_t k = random_k(&seed, t, 3000);
         const int nx = 1 + trial % MAX_NX;
+        const int rows = nx <= CPU_TILE_ROWS ? nx : (nx + CPU_TILE_ROWS - 1) / CPU_TILE_ROWS * CPU_TILE_ROWS;
         const size_t wrb = row_bytes(t, k) + (size_t)(trial % 3) * 40;
-        const size_t ys = CPU_TILE_ROWS + (size_t)(trial % 4);
+        const size_t ys = CPU_TILE_ROWS + (size_t)(trial % 4), xrb = act_bytes(vtype, k);
         uint8_t *w = malloc(wrb * CPU_TILE_ROWS);
         for (int j = 0; j < CPU_TILE_ROWS; j++)
             kt_random_row(&seed, t, k, w + wrb * (size_t)j, (trial + j) % 2);
-        void *xq = make_activations(&seed, vtype, k, PADDED_NX);
+        void *made = make_activations(&seed, vtype, k, rows), *map;
+        size_t map_len;
+        uint8_t *xq = guarded(xrb * (size_t)rows, &map, &map_len);
+        memcpy(xq, made, xrb * (size_t)rows);
         float ref[MAX_NX * (CPU_TILE_ROWS + 4)], y[MAX_NX * (CPU_TILE_ROWS + 4)];
         memset(ref, 0xAA, sizeof(ref));
         memset(y, 0xAA, sizeof(y));
         for (int j = 0; j < CPU_TILE_ROWS; j++)
-            scalar(k, w + wrb * (size_t)j, xq, act_bytes(vtype, k), nx, ref + j, ys);
-        tile(k, w, wrb, xq, act_bytes(vtype, k), nx, y, ys);
+            scalar(k, w + wrb * (size_t)j, xq, xrb, nx, ref + j, ys);
+        tile(k, w, wrb, xq, xrb, nx, y, ys);
         for (int r = 0; r < nx; r++)
             for (int j = 0; j < CPU_TILE_ROWS; j++)
                 cr_assert_eq(memcmp(&ref[r * ys + j], &y[r * ys + j], sizeof(float)), 0,
                              "%s k=%ld nx=%d row %d weight row %d: scalar %a, amx %a", kern_dtype_info(t)->name,
                              (long)k, nx, r, j, (double)ref[r * ys + j], (double)y[r * ys + j]);
         free(w);
-        free(xq);
+        free(made);
+        munmap(map, map_len);
     }
 }
 
