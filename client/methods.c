@@ -260,8 +260,18 @@ static size_t gen_params(struct req *r, const struct spc_gen_params *p, bool str
     size_t n = 0;
     if (p->prompt && key(r, &n, "prompt"))
         p_str(r, p->prompt);
-    if (!p->prompt && key(r, &n, "tokens"))
+    if (p->tokens && key(r, &n, "tokens"))
         p_tokens(r, p->tokens, p->n_tokens);
+    if (p->messages && key(r, &n, "messages")) {
+        r->bad |= msgpack_pack_array(&r->pk, p->n_messages);
+        for (size_t i = 0; i < p->n_messages; i++) {
+            r->bad |= msgpack_pack_map(&r->pk, 2);
+            p_str(r, "role");
+            p_str(r, p->messages[i].role);
+            p_str(r, "content");
+            p_str(r, p->messages[i].content);
+        }
+    }
     if (p->add_special >= 0 && key(r, &n, "add_special"))
         p_bool(r, p->add_special);
     if (p->max_tokens != SPC_UNSET && key(r, &n, "max_tokens"))
@@ -295,8 +305,11 @@ static size_t gen_params(struct req *r, const struct spc_gen_params *p, bool str
 
 static bool gen_params_valid(const struct spc_gen_params *p)
 {
-    if (!p->prompt == !p->tokens)
+    if (!!p->prompt + !!p->tokens + !!p->messages != 1 || (p->messages && p->n_messages == 0))
         return false;
+    for (size_t i = 0; p->messages && i < p->n_messages; i++)
+        if (!p->messages[i].role || !p->messages[i].content)
+            return false;
     if (p->add_special < -1 || p->add_special > 1 || p->speculative < -1 || p->speculative > 1)
         return false;
     if (p->n_stop && !p->stop)

@@ -551,9 +551,35 @@ static int queue_work(struct server *s, struct work *w)
 /* ---------------------------------------------------------------------------------------------- */
 /* Requests. */
 
+/* A chat's messages become the prompt text by the target's chat template. */
+static int render_messages(const struct tok *t, struct ipc_generate *g)
+{
+    struct tok_chat_message *m = malloc((size_t)g->n_messages * sizeof *m);
+    if (!m)
+        return SPEC_E_NOMEM;
+    for (int i = 0; i < g->n_messages; i++)
+        m[i] = (struct tok_chat_message){.role = g->messages[i].role, .content = g->messages[i].content,
+                                         .content_len = g->messages[i].content_len};
+    const int rc = tok_chat_render(t, m, g->n_messages, &g->prompt, &g->prompt_len);
+    free(m);
+    return rc;
+}
+
 static void start_generate(struct conn *c, struct ipc_request *r)
 {
     struct server *s = c->srv;
+    if (r->u.generate.messages) {
+        const int rc = render_messages(s->tok, &r->u.generate);
+        if (rc == SPEC_E_UNSUPPORTED)
+            reply_code(c, r->msgid, IPC_INVALID_PARAMS,
+                       "messages: the model's chat template is not one specd renders (ChatML); send a prompt");
+        else if (rc)
+            reply_code(c, r->msgid, IPC_INTERNAL, "messages: %s", spec_errname(rc));
+        if (rc) {
+            ipc_request_free(r);
+            return;
+        }
+    }
     struct job *j = calloc(1, sizeof *j);
     struct work *w = r->u.generate.prompt ? calloc(1, sizeof *w) : NULL;
     if (!j || (r->u.generate.prompt && !w)) {

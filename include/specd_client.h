@@ -112,12 +112,21 @@ void spc_free(void *result);
 
 #define SPC_UNSET INT_MIN /* an int parameter left to the daemon's default */
 
-/* Parameters of a generate; exactly one of prompt and tokens. Every parameter left as
+/* A chat turn: role "system", "user" or "assistant". */
+struct spc_message {
+    const char *role;
+    const char *content;
+};
+
+/* Parameters of a generate; exactly one of prompt, tokens and messages. Every parameter left as
  * spc_gen_params_default() sets it is not sent, so the daemon's default applies. */
 struct spc_gen_params {
     const char *prompt;            /* UTF-8 text, or NULL */
     const int32_t *tokens;         /* token ids instead of a prompt */
     size_t n_tokens;
+    const struct spc_message *messages; /* chat turns instead of a prompt: the daemon renders them with
+                                         * the model's chat template */
+    size_t n_messages;
     int max_tokens, top_k, draft_max; /* SPC_UNSET */
     double temperature, top_p, min_p, repeat_penalty, frequency_penalty, presence_penalty; /* NAN */
     bool has_seed;                 /* false: the daemon picks a seed (echoed in the result) */

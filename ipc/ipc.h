@@ -23,7 +23,9 @@
 /* Stop strings per generate and bytes per stop string (the daemon checks the engine takes as many). */
 #define IPC_MAX_STOP 8
 #define IPC_MAX_STOP_LEN 128
-/* Deepest nesting the reader accepts; the protocol needs 4 ([0, id, m, [{"stop": [..]}]]). */
+/* Chat turns per generate. */
+#define IPC_MAX_MESSAGES 256
+/* Deepest nesting the reader accepts; the protocol needs 5 ([0, id, m, [{"messages": [{..}]}]]). */
 #define IPC_MAX_DEPTH 16
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -102,11 +104,20 @@ struct ipc_limits {
     int draft_max; /* draft_max <= this */
 };
 
+/* A chat turn: role is "system", "user" or "assistant". */
+struct ipc_message {
+    char role[16];
+    char *content;      /* NUL-terminated copy (may hold NULs: use content_len) */
+    size_t content_len;
+};
+
 struct ipc_generate {
     char *prompt;       /* NUL-terminated copy (may hold NULs: use prompt_len); NULL with tokens */
     size_t prompt_len;
     int32_t *tokens;    /* ids instead of a prompt; NULL with prompt */
     int n_tokens;
+    struct ipc_message *messages; /* chat turns instead of a prompt, for the model's chat template */
+    int n_messages;
     bool add_special;
     int max_tokens;
     struct verify_params sampling;

@@ -218,6 +218,45 @@ static int get_stop(const msgpack_object *o, struct ipc_generate *g, struct ipc_
     return SPEC_OK;
 }
 
+/* messages: 1..IPC_MAX_MESSAGES maps of exactly a known role and a string content. */
+static int get_messages(const msgpack_object *o, struct ipc_generate *g, struct ipc_error *err)
+{
+    SPEC_TRY(want_type(o, "messages", "an array of {role, content} maps", o->type == MSGPACK_OBJECT_ARRAY, err));
+    const msgpack_object_array *a = &o->via.array;
+    if (a->size < 1 || a->size > IPC_MAX_MESSAGES)
+        return bad(err, "messages: %u messages, must be 1 .. %d", a->size, IPC_MAX_MESSAGES);
+    g->messages = calloc(a->size, sizeof *g->messages);
+    if (!g->messages)
+        return SPEC_E_NOMEM;
+    static const char *const roles[] = {"system", "user", "assistant"};
+    for (uint32_t i = 0; i < a->size; i++) {
+        const msgpack_object *m = &a->ptr[i];
+        if (m->type != MSGPACK_OBJECT_MAP || m->via.map.size != 2)
+            return bad(err, "messages[%u]: expected a map of role and content, got %s", i, type_name(m));
+        const msgpack_object *role = NULL, *content = NULL;
+        for (uint32_t k = 0; k < 2; k++) {
+            const msgpack_object *key = &m->via.map.ptr[k].key;
+            if (key->type == MSGPACK_OBJECT_STR && str_eq(&key->via.str, "role") && !role)
+                role = &m->via.map.ptr[k].val;
+            else if (key->type == MSGPACK_OBJECT_STR && str_eq(&key->via.str, "content") && !content)
+                content = &m->via.map.ptr[k].val;
+        }
+        if (!role || !content)
+            return bad(err, "messages[%u]: expected the keys role and content", i);
+        size_t r = 0;
+        while (r < 3 && !(role->type == MSGPACK_OBJECT_STR && str_eq(&role->via.str, roles[r])))
+            r++;
+        if (r == 3)
+            return bad(err, "messages[%u].role: must be \"system\", \"user\" or \"assistant\"", i);
+        if (content->type != MSGPACK_OBJECT_STR)
+            return bad(err, "messages[%u].content: expected a string, got %s", i, type_name(content));
+        strcpy(g->messages[i].role, roles[r]);
+        SPEC_TRY(get_str(content, "content", &g->messages[i].content, &g->messages[i].content_len, err));
+        g->n_messages++;
+    }
+    return SPEC_OK;
+}
+
 /* The params map of a method: keys checked against the method's list (unknown or repeated keys are
  * errors), each value handed to `field` by its index in that list. */
 typedef int (*field_fn)(void *ctx, int key, const msgpack_object *val, struct ipc_error *err);
@@ -256,7 +295,7 @@ static int walk_params(const msgpack_object *params, const char *const *keys, in
 
 enum gen_key {
     G_PROMPT, G_TOKENS, G_ADD_SPECIAL, G_MAX_TOKENS, G_TEMPERATURE, G_TOP_K, G_TOP_P, G_MIN_P, G_REPEAT,
-    G_FREQUENCY, G_PRESENCE, G_SEED, G_STOP, G_STREAM, G_SPECULATIVE, G_DRAFT_MAX, G_N_KEYS
+    G_FREQUENCY, G_PRESENCE, G_SEED, G_STOP, G_STREAM, G_SPECULATIVE, G_DRAFT_MAX, G_MESSAGES, G_N_KEYS
 };
 
 static const char *const gen_keys[G_N_KEYS] = {
@@ -264,7 +303,7 @@ static const char *const gen_keys[G_N_KEYS] = {
     [G_TEMPERATURE] = "temperature", [G_TOP_K] = "top_k", [G_TOP_P] = "top_p", [G_MIN_P] = "min_p",
     [G_REPEAT] = "repeat_penalty", [G_FREQUENCY] = "frequency_penalty", [G_PRESENCE] = "presence_penalty",
     [G_SEED] = "seed", [G_STOP] = "stop", [G_STREAM] = "stream", [G_SPECULATIVE] = "speculative",
-    [G_DRAFT_MAX] = "draft_max",
+    [G_DRAFT_MAX] = "draft_max", [G_MESSAGES] = "messages",
 };
 
 struct gen_ctx {
@@ -311,6 +350,7 @@ static int gen_field(void *ctx, int key, const msgpack_object *v, struct ipc_err
         SPEC_TRY(get_int(v, name, 1, c->lim->draft_max, &i, err));
         g->draft_max = (int)i;
         return SPEC_OK;
+    case G_MESSAGES: return get_messages(v, g, err);
     case G_N_KEYS: break;
     }
     return SPEC_E_INVALID_ARG;
@@ -320,6 +360,9 @@ static void generate_free(struct ipc_generate *g)
 {
     free(g->prompt);
     free(g->tokens);
+    for (int i = 0; i < g->n_messages; i++)
+        free(g->messages[i].content);
+    free(g->messages);
     for (int i = 0; i < g->n_stop; i++)
         free(g->stop[i]);
     free(g->stop);
@@ -336,8 +379,10 @@ static int parse_generate(const msgpack_object *params, const struct ipc_limits 
     };
     struct gen_ctx c = {g, lim};
     int rc = walk_params(params, gen_keys, G_N_KEYS, gen_field, &c, err);
-    if (!rc && !g->prompt == !g->tokens)
-        rc = bad(err, g->prompt ? "prompt, tokens: give one, not both" : "prompt: missing (or give tokens)");
+    const int given = !!g->prompt + !!g->tokens + !!g->messages;
+    if (!rc && given != 1)
+        rc = bad(err, given ? "prompt, tokens, messages: give one of them"
+                            : "prompt: missing (or give tokens or messages)");
     if (rc)
         generate_free(g);
     return rc;

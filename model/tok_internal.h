@@ -70,6 +70,9 @@ struct tok {
 
     int32_t *special;   /* control/user-defined/unknown ids, longest text first */
     size_t n_special;
+
+    bool chat_ml;       /* tokenizer.chat_template is of the ChatML family */
+    char *chat_system;  /* its default system message, or NULL */
 };
 
 /* Where tok_encode collects ids: the first cap are stored, all are counted. */
@@ -123,6 +126,9 @@ int tok_spm_encode(const struct tok *t, const char *text, size_t len, bool space
  * Returns the word count. */
 size_t tok_pre_split(enum tok_pre pre, const uint32_t *cpts, const uint16_t *fl, size_t n, size_t *words,
                      size_t *scratch);
+
+/* tokenizer.chat_template, recognised (tok_chat.c): SPEC_E_TYPE when it is not a string. */
+int tok_chat_load(struct tok *t, const struct gguf *g);
 
 /* Training text of the synthetic vocabularies (tok_synth_text.c). */
 extern const char *const tok_synth_text[];

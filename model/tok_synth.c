@@ -517,6 +517,13 @@ static int write_vocab(struct gguf_writer *gw, const struct tok_synth_config *cf
         rc = gguf_writer_set_bool(gw, "tokenizer.ggml.add_bos_token", cfg->add_bos);
     if (rc == 0)
         rc = gguf_writer_set_bool(gw, "tokenizer.ggml.add_eos_token", false);
+    if (rc == 0) /* ChatML with a default system message, the shape of SmolLM2's template */
+        rc = gguf_writer_set_str(gw, "tokenizer.chat_template",
+                                 "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+                                 "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+                                 "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + "
+                                 "'\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+                                 "{% endif %}");
     return rc;
 }
 

@@ -646,6 +646,8 @@ static int load(struct tok *t, const struct gguf *g)
         rc = load_specials(t, g, add_bos);
     if (rc == 0)
         rc = load_special_list(t);
+    if (rc == 0)
+        rc = tok_chat_load(t, g);
     if (rc)
         return rc;
     load_byte_tables(t);
@@ -681,6 +683,7 @@ void tok_free(struct tok *t)
     free(t->index);
     free(t->merges);
     free(t->special);
+    free(t->chat_system);
     free(t);
 }
 

@@ -126,6 +126,24 @@ int tok_stream_flush(struct tok_stream *s, char *out, size_t cap, size_t *n_out)
 size_t tok_stream_max_out(const struct tok *t);
 
 /* ---------------------------------------------------------------------------------------------- */
+/* Chat prompts from tokenizer.chat_template. The ChatML family ("<|im_start|>role\ncontent<|im_end|>\n":
+ * Qwen2/2.5, SmolLM2 and many more) is rendered without a Jinja engine, with the default system
+ * message such templates put first when a conversation does not start with one; other templates are
+ * not rendered (send a formatted prompt instead). */
+
+struct tok_chat_message {
+    const char *role; /* "system", "user" or "assistant" (NUL-terminated) */
+    const char *content;
+    size_t content_len;
+};
+
+/* The prompt text of messages m[0..n) followed by the opening of the assistant's turn
+ * (add_generation_prompt), malloc'd and NUL-terminated in *out (caller frees), *len bytes. Tokenize
+ * it with special tokens parsed. SPEC_E_UNSUPPORTED when the model has no ChatML chat template,
+ * SPEC_E_INVALID_ARG for no messages or an unknown role, SPEC_E_NOMEM. */
+int tok_chat_render(const struct tok *t, const struct tok_chat_message *m, int n, char **out, size_t *len);
+
+/* ---------------------------------------------------------------------------------------------- */
 /* Synthetic vocabularies for test models: small but real tokenizers learned deterministically
  * (greedy most-frequent-pair BPE) from an English/C text embedded in the library.
  *
@@ -139,7 +157,7 @@ size_t tok_stream_max_out(const struct tok *t);
  *   characters and no byte tokens: other characters encode as <unk>.
  * When the text runs out of pairs to merge, the rest of the vocabulary is filled with unused-type
  * tokens "<|unused_N|>". Writes tokenizer.ggml.{model, pre, tokens, token_type, scores or merges,
- * bos/eos/unknown ids, add_bos_token, add_eos_token}; nothing else. */
+ * bos/eos/unknown ids, add_bos_token, add_eos_token} and a ChatML tokenizer.chat_template. */
 #define TOK_SYNTH_BPE_MIN_VOCAB 260
 #define TOK_SYNTH_SPM_MIN_VOCAB 16
 #define TOK_SYNTH_MAX_VOCAB 262144 /* real vocabularies reach 152k (Qwen2.5), 256k (Gemma) */

@@ -32,6 +32,8 @@ static void usage(FILE *f)
             "      --no-spec              target-only decoding, no speculation\n"
             "      --draft-max N          this request's largest draft\n"
             "      --no-special           do not prepend BOS\n"
+            "      --chat                 PROMPT is a user message, formatted by the model's chat template\n"
+            "      --system TEXT          a system message before it (implies --chat)\n"
             "      --json                 print the result as one JSON line (after each chunk's\n"
             "                             own line with --stream) instead of text and summary\n"
             "  info                       models, backend and limits\n"
@@ -62,7 +64,8 @@ struct args {
     const char *stop[MAX_ARGS];
     int32_t ids[MAX_ARGS];     /* detokenize */
     struct spc_gen_params gp;
-    bool stream, json, prometheus, special;
+    const char *system;        /* --system */
+    bool stream, json, prometheus, special, chat;
 };
 
 static bool parse_int(const char *s, long lo, long hi, long *v)
@@ -122,6 +125,10 @@ static bool option(struct args *a, const char *o, const char *v, bool *used_valu
     }
     if (!strcmp(o, "--seed"))
         return v && (a->gp.has_seed = parse_u64(v, &a->gp.seed));
+    if (!strcmp(o, "--system")) {
+        a->chat = true;
+        return (a->system = v) != NULL;
+    }
     if (!strcmp(o, "--stop")) {
         if (!v || a->gp.n_stop == MAX_ARGS)
             return false;
@@ -133,6 +140,7 @@ static bool option(struct args *a, const char *o, const char *v, bool *used_valu
                  : !strcmp(o, "--json")       ? &a->json
                  : !strcmp(o, "--prometheus") ? &a->prometheus
                  : !strcmp(o, "--special")    ? &a->special
+                 : !strcmp(o, "--chat")       ? &a->chat
                                               : NULL;
     if (flag)
         return *flag = true;
@@ -149,7 +157,7 @@ static bool options_fit(struct args *a)
 {
     const struct spc_gen_params def = spc_gen_params_default();
     const bool gen = !strcmp(a->cmd, "generate");
-    const bool gen_opts = a->stream || a->json || a->gp.n_stop || a->gp.has_seed || a->gp.speculative != -1 ||
+    const bool gen_opts = a->stream || a->json || a->chat || a->gp.n_stop || a->gp.has_seed || a->gp.speculative != -1 ||
                           a->gp.add_special != -1 || a->gp.max_tokens != def.max_tokens ||
                           a->gp.top_k != def.top_k || a->gp.draft_max != def.draft_max ||
                           !isnan(a->gp.temperature) || !isnan(a->gp.top_p) || !isnan(a->gp.min_p) ||
@@ -308,7 +316,13 @@ static void print_result(const struct args *a, const struct spc_gen_result *r)
 
 static int cmd_generate(struct spc_client *c, struct args *a)
 {
-    a->gp.prompt = a->pos[0];
+    const struct spc_message chat[2] = {{"system", a->system}, {"user", a->pos[0]}};
+    if (a->chat) {
+        a->gp.messages = a->system ? chat : chat + 1;
+        a->gp.n_messages = a->system ? 2 : 1;
+    } else {
+        a->gp.prompt = a->pos[0];
+    }
     struct spc_gen_result *r;
     const int err = spc_generate(c, &a->gp, a->stream ? on_chunk : NULL, a, &r);
     if (err) {

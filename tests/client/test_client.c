@@ -1397,6 +1397,8 @@ Test(client, specctl_usage_errors_exit_2)
         {"detokenize", NULL},
         {"detokenize", "12", "x", NULL},
         {"health", "--bogus", NULL},
+        {"info", "--chat", NULL},                   /* a generate option */
+        {"generate", "a", "--system", NULL},        /* missing value */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         struct cli_run r = specctl(cases[i][0], cases[i][1], cases[i][2], cases[i][3], cases[i][4]);
@@ -1450,6 +1452,34 @@ Test(client, specctl_generate_sends_its_options_and_streams_the_text)
     const msgpack_object *stop = param(q, "stop");
     cr_assert(stop && stop->type == MSGPACK_OBJECT_ARRAY && stop->via.array.size == 2);
     expect_str(&stop->via.array.ptr[1], "bc", "stop[1]");
+    cli_run_free(&r);
+}
+
+/* --system (and --chat) send the prompt as chat messages instead of a prompt. */
+Test(client, specctl_system_sends_chat_messages)
+{
+    struct peer p = {0};
+    peer_start(&p, script_specctl_generate);
+    char bin[PATH_MAX];
+    cli_bin("specctl", bin, sizeof bin);
+    char *argv[] = {bin, "--socket", p.path, "generate", "Hi there", "--system", "Be brief.", "--stream", NULL};
+    struct cli_run r = cli_run(argv);
+    peer_finish(&p);
+    cr_assert_eq(r.status, 0, "stderr: %s", r.err);
+    const struct req *q = p.req[0];
+    cr_assert_null(param(q, "prompt"));
+    const msgpack_object *m = param(q, "messages");
+    cr_assert(m && m->type == MSGPACK_OBJECT_ARRAY && m->via.array.size == 2);
+    const char *want[2][2] = {{"system", "Be brief."}, {"user", "Hi there"}};
+    for (int i = 0; i < 2; i++) {
+        const msgpack_object *e = &m->via.array.ptr[i];
+        cr_assert(e->type == MSGPACK_OBJECT_MAP && e->via.map.size == 2);
+        for (uint32_t k = 0; k < 2; k++) {
+            const msgpack_object_kv *kv = &e->via.map.ptr[k];
+            const bool is_role = kv->key.via.str.size == 4 && !memcmp(kv->key.via.str.ptr, "role", 4);
+            expect_str(&kv->val, want[i][is_role ? 0 : 1], "message field");
+        }
+    }
     cli_run_free(&r);
 }
 

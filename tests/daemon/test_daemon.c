@@ -645,6 +645,36 @@ Test(daemon, output_equals_specd_run_greedy_and_seeded)
     daemon_cleanup(&d);
 }
 
+/* messages are rendered by the model's chat template (the synthetic models carry a ChatML one with
+ * a default system message): the same tokens as the prompt written out by hand, which then finds the
+ * first request's caches. */
+Test(daemon, chat_messages_equal_the_prompt_their_template_renders)
+{
+    struct daemon d;
+    daemon_init(&d);
+    daemon_start(&d, NULL);
+    struct client *c = cl_open(&d);
+    struct gen g[2] = {{.id = 1}, {.id = 2}};
+    cl_send(c, "[0, 1, 'generate', [{'messages': [{'role': 'user', 'content': 'Once upon a time'}], "
+               "'max_tokens': 24, 'temperature': 0}]]");
+    collect(c, &g[0], 1);
+    cl_send(c, "[0, 2, 'generate', [{'prompt': '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n"
+               "<|im_start|>user\\nOnce upon a time<|im_end|>\\n<|im_start|>assistant\\n', "
+               "'max_tokens': 24, 'temperature': 0}]]");
+    collect(c, &g[1], 1);
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(g[i].err_code, 0, "generate %d failed with %d", i + 1, g[i].err_code);
+    cr_assert_eq(g[0].prompt_tokens, g[1].prompt_tokens);
+    cr_assert_eq(g[1].cached_tokens, g[1].prompt_tokens - 1, "the same tokens: the first request's caches");
+    cr_assert_eq(g[0].n_tokens, g[1].n_tokens);
+    cr_assert_eq(memcmp(g[0].tokens, g[1].tokens, (size_t)g[0].n_tokens * sizeof(int32_t)), 0);
+    gen_free(&g[0]);
+    gen_free(&g[1]);
+    cl_close(c);
+    daemon_stop(&d);
+    daemon_cleanup(&d);
+}
+
 /* A draft that scores only the first 100 of 300 ids (--draft-vocab) changes how fast, not what. */
 Test(daemon, a_vocabulary_limited_draft_gives_the_target_only_output)
 {

@@ -103,7 +103,17 @@ Test(request, generate_param_errors_name_the_field)
         {"[0, 3, 'generate', [{}, {}]]", P, "2 elements", 3},
         {"[0, 3, 'generate', [5]]", P, "params[0]", 3},
         {GEN("'prompt': 5"), P, "prompt: expected a string", 3},
-        {GEN("'prompt': 'a', 'tokens': [1]"), P, "not both", 3},
+        {GEN("'prompt': 'a', 'tokens': [1]"), P, "give one of them", 3},
+        {GEN("'prompt': 'a', 'messages': [{'role': 'user', 'content': 'b'}]"), P, "give one of them", 3},
+        {GEN("'messages': 'hi'"), P, "messages: expected an array", 3},
+        {GEN("'messages': []"), P, "messages: 0 messages, must be 1 .. 256", 3},
+        {GEN("'messages': ['hi']"), P, "messages[0]: expected a map of role and content, got a string", 3},
+        {GEN("'messages': [{'role': 'user'}]"), P, "messages[0]: expected a map", 3},
+        {GEN("'messages': [{'role': 'user', 'text': 'a'}]"), P, "messages[0]: expected the keys role and content", 3},
+        {GEN("'messages': [{'role': 'user', 'content': 'a', 'name': 'b'}]"), P, "messages[0]: expected a map", 3},
+        {GEN("'messages': [{'role': 'user', 'content': 'a'}, {'role': 'bot', 'content': 'b'}]"), P,
+         "messages[1].role: must be", 3},
+        {GEN("'messages': [{'role': 'user', 'content': 5}]"), P, "messages[0].content: expected a string", 3},
         {GEN("'tokens': []"), P, "tokens: empty", 3},
         {GEN("'tokens': 5"), P, "tokens: expected", 3},
         {GEN("'tokens': [300]"), P, "tokens[0]: token id out of range 0 .. 299", 3},
@@ -249,6 +259,22 @@ Test(request, generate_takes_every_key_and_ints_for_floats)
     cr_assert_not(g->speculative);
     cr_assert_eq(g->draft_max, 8);
     cr_assert_eq(verify_params_check(&g->sampling), SPEC_OK);
+    ipc_request_free(&r);
+}
+
+Test(request, generate_takes_chat_messages)
+{
+    struct ipc_request r = parse_ok(GEN("'messages': [{'role': 'system', 'content': 'Be brief.'}, "
+                                        "{'content': 'a\\x00b', 'role': 'user'}]"));
+    const struct ipc_generate *g = &r.u.generate;
+    cr_assert_null(g->prompt);
+    cr_assert_null(g->tokens);
+    cr_assert_eq(g->n_messages, 2);
+    cr_assert_str_eq(g->messages[0].role, "system");
+    cr_assert_str_eq(g->messages[0].content, "Be brief.");
+    cr_assert_str_eq(g->messages[1].role, "user");
+    cr_assert_eq(g->messages[1].content_len, 3);
+    cr_assert_eq(memcmp(g->messages[1].content, "a\0b", 3), 0);
     ipc_request_free(&r);
 }
 

@@ -198,3 +198,25 @@ Test(tokenizer_llamacpp, benchmark_prompts_roundtrip_through_real_vocabularies, 
     free(back);
     free(text);
 }
+
+/* The real models' chat templates, rendered as Hugging Face renders them (each opens with its own
+ * default system message). */
+Test(tokenizer_llamacpp, real_chat_templates_render_with_their_default_system_messages)
+{
+    static const char *const models[] = {"smollm2-135m-instruct-q4_1.gguf", "qwen2.5-coder-0.5b-q4_k_m.gguf"};
+    static const char *const system[] = {"You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+                                         "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."};
+    const struct tok_chat_message m = {.role = "user", .content = "Hello", .content_len = 5};
+    for (int i = 0; i < 2; i++) {
+        struct tok *t = load_model_tok(models[i]);
+        char *out, want[512];
+        size_t len;
+        cr_assert_eq(tok_chat_render(t, &m, 1, &out, &len), SPEC_OK, "%s", models[i]);
+        snprintf(want, sizeof want,
+                 "<|im_start|>system\n%s<|im_end|>\n<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n",
+                 system[i]);
+        cr_assert_str_eq(out, want, "%s", models[i]);
+        free(out);
+        tok_free(t);
+    }
+}
