@@ -639,6 +639,8 @@ int spc_stats(struct spc_client *c, struct spc_stats **out)
                         {"tokens_drafted", &s->tokens_drafted},
                         {"tokens_accepted", &s->tokens_accepted},
                         {"target_passes", &s->target_passes},
+                        {"prompt_tokens", &s->prompt_tokens},
+                        {"prompt_tokens_cached", &s->prompt_tokens_cached},
                         {"connections_total", &s->connections_total},
                         {"connections_rejected", &s->connections_rejected},
                         {"clients_connected", &s->clients_connected},

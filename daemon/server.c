@@ -371,6 +371,8 @@ static void job_done(struct server *s, struct job *j)
     st->tokens_drafted += (uint64_t)j->stats.n_drafted;
     st->tokens_accepted += (uint64_t)j->stats.n_accepted;
     st->target_passes += (uint64_t)j->stats.n_target_passes;
+    st->prompt_tokens += (uint64_t)j->stats.n_prompt;
+    st->prompt_tokens_cached += (uint64_t)j->stats.n_prompt_cached;
     if (j->submitted)
         ipc_hist_observe(&st->queue_seconds, j->t_submit - j->t_recv);
     if (j->t_first > 0)

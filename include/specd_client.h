@@ -229,7 +229,8 @@ struct spc_histogram {
 struct spc_stats {
     /* Counters since start. */
     uint64_t requests_total, requests_failed, requests_cancelled, tokens_generated, tokens_drafted,
-        tokens_accepted, target_passes, connections_total, connections_rejected;
+        tokens_accepted, target_passes, prompt_tokens, prompt_tokens_cached, connections_total,
+        connections_rejected;
     /* Gauges. */
     uint64_t clients_connected, active, queued;
     double uptime_s;

@@ -311,6 +311,8 @@ static const struct {
     M(tokens_drafted, COUNTER, "Draft tokens proposed."),
     M(tokens_accepted, COUNTER, "Draft tokens accepted."),
     M(target_passes, COUNTER, "Batched target passes that advanced a request."),
+    M(prompt_tokens, COUNTER, "Prompt tokens of finished generate requests."),
+    M(prompt_tokens_cached, COUNTER, "Prompt tokens found in the prompt cache (no prefill)."),
     M(clients_connected, GAUGE, "Clients connected now."),
     M(connections_total, COUNTER, "Connections accepted."),
     M(connections_rejected, COUNTER, "Connections refused (uid, client limit, draining)."),

@@ -181,6 +181,8 @@ struct ipc_stats {
     uint64_t tokens_drafted;
     uint64_t tokens_accepted;
     uint64_t target_passes;
+    uint64_t prompt_tokens;      /* prompt tokens of finished generates */
+    uint64_t prompt_tokens_cached; /* of those, the ones kept from an earlier request (no prefill) */
     uint64_t clients_connected;  /* now */
     uint64_t connections_total;  /* accepted since start */
     uint64_t connections_rejected;

@@ -157,8 +157,8 @@ static bool options_fit(struct args *a)
 {
     const struct spc_gen_params def = spc_gen_params_default();
     const bool gen = !strcmp(a->cmd, "generate");
-    const bool gen_opts = a->stream || a->json || a->chat || a->gp.n_stop || a->gp.has_seed || a->gp.speculative != -1 ||
-                          a->gp.add_special != -1 || a->gp.max_tokens != def.max_tokens ||
+    const bool gen_opts = a->stream || a->json || a->chat || a->gp.n_stop || a->gp.has_seed ||
+                          a->gp.speculative != -1 || a->gp.add_special != -1 || a->gp.max_tokens != def.max_tokens ||
                           a->gp.top_k != def.top_k || a->gp.draft_max != def.draft_max ||
                           !isnan(a->gp.temperature) || !isnan(a->gp.top_p) || !isnan(a->gp.min_p) ||
                           !isnan(a->gp.repeat_penalty) || !isnan(a->gp.frequency_penalty) ||
@@ -392,7 +392,8 @@ static int cmd_stats(struct spc_client *c, const struct args *a)
     } counters[] = {{"requests_total", s->requests_total},       {"requests_failed", s->requests_failed},
                     {"requests_cancelled", s->requests_cancelled}, {"tokens_generated", s->tokens_generated},
                     {"tokens_drafted", s->tokens_drafted},       {"tokens_accepted", s->tokens_accepted},
-                    {"target_passes", s->target_passes},         {"connections_total", s->connections_total},
+                    {"target_passes", s->target_passes},         {"prompt_tokens", s->prompt_tokens},
+                    {"prompt_tokens_cached", s->prompt_tokens_cached}, {"connections_total", s->connections_total},
                     {"connections_rejected", s->connections_rejected}, {"clients_connected", s->clients_connected},
                     {"active", s->active},                       {"queued", s->queued}};
     for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++)

@@ -1097,7 +1097,8 @@ static void script_results(struct peer *p)
         static const char *const counters[] = {"requests_total", "requests_failed", "requests_cancelled",
                                                "tokens_generated", "tokens_drafted", "tokens_accepted",
                                                "target_passes", "connections_total", "connections_rejected",
-                                               "clients_connected", "active", "queued"};
+                                               "clients_connected", "active", "queued", "prompt_tokens",
+                                               "prompt_tokens_cached"};
         msgpack_sbuffer sb;
         msgpack_sbuffer_init(&sb);
         msgpack_packer pk;
@@ -1106,8 +1107,8 @@ static void script_results(struct peer *p)
         msgpack_pack_int(&pk, 1);
         msgpack_pack_unsigned_int(&pk, q->id);
         msgpack_pack_nil(&pk);
-        msgpack_pack_map(&pk, 12 + 1 + 3 + 1);
-        for (int i = 0; i < 12; i++) {
+        msgpack_pack_map(&pk, 14 + 1 + 3 + 1);
+        for (int i = 0; i < 14; i++) {
             msgpack_pack_str_with_body(&pk, counters[i], strlen(counters[i]));
             msgpack_pack_int(&pk, 10 + i);
         }
@@ -1175,6 +1176,8 @@ Test(client, info_stats_and_detokenize_results_are_decoded)
     cr_assert_eq(s->connections_total, 17);
     cr_assert_eq(s->connections_rejected, 18);
     cr_assert_eq(s->queued, 21);
+    cr_assert_eq(s->prompt_tokens, 22);
+    cr_assert_eq(s->prompt_tokens_cached, 23);
     cr_assert_float_eq(s->uptime_s, 3.0, 1e-12);
     cr_assert_eq(s->queue_seconds.n_buckets, 3);
     cr_assert(isinf(s->queue_seconds.buckets[2].le), "\"+Inf\" as a string");

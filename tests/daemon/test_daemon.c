@@ -1318,6 +1318,8 @@ Test(daemon, info_stats_health_and_tokenizer_methods)
     cl_send(c, "[0, 6, 'stats', []]");
     r = expect_result(c, 6);
     cr_assert_eq(mget(r, "tokens_generated")->via.u64, (uint64_t)gen.n_tokens);
+    cr_assert_eq(mget(r, "prompt_tokens")->via.u64, (uint64_t)gen.prompt_tokens);
+    cr_assert_eq(mget(r, "prompt_tokens_cached")->via.u64, (uint64_t)gen.cached_tokens);
     cr_assert_geq(mget(r, "requests_total")->via.u64, 6);
     cr_assert_eq(mget(r, "clients_connected")->via.u64, 1);
     cr_assert_eq(mget(mget(r, "request_seconds"), "count")->via.u64, 1);
