@@ -3,11 +3,11 @@
 # stream one request through specctl, show the speculative statistics, then stop the daemon with
 # SIGTERM as a service manager would.
 #
-#   tools/run-demo.sh BUILD_DIR MODEL.gguf PROMPT      (PROMPT is wrapped in SmolLM2's ChatML template)
+#   tools/run-demo.sh BUILD_DIR MODEL.gguf PROMPT      (PROMPT is sent as a chat message: the daemon
+#                                                      applies the model's chat template)
 set -euo pipefail
 
-build=$1 model=$2
-prompt="<|im_start|>user"$'\n'"$3<|im_end|>"$'\n'"<|im_start|>assistant"$'\n'
+build=$1 model=$2 prompt=$3
 dir=$(mktemp -d "${TMPDIR:-/tmp}/specd-run.XXXXXX")
 sock=$dir/specd.sock
 log=$dir/specd.log
@@ -28,9 +28,9 @@ done
 [ -S "$sock" ] || { cat "$log" >&2; echo "run-demo: specd did not create $sock" >&2; exit 1; }
 
 echo "== specd is serving $model on $sock; streaming one request with specctl:"
-"$build/bin/specctl" --socket "$sock" generate "$prompt" --stream --max-tokens 96 --temperature 0
+"$build/bin/specctl" --socket "$sock" generate "$prompt" --chat --stream --max-tokens 96 --temperature 0
 echo "== the same request without speculation (A/B):"
-"$build/bin/specctl" --socket "$sock" generate "$prompt" --max-tokens 96 --temperature 0 --no-spec >/dev/null
+"$build/bin/specctl" --socket "$sock" generate "$prompt" --chat --max-tokens 96 --temperature 0 --no-spec >/dev/null
 "$build/bin/specctl" --socket "$sock" stats --prometheus | grep -E '^specd_(requests_total|tokens_(generated|drafted|accepted))' || true
 
 kill -TERM "$pid"
