@@ -243,9 +243,9 @@ static struct slot *pick_slot(struct engine *e, const struct engine_request *req
         if (sl->used)
             continue;
         const int n = reusable(sl, req);
-        const bool better = !best || n > best_n ||
-                            (n == best_n && (best->tseq != NULL) > (sl->tseq != NULL)) ||
-                            (n == best_n && (best->tseq != NULL) == (sl->tseq != NULL) && sl->last_use < best->last_use);
+        const bool kept = sl->tseq != NULL, best_kept = best && best->tseq != NULL;
+        const bool better = !best || n > best_n || (n == best_n && best_kept && !kept) ||
+                            (n == best_n && best_kept == kept && sl->last_use < best->last_use);
         if (better) {
             best = sl;
             best_n = n;
@@ -427,9 +427,11 @@ static void prefill(struct engine *e)
         who[nw++] = sl;
         const int tlen = model_seq_len(sl->tseq), dlen = sl->dseq ? model_seq_len(sl->dseq) : 0;
         if (tlen < sl->n_prompt - 1)
-            tb[nt++] = (struct model_batch_item){.s = sl->tseq, .tokens = sl->hist + tlen, .n = sl->n_prompt - 1 - tlen};
+            tb[nt++] = (struct model_batch_item){.s = sl->tseq, .tokens = sl->hist + tlen,
+                                                 .n = sl->n_prompt - 1 - tlen};
         if (sl->dseq && dlen < sl->n_prompt - 1)
-            db[nd++] = (struct model_batch_item){.s = sl->dseq, .tokens = sl->hist + dlen, .n = sl->n_prompt - 1 - dlen};
+            db[nd++] = (struct model_batch_item){.s = sl->dseq, .tokens = sl->hist + dlen,
+                                                 .n = sl->n_prompt - 1 - dlen};
     }
     const double t0 = now();
     int rc = nt > 0 ? model_forward_batch(e->cfg.target, tb, nt) : SPEC_OK;
