@@ -68,7 +68,7 @@ int draft_model_propose(struct model *m, struct draft_model_run *runs, int n_run
         return SPEC_E_INVALID_ARG;
     const int32_t n_vocab = model_n_vocab(m);
     struct model_batch_item items[DRAFT_MAX_RUNS];
-    int32_t tokens[DRAFT_MAX_RUNS], picks[DRAFT_MAX_RUNS];
+    int32_t tokens[DRAFT_MAX_RUNS], picks[DRAFT_MAX_RUNS]; /* by run: a run's pick is read before it is fed again */
     float pick_probs[DRAFT_MAX_RUNS];
     int n_items = 0;
     /* Catch up: feed each run's history after its cache, outputs of the last position. */
@@ -80,30 +80,23 @@ int draft_model_propose(struct model *m, struct draft_model_run *runs, int n_run
         if (!r->sp || !r->ctx || !r->out || !r->logits || r->max_out <= 0 || len >= r->n_ctx ||
             (!r->q && !verify_params_raw_greedy(r->sp)))
             return SPEC_E_INVALID_ARG; /* the caller truncates the cache to a strict prefix */
-        items[n_items] = draft_item(r, r->ctx + len, (int)(r->n_ctx - len), min_prob, &picks[n_items],
-                                    &pick_probs[n_items]);
-        n_items++;
+        items[n_items++] = draft_item(r, r->ctx + len, (int)(r->n_ctx - len), min_prob, &picks[i], &pick_probs[i]);
     }
     while (n_items > 0) {
         SPEC_TRY(model_forward_batch(m, items, n_items));
         /* Each run fed in this pass drafts one token; those that want more feed it in the next. */
         const int n_fed = n_items;
         struct model_seq *fed[DRAFT_MAX_RUNS];
-        int32_t fed_pick[DRAFT_MAX_RUNS];
-        float fed_prob[DRAFT_MAX_RUNS];
-        for (int i = 0; i < n_fed; i++) {
+        for (int i = 0; i < n_fed; i++)
             fed[i] = items[i].s;
-            fed_pick[i] = picks[i];
-            fed_prob[i] = pick_probs[i];
-        }
         n_items = 0;
         for (int i = 0, j = 0; i < n_runs && j < n_fed; i++) {
             struct draft_model_run *r = &runs[i];
             if (r->s != fed[j])
                 continue;
-            int32_t token;
-            const int keep = next_token(r, fed_pick[j], fed_prob[j], n_vocab, penalty_window, min_prob, vs, &token);
             j++;
+            int32_t token;
+            const int keep = next_token(r, picks[i], pick_probs[i], n_vocab, penalty_window, min_prob, vs, &token);
             if (keep < 0) {
                 r->err = keep;
                 continue;
@@ -114,7 +107,7 @@ int draft_model_propose(struct model *m, struct draft_model_run *runs, int n_run
             r->out[r->n_out++] = token;
             if (r->n_out < r->max_out) {
                 tokens[n_items] = token;
-                items[n_items] = draft_item(r, &tokens[n_items], 1, min_prob, &picks[n_items], &pick_probs[n_items]);
+                items[n_items] = draft_item(r, &tokens[n_items], 1, min_prob, &picks[i], &pick_probs[i]);
                 n_items++;
             }
         }
