@@ -16,11 +16,7 @@ static const char IM_START[] = "<|im_start|>", IM_END[] = "<|im_end|>";
 /* First occurrence of needle in hay[0..n), or NULL. */
 static const char *find(const char *hay, size_t n, const char *needle)
 {
-    const size_t k = strlen(needle);
-    for (size_t i = 0; k <= n && i <= n - k; i++)
-        if (!memcmp(hay + i, needle, k))
-            return hay + i;
-    return NULL;
+    return memmem(hay, n, needle, strlen(needle));
 }
 
 /* The default system text: after "<|im_start|>system" and a newline (written as "\n" or as the
@@ -38,8 +34,10 @@ static int default_system(const char *tp, size_t n, char **out)
         else
             continue;
         const char *e = find(s, (size_t)(end - s), IM_END);
-        if (!e || e == s || memchr(s, '\'', (size_t)(e - s)) || memchr(s, '"', (size_t)(e - s)) ||
-            memchr(s, '{', (size_t)(e - s)) || memchr(s, '+', (size_t)(e - s)) || memchr(s, '\\', (size_t)(e - s)))
+        bool plain = e && e > s;
+        for (const char *c = "'\"{+\\"; plain && *c; c++)
+            plain = !memchr(s, *c, (size_t)(e - s));
+        if (!plain)
             continue;
         *out = strndup(s, (size_t)(e - s));
         return *out ? SPEC_OK : SPEC_E_NOMEM;
