@@ -43,7 +43,15 @@ LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
 # cudart is linked statically, so binaries start on machines without the CUDA runtime libraries and
 # kern_backend_create("cuda") reports SPEC_E_UNSUPPORTED there.
 CU_SRCS  := $(wildcard kernels/cuda/*.cu)
-ifneq ($(NVCC),)
+CUDASIM  ?= 0
+ifeq ($(CUDASIM),1)
+# The same kernel sources built by the host's C++ compiler against the CPU simulator (make test-cudasim).
+CU_OBJS  := $(CU_SRCS:%.cu=$(BUILD)/obj/%.o) $(BUILD)/obj/tests/support/cudasim/cudasim.o
+SIMFLAGS := -std=c++17 $(OPT) -g -Wall -Wextra -Werror -Wno-unknown-pragmas -Wno-unused-parameter \
+            -ffp-contract=off -fno-exceptions $(SANFLAGS) -Itests/support/cudasim -I. -Iinclude -D_GNU_SOURCE
+CPPFLAGS += -DSPEC_HAVE_CUDA
+LDLIBS   += -lstdc++
+else ifneq ($(NVCC),)
 CU_OBJS  := $(CU_SRCS:%.cu=$(BUILD)/obj/%.o)
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 NVFLAGS  := -O2 -std=c++17 -I. -Iinclude -arch=sm_90 -fmad=false -Xcompiler -Wall,-Wextra,-Werror,-fno-exceptions,-fno-threadsafe-statics
@@ -73,7 +81,7 @@ TESTS     := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 
 LIB := $(BUILD)/libspecd.a
 
-.PHONY: all lib daemon tools benches tests test test-asan test-cuda models run install clean
+.PHONY: all lib daemon tools benches tests test test-asan test-cuda test-cudasim models run install clean
 all: lib daemon tools benches tests
 
 lib: $(LIB) $(CLIENT_LIB)
@@ -110,9 +118,19 @@ $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
 
+ifeq ($(CUDASIM),1)
+$(BUILD)/obj/%.o: %.cu
+	@mkdir -p $(@D)
+	$(CXX) $(SIMFLAGS) -x c++ -MMD -MP -c $< -o $@
+
+$(BUILD)/obj/%.o: %.cc
+	@mkdir -p $(@D)
+	$(CXX) $(SIMFLAGS) -MMD -MP -c $< -o $@
+else
 $(BUILD)/obj/%.o: %.cu
 	@mkdir -p $(@D)
 	$(NVCC) $(NVFLAGS) -MMD -MP -MF $(@:.o=.d) -c $< -o $@
+endif
 
 $(BUILD)/bin/%: tools/%.c $(LIB) $(CLIENT_LIB)
 	@mkdir -p $(@D)
@@ -140,6 +158,14 @@ test-asan:
 test-cuda: $(BUILD)/tests/kernels/test_backend_conformance
 	SPECD_REQUIRE_CUDA=1 ./tools/run-tests.sh $<
 
+# Without a GPU: the CUDA backend's own kernel sources on the CPU simulator (tests/support/cudasim),
+# under ASan/UBSan, through the same conformance suite. It checks the kernels' logic (indexing,
+# barriers, shuffles, alignment, launch shapes), not the GPU's float library or speed.
+CUDASIM_BUILD := build-cudasim
+test-cudasim:
+	$(MAKE) SAN=1 CUDASIM=1 BUILD=$(CUDASIM_BUILD) $(CUDASIM_BUILD)/tests/kernels/test_backend_conformance
+	SPECD_REQUIRE_CUDA=1 ./tools/run-tests.sh $(CUDASIM_BUILD)/tests/kernels/test_backend_conformance
+
 # Fetches the real models, then makes their float conversions (the lines of tools/models.sha256 with a
 # third field) with specd-quantize; every file is checked against its sha256.
 models: $(BUILD)/bin/specd-quantize
@@ -159,6 +185,6 @@ install: all
 	install -m 0755 $(DAEMON) $(TOOLS) $(DESTDIR)$(PREFIX)/bin/
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-cudasim
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

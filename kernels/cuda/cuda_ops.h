@@ -16,6 +16,12 @@ extern "C" {
 #include "kernels/backend.h"
 }
 
+/* Every kernel launch: CUDA_LAUNCH(grid, block, stream, kernel)(arguments...). The CPU simulator that
+ * runs these sources in CI (tests/support/cudasim) defines its own, as a host compiler has no <<< >>>. */
+#ifndef CUDA_LAUNCH
+#define CUDA_LAUNCH(grid, block, st, ...) __VA_ARGS__<<<grid, block, 0, st>>>
+#endif
+
 /* A grow-only device buffer for scratch data (converted activations, attention partials, ids). */
 struct cuda_buf {
     void *p;

@@ -581,7 +581,7 @@ template <class W>
 static cudaError_t launch_mmv(cudaStream_t st, const mmv_args &a)
 {
     const unsigned blocks = (unsigned)((a.rows + MMV_ROWS_PER_BLOCK - 1) / MMV_ROWS_PER_BLOCK);
-    mmv<W><<<blocks, MMV_THREADS, 0, st>>>(a);
+    CUDA_LAUNCH(blocks, MMV_THREADS, st, mmv<W>)(a);
     return cudaGetLastError();
 }
 
@@ -609,11 +609,11 @@ static cudaError_t quantize_act(cudaStream_t st, struct cuda_buf *act, enum spec
     float *d = (float *)a.xd, *s = (float *)a.xs;
     int *sum16 = (int *)a.xsum;
     if (q8_K)
-        quantize_q8_K<<<blocks, MMV_THREADS, 0, st>>>(x, x_stride, k, n, q, d, sum16);
+        CUDA_LAUNCH(blocks, MMV_THREADS, st, quantize_q8_K)(x, x_stride, k, n, q, d, sum16);
     else if (q8_1)
-        quantize_q8_32<true><<<blocks, MMV_THREADS, 0, st>>>(x, x_stride, k, n, q, d, s, sum16);
+        CUDA_LAUNCH(blocks, MMV_THREADS, st, quantize_q8_32<true>)(x, x_stride, k, n, q, d, s, sum16);
     else
-        quantize_q8_32<false><<<blocks, MMV_THREADS, 0, st>>>(x, x_stride, k, n, q, d, s, sum16);
+        CUDA_LAUNCH(blocks, MMV_THREADS, st, quantize_q8_32<false>)(x, x_stride, k, n, q, d, s, sum16);
     return cudaGetLastError();
 }
 
@@ -644,9 +644,9 @@ cudaError_t cuda_matmul(cudaStream_t st, struct cuda_buf *act, enum spec_dtype w
         const int64_t total = (int64_t)n * k;
         const unsigned blocks = (unsigned)(total / 256 + 1 < 4096 ? total / 256 + 1 : 4096);
         if (wtype == SPEC_BF16)
-            convert_rows<true><<<blocks, 256, 0, st>>>(x, x_stride, k, n, (uint16_t *)act->p);
+            CUDA_LAUNCH(blocks, 256, st, convert_rows<true>)(x, x_stride, k, n, (uint16_t *)act->p);
         else
-            convert_rows<false><<<blocks, 256, 0, st>>>(x, x_stride, k, n, (uint16_t *)act->p);
+            CUDA_LAUNCH(blocks, 256, st, convert_rows<false>)(x, x_stride, k, n, (uint16_t *)act->p);
         if ((err = cudaGetLastError()) != cudaSuccess)
             return err;
         a.xq = (const uint8_t *)act->p;

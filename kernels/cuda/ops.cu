@@ -102,31 +102,31 @@ cudaError_t cuda_get_rows(cudaStream_t st, enum spec_dtype type, const void *tab
     const uint8_t *t = (const uint8_t *)table;
     switch (type) {
     case SPEC_F32:
-        get_rows_kernel<SPEC_F32><<<blocks, ELT_THREADS, 0, st>>>(t, row_bytes, ne0, ids, n, out, out_stride);
+        CUDA_LAUNCH(blocks, ELT_THREADS, st, get_rows_kernel<SPEC_F32>)(t, row_bytes, ne0, ids, n, out, out_stride);
         break;
     case SPEC_F16:
-        get_rows_kernel<SPEC_F16><<<blocks, ELT_THREADS, 0, st>>>(t, row_bytes, ne0, ids, n, out, out_stride);
+        CUDA_LAUNCH(blocks, ELT_THREADS, st, get_rows_kernel<SPEC_F16>)(t, row_bytes, ne0, ids, n, out, out_stride);
         break;
     case SPEC_BF16:
-        get_rows_kernel<SPEC_BF16><<<blocks, ELT_THREADS, 0, st>>>(t, row_bytes, ne0, ids, n, out, out_stride);
+        CUDA_LAUNCH(blocks, ELT_THREADS, st, get_rows_kernel<SPEC_BF16>)(t, row_bytes, ne0, ids, n, out, out_stride);
         break;
     case SPEC_Q4_0:
-        get_rows_kernel<SPEC_Q4_0><<<blocks, ELT_THREADS, 0, st>>>(t, row_bytes, ne0, ids, n, out, out_stride);
+        CUDA_LAUNCH(blocks, ELT_THREADS, st, get_rows_kernel<SPEC_Q4_0>)(t, row_bytes, ne0, ids, n, out, out_stride);
         break;
     case SPEC_Q4_1:
-        get_rows_kernel<SPEC_Q4_1><<<blocks, ELT_THREADS, 0, st>>>(t, row_bytes, ne0, ids, n, out, out_stride);
+        CUDA_LAUNCH(blocks, ELT_THREADS, st, get_rows_kernel<SPEC_Q4_1>)(t, row_bytes, ne0, ids, n, out, out_stride);
         break;
     case SPEC_Q5_0:
-        get_rows_kernel<SPEC_Q5_0><<<blocks, ELT_THREADS, 0, st>>>(t, row_bytes, ne0, ids, n, out, out_stride);
+        CUDA_LAUNCH(blocks, ELT_THREADS, st, get_rows_kernel<SPEC_Q5_0>)(t, row_bytes, ne0, ids, n, out, out_stride);
         break;
     case SPEC_Q8_0:
-        get_rows_kernel<SPEC_Q8_0><<<blocks, ELT_THREADS, 0, st>>>(t, row_bytes, ne0, ids, n, out, out_stride);
+        CUDA_LAUNCH(blocks, ELT_THREADS, st, get_rows_kernel<SPEC_Q8_0>)(t, row_bytes, ne0, ids, n, out, out_stride);
         break;
     case SPEC_Q4_K:
-        get_rows_kernel<SPEC_Q4_K><<<blocks, ELT_THREADS, 0, st>>>(t, row_bytes, ne0, ids, n, out, out_stride);
+        CUDA_LAUNCH(blocks, ELT_THREADS, st, get_rows_kernel<SPEC_Q4_K>)(t, row_bytes, ne0, ids, n, out, out_stride);
         break;
     case SPEC_Q6_K:
-        get_rows_kernel<SPEC_Q6_K><<<blocks, ELT_THREADS, 0, st>>>(t, row_bytes, ne0, ids, n, out, out_stride);
+        CUDA_LAUNCH(blocks, ELT_THREADS, st, get_rows_kernel<SPEC_Q6_K>)(t, row_bytes, ne0, ids, n, out, out_stride);
         break;
     default:
         return cudaErrorInvalidValue;
@@ -180,7 +180,7 @@ cudaError_t cuda_rms_norm(cudaStream_t st, const float *x, size_t x_stride, cons
                           size_t y_stride, int ne0, int rows)
 {
     const unsigned blocks = (unsigned)(rows < 65535 ? rows : 65535);
-    rms_norm_kernel<<<blocks, RMS_THREADS, 0, st>>>(x, x_stride, w, eps, y, y_stride, ne0, rows);
+    CUDA_LAUNCH(blocks, RMS_THREADS, st, rms_norm_kernel)(x, x_stride, w, eps, y, y_stride, ne0, rows);
     return cudaGetLastError();
 }
 
@@ -215,7 +215,7 @@ cudaError_t cuda_rope(cudaStream_t st, float *x, size_t x_stride, int rows, int 
                       bool neox, const float *table)
 {
     const unsigned blocks = elt_blocks((int64_t)rows * n_head * (n_rot / 2));
-    rope_kernel<<<blocks, ELT_THREADS, 0, st>>>(x, x_stride, rows, n_head, head_dim, n_rot, neox, table);
+    CUDA_LAUNCH(blocks, ELT_THREADS, st, rope_kernel)(x, x_stride, rows, n_head, head_dim, n_rot, neox, table);
     return cudaGetLastError();
 }
 
@@ -241,8 +241,8 @@ cudaError_t cuda_store_rows(cudaStream_t st, const float *src, size_t src_stride
                             enum spec_dtype dst_type, int ne0, int rows)
 {
     const unsigned blocks = elt_blocks((int64_t)ne0 * rows);
-    store_rows_kernel<<<blocks, ELT_THREADS, 0, st>>>(src, src_stride, (uint8_t *)dst, dst_row_bytes,
-                                                      dst_type == SPEC_F16, ne0, rows);
+    CUDA_LAUNCH(blocks, ELT_THREADS, st, store_rows_kernel)(src, src_stride, (uint8_t *)dst, dst_row_bytes,
+                                                            dst_type == SPEC_F16, ne0, rows);
     return cudaGetLastError();
 }
 
@@ -265,7 +265,7 @@ cudaError_t cuda_eltwise(cudaStream_t st, enum cuda_eltwise_op op, const float *
                          size_t b_stride, float *out, size_t out_stride, int ne0, int rows)
 {
     const unsigned blocks = elt_blocks((int64_t)ne0 * rows);
-    eltwise_kernel<<<blocks, ELT_THREADS, 0, st>>>(op, a, a_stride, b, b_stride, out, out_stride, ne0, rows);
+    CUDA_LAUNCH(blocks, ELT_THREADS, st, eltwise_kernel)(op, a, a_stride, b, b_stride, out, out_stride, ne0, rows);
     return cudaGetLastError();
 }
 
@@ -326,7 +326,7 @@ __global__ void __launch_bounds__(PICK_THREADS)
 cudaError_t cuda_argmax(cudaStream_t st, const float *x, size_t x_stride, int ne0, int rows, int32_t *ids,
                         float *probs)
 {
-    argmax_kernel<<<(unsigned)rows, PICK_THREADS, 0, st>>>(x, x_stride, ne0, ids, probs);
+    CUDA_LAUNCH((unsigned)rows, PICK_THREADS, st, argmax_kernel)(x, x_stride, ne0, ids, probs);
     return cudaGetLastError();
 }
 
@@ -446,10 +446,14 @@ cudaError_t cuda_attention(cudaStream_t st, struct cuda_buf *part, const float *
         return err;
     float *part_o = (float *)part->p, *part_ml = (float *)((uint8_t *)part->p + o_bytes);
     const dim3 grid((unsigned)n_chunks, (unsigned)p->n_head, (unsigned)n);
-    attn_chunk_kernel<<<grid, ATT_THREADS, 0, st>>>(q, q_stride, (const uint8_t *)k, k_row_bytes, k_type == SPEC_F16, (const uint8_t *)v, v_row_bytes, v_type == SPEC_F16, p->n_head, p->n_head / p->n_head_kv, p->head_dim, p->pos0, p->scale, n_chunks, part_o, part_ml);
+    CUDA_LAUNCH(grid, ATT_THREADS, st, attn_chunk_kernel)(q, q_stride, (const uint8_t *)k, k_row_bytes,
+                                                          k_type == SPEC_F16, (const uint8_t *)v, v_row_bytes,
+                                                          v_type == SPEC_F16, p->n_head, p->n_head / p->n_head_kv,
+                                                          p->head_dim, p->pos0, p->scale, n_chunks, part_o, part_ml);
     if ((err = cudaGetLastError()) != cudaSuccess)
         return err;
     const dim3 cgrid((unsigned)p->n_head, (unsigned)n);
-    attn_combine_kernel<<<cgrid, ATT_THREADS, 0, st>>>(part_o, part_ml, p->n_head, p->head_dim, p->pos0, n_chunks, out, out_stride);
+    CUDA_LAUNCH(cgrid, ATT_THREADS, st, attn_combine_kernel)(part_o, part_ml, p->n_head, p->head_dim, p->pos0,
+                                                             n_chunks, out, out_stride);
     return cudaGetLastError();
 }

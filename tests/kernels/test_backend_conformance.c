@@ -4,6 +4,8 @@
  *
  * Without a usable CUDA device every test skips with "no CUDA device: conformance not run"; with
  * SPECD_REQUIRE_CUDA=1 (make test-cuda) it fails instead, so a GPU run can never pass vacuously.
+ * make test-cudasim runs it on the CPU simulator of tests/support/cudasim (the kernels' logic; the
+ * bounds below that come from the GPU's float library hold there trivially).
  *
  * Error bounds, CUDA vs CPU, per op (y: the CPU's result; the CUDA backend converts activations
  * exactly as the CPU does, so only the order of float sums differs where a bound is not zero):

@@ -1,0 +1,192 @@
+/* cudasim: the CUDA runtime as far as kernels/cuda uses it, on the CPU, so that CI (no GPU) runs the
+ * CUDA backend's own kernel sources through the conformance suite (make test-cudasim).
+ *
+ * The .cu files are compiled by the host C++ compiler with this folder ahead of the CUDA headers.
+ * Device memory is host memory; every copy and launch runs at once, in stream order. A kernel runs
+ * block after block; the threads of a block are fibers: each runs until it reaches __syncthreads()
+ * or a warp shuffle, or ends, before the next thread starts. That is the most hostile legal schedule
+ * for a missing barrier (thread 0 reads what no other thread has written yet), and the host's
+ * sanitizers see the kernels' memory accesses: ASan an out-of-bounds read of a device buffer, UBSan a
+ * vector load from an address its type's alignment forbids on a GPU. Misuse the hardware would not
+ * forgive either (a shuffle some lanes never reach, a barrier that never completes, a launch shape
+ * past the limits) aborts with a message or fails the launch as CUDA would.
+ *
+ * What it cannot show: speed, the GPU's float library (expf & co. are glibc's here), races between
+ * blocks, and anything about concurrency beyond one stream. Timings and the numerical bounds of the
+ * GPU's own functions need the real device (make test-cuda). */
+#ifndef SPECD_CUDASIM_CUDA_RUNTIME_H
+#define SPECD_CUDASIM_CUDA_RUNTIME_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <tuple>
+#include <utility>
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Qualifiers and launch syntax                                                                   */
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+/* A block's threads share the one instance; blocks run one after another. */
+#define __shared__ static
+#define __restrict__ __restrict
+
+/* The host compiler has no <<<grid, block, 0, st>>>: kernels/cuda launches through this macro. */
+#define CUDA_LAUNCH(grid, block, st, ...) ::cudasim::launcher(grid, block, st, &__VA_ARGS__)
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Types                                                                                          */
+
+struct dim3 {
+    unsigned x, y, z;
+    constexpr dim3(unsigned vx = 1, unsigned vy = 1, unsigned vz = 1) : x(vx), y(vy), z(vz) {}
+};
+
+/* The GPU's alignments: a load of one of these from an address it does not divide faults there and
+ * is a UBSan report here. */
+struct alignas(8) int2 {
+    int x, y;
+};
+struct alignas(16) int4 {
+    int x, y, z, w;
+};
+struct alignas(16) uint4 {
+    unsigned x, y, z, w;
+};
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+
+enum cudaError {
+    cudaSuccess = 0,
+    cudaErrorInvalidValue = 1,
+    cudaErrorMemoryAllocation = 2,
+    cudaErrorInvalidConfiguration = 9,
+};
+typedef enum cudaError cudaError_t;
+
+enum cudaMemcpyKind {
+    cudaMemcpyHostToHost = 0,
+    cudaMemcpyHostToDevice = 1,
+    cudaMemcpyDeviceToHost = 2,
+    cudaMemcpyDeviceToDevice = 3,
+};
+
+#define cudaStreamNonBlocking 0x01u
+
+typedef struct CUstream_st *cudaStream_t;
+
+struct cudaFuncAttributes {
+    int maxThreadsPerBlock;
+};
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Runtime API                                                                                    */
+
+cudaError_t cudaGetDeviceCount(int *n);
+cudaError_t cudaGetLastError(void);
+cudaError_t cudaMalloc(void **p, size_t bytes);
+cudaError_t cudaFree(void *p);
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind, cudaStream_t st);
+cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t st);
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *st, unsigned flags);
+cudaError_t cudaStreamDestroy(cudaStream_t st);
+cudaError_t cudaStreamSynchronize(cudaStream_t st);
+cudaError_t cudaDeviceSynchronize(void);
+
+template <class F>
+cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *attr, F *)
+{
+    attr->maxThreadsPerBlock = 1024;
+    return cudaSuccess;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Inside a kernel                                                                                */
+
+/* The running thread's coordinates, set by the scheduler whenever it switches threads. */
+extern dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+void __syncthreads(void);
+
+namespace cudasim {
+/* A warp's exchange: every lane of the running thread's warp gives `bits` and gets lane ^ lane_mask's. */
+uint64_t shfl_xor(unsigned mask, uint64_t bits, int lane_mask);
+/* Runs body(ctx) as every thread of every block of the grid; a bad shape sets the launch error. */
+void run(dim3 grid, dim3 block, void (*body)(void *), void *ctx);
+
+template <class... P>
+struct launch {
+    dim3 grid, block;
+    void (*kernel)(P...);
+
+    /* The arguments are converted to the kernel's parameter types and copied now, as a launch does. */
+    template <class... A>
+    void operator()(A &&...args) const
+    {
+        struct call {
+            void (*kernel)(P...);
+            std::tuple<P...> params;
+            static void body(void *c)
+            {
+                call *self = (call *)c;
+                std::apply(self->kernel, self->params);
+            }
+        } c{kernel, std::tuple<P...>(std::forward<A>(args)...)};
+        run(grid, block, &call::body, &c);
+    }
+};
+
+template <class... P>
+launch<P...> launcher(dim3 grid, dim3 block, cudaStream_t, void (*kernel)(P...))
+{
+    return launch<P...>{grid, block, kernel};
+}
+} // namespace cudasim
+
+template <class T>
+static inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask)
+{
+    static_assert(sizeof(T) <= sizeof(uint64_t), "shuffle of a value wider than 64 bits");
+    uint64_t bits = 0;
+    memcpy(&bits, &v, sizeof v);
+    bits = cudasim::shfl_xor(mask, bits, lane_mask);
+    memcpy(&v, &bits, sizeof v);
+    return v;
+}
+
+static inline int min(int a, int b) { return a < b ? a : b; }
+static inline int max(int a, int b) { return a > b ? a : b; }
+
+static inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
+static inline int __float2int_rn(float f) { return (int)nearbyintf(f); }
+
+static inline float __uint_as_float(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static inline uint32_t __float_as_uint(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+/* Four signed bytes of a times those of b, plus c. */
+static inline int __dp4a(int a, int b, int c)
+{
+    for (int i = 0; i < 4; i++)
+        c += (int)(int8_t)(a >> (8 * i)) * (int)(int8_t)(b >> (8 * i));
+    return c;
+}
+
+#endif

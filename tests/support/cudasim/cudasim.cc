@@ -1,0 +1,355 @@
+/* cudasim's runtime and scheduler (see cuda_runtime.h): device memory is host memory, and a kernel's
+ * blocks run one after another with their threads as fibers that switch only at barriers. The switch
+ * is a few instructions of x86-64 (callee-saved registers and the stack pointer): ucontext's costs a
+ * system call, and under ASan a clear of the whole stack's shadow, per switch.
+ *
+ * The scheduler resumes the threads of a block in order, each until it waits or ends. When none can
+ * run, it releases every warp whose live lanes all wait at a shuffle, else the block if all its live
+ * threads wait at __syncthreads(); when nothing can be released the kernel is wrong (a barrier or a
+ * shuffle that some threads never reach) and the process aborts with what was found. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+
+#include "cuda_runtime.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define SIM_ASAN 1
+#else
+#define SIM_ASAN 0
+#endif
+
+dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+#if !defined(__x86_64__)
+#error "cudasim switches threads in x86-64 assembly"
+#endif
+
+/* Saves the callee-saved registers on the current stack and its pointer in *from, then continues on
+ * `to`, a stack saved the same way (or made by start_thread). The kernels leave the floating-point
+ * control registers alone, so they need no saving. */
+extern "C" void cudasim_switch(void **from, void *to);
+asm(R"(
+    .text
+    .globl cudasim_switch
+    .type cudasim_switch, @function
+cudasim_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size cudasim_switch, .-cudasim_switch
+)");
+
+namespace {
+
+const size_t STACK_BYTES = 256 * 1024; /* sanitizer builds need room; pages are touched lazily */
+const int WARP = 32;
+
+enum thread_state { RUNNABLE, AT_SYNC, AT_SHFL, DONE };
+
+struct sim_thread {
+    void *sp; /* where the thread's registers were saved when it stopped */
+    void *stack;
+    dim3 idx;
+    thread_state state;
+    unsigned shfl_count; /* which of the warp's two exchange rows the next shuffle uses */
+    void *fake_stack;    /* ASan's bookkeeping across switches */
+};
+
+struct sim_warp {
+    uint64_t xch[2][WARP]; /* alternate rows: a lane may give its next value before all have read */
+};
+
+struct sim_state {
+    sim_thread *threads = nullptr;
+    int cap = 0;
+    sim_warp *warps = nullptr;
+    int n_threads = 0;
+    int cur = -1;
+    void *sched_sp = nullptr;
+    const void *sched_stack_bottom = nullptr;
+    size_t sched_stack_size = 0;
+    void (*body)(void *) = nullptr;
+    void *ctx = nullptr;
+    cudaError_t last_error = cudaSuccess;
+};
+
+sim_state sim;
+
+[[noreturn]] void die(const char *what)
+{
+    fprintf(stderr, "cudasim: %s (block %u,%u,%u)\n", what, blockIdx.x, blockIdx.y, blockIdx.z);
+    abort();
+}
+
+/* Switches from the running thread back to the scheduler; `dying` when the thread has ended. */
+void yield_to_scheduler(bool dying)
+{
+    sim_thread &t = sim.threads[sim.cur];
+#if SIM_ASAN
+    __sanitizer_start_switch_fiber(dying ? nullptr : &t.fake_stack, sim.sched_stack_bottom, sim.sched_stack_size);
+#endif
+    cudasim_switch(&t.sp, sim.sched_sp); /* a dying thread is never resumed */
+#if SIM_ASAN
+    __sanitizer_finish_switch_fiber(t.fake_stack, nullptr, nullptr);
+#endif
+}
+
+[[noreturn]] void thread_main()
+{
+#if SIM_ASAN
+    __sanitizer_finish_switch_fiber(nullptr, &sim.sched_stack_bottom, &sim.sched_stack_size);
+#endif
+    sim.body(sim.ctx);
+    sim.threads[sim.cur].state = DONE;
+    yield_to_scheduler(true);
+    die("a finished thread was resumed");
+}
+
+void resume(int i)
+{
+    sim_thread &t = sim.threads[i];
+    sim.cur = i;
+    threadIdx = t.idx;
+#if SIM_ASAN
+    void *fake = nullptr;
+    __sanitizer_start_switch_fiber(&fake, t.stack, STACK_BYTES);
+#endif
+    cudasim_switch(&sim.sched_sp, t.sp);
+#if SIM_ASAN
+    __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#endif
+    sim.cur = -1;
+}
+
+void reserve_threads(int n)
+{
+    if (n <= sim.cap)
+        return;
+    sim_thread *t = (sim_thread *)realloc(sim.threads, (size_t)n * sizeof *t);
+    sim_warp *w = (sim_warp *)realloc(sim.warps, (size_t)((n + WARP - 1) / WARP) * sizeof *w);
+    if (!t || !w)
+        die("out of memory");
+    sim.threads = t;
+    sim.warps = w;
+    for (int i = sim.cap; i < n; i++) {
+        void *s = mmap(nullptr, STACK_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (s == MAP_FAILED)
+            die("cannot map a thread stack");
+        sim.threads[i].stack = s;
+    }
+    sim.cap = n;
+}
+
+/* Releases what can go on after every thread has stopped; false when nothing can (a hang on a GPU). */
+bool release_barriers()
+{
+    bool released = false;
+    int live = 0, at_sync = 0;
+    for (int w0 = 0; w0 < sim.n_threads; w0 += WARP) {
+        const int end = w0 + WARP < sim.n_threads ? w0 + WARP : sim.n_threads;
+        int warp_live = 0, warp_shfl = 0;
+        for (int i = w0; i < end; i++) {
+            const thread_state s = sim.threads[i].state;
+            warp_live += s != DONE;
+            warp_shfl += s == AT_SHFL;
+            at_sync += s == AT_SYNC;
+        }
+        live += warp_live;
+        if (warp_shfl == 0)
+            continue;
+        if (warp_shfl != end - w0)
+            die(warp_shfl == warp_live ? "a full-mask shuffle after some lanes of the warp ended"
+                                       : "lanes of one warp wait at a shuffle and at a barrier");
+        for (int i = w0; i < end; i++)
+            sim.threads[i].state = RUNNABLE;
+        released = true;
+    }
+    if (released)
+        return true;
+    if (live > 0 && at_sync == live) {
+        for (int i = 0; i < sim.n_threads; i++)
+            if (sim.threads[i].state == AT_SYNC)
+                sim.threads[i].state = RUNNABLE;
+        return true;
+    }
+    return false;
+}
+
+/* Sets thread i up to start the kernel from the top: a stack whose first switch pops six zero
+ * registers and returns into thread_main, with the stack aligned as at a call. */
+void start_thread(int i)
+{
+    sim_thread &t = sim.threads[i];
+    const unsigned lin = (unsigned)i;
+    t.idx = dim3(lin % blockDim.x, lin / blockDim.x % blockDim.y, lin / (blockDim.x * blockDim.y));
+    t.state = RUNNABLE;
+    t.shfl_count = 0;
+    t.fake_stack = nullptr;
+    void **top = (void **)((char *)t.stack + STACK_BYTES);
+    *--top = nullptr; /* thread_main's return address: it never returns */
+    *--top = (void *)&thread_main;
+    for (int r = 0; r < 6; r++)
+        *--top = nullptr;
+    t.sp = top;
+}
+
+void run_block()
+{
+    for (int i = 0; i < sim.n_threads; i++)
+        start_thread(i);
+    for (;;) {
+        bool ran = false, live = false;
+        for (int i = 0; i < sim.n_threads; i++) {
+            if (sim.threads[i].state == RUNNABLE) {
+                resume(i);
+                ran = true;
+            }
+            live = live || sim.threads[i].state != DONE;
+        }
+        if (!live)
+            return;
+        if (!ran && !release_barriers())
+            die("deadlock: threads wait at a __syncthreads() that the others never reach");
+    }
+}
+
+/* The limits of compute capability 9.0. */
+bool shape_ok(dim3 grid, dim3 block)
+{
+    const unsigned long threads = (unsigned long)block.x * block.y * block.z;
+    return grid.x >= 1 && grid.y >= 1 && grid.z >= 1 && grid.x <= 0x7fffffffu && grid.y <= 65535 &&
+           grid.z <= 65535 && block.x >= 1 && block.y >= 1 && block.z >= 1 && block.x <= 1024 && block.y <= 1024 &&
+           block.z <= 64 && threads <= 1024;
+}
+
+} // namespace
+
+namespace cudasim {
+
+void run(dim3 grid, dim3 block, void (*body)(void *), void *ctx)
+{
+    if (!shape_ok(grid, block)) {
+        sim.last_error = cudaErrorInvalidConfiguration;
+        return;
+    }
+    sim.n_threads = (int)(block.x * block.y * block.z);
+    reserve_threads(sim.n_threads);
+    sim.body = body;
+    sim.ctx = ctx;
+    gridDim = grid;
+    blockDim = block;
+    for (unsigned z = 0; z < grid.z; z++)
+        for (unsigned y = 0; y < grid.y; y++)
+            for (unsigned x = 0; x < grid.x; x++) {
+                blockIdx = dim3(x, y, z);
+                run_block();
+            }
+}
+
+uint64_t shfl_xor(unsigned mask, uint64_t bits, int lane_mask)
+{
+    if (sim.cur < 0)
+        die("__shfl_xor_sync outside a kernel");
+    if (mask != 0xffffffffu || sim.n_threads % WARP)
+        die("only full-mask shuffles of whole warps are simulated");
+    if (lane_mask < 0 || lane_mask >= WARP)
+        die("__shfl_xor_sync lane mask out of range");
+    const int i = sim.cur, lane = i % WARP;
+    sim_thread &t = sim.threads[i];
+    sim_warp &w = sim.warps[i / WARP];
+    const unsigned row = t.shfl_count++ & 1u;
+    w.xch[row][lane] = bits;
+    t.state = AT_SHFL;
+    yield_to_scheduler(false);
+    return w.xch[row][lane ^ lane_mask];
+}
+
+} // namespace cudasim
+
+void __syncthreads(void)
+{
+    if (sim.cur < 0)
+        die("__syncthreads outside a kernel");
+    sim.threads[sim.cur].state = AT_SYNC;
+    yield_to_scheduler(false);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Runtime API: one device, memory on the host heap, every operation complete when it returns.      */
+
+cudaError_t cudaGetDeviceCount(int *n)
+{
+    *n = 1;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGetLastError(void)
+{
+    const cudaError_t e = sim.last_error;
+    sim.last_error = cudaSuccess;
+    return e;
+}
+
+cudaError_t cudaMalloc(void **p, size_t bytes)
+{
+    /* cudaMalloc's alignment; ASan sees every byte past `bytes` as out of bounds */
+    if (posix_memalign(p, 256, bytes ? bytes : 1)) {
+        *p = nullptr;
+        return sim.last_error = cudaErrorMemoryAllocation;
+    }
+    return cudaSuccess;
+}
+
+cudaError_t cudaFree(void *p)
+{
+    free(p);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind, cudaStream_t)
+{
+    memmove(dst, src, bytes);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t)
+{
+    memset(p, value, bytes);
+    return cudaSuccess;
+}
+
+struct CUstream_st {
+    unsigned flags;
+};
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *st, unsigned flags)
+{
+    *st = (cudaStream_t)malloc(sizeof(CUstream_st));
+    if (!*st)
+        return cudaErrorMemoryAllocation;
+    (*st)->flags = flags;
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamDestroy(cudaStream_t st)
+{
+    free(st);
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
