@@ -161,10 +161,10 @@ test-cuda: $(BUILD)/tests/kernels/test_backend_conformance
 # Without a GPU: the CUDA backend's own kernel sources on the CPU simulator (tests/support/cudasim),
 # under ASan/UBSan, through the same conformance suite. It checks the kernels' logic (indexing,
 # barriers, shuffles, alignment, launch shapes), not the GPU's float library or speed.
-CUDASIM_BUILD := build-cudasim
+CUDASIM_TESTS := $(addprefix build-cudasim/tests/kernels/,test_backend_conformance test_profile)
 test-cudasim:
-	$(MAKE) SAN=1 CUDASIM=1 BUILD=$(CUDASIM_BUILD) $(CUDASIM_BUILD)/tests/kernels/test_backend_conformance
-	SPECD_REQUIRE_CUDA=1 ./tools/run-tests.sh $(CUDASIM_BUILD)/tests/kernels/test_backend_conformance
+	$(MAKE) SAN=1 CUDASIM=1 BUILD=build-cudasim $(CUDASIM_TESTS)
+	SPECD_REQUIRE_CUDA=1 ./tools/run-tests.sh $(CUDASIM_TESTS)
 
 # Fetches the real models, then makes their float conversions (the lines of tools/models.sha256 with a
 # third field) with specd-quantize; every file is checked against its sha256.

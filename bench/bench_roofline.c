@@ -2,7 +2,7 @@
  * verification pass costs relative to one decode step.
  *
  *   bench_roofline --model M.gguf [--device auto|cpu|cuda] [--threads N] [--pos P] [--gamma-max G]
- *                  [--seconds S] [--copy-mib MIB]
+ *                  [--seconds S] [--copy-mib MIB] [--profile STEPS]
  *
  * It prints, as markdown:
  *  - copy bandwidth: the backend copying an F32 tensor of MIB MiB into another (store_rows), counted
@@ -15,7 +15,11 @@
  * Decode and verification return each position's greedy id (the backend's argmax), as the engine
  * runs greedy requests; one more line times decode with the whole row of logits copied to the host,
  * as sampled requests need it.
- * Every figure is the median of repeated runs, each rolled back so that all start at position P. */
+ * Every figure is the median of repeated runs, each rolled back so that all start at position P.
+ * With --profile, STEPS more decode steps run with every op timed (kern_profile_start): per kind of
+ * op, calls, host time and device time per token, and the bandwidth of the ones that read weights or
+ * the cache; the device's busy share of the profiled step says whether the kernels or their
+ * launching set the pace (the timing itself slows the steps a little). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,7 +32,7 @@
 
 struct args {
     const char *model, *device;
-    int n_threads, pos, gamma_max;
+    int n_threads, pos, gamma_max, profile_steps;
     double seconds;
     int copy_mib;
 };
@@ -55,10 +59,13 @@ static int parse_args(int argc, char **argv, struct args *a)
             a->seconds = atof(v);
         else if (!strcmp(o, "--copy-mib"))
             a->copy_mib = atoi(v);
+        else if (!strcmp(o, "--profile"))
+            a->profile_steps = atoi(v);
         else
             return -1;
     }
-    if (!a->model || a->pos < 1 || a->gamma_max < 1 || a->gamma_max > 64 || a->seconds <= 0 || a->copy_mib < 1)
+    if (!a->model || a->pos < 1 || a->gamma_max < 1 || a->gamma_max > 64 || a->seconds <= 0 || a->copy_mib < 1 ||
+        a->profile_steps < 0)
         return -1;
     return 0;
 }
@@ -132,6 +139,43 @@ static int copy_bandwidth(struct kern_backend *be, int mib, double seconds, doub
     return err;
 }
 
+/* STEPS decode steps with every op timed, then the table per kind of op (per token). */
+static int profile_decode(struct kern_backend *be, struct model *m, struct model_seq *s, const int32_t *token,
+                          int steps)
+{
+    int32_t id;
+    const struct model_batch_item it = {.s = s, .tokens = token, .n = 1, .argmax = &id};
+    const int pos = model_seq_len(s);
+    int err = kern_profile_start(be);
+    const double t0 = bench_now_s();
+    for (int i = 0; i < steps && !err; i++)
+        if (!(err = model_forward_batch(m, &it, 1)))
+            err = model_seq_truncate(s, pos);
+    const double wall_ms = (bench_now_s() - t0) * 1e3 / steps;
+    struct kern_op_profile ops[48];
+    int n = 0;
+    if (err || (err = kern_profile_stop(be, ops, 48, &n)))
+        return err;
+    printf("\n| op (%d profiled decode steps) | calls/token | host µs/token | device µs/token | GB/s read |\n"
+           "|---|---|---|---|---|\n", steps);
+    double host = 0.0, device = 0.0;
+    for (int i = 0; i < n; i++) {
+        const double dev_us = ops[i].device_ms * 1e3 / steps;
+        printf("| %s | %.1f | %.1f | %.1f |", ops[i].op, (double)ops[i].calls / steps, ops[i].host_ms * 1e3 / steps,
+               dev_us);
+        if (ops[i].bytes > 0 && ops[i].device_ms > 0)
+            printf(" %.1f |\n", ops[i].bytes / (ops[i].device_ms * 1e-3) / 1e9);
+        else
+            printf(" |\n");
+        host += ops[i].host_ms;
+        device += ops[i].device_ms;
+    }
+    printf("| all | | %.1f | %.1f | |\n", host * 1e3 / steps, device * 1e3 / steps);
+    printf("\nprofiled step: %.3f ms/token wall; the device busy %.0f%% of it, the host inside ops %.0f%%\n", wall_ms,
+           100.0 * device / steps / wall_ms, 100.0 * host / steps / wall_ms);
+    return SPEC_OK;
+}
+
 /* What one decode step reads: every tensor but the token embedding, which is read one row at a time
  * unless the output layer shares it (no output.weight). */
 static int weight_bytes(const char *path, double *bytes)
@@ -158,7 +202,7 @@ int main(int argc, char **argv)
     struct args a;
     if (parse_args(argc, argv, &a)) {
         fprintf(stderr, "usage: bench_roofline --model M.gguf [--device auto|cpu|cuda] [--threads N] [--pos P] "
-                        "[--gamma-max G] [--seconds S] [--copy-mib MIB]\n");
+                        "[--gamma-max G] [--seconds S] [--copy-mib MIB] [--profile STEPS]\n");
         return 2;
     }
     struct kern_backend *be = NULL;
@@ -167,7 +211,8 @@ int main(int argc, char **argv)
     int32_t *tokens = NULL, ids[65];
     float *logits = NULL;
     double copy_bw = 0.0, wbytes = 0.0;
-    int err = kern_backend_create(a.device, &(struct kern_backend_config){.n_threads = a.n_threads}, &be);
+    const struct kern_backend_config cfg = {.n_threads = a.n_threads, .profile = a.profile_steps > 0};
+    int err = kern_backend_create(a.device, &cfg, &be);
     if (!err)
         err = copy_bandwidth(be, a.copy_mib, a.seconds, &copy_bw);
     if (!err)
@@ -224,10 +269,12 @@ int main(int argc, char **argv)
     printf("\n| γ | positions | verify time | verify / decode |\n|---|---|---|---|\n");
     for (int g = 1; g <= a.gamma_max; g++)
         printf("| %d | %d | %.2f ms | %.2fx |\n", g, g + 1, tv[g] * 1e3, tv[g] / t1);
+    if (a.profile_steps > 0 && (err = profile_decode(be, m, s, tokens + a.pos, a.profile_steps)))
+        fprintf(stderr, "bench_roofline: profile: %s (%s)\n", spec_strerror(err), spec_errname(err));
     free(logits);
     free(tokens);
     model_seq_free(s);
     model_free(m);
     kern_backend_destroy(be);
-    return 0;
+    return err ? 1 : 0;
 }

@@ -4,17 +4,13 @@
 #include "common/err.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/backend_cpu.h"
+#include "kernels/profile.h"
 #ifdef SPEC_HAVE_CUDA
 #include "kernels/cuda/backend_cuda.h"
 #endif
 
-int kern_backend_create(const char *name, const struct kern_backend_config *cfg, struct kern_backend **out)
+static int create(const char *name, const struct kern_backend_config *cfg, struct kern_backend **out)
 {
-    if (!name || !out)
-        return SPEC_E_INVALID_ARG;
-    struct kern_backend_config defaults = {.n_threads = 0};
-    if (!cfg)
-        cfg = &defaults;
     if (strcmp(name, "cpu") == 0)
         return kern_cpu_backend_create(cfg, out);
     if (strcmp(name, "cuda") != 0 && strcmp(name, "auto") != 0)
@@ -28,6 +24,25 @@ int kern_backend_create(const char *name, const struct kern_backend_config *cfg,
     if (err == SPEC_OK || strcmp(name, "cuda") == 0)
         return err;
     return kern_cpu_backend_create(cfg, out); /* "auto" without a usable GPU */
+}
+
+int kern_backend_create(const char *name, const struct kern_backend_config *cfg, struct kern_backend **out)
+{
+    if (!name || !out)
+        return SPEC_E_INVALID_ARG;
+    const struct kern_backend_config defaults = {.n_threads = 0};
+    if (!cfg)
+        cfg = &defaults;
+    struct kern_backend *be;
+    int err = create(name, cfg, &be);
+    if (err)
+        return err;
+    if (cfg->profile && (err = kern_profile_wrap(be, &be))) {
+        be->ops->destroy(be);
+        return err;
+    }
+    *out = be;
+    return SPEC_OK;
 }
 
 void kern_backend_destroy(struct kern_backend *be)

@@ -196,6 +196,14 @@ struct kern_backend_ops {
      * 1 / sum_j exp(x_j - x_best) over the non-NaN x_j, summed in double (1 when x_best is +inf, 0
      * when ids[r] is -1). ids and probs are host arrays of x->ne1 entries. */
     int (*argmax)(struct kern_backend *be, const struct kern_tensor *x, int32_t *ids, float *probs);
+
+    /* Optional, for profiling (NULL where every op has finished when it returns, as on the CPU):
+     * mark records a point on the device's timeline after everything enqueued so far and names it
+     * by *id; mark_elapsed waits for two marks and gives the milliseconds between them;
+     * marks_reset forgets every mark. */
+    int (*mark)(struct kern_backend *be, int *id);
+    int (*mark_elapsed)(struct kern_backend *be, int from, int to, float *ms);
+    void (*marks_reset)(struct kern_backend *be);
 };
 
 struct kern_backend {
@@ -204,11 +212,31 @@ struct kern_backend {
 
 struct kern_backend_config {
     int n_threads; /* CPU worker threads; <= 0 means one per online core */
+    bool profile;  /* wrap the backend so that kern_profile_start/stop can time its ops */
 };
 
 /* name: "cpu", "cuda" or "auto" (CUDA when a device is usable, else CPU).
  * SPEC_E_UNSUPPORTED when the named backend is not built in or has no device. */
 int kern_backend_create(const char *name, const struct kern_backend_config *cfg, struct kern_backend **out);
 void kern_backend_destroy(struct kern_backend *be);
+
+/* Where a backend's time goes, per kind of op (matmuls per weight type): calls, the host's time
+ * inside the op, the device's time from just before the op's work to just after it (the host's
+ * time where the backend has no marks), and the bytes the op must read: weights for a matmul, the
+ * K and V rows for attention, 0 for the others. When the host enqueues work more slowly than the
+ * device runs it, the device's time includes its waits for the host. */
+struct kern_op_profile {
+    char op[24]; /* "matmul Q4_K", "attention", ... */
+    long calls;
+    double host_ms;
+    double device_ms;
+    double bytes;
+};
+
+/* Profiling a backend made with cfg.profile (else SPEC_E_UNSUPPORTED): start clears the counts
+ * and times every op from then on; stop waits for the device, stops timing and gives up to cap
+ * kinds (*n of them, in the order first seen). Until started, the wrapper only forwards. */
+int kern_profile_start(struct kern_backend *be);
+int kern_profile_stop(struct kern_backend *be, struct kern_op_profile *out, int cap, int *n);
 
 #endif

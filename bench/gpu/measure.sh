@@ -11,7 +11,9 @@
 # The timing models are synthetic (random weights) with the shapes of Qwen2.5-Coder 1.5B (Q4_K) and
 # 0.5B (Q4_0, as its width 896 is no multiple of the K-quants' 256), generated on the machine; the
 # bytes and shapes, not the weights, set the time. SPECD_GPU_DEVICE=cpu SPECD_GPU_SMALL=1 runs the
-# same steps on small shapes on a machine without a GPU, to check the script itself.
+# same steps on small shapes on a machine without a GPU, to check the script itself. The roofline
+# step ends with a per-op profile of 64 decode steps (host and device time per kind of op): where a
+# step's time goes when it falls short of the roofline.
 #
 # With the device tool (64 MiB travel per call; the bundle's parts are sized for two calls):
 #   1. here: bench/gpu/bundle.sh
@@ -66,15 +68,16 @@ for step in $steps; do
             2>&1 | tee "$out/device.txt"
         ;;
     conformance)
-        SPECD_REQUIRE_CUDA=1 "$B/test_backend_conformance" --jobs 1 2>&1 | tee "$out/conformance.txt" |
-            grep -E 'FAIL|Synthesis|!!!'
-        [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+        for t in test_backend_conformance test_profile; do
+            SPECD_REQUIRE_CUDA=1 "$B/$t" --jobs 1 2>&1 | tee -a "$out/conformance.txt" | grep -E 'FAIL|Synthesis|!!!'
+            [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+        done
         ;;
     roofline)
         models_ready || { status=1; continue; }
         for m in target draft; do
             "$B/bench_roofline" --device "$device" --model "$stash/synth-$m.gguf" --pos 512 --gamma-max 16 \
-                --copy-mib 1024 | tee "$out/roofline-$m.md" || status=1
+                --copy-mib 1024 --profile 64 | tee "$out/roofline-$m.md" || status=1
         done
         ;;
     identity)

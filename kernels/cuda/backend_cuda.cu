@@ -36,6 +36,9 @@ struct cuda_backend {
     bool rope_has_ff;
     float *rope_host; /* staging for the table */
     size_t rope_host_cap;
+    /* profiling marks: events recorded on the stream, reused after marks_reset */
+    cudaEvent_t *events;
+    int n_marks, n_events;
 };
 
 static struct cuda_backend *cuda_of(struct kern_backend *be)
@@ -390,6 +393,45 @@ static int cuda_argmax_op(struct kern_backend *be, const struct kern_tensor *x, 
 }
 
 /* ---------------------------------------------------------------------------------------------- */
+/* Profiling marks                                                                                */
+
+static int cuda_mark(struct kern_backend *be, int *id)
+{
+    struct cuda_backend *cb = cuda_of(be);
+    if (cb->n_marks == cb->n_events) {
+        const int cap = cb->n_events ? 2 * cb->n_events : 256;
+        cudaEvent_t *ev = (cudaEvent_t *)realloc(cb->events, (size_t)cap * sizeof *ev);
+        if (!ev)
+            return SPEC_E_NOMEM;
+        cb->events = ev;
+        for (; cb->n_events < cap; cb->n_events++)
+            if (cudaEventCreate(&cb->events[cb->n_events]) != cudaSuccess)
+                return err_of(cudaErrorMemoryAllocation);
+    }
+    const int err = err_of(cudaEventRecord(cb->events[cb->n_marks], cb->stream));
+    if (err)
+        return err;
+    *id = cb->n_marks++;
+    return SPEC_OK;
+}
+
+static int cuda_mark_elapsed(struct kern_backend *be, int from, int to, float *ms)
+{
+    struct cuda_backend *cb = cuda_of(be);
+    if (from < 0 || to < 0 || from >= cb->n_marks || to >= cb->n_marks)
+        return SPEC_E_RANGE;
+    int err = err_of(cudaEventSynchronize(cb->events[to]));
+    if (!err)
+        err = err_of(cudaEventElapsedTime(ms, cb->events[from], cb->events[to]));
+    return err;
+}
+
+static void cuda_marks_reset(struct kern_backend *be)
+{
+    cuda_of(be)->n_marks = 0;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
 
 static void cuda_destroy(struct kern_backend *be)
 {
@@ -400,6 +442,9 @@ static void cuda_destroy(struct kern_backend *be)
     cuda_buf_release(&cb->ids);
     cuda_buf_release(&cb->rope);
     cuda_buf_release(&cb->pick);
+    for (int i = 0; i < cb->n_events; i++)
+        cudaEventDestroy(cb->events[i]);
+    free(cb->events);
     cudaStreamDestroy(cb->stream);
     free(cb->rope_pos);
     free(cb->rope_ff);
@@ -425,6 +470,9 @@ static const struct kern_backend_ops cuda_ops = {
     .swiglu = cuda_swiglu,
     .add = cuda_add,
     .argmax = cuda_argmax_op,
+    .mark = cuda_mark,
+    .mark_elapsed = cuda_mark_elapsed,
+    .marks_reset = cuda_marks_reset,
 };
 
 extern "C" int kern_cuda_backend_create(const struct kern_backend_config *cfg, struct kern_backend **out)

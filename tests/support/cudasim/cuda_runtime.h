@@ -68,6 +68,8 @@ enum cudaError {
     cudaErrorInvalidValue = 1,
     cudaErrorMemoryAllocation = 2,
     cudaErrorInvalidConfiguration = 9,
+    cudaErrorInvalidResourceHandle = 400,
+    cudaErrorNotReady = 600,
 };
 typedef enum cudaError cudaError_t;
 
@@ -81,6 +83,7 @@ enum cudaMemcpyKind {
 #define cudaStreamNonBlocking 0x01u
 
 typedef struct CUstream_st *cudaStream_t;
+typedef struct CUevent_st *cudaEvent_t;
 
 struct cudaFuncAttributes {
     int maxThreadsPerBlock;
@@ -99,6 +102,12 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t *st, unsigned flags);
 cudaError_t cudaStreamDestroy(cudaStream_t st);
 cudaError_t cudaStreamSynchronize(cudaStream_t st);
 cudaError_t cudaDeviceSynchronize(void);
+/* An event's time is the host's clock when it was recorded: every operation has finished by then. */
+cudaError_t cudaEventCreate(cudaEvent_t *ev);
+cudaError_t cudaEventDestroy(cudaEvent_t ev);
+cudaError_t cudaEventRecord(cudaEvent_t ev, cudaStream_t st);
+cudaError_t cudaEventSynchronize(cudaEvent_t ev);
+cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t from, cudaEvent_t to);
 
 template <class F>
 cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *attr, F *)

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <time.h>
 
 #include "cuda_runtime.h"
 
@@ -353,3 +354,42 @@ cudaError_t cudaStreamDestroy(cudaStream_t st)
 
 cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+
+struct CUevent_st {
+    double ms;
+    bool recorded;
+};
+
+cudaError_t cudaEventCreate(cudaEvent_t *ev)
+{
+    *ev = (cudaEvent_t)calloc(1, sizeof(CUevent_st));
+    return *ev ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+
+cudaError_t cudaEventDestroy(cudaEvent_t ev)
+{
+    free(ev);
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventRecord(cudaEvent_t ev, cudaStream_t)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ev->ms = (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+    ev->recorded = true;
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventSynchronize(cudaEvent_t ev)
+{
+    return ev->recorded ? cudaSuccess : cudaErrorInvalidResourceHandle;
+}
+
+cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t from, cudaEvent_t to)
+{
+    if (!from->recorded || !to->recorded)
+        return cudaErrorInvalidResourceHandle;
+    *ms = (float)(to->ms - from->ms);
+    return cudaSuccess;
+}

@@ -1,0 +1,291 @@
+/* The profiling wrapper (kern_backend_config.profile): a backend that forwards every op to the real
+ * one and, between kern_profile_start and kern_profile_stop, times each op on the host and, with the
+ * backend's marks, on the device. Device intervals are read back in batches, so timing does not wait
+ * for the device after every op. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/err.h"
+#include "kernels/backend.h"
+#include "kernels/profile.h"
+
+#define PROF_MAX_KINDS 48
+#define PROF_MAX_PENDING 4096 /* device intervals not yet read back */
+
+struct pending {
+    int kind;
+    int from, to;
+};
+
+struct prof_backend {
+    struct kern_backend base; /* first: the interface's pointer is this struct's */
+    struct kern_backend_ops ops; /* prof_ops under the inner backend's name */
+    struct kern_backend *inner;
+    bool on;
+    struct kern_op_profile kinds[PROF_MAX_KINDS];
+    int n_kinds;
+    struct pending pending[PROF_MAX_PENDING];
+    int n_pending;
+};
+
+static struct prof_backend *prof_of(struct kern_backend *be)
+{
+    return (struct prof_backend *)be;
+}
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* The entry of op `op` (and weight type, for matmuls: type >= 0), made on first use; -1 when the
+ * table is full (the op is then not counted). */
+static int kind_of(struct prof_backend *p, const char *op, int type)
+{
+    char name[sizeof p->kinds[0].op];
+    const struct kern_dtype_info *info = type >= 0 ? kern_dtype_info((uint32_t)type) : NULL;
+    snprintf(name, sizeof name, info ? "%s %s" : "%s", op, info ? info->name : "");
+    for (int i = 0; i < p->n_kinds; i++)
+        if (strcmp(p->kinds[i].op, name) == 0)
+            return i;
+    if (p->n_kinds == PROF_MAX_KINDS)
+        return -1;
+    struct kern_op_profile *k = &p->kinds[p->n_kinds];
+    *k = (struct kern_op_profile){0};
+    memcpy(k->op, name, sizeof name);
+    return p->n_kinds++;
+}
+
+/* Reads back the device intervals recorded so far. */
+static void harvest(struct prof_backend *p)
+{
+    struct kern_backend *in = p->inner;
+    for (int i = 0; i < p->n_pending; i++) {
+        float ms;
+        if (in->ops->mark_elapsed(in, p->pending[i].from, p->pending[i].to, &ms) == SPEC_OK)
+            p->kinds[p->pending[i].kind].device_ms += ms;
+    }
+    p->n_pending = 0;
+    in->ops->marks_reset(in);
+}
+
+/* One timed op: the state before it, then (prof_end) the accounting after it. */
+struct span {
+    int kind;
+    int mark;
+    double t0;
+};
+
+static struct span prof_begin(struct prof_backend *p, const char *op, int type)
+{
+    struct span s = {.kind = -1, .mark = -1};
+    if (!p->on || (s.kind = kind_of(p, op, type)) < 0)
+        return s;
+    struct kern_backend *in = p->inner;
+    if (in->ops->mark) {
+        if (p->n_pending == PROF_MAX_PENDING)
+            harvest(p);
+        if (in->ops->mark(in, &s.mark) != SPEC_OK)
+            s.mark = -1;
+    }
+    s.t0 = now_ms();
+    return s;
+}
+
+static int prof_end(struct prof_backend *p, struct span s, double bytes, int err)
+{
+    if (s.kind < 0)
+        return err;
+    const double host = now_ms() - s.t0;
+    struct kern_op_profile *k = &p->kinds[s.kind];
+    k->calls++;
+    k->host_ms += host;
+    k->bytes += bytes;
+    struct kern_backend *in = p->inner;
+    int to;
+    if (!in->ops->mark)
+        k->device_ms += host;
+    else if (s.mark >= 0 && in->ops->mark(in, &to) == SPEC_OK)
+        p->pending[p->n_pending++] = (struct pending){.kind = s.kind, .from = s.mark, .to = to};
+    return err;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Forwarding                                                                                     */
+
+#define INNER(be) (prof_of(be)->inner)
+#define TIMED(be, op, type, bytes, call)                                                                   \
+    do {                                                                                                   \
+        struct prof_backend *p_ = prof_of(be);                                                             \
+        const struct span s_ = prof_begin(p_, op, type);                                                   \
+        return prof_end(p_, s_, bytes, call);                                                              \
+    } while (0)
+
+static void prof_destroy(struct kern_backend *be)
+{
+    kern_backend_destroy(INNER(be));
+    free(prof_of(be));
+}
+
+static int prof_tensor_alloc(struct kern_backend *be, enum spec_dtype type, int64_t ne0, int64_t ne1,
+                             struct kern_tensor *out)
+{
+    return INNER(be)->ops->tensor_alloc(INNER(be), type, ne0, ne1, out);
+}
+
+static void prof_tensor_free(struct kern_backend *be, struct kern_tensor *t)
+{
+    INNER(be)->ops->tensor_free(INNER(be), t);
+}
+
+static int prof_weight_from_host(struct kern_backend *be, enum spec_dtype type, int64_t ne0, int64_t ne1,
+                                 const void *host, struct kern_tensor *out)
+{
+    return INNER(be)->ops->weight_from_host(INNER(be), type, ne0, ne1, host, out);
+}
+
+static int prof_rows_to_host(struct kern_backend *be, const struct kern_tensor *t, int64_t row0, int64_t n,
+                             void *host)
+{
+    TIMED(be, "rows_to_host", -1, 0.0, INNER(be)->ops->rows_to_host(INNER(be), t, row0, n, host));
+}
+
+static int prof_rows_from_host(struct kern_backend *be, struct kern_tensor *t, int64_t row0, int64_t n,
+                               const void *host)
+{
+    TIMED(be, "rows_from_host", -1, 0.0, INNER(be)->ops->rows_from_host(INNER(be), t, row0, n, host));
+}
+
+static int prof_get_rows(struct kern_backend *be, const struct kern_tensor *table, const int32_t *ids, int n,
+                         struct kern_tensor *out)
+{
+    TIMED(be, "get_rows", -1, 0.0, INNER(be)->ops->get_rows(INNER(be), table, ids, n, out));
+}
+
+static int prof_matmul(struct kern_backend *be, const struct kern_tensor *w, const struct kern_tensor *x,
+                       struct kern_tensor *y)
+{
+    const double bytes = w ? (double)w->row_bytes * (double)w->ne1 : 0.0;
+    TIMED(be, "matmul", w ? (int)w->type : -1, bytes, INNER(be)->ops->matmul(INNER(be), w, x, y));
+}
+
+static int prof_add_bias(struct kern_backend *be, struct kern_tensor *y, const struct kern_tensor *bias)
+{
+    TIMED(be, "add_bias", -1, 0.0, INNER(be)->ops->add_bias(INNER(be), y, bias));
+}
+
+static int prof_rms_norm(struct kern_backend *be, const struct kern_tensor *x, const struct kern_tensor *w,
+                         float eps, struct kern_tensor *y)
+{
+    TIMED(be, "rms_norm", -1, 0.0, INNER(be)->ops->rms_norm(INNER(be), x, w, eps, y));
+}
+
+static int prof_rope(struct kern_backend *be, struct kern_tensor *x, int n_head, int head_dim, const int32_t *pos,
+                     const struct kern_rope_params *rp)
+{
+    TIMED(be, "rope", -1, 0.0, INNER(be)->ops->rope(INNER(be), x, n_head, head_dim, pos, rp));
+}
+
+static int prof_store_rows(struct kern_backend *be, const struct kern_tensor *src, struct kern_tensor *dst,
+                           int64_t dst_row0)
+{
+    TIMED(be, "store_rows", -1, 0.0, INNER(be)->ops->store_rows(INNER(be), src, dst, dst_row0));
+}
+
+static int prof_attention(struct kern_backend *be, const struct kern_tensor *q, const struct kern_tensor *k_cache,
+                          const struct kern_tensor *v_cache, const struct kern_attn_params *ap,
+                          struct kern_tensor *out)
+{
+    /* the last query reads every cache row up to its own */
+    const double bytes = q && k_cache && v_cache && ap
+                             ? (double)(ap->pos0 + q->ne1) * (double)(k_cache->row_bytes + v_cache->row_bytes)
+                             : 0.0;
+    TIMED(be, "attention", -1, bytes, INNER(be)->ops->attention(INNER(be), q, k_cache, v_cache, ap, out));
+}
+
+static int prof_swiglu(struct kern_backend *be, const struct kern_tensor *gate, const struct kern_tensor *up,
+                       struct kern_tensor *out)
+{
+    TIMED(be, "swiglu", -1, 0.0, INNER(be)->ops->swiglu(INNER(be), gate, up, out));
+}
+
+static int prof_add(struct kern_backend *be, const struct kern_tensor *a, const struct kern_tensor *b,
+                    struct kern_tensor *out)
+{
+    TIMED(be, "add", -1, 0.0, INNER(be)->ops->add(INNER(be), a, b, out));
+}
+
+static int prof_argmax(struct kern_backend *be, const struct kern_tensor *x, int32_t *ids, float *probs)
+{
+    TIMED(be, "argmax", -1, 0.0, INNER(be)->ops->argmax(INNER(be), x, ids, probs));
+}
+
+static const struct kern_backend_ops prof_ops = {
+    .name = NULL, /* the inner backend's */
+    .destroy = prof_destroy,
+    .tensor_alloc = prof_tensor_alloc,
+    .tensor_free = prof_tensor_free,
+    .weight_from_host = prof_weight_from_host,
+    .rows_to_host = prof_rows_to_host,
+    .rows_from_host = prof_rows_from_host,
+    .get_rows = prof_get_rows,
+    .matmul = prof_matmul,
+    .add_bias = prof_add_bias,
+    .rms_norm = prof_rms_norm,
+    .rope = prof_rope,
+    .store_rows = prof_store_rows,
+    .attention = prof_attention,
+    .swiglu = prof_swiglu,
+    .add = prof_add,
+    .argmax = prof_argmax,
+};
+
+int kern_profile_wrap(struct kern_backend *inner, struct kern_backend **out)
+{
+    struct prof_backend *p = calloc(1, sizeof *p);
+    if (!p)
+        return SPEC_E_NOMEM;
+    p->inner = inner;
+    p->ops = prof_ops;
+    p->ops.name = inner->ops->name;
+    p->base.ops = &p->ops;
+    *out = &p->base;
+    return SPEC_OK;
+}
+
+static struct prof_backend *profiled(struct kern_backend *be)
+{
+    return be && be->ops->destroy == prof_destroy ? prof_of(be) : NULL;
+}
+
+int kern_profile_start(struct kern_backend *be)
+{
+    struct prof_backend *p = profiled(be);
+    if (!p)
+        return SPEC_E_UNSUPPORTED;
+    if (p->inner->ops->marks_reset)
+        p->inner->ops->marks_reset(p->inner);
+    p->n_pending = 0;
+    p->n_kinds = 0;
+    p->on = true;
+    return SPEC_OK;
+}
+
+int kern_profile_stop(struct kern_backend *be, struct kern_op_profile *out, int cap, int *n)
+{
+    struct prof_backend *p = profiled(be);
+    if (!p)
+        return SPEC_E_UNSUPPORTED;
+    if (!out || !n || cap < 0)
+        return SPEC_E_INVALID_ARG;
+    if (p->n_pending > 0)
+        harvest(p);
+    p->on = false;
+    *n = p->n_kinds < cap ? p->n_kinds : cap;
+    memcpy(out, p->kinds, (size_t)*n * sizeof *out);
+    return SPEC_OK;
+}
