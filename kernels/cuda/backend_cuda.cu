@@ -22,7 +22,7 @@ extern "C" {
 struct cuda_backend {
     struct kern_backend base; /* first: the interface's pointer is this struct's */
     cudaStream_t stream;
-    struct cuda_buf act;  /* matmul: converted activations */
+    struct cuda_act act;  /* matmul: converted activations, kept until device memory is written */
     struct cuda_buf part; /* attention: per-chunk partial results */
     struct cuda_buf ids;  /* get_rows: token ids */
     struct cuda_buf rope; /* rope: the (cos, sin) table of the positions below */
@@ -78,6 +78,14 @@ void cuda_buf_release(struct cuda_buf *b)
     b->cap = 0;
 }
 
+/* For an op about to write device memory: matmuls can no longer reuse a kept conversion. */
+static struct cuda_backend *cuda_writing(struct kern_backend *be)
+{
+    struct cuda_backend *cb = cuda_of(be);
+    cuda_act_forget(&cb->act);
+    return cb;
+}
+
 static char *row_ptr(const struct kern_tensor *t, int64_t r)
 {
     return (char *)t->data + (size_t)r * t->row_bytes;
@@ -111,7 +119,7 @@ static int cuda_tensor_alloc(struct kern_backend *be, enum spec_dtype type, int6
     if ((err = err_of(cudaMalloc(&data, total))))
         return err;
     /* zeroed, as the CPU backend's tensors are */
-    if ((err = err_of(cudaMemsetAsync(data, 0, total, cuda_of(be)->stream)))) {
+    if ((err = err_of(cudaMemsetAsync(data, 0, total, cuda_writing(be)->stream)))) {
         cudaFree(data);
         return err;
     }
@@ -125,7 +133,7 @@ static void cuda_tensor_free(struct kern_backend *be, struct kern_tensor *t)
     if (!t)
         return;
     if (t->owned) {
-        cudaStreamSynchronize(cuda_of(be)->stream); /* kernels in flight may still use it */
+        cudaStreamSynchronize(cuda_writing(be)->stream); /* kernels in flight may still use it */
         cudaFree(t->data);
     }
     *t = (struct kern_tensor){};
@@ -140,7 +148,7 @@ static int cuda_weight_from_host(struct kern_backend *be, enum spec_dtype type, 
     int err = cuda_tensor_alloc(be, type, ne0, ne1, &t);
     if (err)
         return err;
-    const cudaStream_t st = cuda_of(be)->stream;
+    const cudaStream_t st = cuda_writing(be)->stream;
     const size_t bytes = t.row_bytes * (size_t)t.ne1;
     if ((err = err_of(cudaMemcpyAsync(t.data, host, bytes, cudaMemcpyHostToDevice, st))) ||
         (err = err_of(cudaStreamSynchronize(st)))) {
@@ -170,7 +178,7 @@ static int cuda_rows_from_host(struct kern_backend *be, struct kern_tensor *t, i
     int err = kern_rows_check(t, row0, n);
     if (err || n == 0)
         return err;
-    const cudaStream_t st = cuda_of(be)->stream;
+    const cudaStream_t st = cuda_writing(be)->stream;
     if ((err = err_of(cudaMemcpyAsync(row_ptr(t, row0), host, (size_t)n * t->row_bytes, cudaMemcpyHostToDevice, st))))
         return err;
     return err_of(cudaStreamSynchronize(st));
@@ -187,7 +195,7 @@ static int cuda_get_rows_op(struct kern_backend *be, const struct kern_tensor *t
         return err;
     if (!cuda_weight_type_ok(table->type))
         return SPEC_E_UNSUPPORTED;
-    struct cuda_backend *cb = cuda_of(be);
+    struct cuda_backend *cb = cuda_writing(be);
     err = err_of(cuda_buf_reserve(&cb->ids, (size_t)n * sizeof(int32_t)));
     if (err)
         return err;
@@ -209,8 +217,17 @@ static int cuda_matmul_op(struct kern_backend *be, const struct kern_tensor *w, 
     if (w->ne0 % info->block_size || w->ne1 > INT32_MAX)
         return SPEC_E_RANGE;
     struct cuda_backend *cb = cuda_of(be);
-    return err_of(cuda_matmul(cb->stream, &cb->act, w->type, w->data, w->row_bytes, (int)w->ne1, (int)w->ne0,
-                              (const float *)x->data, fstride(x), (int)x->ne1, (float *)y->data, fstride(y)));
+    const int ran = err_of(cuda_matmul(cb->stream, &cb->act, w->type, w->data, w->row_bytes, (int)w->ne1,
+                                       (int)w->ne0, (const float *)x->data, fstride(x), (int)x->ne1,
+                                       (float *)y->data, fstride(y)));
+    /* y written over the rows whose conversion is kept: it is stale */
+    const struct cuda_act *a = &cb->act;
+    const char *kept = (const char *)a->x, *out = (const char *)y->data;
+    const size_t kept_bytes = ((size_t)(a->n - 1) * a->x_stride + (size_t)a->k) * sizeof(float),
+                 out_bytes = (size_t)y->ne1 * y->row_bytes;
+    if (a->valid && out < kept + kept_bytes && kept < out + out_bytes)
+        cuda_act_forget(&cb->act);
+    return ran;
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -221,7 +238,7 @@ static int cuda_add_bias(struct kern_backend *be, struct kern_tensor *y, const s
     const int err = kern_add_bias_check(y, bias);
     if (err)
         return err;
-    return err_of(cuda_eltwise(cuda_of(be)->stream, CUDA_ADD, (const float *)y->data, fstride(y),
+    return err_of(cuda_eltwise(cuda_writing(be)->stream, CUDA_ADD, (const float *)y->data, fstride(y),
                                (const float *)bias->data, 0, (float *)y->data, fstride(y), (int)y->ne0, (int)y->ne1));
 }
 
@@ -231,7 +248,7 @@ static int cuda_swiglu(struct kern_backend *be, const struct kern_tensor *gate, 
     const int err = kern_eltwise_check(gate, up, out);
     if (err)
         return err;
-    return err_of(cuda_eltwise(cuda_of(be)->stream, CUDA_SWIGLU, (const float *)gate->data, fstride(gate),
+    return err_of(cuda_eltwise(cuda_writing(be)->stream, CUDA_SWIGLU, (const float *)gate->data, fstride(gate),
                                (const float *)up->data, fstride(up), (float *)out->data, fstride(out), (int)out->ne0,
                                (int)out->ne1));
 }
@@ -242,7 +259,7 @@ static int cuda_add(struct kern_backend *be, const struct kern_tensor *a, const 
     const int err = kern_eltwise_check(a, b, out);
     if (err)
         return err;
-    return err_of(cuda_eltwise(cuda_of(be)->stream, CUDA_ADD, (const float *)a->data, fstride(a),
+    return err_of(cuda_eltwise(cuda_writing(be)->stream, CUDA_ADD, (const float *)a->data, fstride(a),
                                (const float *)b->data, fstride(b), (float *)out->data, fstride(out), (int)out->ne0,
                                (int)out->ne1));
 }
@@ -253,7 +270,7 @@ static int cuda_rms_norm_op(struct kern_backend *be, const struct kern_tensor *x
     const int err = kern_rms_norm_check(x, w, eps, y);
     if (err)
         return err;
-    return err_of(cuda_rms_norm(cuda_of(be)->stream, (const float *)x->data, fstride(x), (const float *)w->data, eps,
+    return err_of(cuda_rms_norm(cuda_writing(be)->stream, (const float *)x->data, fstride(x), (const float *)w->data, eps,
                                 (float *)y->data, fstride(y), (int)x->ne0, (int)x->ne1));
 }
 
@@ -330,7 +347,7 @@ static int cuda_rope_op(struct kern_backend *be, struct kern_tensor *x, int n_he
     int err = kern_rope_check(x, n_head, head_dim, pos, p);
     if (err)
         return err;
-    struct cuda_backend *cb = cuda_of(be);
+    struct cuda_backend *cb = cuda_writing(be);
     err = rope_table(cb, pos, (int)x->ne1, p);
     if (err)
         return err;
@@ -349,7 +366,7 @@ static int cuda_store_rows_op(struct kern_backend *be, const struct kern_tensor 
         return err;
     if (dst->type != SPEC_F16 && dst->type != SPEC_F32)
         return SPEC_E_UNSUPPORTED;
-    return err_of(cuda_store_rows(cuda_of(be)->stream, (const float *)src->data, fstride(src), row_ptr(dst, dst_row0),
+    return err_of(cuda_store_rows(cuda_writing(be)->stream, (const float *)src->data, fstride(src), row_ptr(dst, dst_row0),
                                   dst->row_bytes, dst->type, (int)src->ne0, (int)src->ne1));
 }
 
@@ -362,7 +379,7 @@ static int cuda_attention_op(struct kern_backend *be, const struct kern_tensor *
         return err;
     if (p->head_dim > CUDA_ATTN_MAX_HEAD_DIM)
         return SPEC_E_UNSUPPORTED;
-    struct cuda_backend *cb = cuda_of(be);
+    struct cuda_backend *cb = cuda_writing(be);
     return err_of(cuda_attention(cb->stream, &cb->part, (const float *)q->data, fstride(q), k_cache->data,
                                  k_cache->row_bytes, k_cache->type, v_cache->data, v_cache->row_bytes, v_cache->type, p,
                                  (int)q->ne1, (float *)out->data, fstride(out)));
@@ -376,7 +393,7 @@ static int cuda_argmax_op(struct kern_backend *be, const struct kern_tensor *x, 
     int err = kern_argmax_check(x, ids);
     if (err)
         return err;
-    struct cuda_backend *cb = cuda_of(be);
+    struct cuda_backend *cb = cuda_writing(be);
     const size_t rows = (size_t)x->ne1, id_bytes = (rows * sizeof(int32_t) + 255) & ~(size_t)255;
     if ((err = err_of(cuda_buf_reserve(&cb->pick, id_bytes + rows * sizeof(float)))))
         return err;
@@ -437,7 +454,7 @@ static void cuda_destroy(struct kern_backend *be)
 {
     struct cuda_backend *cb = cuda_of(be);
     cudaStreamSynchronize(cb->stream);
-    cuda_buf_release(&cb->act);
+    cuda_buf_release(&cb->act.buf);
     cuda_buf_release(&cb->part);
     cuda_buf_release(&cb->ids);
     cuda_buf_release(&cb->rope);

@@ -36,10 +36,27 @@ void cuda_buf_release(struct cuda_buf *b);
 /* Which weight types the matmul and get_rows kernels take (the CPU backend's nine). */
 bool cuda_weight_type_ok(enum spec_dtype t);
 
+/* The activations as the last matmul converted them (Q8 blocks, F16 or BF16), and what from: matmuls
+ * of one input with weights of one kind (q, k and v; gate and up) convert it once. The backend calls
+ * cuda_act_forget before anything else writes device memory, so a kept conversion is never stale. */
+struct cuda_act {
+    struct cuda_buf buf;
+    bool valid;
+    const float *x;
+    size_t x_stride;
+    int k, n;
+    int form; /* the conversion: which activation type */
+};
+
+static inline void cuda_act_forget(struct cuda_act *a)
+{
+    a->valid = false;
+}
+
 /* y[r * y_stride + j] = dot(w row j, x row r) for r < n, j < rows; w rows are w_row_bytes apart and
- * hold k elements of wtype; x rows are x_stride floats apart. `act` is scratch for the converted
- * activations. */
-cudaError_t cuda_matmul(cudaStream_t st, struct cuda_buf *act, enum spec_dtype wtype, const void *w,
+ * hold k elements of wtype; x rows are x_stride floats apart. The activations' conversion is kept in
+ * (or taken from) act; y must not overlap x. */
+cudaError_t cuda_matmul(cudaStream_t st, struct cuda_act *act, enum spec_dtype wtype, const void *w,
                         size_t w_row_bytes, int rows, int k, const float *x, size_t x_stride, int n, float *y,
                         size_t y_stride);
 

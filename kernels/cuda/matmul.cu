@@ -1,5 +1,6 @@
 /* y = x . w^T on the GPU for every weight type the CPU backend computes with: the activations are
- * converted once per call, then one kernel reads each weight row once for all activation rows.
+ * converted once (and kept for the next matmul of the same input: q, k and v share one conversion,
+ * gate and up another), then one kernel reads each weight row once for all activation rows.
  *
  * Numerics, chosen so that a row's result never depends on the batch and stays close to the CPU's:
  *  - Activations are converted exactly as the CPU backend converts them (bit for bit): to Q8_0 for
@@ -585,39 +586,86 @@ static cudaError_t launch_mmv(cudaStream_t st, const mmv_args &a)
     return cudaGetLastError();
 }
 
+/* The activation type a weight type multiplies with (its conversion's name in cuda_act.form). */
+static enum spec_dtype act_form(enum spec_dtype wtype)
+{
+    switch (wtype) {
+    case SPEC_Q4_1:
+        return SPEC_Q8_1;
+    case SPEC_Q4_K:
+    case SPEC_Q6_K:
+        return SPEC_Q8_K;
+    case SPEC_F16:
+    case SPEC_BF16:
+        return wtype;
+    default:
+        return SPEC_Q8_0;
+    }
+}
+
+/* Makes act hold x in `form`, `bytes` long: kept from the last matmul when it converted the same
+ * rows the same way (nothing has written device memory since: cuda_act_forget), else converted by
+ * `convert` (which enqueues the conversion into act->buf.p). */
+template <class F>
+static cudaError_t convert_act(struct cuda_act *act, enum spec_dtype form, const float *x, size_t x_stride, int k,
+                               int n, size_t bytes, F convert)
+{
+    if (act->valid && act->form == form && act->x == x && act->x_stride == x_stride && act->k == k && act->n == n)
+        return cudaSuccess;
+    act->valid = false;
+    cudaError_t err = cuda_buf_reserve(&act->buf, bytes);
+    if (err == cudaSuccess) {
+        convert();
+        err = cudaGetLastError();
+    }
+    if (err != cudaSuccess)
+        return err;
+    act->x = x;
+    act->x_stride = x_stride;
+    act->k = k;
+    act->n = n;
+    act->form = form;
+    act->valid = true;
+    return cudaSuccess;
+}
+
 /* Converts x to the activation type of a quantised weight type into act and fills a's x fields. */
-static cudaError_t quantize_act(cudaStream_t st, struct cuda_buf *act, enum spec_dtype wtype, int k, const float *x,
+static cudaError_t quantize_act(cudaStream_t st, struct cuda_act *act, enum spec_dtype wtype, int k, const float *x,
                                 size_t x_stride, int n, mmv_args &a)
 {
-    const bool q8_K = wtype == SPEC_Q4_K || wtype == SPEC_Q6_K, q8_1 = wtype == SPEC_Q4_1;
+    const enum spec_dtype form = act_form(wtype);
+    const bool q8_K = form == SPEC_Q8_K, q8_1 = form == SPEC_Q8_1;
     const int block = q8_K ? 256 : 32;
     const size_t nb = (size_t)n * (size_t)(k / block);
     const size_t q_bytes = align256((size_t)n * k), d_bytes = align256(nb * sizeof(float)),
                  s_bytes = q8_1 ? d_bytes : 0, sum_bytes = align256((size_t)n * (k / 16) * sizeof(int));
-    cudaError_t err = cuda_buf_reserve(act, q_bytes + d_bytes + s_bytes + sum_bytes);
+    const unsigned warps_per_block = MMV_THREADS / CUDA_WARP;
+    const unsigned blocks = (unsigned)((nb + warps_per_block - 1) / warps_per_block);
+    const cudaError_t err =
+        convert_act(act, form, x, x_stride, k, n, q_bytes + d_bytes + s_bytes + sum_bytes, [&] {
+            uint8_t *base = (uint8_t *)act->buf.p;
+            int8_t *q = (int8_t *)base;
+            float *d = (float *)(base + q_bytes), *s = q8_1 ? (float *)(base + q_bytes + d_bytes) : NULL;
+            int *sum16 = (int *)(base + q_bytes + d_bytes + s_bytes);
+            if (q8_K)
+                CUDA_LAUNCH(blocks, MMV_THREADS, st, quantize_q8_K)(x, x_stride, k, n, q, d, sum16);
+            else if (q8_1)
+                CUDA_LAUNCH(blocks, MMV_THREADS, st, quantize_q8_32<true>)(x, x_stride, k, n, q, d, s, sum16);
+            else
+                CUDA_LAUNCH(blocks, MMV_THREADS, st, quantize_q8_32<false>)(x, x_stride, k, n, q, d, s, sum16);
+        });
     if (err != cudaSuccess)
         return err;
-    uint8_t *base = (uint8_t *)act->p;
+    const uint8_t *base = (const uint8_t *)act->buf.p;
     a.xq = base;
     a.q_stride = (size_t)k;
     a.xd = (const float *)(base + q_bytes);
     a.xs = q8_1 ? (const float *)(base + q_bytes + d_bytes) : NULL;
     a.xsum = (const int *)(base + q_bytes + d_bytes + s_bytes);
-    const unsigned warps_per_block = MMV_THREADS / CUDA_WARP;
-    const unsigned blocks = (unsigned)((nb + warps_per_block - 1) / warps_per_block);
-    int8_t *q = (int8_t *)base;
-    float *d = (float *)a.xd, *s = (float *)a.xs;
-    int *sum16 = (int *)a.xsum;
-    if (q8_K)
-        CUDA_LAUNCH(blocks, MMV_THREADS, st, quantize_q8_K)(x, x_stride, k, n, q, d, sum16);
-    else if (q8_1)
-        CUDA_LAUNCH(blocks, MMV_THREADS, st, quantize_q8_32<true>)(x, x_stride, k, n, q, d, s, sum16);
-    else
-        CUDA_LAUNCH(blocks, MMV_THREADS, st, quantize_q8_32<false>)(x, x_stride, k, n, q, d, s, sum16);
-    return cudaGetLastError();
+    return cudaSuccess;
 }
 
-cudaError_t cuda_matmul(cudaStream_t st, struct cuda_buf *act, enum spec_dtype wtype, const void *w,
+cudaError_t cuda_matmul(cudaStream_t st, struct cuda_act *act, enum spec_dtype wtype, const void *w,
                         size_t w_row_bytes, int rows, int k, const float *x, size_t x_stride, int n, float *y,
                         size_t y_stride)
 {
@@ -638,18 +686,18 @@ cudaError_t cuda_matmul(cudaStream_t st, struct cuda_buf *act, enum spec_dtype w
         return launch_mmv<w_float<SPEC_F32> >(st, a);
     case SPEC_F16:
     case SPEC_BF16: {
-        err = cuda_buf_reserve(act, (size_t)n * k * sizeof(uint16_t));
-        if (err != cudaSuccess)
-            return err;
         const int64_t total = (int64_t)n * k;
         const unsigned blocks = (unsigned)(total / 256 + 1 < 4096 ? total / 256 + 1 : 4096);
-        if (wtype == SPEC_BF16)
-            CUDA_LAUNCH(blocks, 256, st, convert_rows<true>)(x, x_stride, k, n, (uint16_t *)act->p);
-        else
-            CUDA_LAUNCH(blocks, 256, st, convert_rows<false>)(x, x_stride, k, n, (uint16_t *)act->p);
-        if ((err = cudaGetLastError()) != cudaSuccess)
+        err = convert_act(act, wtype, x, x_stride, k, n, (size_t)total * sizeof(uint16_t), [&] {
+            uint16_t *out = (uint16_t *)act->buf.p;
+            if (wtype == SPEC_BF16)
+                CUDA_LAUNCH(blocks, 256, st, convert_rows<true>)(x, x_stride, k, n, out);
+            else
+                CUDA_LAUNCH(blocks, 256, st, convert_rows<false>)(x, x_stride, k, n, out);
+        });
+        if (err != cudaSuccess)
             return err;
-        a.xq = (const uint8_t *)act->p;
+        a.xq = (const uint8_t *)act->buf.p;
         a.q_stride = (size_t)k * sizeof(uint16_t);
         a.vec = k % 8 == 0 && aligned16(w, w_row_bytes) && aligned16(a.xq, a.q_stride);
         return wtype == SPEC_F16 ? launch_mmv<w_float<SPEC_F16> >(st, a) : launch_mmv<w_float<SPEC_BF16> >(st, a);

@@ -251,6 +251,83 @@ Test(conformance, matmul_rows_are_bit_identical_whatever_the_batch)
     }
 }
 
+/* y must hold the bits a fresh CUDA backend computes from w (type t, host blocks wh) and x as it is
+ * now: no conversion kept from an earlier matmul may stand in for x's current values. */
+static void expect_fresh(enum spec_dtype t, const void *wh, int64_t k, int64_t rows, const struct kern_tensor *x,
+                         const struct kern_tensor *y, const char *what)
+{
+    struct kern_backend *ref = NULL;
+    cr_assert_eq(kern_backend_create("cuda", NULL, &ref), 0);
+    float *xh = download(gpu, x), *got = download(gpu, y);
+    struct kern_tensor wr = weight(ref, t, k, rows, wh), xr = upload(ref, SPEC_F32, k, x->ne1, xh),
+                       yr = poisoned(ref, rows, x->ne1);
+    cr_assert_eq(ref->ops->matmul(ref, &wr, &xr, &yr), 0);
+    float *want = download(ref, &yr);
+    assert_bits(got, want, (size_t)(rows * x->ne1) * sizeof(float), what);
+    free(want), free(got), free(xh);
+    free_t(ref, &wr), free_t(ref, &xr), free_t(ref, &yr);
+    kern_backend_destroy(ref);
+}
+
+/* Matmuls of one input with weights of one kind share its conversion (q, k and v; gate and up);
+ * anything that writes the input in between (a copy from the host, an op, a matmul whose output
+ * overlaps it) or a different input, row count or conversion makes the next matmul convert anew. */
+Test(conformance, matmuls_of_one_input_share_its_conversion_until_it_changes)
+{
+    need_cuda();
+    const int64_t k = 512, rows = 40;
+    const int n = 4;
+    size_t rb;
+    void *w1h = random_weights(SPEC_Q4_K, k, rows, 0, &rb), *w2h = random_weights(SPEC_Q4_K, k, rows, 0, &rb),
+         *w3h = random_weights(SPEC_Q4_1, k, rows, 0, &rb), *wfh = random_weights(SPEC_F32, k, k, 0, &rb);
+    float *xh = random_f32(k * n, 1.0f), *x2h = random_f32(k * n, 1.0f), *row = random_f32(k, 2.0f);
+    struct kern_tensor w1 = weight(gpu, SPEC_Q4_K, k, rows, w1h), w2 = weight(gpu, SPEC_Q4_K, k, rows, w2h),
+                       w3 = weight(gpu, SPEC_Q4_1, k, rows, w3h), wf = weight(gpu, SPEC_F32, k, k, wfh),
+                       x = upload(gpu, SPEC_F32, k, n, xh), x2 = upload(gpu, SPEC_F32, k, n, x2h),
+                       y1 = poisoned(gpu, rows, n), y2 = poisoned(gpu, rows, n), y3 = poisoned(gpu, rows, n);
+
+    cr_assert_eq(gpu->ops->matmul(gpu, &w1, &x, &y1), 0);
+    cr_assert_eq(gpu->ops->matmul(gpu, &w2, &x, &y2), 0);
+    expect_fresh(SPEC_Q4_K, w2h, k, rows, &x, &y2, "second matmul of one input");
+    cr_assert_eq(gpu->ops->matmul(gpu, &w3, &x, &y3), 0);
+    expect_fresh(SPEC_Q4_1, w3h, k, rows, &x, &y3, "another conversion of the same input");
+    cr_assert_eq(gpu->ops->matmul(gpu, &w2, &x, &y2), 0);
+    expect_fresh(SPEC_Q4_K, w2h, k, rows, &x, &y2, "back to the first conversion");
+
+    cr_assert_eq(gpu->ops->rows_from_host(gpu, &x, 1, 1, row), 0);
+    cr_assert_eq(gpu->ops->matmul(gpu, &w2, &x, &y2), 0);
+    expect_fresh(SPEC_Q4_K, w2h, k, rows, &x, &y2, "after a row copied from the host");
+
+    cr_assert_eq(gpu->ops->add(gpu, &x, &x2, &x), 0);
+    cr_assert_eq(gpu->ops->matmul(gpu, &w2, &x, &y2), 0);
+    expect_fresh(SPEC_Q4_K, w2h, k, rows, &x, &y2, "after an op wrote the input");
+
+    cr_assert_eq(gpu->ops->store_rows(gpu, &x2, &x, 0), 0);
+    cr_assert_eq(gpu->ops->matmul(gpu, &w1, &x, &y1), 0);
+    expect_fresh(SPEC_Q4_K, w1h, k, rows, &x, &y1, "after rows were stored into the input");
+
+    cr_assert_eq(gpu->ops->matmul(gpu, &w1, &x, &y1), 0); /* kept: x */
+    cr_assert_eq(gpu->ops->matmul(gpu, &wf, &x2, &x), 0); /* F32: no conversion, but writes x */
+    cr_assert_eq(gpu->ops->matmul(gpu, &w1, &x, &y1), 0);
+    expect_fresh(SPEC_Q4_K, w1h, k, rows, &x, &y1, "after a matmul wrote over the input");
+
+    struct kern_tensor tail = x, head = x, yt = y1;
+    tail.data = (char *)x.data + x.row_bytes, tail.ne1 = n - 1, tail.owned = false;
+    head.ne1 = 2, head.owned = false;
+    yt.ne1 = n - 1, yt.owned = false;
+    cr_assert_eq(gpu->ops->matmul(gpu, &w1, &x, &y1), 0);
+    cr_assert_eq(gpu->ops->matmul(gpu, &w2, &tail, &yt), 0);
+    expect_fresh(SPEC_Q4_K, w2h, k, rows, &tail, &yt, "rows of the input further on");
+    yt.ne1 = 2;
+    cr_assert_eq(gpu->ops->matmul(gpu, &w1, &x, &y1), 0);
+    cr_assert_eq(gpu->ops->matmul(gpu, &w2, &head, &yt), 0);
+    expect_fresh(SPEC_Q4_K, w2h, k, rows, &head, &yt, "fewer rows of the input");
+
+    free_t(gpu, &w1), free_t(gpu, &w2), free_t(gpu, &w3), free_t(gpu, &wf), free_t(gpu, &x), free_t(gpu, &x2);
+    free_t(gpu, &y1), free_t(gpu, &y2), free_t(gpu, &y3);
+    free(w1h), free(w2h), free(w3h), free(wfh), free(xh), free(x2h), free(row);
+}
+
 /* ---------------------------------------------------------------------------------------------- */
 /* get_rows                                                                                       */
 
