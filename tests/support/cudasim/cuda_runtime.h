@@ -9,7 +9,9 @@
  * sanitizers see the kernels' memory accesses: ASan an out-of-bounds read of a device buffer, UBSan a
  * vector load from an address its type's alignment forbids on a GPU. Misuse the hardware would not
  * forgive either (a shuffle some lanes never reach, a barrier that never completes, a launch shape
- * past the limits) aborts with a message or fails the launch as CUDA would.
+ * past the limits, a host pointer handed to a kernel, a copy whose direction does not match its
+ * pointers, a free of memory cudaMalloc did not return) aborts with a message or fails the launch as
+ * CUDA would.
  *
  * What it cannot show: speed, the GPU's float library (expf & co. are glibc's here), races between
  * blocks, and anything about concurrency beyond one stream. Timings and the numerical bounds of the
@@ -23,6 +25,7 @@
 #include <string.h>
 
 #include <tuple>
+#include <type_traits>
 #include <utility>
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -125,6 +128,9 @@ extern dim3 threadIdx, blockIdx, blockDim, gridDim;
 void __syncthreads(void);
 
 namespace cudasim {
+/* Aborts with a message unless p is NULL or points into (or just past) memory from cudaMalloc: a
+ * kernel handed a host pointer faults on a GPU. `arg` numbers the kernel's parameter. */
+void check_device_arg(const void *p, int arg);
 /* A warp's exchange: every lane of the running thread's warp gives `bits` and gets lane ^ lane_mask's. */
 uint64_t shfl_xor(unsigned mask, uint64_t bits, int lane_mask);
 /* Runs body(ctx) as every thread of every block of the grid; a bad shape sets the launch error. */
@@ -148,7 +154,20 @@ struct launch {
                 std::apply(self->kernel, self->params);
             }
         } c{kernel, std::tuple<P...>(std::forward<A>(args)...)};
+        check_pointers(c.params, std::index_sequence_for<P...>{});
         run(grid, block, &call::body, &c);
+    }
+
+    template <size_t... I>
+    static void check_pointers(const std::tuple<P...> &params, std::index_sequence<I...>)
+    {
+        (check_one(std::get<I>(params), (int)I), ...);
+    }
+    template <class T>
+    static void check_one(const T &v, int arg)
+    {
+        if constexpr (std::is_pointer_v<T>)
+            check_device_arg((const void *)v, arg);
     }
 };
 

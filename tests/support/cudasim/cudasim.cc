@@ -12,6 +12,8 @@
 #include <sys/mman.h>
 #include <time.h>
 
+#include <map>
+
 #include "cuda_runtime.h"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -92,7 +94,11 @@ sim_state sim;
 
 [[noreturn]] void die(const char *what)
 {
-    fprintf(stderr, "cudasim: %s (block %u,%u,%u)\n", what, blockIdx.x, blockIdx.y, blockIdx.z);
+    if (sim.cur >= 0)
+        fprintf(stderr, "cudasim: %s (block %u,%u,%u, thread %u,%u,%u)\n", what, blockIdx.x, blockIdx.y, blockIdx.z,
+                threadIdx.x, threadIdx.y, threadIdx.z);
+    else
+        fprintf(stderr, "cudasim: %s\n", what);
     abort();
 }
 
@@ -305,6 +311,28 @@ cudaError_t cudaGetLastError(void)
     return e;
 }
 
+/* Live device allocations: base -> bytes. */
+static std::map<uintptr_t, size_t> allocations;
+
+/* Whether [p, p + bytes] lies in one allocation (its end included: a pointer just past it). */
+static bool is_device(const void *p, size_t bytes)
+{
+    const uintptr_t a = (uintptr_t)p;
+    auto it = allocations.upper_bound(a);
+    if (it == allocations.begin())
+        return false;
+    --it;
+    return a - it->first <= it->second && bytes <= it->second - (a - it->first);
+}
+
+void cudasim::check_device_arg(const void *p, int arg)
+{
+    if (p && !is_device(p, 0)) {
+        fprintf(stderr, "cudasim: kernel argument %d (%p) is not device memory\n", arg, p);
+        abort();
+    }
+}
+
 cudaError_t cudaMalloc(void **p, size_t bytes)
 {
     /* cudaMalloc's alignment; ASan sees every byte past `bytes` as out of bounds */
@@ -312,23 +340,34 @@ cudaError_t cudaMalloc(void **p, size_t bytes)
         *p = nullptr;
         return sim.last_error = cudaErrorMemoryAllocation;
     }
+    allocations[(uintptr_t)*p] = bytes;
     return cudaSuccess;
 }
 
 cudaError_t cudaFree(void *p)
 {
+    if (!p)
+        return cudaSuccess;
+    if (!allocations.erase((uintptr_t)p))
+        die("cudaFree of memory that cudaMalloc did not return");
     free(p);
     return cudaSuccess;
 }
 
-cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind, cudaStream_t)
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind, cudaStream_t)
 {
+    const bool dst_dev = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice,
+               src_dev = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
+    if (is_device(dst, bytes) != dst_dev || is_device(src, bytes) != src_dev)
+        die("cudaMemcpyAsync: the pointers do not match the copy's direction (or run past an allocation)");
     memmove(dst, src, bytes);
     return cudaSuccess;
 }
 
 cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t)
 {
+    if (!is_device(p, bytes))
+        die("cudaMemsetAsync outside device memory");
     memset(p, value, bytes);
     return cudaSuccess;
 }
