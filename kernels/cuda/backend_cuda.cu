@@ -270,8 +270,8 @@ static int cuda_rms_norm_op(struct kern_backend *be, const struct kern_tensor *x
     const int err = kern_rms_norm_check(x, w, eps, y);
     if (err)
         return err;
-    return err_of(cuda_rms_norm(cuda_writing(be)->stream, (const float *)x->data, fstride(x), (const float *)w->data, eps,
-                                (float *)y->data, fstride(y), (int)x->ne0, (int)x->ne1));
+    return err_of(cuda_rms_norm(cuda_writing(be)->stream, (const float *)x->data, fstride(x),
+                                (const float *)w->data, eps, (float *)y->data, fstride(y), (int)x->ne0, (int)x->ne1));
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -366,8 +366,8 @@ static int cuda_store_rows_op(struct kern_backend *be, const struct kern_tensor 
         return err;
     if (dst->type != SPEC_F16 && dst->type != SPEC_F32)
         return SPEC_E_UNSUPPORTED;
-    return err_of(cuda_store_rows(cuda_writing(be)->stream, (const float *)src->data, fstride(src), row_ptr(dst, dst_row0),
-                                  dst->row_bytes, dst->type, (int)src->ne0, (int)src->ne1));
+    return err_of(cuda_store_rows(cuda_writing(be)->stream, (const float *)src->data, fstride(src),
+                                  row_ptr(dst, dst_row0), dst->row_bytes, dst->type, (int)src->ne0, (int)src->ne1));
 }
 
 static int cuda_attention_op(struct kern_backend *be, const struct kern_tensor *q, const struct kern_tensor *k_cache,

@@ -153,7 +153,8 @@ void reserve_threads(int n)
     sim.threads = t;
     sim.warps = w;
     for (int i = sim.cap; i < n; i++) {
-        void *s = mmap(nullptr, STACK_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        void *s = mmap(nullptr, STACK_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1,
+                       0);
         if (s == MAP_FAILED)
             die("cannot map a thread stack");
         sim.threads[i].stack = s;
