@@ -426,13 +426,15 @@ int main(int argc, char **argv)
         kern_backend_destroy(be);
         return err ? 1 : 0;
     }
-    struct engine *engines[MAX_GAMMAS] = {0};
-    for (int g = 0; g < a.n_gammas && !err; g++) {
-        const bool adaptive = a.gammas[g] == 0;
+    /* engines[0] runs target-only, engines[1 + g] γ = gammas[g]: each engine sees each prompt once,
+     * so no run finds its own prompt in a prompt cache an earlier run of the same prompt left. */
+    struct engine *engines[1 + MAX_GAMMAS] = {0};
+    for (int g = -1; g < a.n_gammas && !err; g++) {
+        const bool adaptive = g < 0 || a.gammas[g] == 0;
         const struct engine_config cfg = {.target = target, .draft = draft, .n_ctx = 2048,
                                           .draft_max = adaptive ? 8 : a.gammas[g], .draft_min = 1,
                                           .adaptive = adaptive, .penalty_window = 64};
-        err = engine_new(&cfg, &engines[g]);
+        err = engine_new(&cfg, &engines[1 + g]);
     }
     struct cat_stats cats[MAX_CATS];
     int n_cats = 0;
@@ -453,7 +455,7 @@ int main(int argc, char **argv)
             c->t_base += st.t_draft + st.t_target;
             c->tok_base += st.n_generated;
             for (int g = 0; g < a.n_gammas && !err; g++) {
-                err = run(engines[g], prompt, (int)n_prompt, a.n_gen, true, got, &n_got, &st);
+                err = run(engines[1 + g], prompt, (int)n_prompt, a.n_gen, true, got, &n_got, &st);
                 c->t_spec[g] += st.t_draft + st.t_target;
                 c->tok_spec[g] += st.n_generated;
                 c->drafted[g] += st.n_drafted;
@@ -476,7 +478,7 @@ int main(int argc, char **argv)
     free(want);
     free(got);
     fclose(f);
-    for (int g = 0; g < a.n_gammas; g++)
+    for (int g = 0; g <= a.n_gammas; g++)
         engine_free(engines[g]);
     model_free(draft);
     model_free(target);

@@ -22,7 +22,7 @@ for b in $bins; do
 done
 cp "$prompts" "$dir/prompts-dev.jsonl"
 if [ -f "$model" ]; then
-    split -b 40M -d "$model" "$dir/model/smollm2.part"
+    split -b 36M -d "$model" "$dir/model/smollm2.part"
     sha256sum "$model" | awk '{ print $1 }' >"$dir/model/smollm2.sha256"
 else
     echo "bundle: $model missing (make models): the speedup step will be skipped" >&2
