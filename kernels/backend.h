@@ -220,13 +220,13 @@ struct kern_backend_config {
 int kern_backend_create(const char *name, const struct kern_backend_config *cfg, struct kern_backend **out);
 void kern_backend_destroy(struct kern_backend *be);
 
-/* Where a backend's time goes, per kind of op (matmuls per weight type): calls, the host's time
+/* Where a backend's time goes, per kind of op (matmuls per weight type and shape): calls, the host's time
  * inside the op, the device's time from just before the op's work to just after it (the host's
  * time where the backend has no marks), and the bytes the op must read: weights for a matmul, the
  * K and V rows for attention, 0 for the others. When the host enqueues work more slowly than the
  * device runs it, the device's time includes its waits for the host. */
 struct kern_op_profile {
-    char op[24]; /* "matmul Q4_K", "attention", ... */
+    char op[32]; /* "matmul Q4_K 8960x1536" (output rows x input width), "attention", ... */
     long calls;
     double host_ms;
     double device_ms;

@@ -42,13 +42,16 @@ static double now_ms(void)
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
-/* The entry of op `op` (and weight type, for matmuls: type >= 0), made on first use; -1 when the
- * table is full (the op is then not counted). */
-static int kind_of(struct prof_backend *p, const char *op, int type)
+/* The entry of op `op` (a matmul's: with its weight w's type and shape), made on first use; -1 when
+ * the table is full (the op is then not counted). */
+static int kind_of(struct prof_backend *p, const char *op, const struct kern_tensor *w)
 {
     char name[sizeof p->kinds[0].op];
-    const struct kern_dtype_info *info = type >= 0 ? kern_dtype_info((uint32_t)type) : NULL;
-    snprintf(name, sizeof name, info ? "%s %s" : "%s", op, info ? info->name : "");
+    const struct kern_dtype_info *info = w ? kern_dtype_info((uint32_t)w->type) : NULL;
+    if (info)
+        snprintf(name, sizeof name, "%s %s %lldx%lld", op, info->name, (long long)w->ne1, (long long)w->ne0);
+    else
+        snprintf(name, sizeof name, "%s", op);
     for (int i = 0; i < p->n_kinds; i++)
         if (strcmp(p->kinds[i].op, name) == 0)
             return i;
@@ -80,10 +83,10 @@ struct span {
     double t0;
 };
 
-static struct span prof_begin(struct prof_backend *p, const char *op, int type)
+static struct span prof_begin(struct prof_backend *p, const char *op, const struct kern_tensor *w)
 {
     struct span s = {.kind = -1, .mark = -1};
-    if (!p->on || (s.kind = kind_of(p, op, type)) < 0)
+    if (!p->on || (s.kind = kind_of(p, op, w)) < 0)
         return s;
     struct kern_backend *in = p->inner;
     if (in->ops->mark) {
@@ -118,10 +121,10 @@ static int prof_end(struct prof_backend *p, struct span s, double bytes, int err
 /* Forwarding                                                                                     */
 
 #define INNER(be) (prof_of(be)->inner)
-#define TIMED(be, op, type, bytes, call)                                                                   \
+#define TIMED(be, op, w, bytes, call)                                                                      \
     do {                                                                                                   \
         struct prof_backend *p_ = prof_of(be);                                                             \
-        const struct span s_ = prof_begin(p_, op, type);                                                   \
+        const struct span s_ = prof_begin(p_, op, w);                                                      \
         return prof_end(p_, s_, bytes, call);                                                              \
     } while (0)
 
@@ -151,49 +154,49 @@ static int prof_weight_from_host(struct kern_backend *be, enum spec_dtype type, 
 static int prof_rows_to_host(struct kern_backend *be, const struct kern_tensor *t, int64_t row0, int64_t n,
                              void *host)
 {
-    TIMED(be, "rows_to_host", -1, 0.0, INNER(be)->ops->rows_to_host(INNER(be), t, row0, n, host));
+    TIMED(be, "rows_to_host", NULL, 0.0, INNER(be)->ops->rows_to_host(INNER(be), t, row0, n, host));
 }
 
 static int prof_rows_from_host(struct kern_backend *be, struct kern_tensor *t, int64_t row0, int64_t n,
                                const void *host)
 {
-    TIMED(be, "rows_from_host", -1, 0.0, INNER(be)->ops->rows_from_host(INNER(be), t, row0, n, host));
+    TIMED(be, "rows_from_host", NULL, 0.0, INNER(be)->ops->rows_from_host(INNER(be), t, row0, n, host));
 }
 
 static int prof_get_rows(struct kern_backend *be, const struct kern_tensor *table, const int32_t *ids, int n,
                          struct kern_tensor *out)
 {
-    TIMED(be, "get_rows", -1, 0.0, INNER(be)->ops->get_rows(INNER(be), table, ids, n, out));
+    TIMED(be, "get_rows", NULL, 0.0, INNER(be)->ops->get_rows(INNER(be), table, ids, n, out));
 }
 
 static int prof_matmul(struct kern_backend *be, const struct kern_tensor *w, const struct kern_tensor *x,
                        struct kern_tensor *y)
 {
     const double bytes = w ? (double)w->row_bytes * (double)w->ne1 : 0.0;
-    TIMED(be, "matmul", w ? (int)w->type : -1, bytes, INNER(be)->ops->matmul(INNER(be), w, x, y));
+    TIMED(be, "matmul", w, bytes, INNER(be)->ops->matmul(INNER(be), w, x, y));
 }
 
 static int prof_add_bias(struct kern_backend *be, struct kern_tensor *y, const struct kern_tensor *bias)
 {
-    TIMED(be, "add_bias", -1, 0.0, INNER(be)->ops->add_bias(INNER(be), y, bias));
+    TIMED(be, "add_bias", NULL, 0.0, INNER(be)->ops->add_bias(INNER(be), y, bias));
 }
 
 static int prof_rms_norm(struct kern_backend *be, const struct kern_tensor *x, const struct kern_tensor *w,
                          float eps, struct kern_tensor *y)
 {
-    TIMED(be, "rms_norm", -1, 0.0, INNER(be)->ops->rms_norm(INNER(be), x, w, eps, y));
+    TIMED(be, "rms_norm", NULL, 0.0, INNER(be)->ops->rms_norm(INNER(be), x, w, eps, y));
 }
 
 static int prof_rope(struct kern_backend *be, struct kern_tensor *x, int n_head, int head_dim, const int32_t *pos,
                      const struct kern_rope_params *rp)
 {
-    TIMED(be, "rope", -1, 0.0, INNER(be)->ops->rope(INNER(be), x, n_head, head_dim, pos, rp));
+    TIMED(be, "rope", NULL, 0.0, INNER(be)->ops->rope(INNER(be), x, n_head, head_dim, pos, rp));
 }
 
 static int prof_store_rows(struct kern_backend *be, const struct kern_tensor *src, struct kern_tensor *dst,
                            int64_t dst_row0)
 {
-    TIMED(be, "store_rows", -1, 0.0, INNER(be)->ops->store_rows(INNER(be), src, dst, dst_row0));
+    TIMED(be, "store_rows", NULL, 0.0, INNER(be)->ops->store_rows(INNER(be), src, dst, dst_row0));
 }
 
 static int prof_attention(struct kern_backend *be, const struct kern_tensor *q, const struct kern_tensor *k_cache,
@@ -204,24 +207,24 @@ static int prof_attention(struct kern_backend *be, const struct kern_tensor *q, 
     const double bytes = q && k_cache && v_cache && ap
                              ? (double)(ap->pos0 + q->ne1) * (double)(k_cache->row_bytes + v_cache->row_bytes)
                              : 0.0;
-    TIMED(be, "attention", -1, bytes, INNER(be)->ops->attention(INNER(be), q, k_cache, v_cache, ap, out));
+    TIMED(be, "attention", NULL, bytes, INNER(be)->ops->attention(INNER(be), q, k_cache, v_cache, ap, out));
 }
 
 static int prof_swiglu(struct kern_backend *be, const struct kern_tensor *gate, const struct kern_tensor *up,
                        struct kern_tensor *out)
 {
-    TIMED(be, "swiglu", -1, 0.0, INNER(be)->ops->swiglu(INNER(be), gate, up, out));
+    TIMED(be, "swiglu", NULL, 0.0, INNER(be)->ops->swiglu(INNER(be), gate, up, out));
 }
 
 static int prof_add(struct kern_backend *be, const struct kern_tensor *a, const struct kern_tensor *b,
                     struct kern_tensor *out)
 {
-    TIMED(be, "add", -1, 0.0, INNER(be)->ops->add(INNER(be), a, b, out));
+    TIMED(be, "add", NULL, 0.0, INNER(be)->ops->add(INNER(be), a, b, out));
 }
 
 static int prof_argmax(struct kern_backend *be, const struct kern_tensor *x, int32_t *ids, float *probs)
 {
-    TIMED(be, "argmax", -1, 0.0, INNER(be)->ops->argmax(INNER(be), x, ids, probs));
+    TIMED(be, "argmax", NULL, 0.0, INNER(be)->ops->argmax(INNER(be), x, ids, probs));
 }
 
 static const struct kern_backend_ops prof_ops = {

@@ -237,9 +237,28 @@ __global__ void store_rows_kernel(const float *src, size_t src_stride, uint8_t *
     }
 }
 
+/* F32 rows into F32 rows, four floats a thread: 16-byte loads and stores. */
+__global__ void store_rows_vec4_kernel(const float4 *src, size_t src_stride4, float4 *dst, size_t dst_stride4,
+                                       int ne0_4, int rows)
+{
+    GRID_STRIDE(i, (int64_t)ne0_4 * rows)
+    {
+        const int r = (int)(i / ne0_4), e = (int)(i % ne0_4);
+        dst[(size_t)r * dst_stride4 + e] = src[(size_t)r * src_stride4 + e];
+    }
+}
+
 cudaError_t cuda_store_rows(cudaStream_t st, const float *src, size_t src_stride, void *dst, size_t dst_row_bytes,
                             enum spec_dtype dst_type, int ne0, int rows)
 {
+    if (dst_type == SPEC_F32 && ne0 % 4 == 0 && src_stride % 4 == 0 && dst_row_bytes % 16 == 0 &&
+        (uintptr_t)src % 16 == 0 && (uintptr_t)dst % 16 == 0) {
+        const unsigned blocks = elt_blocks((int64_t)ne0 / 4 * rows);
+        CUDA_LAUNCH(blocks, ELT_THREADS, st, store_rows_vec4_kernel)((const float4 *)src, src_stride / 4,
+                                                                     (float4 *)dst, dst_row_bytes / 16, ne0 / 4,
+                                                                     rows);
+        return cudaGetLastError();
+    }
     const unsigned blocks = elt_blocks((int64_t)ne0 * rows);
     CUDA_LAUNCH(blocks, ELT_THREADS, st, store_rows_kernel)(src, src_stride, (uint8_t *)dst, dst_row_bytes,
                                                             dst_type == SPEC_F16, ne0, rows);
@@ -344,8 +363,8 @@ cudaError_t cuda_argmax(cudaStream_t st, const float *x, size_t x_stride, int ne
  * softmax cannot know the normalised weights per chunk, so here they stay F32: the difference is at
  * most 2^-11 of sum_j p_j |v_j| per output (see the conformance test's bound).                    */
 
-#define ATT_CHUNK 128
-#define ATT_THREADS 128
+#define ATT_CHUNK 128 /* keys per block: one per thread for the scores */
+#define ATT_THREADS ATT_CHUNK
 #define ATT_WARPS (ATT_THREADS / CUDA_WARP)
 
 static __device__ __forceinline__ float cache_elem(const uint8_t *row, bool f16, int e)
@@ -353,60 +372,112 @@ static __device__ __forceinline__ float cache_elem(const uint8_t *row, bool f16,
     return f16 ? ld_f16(row + 2 * e) : ((const float *)row)[e];
 }
 
+/* Elements e0 .. e0+7 of a cache row (F16 or F32) as floats, zero past dim. vec: the row is 16-byte
+ * aligned and dim % 8 == 0, so that one or two 16-byte loads fetch them. */
+static __device__ __forceinline__ void cache_load8(const uint8_t *row, bool f16, bool vec, int e0, int dim,
+                                                   float v[8])
+{
+    if (vec && f16) {
+        const int4 raw = *(const int4 *)(row + 2 * e0);
+        const uint32_t words[4] = {(uint32_t)raw.x, (uint32_t)raw.y, (uint32_t)raw.z, (uint32_t)raw.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            v[2 * i] = __half2float(__ushort_as_half((uint16_t)(words[i] & 0xffffu)));
+            v[2 * i + 1] = __half2float(__ushort_as_half((uint16_t)(words[i] >> 16)));
+        }
+    } else if (vec) {
+        const float4 a = *(const float4 *)(row + 4 * e0), b = *(const float4 *)(row + 4 * e0 + 16);
+        v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+    } else {
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            v[i] = e0 + i < dim ? cache_elem(row, f16, e0 + i) : 0.0f;
+    }
+}
+
+/* Thread t scores key j0 + t against q (a chain of fmaf over the dimensions, in order). The chunk's
+ * max and sum come from fixed butterflies and the warps in order; for o, the head's dimensions are cut
+ * into units of 8, and each of `sets` groups of threads adds every sets-th key (keys s, s + sets, ...)
+ * into one unit, the sets then summed in order: every step is fixed by the chunk's length alone. */
 __global__ void __launch_bounds__(ATT_THREADS)
-    attn_chunk_kernel(const float *q, size_t q_stride, const uint8_t *k, size_t k_row_bytes, bool k_f16,
-                      const uint8_t *v, size_t v_row_bytes, bool v_f16, int n_head, int group, int head_dim,
-                      int pos0, float scale, int n_chunks, float *part_o, float *part_ml)
+    attn_chunk_kernel(const float *q, size_t q_stride, const uint8_t *k, size_t k_row_bytes, bool k_f16, bool k_vec,
+                      const uint8_t *v, size_t v_row_bytes, bool v_f16, bool v_vec, int n_head, int group,
+                      int head_dim, int pos0, float scale, int n_chunks, float *part_o, float *part_ml)
 {
     __shared__ float qs[CUDA_ATTN_MAX_HEAD_DIM];
-    __shared__ float sc[ATT_CHUNK];
+    __shared__ float p[ATT_CHUNK];
+    __shared__ float red[2][ATT_WARPS];
+    __shared__ float os[ATT_THREADS * 8];
     const int c = blockIdx.x, h = blockIdx.y, i = blockIdx.z;
     const int n_kv = pos0 + i + 1, j0 = c * ATT_CHUNK;
     if (j0 >= n_kv)
         return; /* past this query's keys: the whole block leaves, before any barrier */
     const int len = min(ATT_CHUNK, n_kv - j0);
     const int tid = threadIdx.x, lane = tid % CUDA_WARP, warp = tid / CUDA_WARP;
-    const int g = h / group;
+    const int g = h / group, n_units = (head_dim + 7) / 8;
 
     const float *qh = q + (size_t)i * q_stride + (size_t)h * head_dim;
-    for (int d = tid; d < head_dim; d += ATT_THREADS)
-        qs[d] = k_f16 ? __half2float(__float2half_rn(qh[d])) : qh[d];
+    for (int d = tid; d < 8 * n_units; d += ATT_THREADS)
+        qs[d] = d >= head_dim ? 0.0f : k_f16 ? __half2float(__float2half_rn(qh[d])) : qh[d];
     __syncthreads();
 
-    /* scores: a warp per key, the lanes over the head's dimensions */
-    const uint8_t *kg = k + (size_t)g * head_dim * (k_f16 ? 2 : 4);
-    for (int j = warp; j < len; j += ATT_WARPS) {
-        const uint8_t *kr = kg + (size_t)(j0 + j) * k_row_bytes;
-        float part = 0.0f;
-        for (int d = lane; d < head_dim; d += CUDA_WARP)
-            part = __fmaf_rn(qs[d], cache_elem(kr, k_f16, d), part);
-        const float dot = warp_sum(part);
-        if (lane == 0)
-            sc[j] = dot * scale;
+    float s = -INFINITY;
+    if (tid < len) {
+        const uint8_t *kr = k + (size_t)(j0 + tid) * k_row_bytes + (size_t)g * head_dim * (k_f16 ? 2 : 4);
+        float dot = 0.0f;
+        for (int u = 0; u < n_units; u++) {
+            float kv[8];
+            cache_load8(kr, k_f16, k_vec, 8 * u, head_dim, kv);
+#pragma unroll
+            for (int e = 0; e < 8; e++)
+                dot = __fmaf_rn(qs[8 * u + e], kv[e], dot);
+        }
+        s = dot * scale;
+    }
+    float m = s;
+    for (int off = CUDA_WARP / 2; off > 0; off >>= 1)
+        m = fmaxf(m, __shfl_xor_sync(CUDA_FULL_MASK, m, off));
+    if (lane == 0)
+        red[0][warp] = m;
+    __syncthreads();
+    m = red[0][0];
+    for (int w = 1; w < ATT_WARPS; w++)
+        m = fmaxf(m, red[0][w]);
+    const float e = tid < len ? expf(s - m) : 0.0f;
+    p[tid] = e;
+    const float wsum = warp_sum(e);
+    if (lane == 0)
+        red[1][warp] = wsum;
+    __syncthreads();
+
+    const int sets = ATT_THREADS / n_units, set = tid / n_units, unit = tid % n_units;
+    if (set < sets) {
+        const uint8_t *vg = v + (size_t)g * head_dim * (v_f16 ? 2 : 4);
+        float o[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+        for (int j = set; j < len; j += sets) {
+            float vv[8];
+            cache_load8(vg + (size_t)(j0 + j) * v_row_bytes, v_f16, v_vec, 8 * unit, head_dim, vv);
+            const float pj = p[j];
+#pragma unroll
+            for (int e8 = 0; e8 < 8; e8++)
+                o[e8] = __fmaf_rn(pj, vv[e8], o[e8]);
+        }
+#pragma unroll
+        for (int e8 = 0; e8 < 8; e8++)
+            os[set * 8 * n_units + 8 * unit + e8] = o[e8];
     }
     __syncthreads();
-
-    /* every thread scans the chunk in the same order, so all hold the same max and sum */
-    float m = -INFINITY;
-    for (int j = 0; j < len; j++)
-        m = fmaxf(m, sc[j]);
-    __syncthreads(); /* all have read the scores before they are overwritten by their weights */
-    for (int j = tid; j < len; j += ATT_THREADS)
-        sc[j] = expf(sc[j] - m);
-    __syncthreads();
-    float l = 0.0f;
-    for (int j = 0; j < len; j++)
-        l += sc[j];
-
-    const uint8_t *vg = v + (size_t)g * head_dim * (v_f16 ? 2 : 4);
     const size_t slot = ((size_t)i * n_head + h) * n_chunks + c;
     for (int d = tid; d < head_dim; d += ATT_THREADS) {
-        float o = 0.0f;
-        for (int j = 0; j < len; j++)
-            o = __fmaf_rn(sc[j], cache_elem(vg + (size_t)(j0 + j) * v_row_bytes, v_f16, d), o);
+        float o = os[d];
+        for (int t = 1; t < sets; t++)
+            o += os[t * 8 * n_units + d];
         part_o[slot * head_dim + d] = o;
     }
     if (tid == 0) {
+        float l = red[1][0];
+        for (int w = 1; w < ATT_WARPS; w++)
+            l += red[1][w];
         part_ml[2 * slot] = m;
         part_ml[2 * slot + 1] = l;
     }
@@ -446,10 +517,14 @@ cudaError_t cuda_attention(cudaStream_t st, struct cuda_buf *part, const float *
         return err;
     float *part_o = (float *)part->p, *part_ml = (float *)((uint8_t *)part->p + o_bytes);
     const dim3 grid((unsigned)n_chunks, (unsigned)p->n_head, (unsigned)n);
+    /* 16-byte loads when every head's slice of every row starts 16-byte aligned */
+    const bool k_vec = p->head_dim % 8 == 0 && (uintptr_t)k % 16 == 0 && k_row_bytes % 16 == 0,
+               v_vec = p->head_dim % 8 == 0 && (uintptr_t)v % 16 == 0 && v_row_bytes % 16 == 0;
     CUDA_LAUNCH(grid, ATT_THREADS, st, attn_chunk_kernel)(q, q_stride, (const uint8_t *)k, k_row_bytes,
-                                                          k_type == SPEC_F16, (const uint8_t *)v, v_row_bytes,
-                                                          v_type == SPEC_F16, p->n_head, p->n_head / p->n_head_kv,
-                                                          p->head_dim, p->pos0, p->scale, n_chunks, part_o, part_ml);
+                                                          k_type == SPEC_F16, k_vec, (const uint8_t *)v,
+                                                          v_row_bytes, v_type == SPEC_F16, v_vec, p->n_head,
+                                                          p->n_head / p->n_head_kv, p->head_dim, p->pos0, p->scale,
+                                                          n_chunks, part_o, part_ml);
     if ((err = cudaGetLastError()) != cudaSuccess)
         return err;
     const dim3 cgrid((unsigned)p->n_head, (unsigned)n);

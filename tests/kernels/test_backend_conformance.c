@@ -485,6 +485,16 @@ Test(conformance, store_rows_add_bias_and_swiglu_match_the_cpu)
         free(want), free(got);
         free_t(cpu, &cc), free_t(gpu, &cg);
     }
+    /* F32 rows of a width that is no multiple of 4 (no 16-byte path) */
+    struct kern_tensor nc = upload(cpu, SPEC_F32, 7, 2, ah), ng = upload(gpu, SPEC_F32, 7, 2, ah), cc, cg;
+    cr_assert_eq(cpu->ops->tensor_alloc(cpu, SPEC_F32, 7, 5, &cc), 0);
+    cr_assert_eq(gpu->ops->tensor_alloc(gpu, SPEC_F32, 7, 5, &cg), 0);
+    cr_assert_eq(cpu->ops->store_rows(cpu, &nc, &cc, 3), 0);
+    cr_assert_eq(gpu->ops->store_rows(gpu, &ng, &cg, 3), 0);
+    want = download(cpu, &cc), got = download(gpu, &cg);
+    assert_bits(got + 3 * 7, want + 3 * 7, 2 * cc.row_bytes, "F32 rows of 7");
+    free(want), free(got);
+    free_t(cpu, &nc), free_t(gpu, &ng), free_t(cpu, &cc), free_t(gpu, &cg);
     free(ah), free(bh);
     free_t(cpu, &ac), free_t(cpu, &bc), free_t(cpu, &bias_c), free_t(cpu, &oc);
     free_t(gpu, &ag), free_t(gpu, &bg), free_t(gpu, &bias_g), free_t(gpu, &og);
@@ -576,6 +586,7 @@ Test(conformance, attention_matches_the_cpu_and_is_batch_invariant)
         {.n_head = 4, .n_head_kv = 4, .head_dim = 16, .pos0 = 0, .n = 9, .rows = 9, .kv = SPEC_F16},
         {.n_head = 12, .n_head_kv = 2, .head_dim = 128, .pos0 = 0, .n = 1, .rows = 1, .kv = SPEC_F16},
         {.n_head = 2, .n_head_kv = 1, .head_dim = 256, .pos0 = 120, .n = 17, .rows = 140, .kv = SPEC_F32},
+        {.n_head = 3, .n_head_kv = 1, .head_dim = 20, .pos0 = 126, .n = 4, .rows = 130, .kv = SPEC_F16},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         check_attention(&cases[i]);
