@@ -16,8 +16,8 @@
  * runs greedy requests; one more line times decode with the whole row of logits copied to the host,
  * as sampled requests need it.
  * Every figure is the median of repeated runs, each rolled back so that all start at position P.
- * With --profile, STEPS more decode steps run with every op timed (kern_profile_start): per kind of
- * op, calls, host time and device time per token, and the bandwidth of the ones that read weights or
+ * With --profile, STEPS more decode steps run with every op timed (kern_profile_start), then STEPS
+ * verification passes of 8 positions: per kind of op, calls, host time and device time per pass, and the bandwidth of the ones that read weights or
  * the cache; the device's busy share of the profiled step says whether the kernels or their
  * launching set the pace (the timing itself slows the steps a little). */
 #include <stdio.h>
@@ -139,12 +139,13 @@ static int copy_bandwidth(struct kern_backend *be, int mib, double seconds, doub
     return err;
 }
 
-/* STEPS decode steps with every op timed, then the table per kind of op (per token). */
-static int profile_decode(struct kern_backend *be, struct model *m, struct model_seq *s, const int32_t *token,
-                          int steps)
+/* STEPS passes of n positions (n = 1: decode; more: a verification pass) with every op timed, then
+ * the table per kind of op (per pass). */
+static int profile_pass(struct kern_backend *be, struct model *m, struct model_seq *s, const int32_t *tokens, int n,
+                        int steps)
 {
-    int32_t id;
-    const struct model_batch_item it = {.s = s, .tokens = token, .n = 1, .argmax = &id};
+    int32_t ids[65];
+    const struct model_batch_item it = {.s = s, .tokens = tokens, .n = n, .all_logits = true, .argmax = ids};
     const int pos = model_seq_len(s);
     int err = kern_profile_start(be);
     const double t0 = bench_now_s();
@@ -153,13 +154,13 @@ static int profile_decode(struct kern_backend *be, struct model *m, struct model
             err = model_seq_truncate(s, pos);
     const double wall_ms = (bench_now_s() - t0) * 1e3 / steps;
     struct kern_op_profile ops[48];
-    int n = 0;
-    if (err || (err = kern_profile_stop(be, ops, 48, &n)))
+    int n_ops = 0;
+    if (err || (err = kern_profile_stop(be, ops, 48, &n_ops)))
         return err;
-    printf("\n| op (%d profiled decode steps) | calls/token | host µs/token | device µs/token | GB/s read |\n"
-           "|---|---|---|---|---|\n", steps);
+    printf("\n| op (%d profiled passes of %d position%s) | calls/pass | host µs/pass | device µs/pass | GB/s read |\n"
+           "|---|---|---|---|---|\n", steps, n, n > 1 ? "s" : "");
     double host = 0.0, device = 0.0;
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < n_ops; i++) {
         const double dev_us = ops[i].device_ms * 1e3 / steps;
         printf("| %s | %.1f | %.1f | %.1f |", ops[i].op, (double)ops[i].calls / steps, ops[i].host_ms * 1e3 / steps,
                dev_us);
@@ -171,7 +172,7 @@ static int profile_decode(struct kern_backend *be, struct model *m, struct model
         device += ops[i].device_ms;
     }
     printf("| all | | %.1f | %.1f | |\n", host * 1e3 / steps, device * 1e3 / steps);
-    printf("\nprofiled step: %.3f ms/token wall; the device busy %.0f%% of it, the host inside ops %.0f%%\n", wall_ms,
+    printf("\nprofiled pass: %.3f ms wall; the device busy %.0f%% of it, the host inside ops %.0f%%\n", wall_ms,
            100.0 * device / steps / wall_ms, 100.0 * host / steps / wall_ms);
     return SPEC_OK;
 }
@@ -269,8 +270,13 @@ int main(int argc, char **argv)
     printf("\n| γ | positions | verify time | verify / decode |\n|---|---|---|---|\n");
     for (int g = 1; g <= a.gamma_max; g++)
         printf("| %d | %d | %.2f ms | %.2fx |\n", g, g + 1, tv[g] * 1e3, tv[g] / t1);
-    if (a.profile_steps > 0 && (err = profile_decode(be, m, s, tokens + a.pos, a.profile_steps)))
-        fprintf(stderr, "bench_roofline: profile: %s (%s)\n", spec_strerror(err), spec_errname(err));
+    const int n_verify = a.gamma_max < 7 ? a.gamma_max + 1 : 8; /* the sequence holds pos + gamma_max + 1 */
+    for (int n = 1; a.profile_steps > 0 && !err; n = n_verify) { /* decode, then a verification pass */
+        if ((err = profile_pass(be, m, s, tokens + a.pos, n, a.profile_steps)))
+            fprintf(stderr, "bench_roofline: profile: %s (%s)\n", spec_strerror(err), spec_errname(err));
+        if (n == n_verify)
+            break;
+    }
     free(logits);
     free(tokens);
     model_seq_free(s);
