@@ -130,8 +130,8 @@ struct kern_attn_params {
 /* SPEC_E_RANGE unless t has data and rows [row0, row0 + n) lie within its ne1 rows (n may be 0). */
 int kern_rows_check(const struct kern_tensor *t, int64_t row0, int64_t n);
 int kern_get_rows_check(const struct kern_tensor *table, const int32_t *ids, int n, const struct kern_tensor *out);
-int kern_matmul_check(const struct kern_tensor *w, const struct kern_tensor *x, const struct kern_tensor *y);
-int kern_add_bias_check(const struct kern_tensor *y, const struct kern_tensor *bias);
+int kern_matmul_check(const struct kern_tensor *w, const struct kern_tensor *x, const struct kern_tensor *bias,
+                      const struct kern_tensor *y);
 /* swiglu and add: three F32 tensors of one shape */
 int kern_eltwise_check(const struct kern_tensor *a, const struct kern_tensor *b, const struct kern_tensor *out);
 int kern_rms_norm_check(const struct kern_tensor *x, const struct kern_tensor *w, float eps,
@@ -166,11 +166,11 @@ struct kern_backend_ops {
     /* out[i] = dequant(table[ids[i]]), ids in host memory, out F32 with n rows. */
     int (*get_rows)(struct kern_backend *be, const struct kern_tensor *table, const int32_t *ids, int n,
                     struct kern_tensor *out);
-    /* y[r][j] = sum_k x[r][k] * w[j][k]: w is ne1 x K of any cpu type, x is n x K F32, y n x ne1 F32. */
+    /* y[r][j] = sum_k x[r][k] * w[j][k] (+ bias[j]): w is ne1 x K of any cpu type, x is n x K F32,
+     * y n x ne1 F32, bias NULL or one F32 row of ne1. The bias is added to the finished sum, as a
+     * separate add would: the bits are those of the sum plus the bias in float. */
     int (*matmul)(struct kern_backend *be, const struct kern_tensor *w, const struct kern_tensor *x,
-                  struct kern_tensor *y);
-    /* y[r][k] += b[k] (bias has one row). */
-    int (*add_bias)(struct kern_backend *be, struct kern_tensor *y, const struct kern_tensor *bias);
+                  const struct kern_tensor *bias, struct kern_tensor *y);
     /* y = x / sqrt(mean(x^2) + eps) * w, row by row (y may be x). */
     int (*rms_norm)(struct kern_backend *be, const struct kern_tensor *x, const struct kern_tensor *w,
                     float eps, struct kern_tensor *y);

@@ -36,16 +36,12 @@ int kern_get_rows_check(const struct kern_tensor *table, const int32_t *ids, int
     return SPEC_OK;
 }
 
-int kern_matmul_check(const struct kern_tensor *w, const struct kern_tensor *x, const struct kern_tensor *y)
+int kern_matmul_check(const struct kern_tensor *w, const struct kern_tensor *x, const struct kern_tensor *bias,
+                      const struct kern_tensor *y)
 {
     if (!w || !w->data || !is_f32(x) || !is_f32(y) || x->ne0 != w->ne0 || y->ne0 != w->ne1 || y->ne1 != x->ne1)
         return SPEC_E_INVALID_ARG;
-    return SPEC_OK;
-}
-
-int kern_add_bias_check(const struct kern_tensor *y, const struct kern_tensor *bias)
-{
-    if (!is_f32(y) || !is_f32(bias) || bias->ne0 != y->ne0 || bias->ne1 != 1)
+    if (bias && (!is_f32(bias) || bias->ne0 != w->ne1 || bias->ne1 != 1))
         return SPEC_E_INVALID_ARG;
     return SPEC_OK;
 }

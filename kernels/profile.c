@@ -170,15 +170,10 @@ static int prof_get_rows(struct kern_backend *be, const struct kern_tensor *tabl
 }
 
 static int prof_matmul(struct kern_backend *be, const struct kern_tensor *w, const struct kern_tensor *x,
-                       struct kern_tensor *y)
+                       const struct kern_tensor *bias, struct kern_tensor *y)
 {
     const double bytes = w ? (double)w->row_bytes * (double)w->ne1 : 0.0;
-    TIMED(be, "matmul", w, bytes, INNER(be)->ops->matmul(INNER(be), w, x, y));
-}
-
-static int prof_add_bias(struct kern_backend *be, struct kern_tensor *y, const struct kern_tensor *bias)
-{
-    TIMED(be, "add_bias", NULL, 0.0, INNER(be)->ops->add_bias(INNER(be), y, bias));
+    TIMED(be, "matmul", w, bytes, INNER(be)->ops->matmul(INNER(be), w, x, bias, y));
 }
 
 static int prof_rms_norm(struct kern_backend *be, const struct kern_tensor *x, const struct kern_tensor *w,
@@ -237,7 +232,6 @@ static const struct kern_backend_ops prof_ops = {
     .rows_from_host = prof_rows_from_host,
     .get_rows = prof_get_rows,
     .matmul = prof_matmul,
-    .add_bias = prof_add_bias,
     .rms_norm = prof_rms_norm,
     .rope = prof_rope,
     .store_rows = prof_store_rows,

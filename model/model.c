@@ -594,7 +594,7 @@ static int step_logits(struct model *m, const struct segment *sg, int n_sg)
                        head = rows(&m->output, 0, m->n_logits);
     SPEC_TRY(op->get_rows(be, &m->s.x, m->s.ids, n_out, &xo));
     SPEC_TRY(op->rms_norm(be, &xo, &m->output_norm, m->hp.norm_eps, &xo));
-    SPEC_TRY(op->matmul(be, &head, &xo, &lg));
+    SPEC_TRY(op->matmul(be, &head, &xo, NULL, &lg));
     if (pick)
         SPEC_TRY(op->argmax(be, &lg, m->s.pick, pick_prob ? m->s.pick_prob : NULL));
     int row = 0;
@@ -614,6 +614,12 @@ static int step_logits(struct model *m, const struct segment *sg, int n_sg)
         row += k;
     }
     return SPEC_OK;
+}
+
+/* An optional tensor (the biases of qwen2's q, k and v): NULL where the model has none. */
+static const struct kern_tensor *present(const struct kern_tensor *t)
+{
+    return t->data ? t : NULL;
 }
 
 /* One internal step: the segments' rows (at most max_batch) go through every layer together, so each
@@ -639,14 +645,9 @@ static int forward_step(struct model *m, const struct segment *sg, int n_sg, int
 
         /* attention: x += wo . attn(rope(wq . norm(x)), rope(wk . norm(x)), wv . norm(x)) */
         SPEC_TRY(op->rms_norm(be, &x, &L->attn_norm, hp->norm_eps, &xb));
-        SPEC_TRY(op->matmul(be, &L->wq, &xb, &q));
-        SPEC_TRY(op->matmul(be, &L->wk, &xb, &k));
-        SPEC_TRY(op->matmul(be, &L->wv, &xb, &v));
-        if (L->bq.data) {
-            SPEC_TRY(op->add_bias(be, &q, &L->bq));
-            SPEC_TRY(op->add_bias(be, &k, &L->bk));
-            SPEC_TRY(op->add_bias(be, &v, &L->bv));
-        }
+        SPEC_TRY(op->matmul(be, &L->wq, &xb, present(&L->bq), &q));
+        SPEC_TRY(op->matmul(be, &L->wk, &xb, present(&L->bk), &k));
+        SPEC_TRY(op->matmul(be, &L->wv, &xb, present(&L->bv), &v));
         SPEC_TRY(op->rope(be, &q, hp->n_head, hp->head_dim, m->s.pos, &m->rope));
         SPEC_TRY(op->rope(be, &k, hp->n_head_kv, hp->head_dim, m->s.pos, &m->rope));
         for (int i = 0; i < n_sg; i++) {
@@ -661,15 +662,15 @@ static int forward_step(struct model *m, const struct segment *sg, int n_sg, int
             SPEC_TRY(op->store_rows(be, &vs, &s->v_cache[il], pos0));
             SPEC_TRY(op->attention(be, &qs, &s->k_cache[il], &s->v_cache[il], &ap, &as));
         }
-        SPEC_TRY(op->matmul(be, &L->wo, &att, &xb));
+        SPEC_TRY(op->matmul(be, &L->wo, &att, NULL, &xb));
         SPEC_TRY(op->add(be, &x, &xb, &x));
 
         /* feed-forward: x += w_down . (silu(w_gate . norm(x)) * (w_up . norm(x))) */
         SPEC_TRY(op->rms_norm(be, &x, &L->ffn_norm, hp->norm_eps, &xb));
-        SPEC_TRY(op->matmul(be, &L->w_gate, &xb, &gate));
-        SPEC_TRY(op->matmul(be, &L->w_up, &xb, &up));
+        SPEC_TRY(op->matmul(be, &L->w_gate, &xb, NULL, &gate));
+        SPEC_TRY(op->matmul(be, &L->w_up, &xb, NULL, &up));
         SPEC_TRY(op->swiglu(be, &gate, &up, &gate));
-        SPEC_TRY(op->matmul(be, &L->w_down, &gate, &xb));
+        SPEC_TRY(op->matmul(be, &L->w_down, &gate, NULL, &xb));
         SPEC_TRY(op->add(be, &x, &xb, &x));
     }
     return step_logits(m, sg, n_sg);

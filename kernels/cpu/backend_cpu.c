@@ -114,7 +114,7 @@ static int cpu_rows_from_host(struct kern_backend *be, struct kern_tensor *t, in
 }
 
 /* ---------------------------------------------------------------------------------------------- */
-/* Embedding and matmul                                                                           */
+/* Embedding                                                                                      */
 
 static int cpu_get_rows(struct kern_backend *be, const struct kern_tensor *table, const int32_t *ids, int n,
                         struct kern_tensor *out)
@@ -130,21 +130,8 @@ static int cpu_get_rows(struct kern_backend *be, const struct kern_tensor *table
     return SPEC_OK;
 }
 
-static int cpu_matmul_op(struct kern_backend *be, const struct kern_tensor *w, const struct kern_tensor *x,
-                         struct kern_tensor *y)
-{
-    const int err = kern_matmul_check(w, x, y);
-    if (err)
-        return err;
-    /* cpu_matmul writes y as packed rows of w->ne1 floats. */
-    if (y->row_bytes != (size_t)y->ne0 * sizeof(float))
-        return SPEC_E_INVALID_ARG;
-    return cpu_matmul(cpu_of(be)->pool, w->type, w->data, w->row_bytes, w->ne1, w->ne0, x->data,
-                      (int64_t)(x->row_bytes / sizeof(float)), x->ne1, y->data);
-}
-
 /* ---------------------------------------------------------------------------------------------- */
-/* Elementwise                                                                                    */
+/* Elementwise, and matmul (whose bias is an elementwise add)                                     */
 
 struct eltwise_task {
     const struct kern_tensor *a, *b; /* b NULL for a bias broadcast over rows of a */
@@ -176,10 +163,17 @@ static void eltwise_rows(void *arg, int ith, int nth)
     }
 }
 
-static int cpu_add_bias(struct kern_backend *be, struct kern_tensor *y, const struct kern_tensor *bias)
+static int cpu_matmul_op(struct kern_backend *be, const struct kern_tensor *w, const struct kern_tensor *x,
+                         const struct kern_tensor *bias, struct kern_tensor *y)
 {
-    const int err = kern_add_bias_check(y, bias);
+    int err = kern_matmul_check(w, x, bias, y);
     if (err)
+        return err;
+    /* cpu_matmul writes y as packed rows of w->ne1 floats. */
+    if (y->row_bytes != (size_t)y->ne0 * sizeof(float))
+        return SPEC_E_INVALID_ARG;
+    if ((err = cpu_matmul(cpu_of(be)->pool, w->type, w->data, w->row_bytes, w->ne1, w->ne0, x->data,
+                          (int64_t)(x->row_bytes / sizeof(float)), x->ne1, y->data)) || !bias)
         return err;
     struct eltwise_task t = {.a = y, .bias = bias, .out = y, .op = ELT_BIAS};
     cpu_run(cpu_of(be), eltwise_rows, &t, y->ne0 * y->ne1);
@@ -519,7 +513,6 @@ static const struct kern_backend_ops cpu_ops = {
     .rows_from_host = cpu_rows_from_host,
     .get_rows = cpu_get_rows,
     .matmul = cpu_matmul_op,
-    .add_bias = cpu_add_bias,
     .rms_norm = cpu_rms_norm,
     .rope = cpu_rope,
     .store_rows = cpu_store_rows,

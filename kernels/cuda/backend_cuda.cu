@@ -206,9 +206,9 @@ static int cuda_get_rows_op(struct kern_backend *be, const struct kern_tensor *t
 }
 
 static int cuda_matmul_op(struct kern_backend *be, const struct kern_tensor *w, const struct kern_tensor *x,
-                          struct kern_tensor *y)
+                          const struct kern_tensor *bias, struct kern_tensor *y)
 {
-    const int err = kern_matmul_check(w, x, y);
+    const int err = kern_matmul_check(w, x, bias, y);
     if (err)
         return err;
     if (!cuda_weight_type_ok(w->type))
@@ -219,7 +219,7 @@ static int cuda_matmul_op(struct kern_backend *be, const struct kern_tensor *w, 
     struct cuda_backend *cb = cuda_of(be);
     const int ran = err_of(cuda_matmul(cb->stream, &cb->act, w->type, w->data, w->row_bytes, (int)w->ne1,
                                        (int)w->ne0, (const float *)x->data, fstride(x), (int)x->ne1,
-                                       (float *)y->data, fstride(y)));
+                                       bias ? (const float *)bias->data : NULL, (float *)y->data, fstride(y)));
     /* y written over the rows whose conversion is kept: it is stale */
     const struct cuda_act *a = &cb->act;
     const char *kept = (const char *)a->x, *out = (const char *)y->data;
@@ -232,15 +232,6 @@ static int cuda_matmul_op(struct kern_backend *be, const struct kern_tensor *w, 
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Elementwise and norm                                                                           */
-
-static int cuda_add_bias(struct kern_backend *be, struct kern_tensor *y, const struct kern_tensor *bias)
-{
-    const int err = kern_add_bias_check(y, bias);
-    if (err)
-        return err;
-    return err_of(cuda_eltwise(cuda_writing(be)->stream, CUDA_ADD, (const float *)y->data, fstride(y),
-                               (const float *)bias->data, 0, (float *)y->data, fstride(y), (int)y->ne0, (int)y->ne1));
-}
 
 static int cuda_swiglu(struct kern_backend *be, const struct kern_tensor *gate, const struct kern_tensor *up,
                        struct kern_tensor *out)
@@ -479,7 +470,6 @@ static const struct kern_backend_ops cuda_ops = {
     .rows_from_host = cuda_rows_from_host,
     .get_rows = cuda_get_rows_op,
     .matmul = cuda_matmul_op,
-    .add_bias = cuda_add_bias,
     .rms_norm = cuda_rms_norm_op,
     .rope = cuda_rope_op,
     .store_rows = cuda_store_rows_op,

@@ -53,12 +53,12 @@ static inline void cuda_act_forget(struct cuda_act *a)
     a->valid = false;
 }
 
-/* y[r * y_stride + j] = dot(w row j, x row r) for r < n, j < rows; w rows are w_row_bytes apart and
- * hold k elements of wtype; x rows are x_stride floats apart. The activations' conversion is kept in
- * (or taken from) act; y must not overlap x. */
+/* y[r * y_stride + j] = dot(w row j, x row r) (+ bias[j] when bias is not NULL) for r < n, j < rows;
+ * w rows are w_row_bytes apart and hold k elements of wtype; x rows are x_stride floats apart. The
+ * activations' conversion is kept in (or taken from) act; y must not overlap x. */
 cudaError_t cuda_matmul(cudaStream_t st, struct cuda_act *act, enum spec_dtype wtype, const void *w,
-                        size_t w_row_bytes, int rows, int k, const float *x, size_t x_stride, int n, float *y,
-                        size_t y_stride);
+                        size_t w_row_bytes, int rows, int k, const float *x, size_t x_stride, int n,
+                        const float *bias, float *y, size_t y_stride);
 
 /* out[i * out_stride + e] = dequant(table row ids[i])[e] for i < n, e < ne0; ids in device memory. */
 cudaError_t cuda_get_rows(cudaStream_t st, enum spec_dtype type, const void *table, size_t row_bytes, int ne0,

@@ -45,6 +45,7 @@ struct mmv_args {
     const int *xsum;
     bool vec; /* float types: rows and unit starts are 16-byte aligned and k % 8 == 0 */
     int n;
+    const float *bias; /* NULL or one per weight row, added to the finished sums */
     float *y;
     size_t y_stride;
 };
@@ -552,7 +553,7 @@ __global__ void __launch_bounds__(MMV_THREADS) mmv(const mmv_args a)
                 for (int i = 0; i < RPW; i++) {
                     const float v = warp_sum(acc[i][r]);
                     if (lane == 0 && row0 + i < a.rows)
-                        a.y[(size_t)(t0 + r) * a.y_stride + row0 + i] = v;
+                        a.y[(size_t)(t0 + r) * a.y_stride + row0 + i] = a.bias ? v + a.bias[row0 + i] : v;
                 }
             }
         }
@@ -687,8 +688,8 @@ static cudaError_t quantize_act(cudaStream_t st, struct cuda_act *act, enum spec
 }
 
 cudaError_t cuda_matmul(cudaStream_t st, struct cuda_act *act, enum spec_dtype wtype, const void *w,
-                        size_t w_row_bytes, int rows, int k, const float *x, size_t x_stride, int n, float *y,
-                        size_t y_stride)
+                        size_t w_row_bytes, int rows, int k, const float *x, size_t x_stride, int n,
+                        const float *bias, float *y, size_t y_stride)
 {
     mmv_args a = {};
     a.w = (const uint8_t *)w;
@@ -696,6 +697,7 @@ cudaError_t cuda_matmul(cudaStream_t st, struct cuda_act *act, enum spec_dtype w
     a.rows = rows;
     a.k = k;
     a.n = n;
+    a.bias = bias;
     a.y = y;
     a.y_stride = y_stride;
     cudaError_t err;

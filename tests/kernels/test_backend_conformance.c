@@ -9,7 +9,7 @@
  *
  * Error bounds, CUDA vs CPU, per op (y: the CPU's result; the CUDA backend converts activations
  * exactly as the CPU does, so only the order of float sums differs where a bound is not zero):
- *  - get_rows, rope, store_rows, add, add_bias: bit-identical (the same expressions, and the rope
+ *  - get_rows, rope, store_rows, add: bit-identical (the same expressions, and the rope
  *    table is computed on the host with the CPU's code);
  *  - argmax: the same ids; probabilities |dp| <= 1e-6 p (double sums in another order);
  *  - rms_norm: |dy| <= 1e-6 |y| (the sum of squares is a double sum in another order);
@@ -161,8 +161,8 @@ static void check_matmul(enum spec_dtype t, int64_t k, int64_t rows, int n, int 
     cr_assert_eq(cpu->ops->tensor_alloc(cpu, SPEC_F32, rows, n, &yc), 0);
     struct kern_tensor wg = weight(gpu, t, k, rows, wh), xg = upload(gpu, SPEC_F32, k, n, xh),
                        yg = poisoned(gpu, rows, n);
-    cr_assert_eq(cpu->ops->matmul(cpu, &wc, &xc, &yc), 0);
-    cr_assert_eq(gpu->ops->matmul(gpu, &wg, &xg, &yg), 0, "%s: CUDA matmul failed", name);
+    cr_assert_eq(cpu->ops->matmul(cpu, &wc, &xc, NULL, &yc), 0);
+    cr_assert_eq(gpu->ops->matmul(gpu, &wg, &xg, NULL, &yg), 0, "%s: CUDA matmul failed", name);
     float *want = download(cpu, &yc), *got = download(gpu, &yg);
     for (int r = 0; r < n; r++) {
         for (int64_t j = 0; j < rows; j++) {
@@ -223,14 +223,14 @@ Test(conformance, matmul_rows_are_bit_identical_whatever_the_batch)
         float *xh = random_f32(k * n, 1.0f);
         struct kern_tensor w = weight(gpu, t, k, rows, wh), x = upload(gpu, SPEC_F32, k, n, xh),
                            y = poisoned(gpu, rows, n), y1 = poisoned(gpu, rows, 1);
-        cr_assert_eq(gpu->ops->matmul(gpu, &w, &x, &y), 0);
+        cr_assert_eq(gpu->ops->matmul(gpu, &w, &x, NULL, &y), 0);
         float *all = download(gpu, &y);
         for (int r = 0; r < n; r++) {
             struct kern_tensor xr = x;
             xr.data = (char *)x.data + (size_t)r * x.row_bytes;
             xr.ne1 = 1;
             xr.owned = false;
-            cr_assert_eq(gpu->ops->matmul(gpu, &w, &xr, &y1), 0);
+            cr_assert_eq(gpu->ops->matmul(gpu, &w, &xr, NULL, &y1), 0);
             float *one = download(gpu, &y1);
             cr_assert(memcmp(one, all + (size_t)r * rows, (size_t)rows * sizeof(float)) == 0,
                       "%s: row %d alone differs from row %d of a batch of %d", kern_dtype_info(t)->name, r, r, n);
@@ -241,7 +241,7 @@ Test(conformance, matmul_rows_are_bit_identical_whatever_the_batch)
         xs.data = (char *)x.data + 5 * x.row_bytes;
         xs.ne1 = 9;
         xs.owned = false;
-        cr_assert_eq(gpu->ops->matmul(gpu, &w, &xs, &ys), 0);
+        cr_assert_eq(gpu->ops->matmul(gpu, &w, &xs, NULL, &ys), 0);
         float *part = download(gpu, &ys);
         assert_bits(part, all + 5 * rows, 9 * (size_t)rows * sizeof(float), kern_dtype_info(t)->name);
         free(part);
@@ -249,6 +249,40 @@ Test(conformance, matmul_rows_are_bit_identical_whatever_the_batch)
         free_t(gpu, &w), free_t(gpu, &x), free_t(gpu, &y), free_t(gpu, &y1), free_t(gpu, &ys);
         free(wh), free(xh);
     }
+}
+
+/* On both backends a matmul with a bias gives the bits of the same matmul without it plus the bias
+ * in float (the add qwen2's q, k and v projections used to run as an op of their own). */
+Test(conformance, matmul_adds_its_bias_to_the_finished_sums)
+{
+    need_cuda();
+    const int64_t k = 256, rows = 37;
+    const int n = 9;
+    float *bh = random_f32(rows, 2.0f), *xh = random_f32(k * n, 1.0f);
+    struct kern_backend *both[] = {cpu, gpu};
+    for (size_t ti = 0; ti < KT_N_CPU_TYPES; ti++) {
+        const enum spec_dtype t = kt_cpu_types[ti];
+        size_t rb;
+        void *wh = random_weights(t, k, rows, 0, &rb);
+        for (int bi = 0; bi < 2; bi++) {
+            struct kern_backend *b = both[bi];
+            struct kern_tensor w = weight(b, t, k, rows, wh), x = upload(b, SPEC_F32, k, n, xh),
+                               bias = upload(b, SPEC_F32, rows, 1, bh), y0 = poisoned(b, rows, n),
+                               y1 = poisoned(b, rows, n), short_bias = upload(b, SPEC_F32, rows - 1, 1, bh);
+            cr_assert_eq(b->ops->matmul(b, &w, &x, NULL, &y0), 0);
+            cr_assert_eq(b->ops->matmul(b, &w, &x, &bias, &y1), 0);
+            cr_assert_eq(b->ops->matmul(b, &w, &x, &short_bias, &y1), SPEC_E_INVALID_ARG);
+            float *want = download(b, &y0), *got = download(b, &y1);
+            for (int r = 0; r < n; r++)
+                for (int64_t j = 0; j < rows; j++)
+                    want[r * rows + j] = want[r * rows + j] + bh[j];
+            assert_bits(got, want, (size_t)(rows * n) * sizeof(float), kern_dtype_info(t)->name);
+            free(want), free(got);
+            free_t(b, &w), free_t(b, &x), free_t(b, &bias), free_t(b, &y0), free_t(b, &y1), free_t(b, &short_bias);
+        }
+        free(wh);
+    }
+    free(bh), free(xh);
 }
 
 /* y must hold the bits a fresh CUDA backend computes from w (type t, host blocks wh) and x as it is
@@ -261,7 +295,7 @@ static void expect_fresh(enum spec_dtype t, const void *wh, int64_t k, int64_t r
     float *xh = download(gpu, x), *got = download(gpu, y);
     struct kern_tensor wr = weight(ref, t, k, rows, wh), xr = upload(ref, SPEC_F32, k, x->ne1, xh),
                        yr = poisoned(ref, rows, x->ne1);
-    cr_assert_eq(ref->ops->matmul(ref, &wr, &xr, &yr), 0);
+    cr_assert_eq(ref->ops->matmul(ref, &wr, &xr, NULL, &yr), 0);
     float *want = download(ref, &yr);
     assert_bits(got, want, (size_t)(rows * x->ne1) * sizeof(float), what);
     free(want), free(got), free(xh);
@@ -286,41 +320,41 @@ Test(conformance, matmuls_of_one_input_share_its_conversion_until_it_changes)
                        x = upload(gpu, SPEC_F32, k, n, xh), x2 = upload(gpu, SPEC_F32, k, n, x2h),
                        y1 = poisoned(gpu, rows, n), y2 = poisoned(gpu, rows, n), y3 = poisoned(gpu, rows, n);
 
-    cr_assert_eq(gpu->ops->matmul(gpu, &w1, &x, &y1), 0);
-    cr_assert_eq(gpu->ops->matmul(gpu, &w2, &x, &y2), 0);
+    cr_assert_eq(gpu->ops->matmul(gpu, &w1, &x, NULL, &y1), 0);
+    cr_assert_eq(gpu->ops->matmul(gpu, &w2, &x, NULL, &y2), 0);
     expect_fresh(SPEC_Q4_K, w2h, k, rows, &x, &y2, "second matmul of one input");
-    cr_assert_eq(gpu->ops->matmul(gpu, &w3, &x, &y3), 0);
+    cr_assert_eq(gpu->ops->matmul(gpu, &w3, &x, NULL, &y3), 0);
     expect_fresh(SPEC_Q4_1, w3h, k, rows, &x, &y3, "another conversion of the same input");
-    cr_assert_eq(gpu->ops->matmul(gpu, &w2, &x, &y2), 0);
+    cr_assert_eq(gpu->ops->matmul(gpu, &w2, &x, NULL, &y2), 0);
     expect_fresh(SPEC_Q4_K, w2h, k, rows, &x, &y2, "back to the first conversion");
 
     cr_assert_eq(gpu->ops->rows_from_host(gpu, &x, 1, 1, row), 0);
-    cr_assert_eq(gpu->ops->matmul(gpu, &w2, &x, &y2), 0);
+    cr_assert_eq(gpu->ops->matmul(gpu, &w2, &x, NULL, &y2), 0);
     expect_fresh(SPEC_Q4_K, w2h, k, rows, &x, &y2, "after a row copied from the host");
 
     cr_assert_eq(gpu->ops->add(gpu, &x, &x2, &x), 0);
-    cr_assert_eq(gpu->ops->matmul(gpu, &w2, &x, &y2), 0);
+    cr_assert_eq(gpu->ops->matmul(gpu, &w2, &x, NULL, &y2), 0);
     expect_fresh(SPEC_Q4_K, w2h, k, rows, &x, &y2, "after an op wrote the input");
 
     cr_assert_eq(gpu->ops->store_rows(gpu, &x2, &x, 0), 0);
-    cr_assert_eq(gpu->ops->matmul(gpu, &w1, &x, &y1), 0);
+    cr_assert_eq(gpu->ops->matmul(gpu, &w1, &x, NULL, &y1), 0);
     expect_fresh(SPEC_Q4_K, w1h, k, rows, &x, &y1, "after rows were stored into the input");
 
-    cr_assert_eq(gpu->ops->matmul(gpu, &w1, &x, &y1), 0); /* kept: x */
-    cr_assert_eq(gpu->ops->matmul(gpu, &wf, &x2, &x), 0); /* F32: no conversion, but writes x */
-    cr_assert_eq(gpu->ops->matmul(gpu, &w1, &x, &y1), 0);
+    cr_assert_eq(gpu->ops->matmul(gpu, &w1, &x, NULL, &y1), 0); /* kept: x */
+    cr_assert_eq(gpu->ops->matmul(gpu, &wf, &x2, NULL, &x), 0); /* F32: no conversion, but writes x */
+    cr_assert_eq(gpu->ops->matmul(gpu, &w1, &x, NULL, &y1), 0);
     expect_fresh(SPEC_Q4_K, w1h, k, rows, &x, &y1, "after a matmul wrote over the input");
 
     struct kern_tensor tail = x, head = x, yt = y1;
     tail.data = (char *)x.data + x.row_bytes, tail.ne1 = n - 1, tail.owned = false;
     head.ne1 = 2, head.owned = false;
     yt.ne1 = n - 1, yt.owned = false;
-    cr_assert_eq(gpu->ops->matmul(gpu, &w1, &x, &y1), 0);
-    cr_assert_eq(gpu->ops->matmul(gpu, &w2, &tail, &yt), 0);
+    cr_assert_eq(gpu->ops->matmul(gpu, &w1, &x, NULL, &y1), 0);
+    cr_assert_eq(gpu->ops->matmul(gpu, &w2, &tail, NULL, &yt), 0);
     expect_fresh(SPEC_Q4_K, w2h, k, rows, &tail, &yt, "rows of the input further on");
     yt.ne1 = 2;
-    cr_assert_eq(gpu->ops->matmul(gpu, &w1, &x, &y1), 0);
-    cr_assert_eq(gpu->ops->matmul(gpu, &w2, &head, &yt), 0);
+    cr_assert_eq(gpu->ops->matmul(gpu, &w1, &x, NULL, &y1), 0);
+    cr_assert_eq(gpu->ops->matmul(gpu, &w2, &head, NULL, &yt), 0);
     expect_fresh(SPEC_Q4_K, w2h, k, rows, &head, &yt, "fewer rows of the input");
 
     free_t(gpu, &w1), free_t(gpu, &w2), free_t(gpu, &w3), free_t(gpu, &wf), free_t(gpu, &x), free_t(gpu, &x2);
@@ -442,14 +476,13 @@ Test(conformance, rope_is_bit_identical_in_both_modes_with_scaling_and_factors)
     check_rope(KERN_ROPE_NORM, 48, 0.5f, true);
 }
 
-Test(conformance, store_rows_add_bias_and_swiglu_match_the_cpu)
+Test(conformance, store_rows_add_and_swiglu_match_the_cpu)
 {
     need_cuda();
     const int64_t ne0 = 200, n = 3;
     float *ah = random_f32(ne0 * n, 4.0f), *bh = random_f32(ne0 * n, 2.0f);
     struct kern_tensor ac = upload(cpu, SPEC_F32, ne0, n, ah), bc = upload(cpu, SPEC_F32, ne0, n, bh),
                        ag = upload(gpu, SPEC_F32, ne0, n, ah), bg = upload(gpu, SPEC_F32, ne0, n, bh);
-    struct kern_tensor bias_c = upload(cpu, SPEC_F32, ne0, 1, bh), bias_g = upload(gpu, SPEC_F32, ne0, 1, bh);
     struct kern_tensor oc, og = poisoned(gpu, ne0, n);
     cr_assert_eq(cpu->ops->tensor_alloc(cpu, SPEC_F32, ne0, n, &oc), 0);
 
@@ -463,12 +496,6 @@ Test(conformance, store_rows_add_bias_and_swiglu_match_the_cpu)
     cr_assert_eq(gpu->ops->swiglu(gpu, &ag, &bg, &og), 0);
     want = download(cpu, &oc), got = download(gpu, &og);
     assert_close_rel(got, want, ne0 * n, 1e-6, "swiglu");
-    free(want), free(got);
-
-    cr_assert_eq(cpu->ops->add_bias(cpu, &ac, &bias_c), 0);
-    cr_assert_eq(gpu->ops->add_bias(gpu, &ag, &bias_g), 0);
-    want = download(cpu, &ac), got = download(gpu, &ag);
-    assert_bits(got, want, (size_t)(ne0 * n) * sizeof(float), "add_bias");
     free(want), free(got);
 
     /* cache rows 4..6 of a 10-row cache, F16 and F32 */
@@ -496,8 +523,8 @@ Test(conformance, store_rows_add_bias_and_swiglu_match_the_cpu)
     free(want), free(got);
     free_t(cpu, &nc), free_t(gpu, &ng), free_t(cpu, &cc), free_t(gpu, &cg);
     free(ah), free(bh);
-    free_t(cpu, &ac), free_t(cpu, &bc), free_t(cpu, &bias_c), free_t(cpu, &oc);
-    free_t(gpu, &ag), free_t(gpu, &bg), free_t(gpu, &bias_g), free_t(gpu, &og);
+    free_t(cpu, &ac), free_t(cpu, &bc), free_t(cpu, &oc);
+    free_t(gpu, &ag), free_t(gpu, &bg), free_t(gpu, &og);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -797,7 +824,7 @@ Test(conformance, cuda_refuses_what_the_cpu_refuses)
     uint8_t block[24] = {0};
     struct kern_tensor w, x = poisoned(gpu, 32, 1), y = poisoned(gpu, 1, 1);
     cr_assert_eq(gpu->ops->weight_from_host(gpu, SPEC_Q5_1, 32, 1, block, &w), 0);
-    cr_assert_eq(gpu->ops->matmul(gpu, &w, &x, &y), SPEC_E_UNSUPPORTED);
+    cr_assert_eq(gpu->ops->matmul(gpu, &w, &x, NULL, &y), SPEC_E_UNSUPPORTED);
     cr_assert_eq(gpu->ops->rows_to_host(gpu, &x, 1, 1, block), SPEC_E_RANGE);
     struct kern_tensor bad;
     cr_assert_eq(gpu->ops->tensor_alloc(gpu, SPEC_Q4_K, 100, 1, &bad), SPEC_E_RANGE);

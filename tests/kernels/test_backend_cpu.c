@@ -409,7 +409,7 @@ Test(backend_cpu, swiglu_is_silu_gate_times_up_even_in_place)
     be->ops->tensor_free(be, &u);
 }
 
-Test(backend_cpu, add_and_add_bias_sum_elementwise)
+Test(backend_cpu, add_sums_elementwise)
 {
     struct kern_tensor a = rand_f32(5, 3, 1.0), b = rand_f32(5, 3, 1.0), bias = rand_f32(5, 1, 1.0),
                        out = alloc_t(SPEC_F32, 5, 3);
@@ -417,15 +417,26 @@ Test(backend_cpu, add_and_add_bias_sum_elementwise)
     for (int r = 0; r < 3; r++)
         for (int i = 0; i < 5; i++)
             cr_assert_eq(f32(&out, r)[i], f32(&a, r)[i] + f32(&b, r)[i]);
-    cr_assert_eq(be->ops->add_bias(be, &out, &bias), 0);
-    for (int r = 0; r < 3; r++)
-        for (int i = 0; i < 5; i++)
-            cr_assert_eq(f32(&out, r)[i], (f32(&a, r)[i] + f32(&b, r)[i]) + ((float *)bias.data)[i]);
     cr_assert_eq(be->ops->add(be, &a, &bias, &out), SPEC_E_INVALID_ARG);
     be->ops->tensor_free(be, &a);
     be->ops->tensor_free(be, &b);
     be->ops->tensor_free(be, &bias);
     be->ops->tensor_free(be, &out);
+}
+
+Test(backend_cpu, matmul_adds_its_bias_to_the_finished_sums)
+{
+    struct kern_tensor w = rand_f32(40, 6, 1.0), x = rand_f32(40, 3, 1.0), bias = rand_f32(6, 1, 1.0),
+                       wrong = rand_f32(5, 1, 1.0), y0 = alloc_t(SPEC_F32, 6, 3), y1 = alloc_t(SPEC_F32, 6, 3);
+    cr_assert_eq(be->ops->matmul(be, &w, &x, NULL, &y0), 0);
+    cr_assert_eq(be->ops->matmul(be, &w, &x, &bias, &y1), 0);
+    for (int r = 0; r < 3; r++)
+        for (int j = 0; j < 6; j++)
+            cr_assert_eq(f32(&y1, r)[j], f32(&y0, r)[j] + ((float *)bias.data)[j], "y[%d][%d]", r, j);
+    cr_assert_eq(be->ops->matmul(be, &w, &x, &wrong, &y1), SPEC_E_INVALID_ARG, "a bias of another length");
+    struct kern_tensor *all[] = {&w, &x, &bias, &wrong, &y0, &y1};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        be->ops->tensor_free(be, all[i]);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -470,7 +481,7 @@ Test(backend_cpu, get_rows_dequantizes_the_requested_rows_of_every_type)
 Test(backend_cpu, matmul_of_f32_weights_matches_double_reference)
 {
     struct kern_tensor w = rand_f32(64, 10, 1.0), x = rand_f32(64, 3, 1.0), y = alloc_t(SPEC_F32, 10, 3);
-    cr_assert_eq(be->ops->matmul(be, &w, &x, &y), 0);
+    cr_assert_eq(be->ops->matmul(be, &w, &x, NULL, &y), 0);
     for (int r = 0; r < 3; r++)
         for (int j = 0; j < 10; j++) {
             double d = 0;
@@ -479,7 +490,7 @@ Test(backend_cpu, matmul_of_f32_weights_matches_double_reference)
             cr_assert(fabs(f32(&y, r)[j] - d) < 1e-5, "y[%d][%d] %g vs %g", r, j, f32(&y, r)[j], d);
         }
     struct kern_tensor bad = alloc_t(SPEC_F32, 10, 2);
-    cr_assert_eq(be->ops->matmul(be, &w, &x, &bad), SPEC_E_INVALID_ARG);
+    cr_assert_eq(be->ops->matmul(be, &w, &x, NULL, &bad), SPEC_E_INVALID_ARG);
     be->ops->tensor_free(be, &bad);
     be->ops->tensor_free(be, &w);
     be->ops->tensor_free(be, &x);

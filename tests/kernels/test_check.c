@@ -68,8 +68,6 @@ Test(check, norm_rope_and_matmul_refuse_mismatched_shapes)
     struct kern_tensor x = f32(8, 2), w = f32(8, 1), y = f32(8, 2);
     cr_assert_eq(kern_rms_norm_check(&x, &w, 1e-6f, &y), SPEC_OK);
     cr_assert_eq(kern_rms_norm_check(&x, &w, -1.0f, &y), SPEC_E_INVALID_ARG, "negative eps");
-    cr_assert_eq(kern_add_bias_check(&y, &w), SPEC_OK);
-    cr_assert_eq(kern_add_bias_check(&y, &x), SPEC_E_INVALID_ARG, "a bias of two rows");
 
     const int32_t pos[2] = {0, 1};
     struct kern_rope_params rp = {.mode = KERN_ROPE_NEOX, .n_rot = 4, .freq_base = 10000.0f, .freq_scale = 1.0f};
@@ -79,8 +77,13 @@ Test(check, norm_rope_and_matmul_refuse_mismatched_shapes)
 
     struct kern_tensor wq = {.type = SPEC_Q4_0, .ne0 = 32, .ne1 = 4, .row_bytes = 18, .data = dummy};
     struct kern_tensor xin = f32(32, 3), yout = f32(4, 3), ybad = f32(4, 2);
-    cr_assert_eq(kern_matmul_check(&wq, &xin, &yout), SPEC_OK);
-    cr_assert_eq(kern_matmul_check(&wq, &xin, &ybad), SPEC_E_INVALID_ARG);
+    struct kern_tensor bias = f32(4, 1), bias2 = f32(4, 2), bias3 = f32(3, 1), bias_h = f16(4, 1);
+    cr_assert_eq(kern_matmul_check(&wq, &xin, NULL, &yout), SPEC_OK);
+    cr_assert_eq(kern_matmul_check(&wq, &xin, NULL, &ybad), SPEC_E_INVALID_ARG);
+    cr_assert_eq(kern_matmul_check(&wq, &xin, &bias, &yout), SPEC_OK);
+    cr_assert_eq(kern_matmul_check(&wq, &xin, &bias2, &yout), SPEC_E_INVALID_ARG, "a bias of two rows");
+    cr_assert_eq(kern_matmul_check(&wq, &xin, &bias3, &yout), SPEC_E_INVALID_ARG, "a bias of 3 for 4 rows");
+    cr_assert_eq(kern_matmul_check(&wq, &xin, &bias_h, &yout), SPEC_E_INVALID_ARG, "an F16 bias");
 }
 
 Test(check, argmax_takes_f32_rows_and_a_place_for_the_ids)
