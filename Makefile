@@ -155,16 +155,22 @@ test-asan:
 
 # The CUDA backend against the CPU reference; on a machine without a usable GPU this fails rather
 # than skips, so a GPU run can never pass vacuously.
-test-cuda: $(BUILD)/tests/kernels/test_backend_conformance
-	SPECD_REQUIRE_CUDA=1 ./tools/run-tests.sh $<
+CUDA_DEVICE_TESTS := $(addprefix $(BUILD)/tests/,model/test_model engine/test_engine engine/test_engine_batch)
+test-cuda: $(BUILD)/tests/kernels/test_backend_conformance $(BUILD)/tests/kernels/test_profile $(CUDA_DEVICE_TESTS)
+	SPECD_REQUIRE_CUDA=1 ./tools/run-tests.sh $(BUILD)/tests/kernels/test_backend_conformance \
+		$(BUILD)/tests/kernels/test_profile
+	SPECD_TEST_DEVICE=cuda ./tools/run-tests.sh $(CUDA_DEVICE_TESTS)
 
 # Without a GPU: the CUDA backend's own kernel sources on the CPU simulator (tests/support/cudasim),
-# under ASan/UBSan, through the same conformance suite. It checks the kernels' logic (indexing,
-# barriers, shuffles, alignment, launch shapes), not the GPU's float library or speed.
+# under ASan/UBSan, through the same conformance suite, then the model and batching suites with the
+# CUDA backend as their device (SPECD_TEST_DEVICE). It checks the kernels' logic (indexing, barriers,
+# shuffles, alignment, launch shapes), not the GPU's float library or speed.
 CUDASIM_TESTS := $(addprefix build-cudasim/tests/kernels/,test_backend_conformance test_profile)
+CUDASIM_DEVICE_TESTS := build-cudasim/tests/model/test_model build-cudasim/tests/engine/test_engine_batch
 test-cudasim:
-	$(MAKE) SAN=1 CUDASIM=1 BUILD=build-cudasim $(CUDASIM_TESTS)
+	$(MAKE) SAN=1 CUDASIM=1 BUILD=build-cudasim $(CUDASIM_TESTS) $(CUDASIM_DEVICE_TESTS)
 	SPECD_REQUIRE_CUDA=1 ./tools/run-tests.sh $(CUDASIM_TESTS)
+	SPECD_TEST_DEVICE=cuda ./tools/run-tests.sh $(CUDASIM_DEVICE_TESTS)
 
 # Fetches the real models, then makes their float conversions (the lines of tools/models.sha256 with a
 # third field) with specd-quantize; every file is checked against its sha256.

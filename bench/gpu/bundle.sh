@@ -13,7 +13,8 @@ make -j"$(nproc)" all >/dev/null
 rm -rf "$dir"
 mkdir -p "$dir/bin" "$dir/lib" "$dir/model"
 bins="build/bin/bench_roofline build/bin/bench_spec build/bin/specd-mkmodel build/bin/specd-run
-      build/tests/kernels/test_backend_conformance build/tests/kernels/test_profile"
+      build/tests/kernels/test_backend_conformance build/tests/kernels/test_profile build/tests/model/test_model
+      build/tests/engine/test_engine build/tests/engine/test_engine_batch"
 for b in $bins; do
     cp "$b" "$dir/bin/"
     # Every shared library but glibc's own.

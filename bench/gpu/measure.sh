@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU measurement (run on the lent machine, from the repository root, after bench/gpu/bundle.sh
-# here): the CUDA conformance suite, copy bandwidth and the decode roofline of 1.5B- and 0.5B-shaped
-# models, verify(γ+1)/decode(1) for γ = 1…16, greedy identity of speculative vs target-only decoding
-# on the GPU, and the speculative speedup on the dev prompts. Results go to $OUT (or /tmp/specd-out).
+# here): the CUDA conformance suite and the model and engine suites on the GPU, copy bandwidth and
+# the decode roofline of 1.5B- and 0.5B-shaped models, verify(γ+1)/decode(1) for γ = 1…16, greedy
+# identity of speculative vs target-only decoding on the GPU, and the speculative speedup on the dev
+# prompts. Results go to $OUT (or /tmp/specd-out).
 #
 #   bench/gpu/measure.sh [STEP...]     STEP: info conformance roofline identity speedup (default: all)
 #
@@ -68,8 +69,10 @@ for step in $steps; do
             2>&1 | tee "$out/device.txt"
         ;;
     conformance)
-        for t in test_backend_conformance test_profile; do
-            SPECD_REQUIRE_CUDA=1 "$B/$t" --jobs 1 2>&1 | tee -a "$out/conformance.txt" | grep -E 'FAIL|Synthesis|!!!'
+        for t in test_backend_conformance test_profile test_model test_engine test_engine_batch; do
+            echo "== $t" >>"$out/conformance.txt"
+            SPECD_REQUIRE_CUDA=1 SPECD_TEST_DEVICE=cuda "$B/$t" --jobs 1 2>&1 | tee -a "$out/conformance.txt" |
+                grep -E 'FAIL|Synthesis|!!!'
             [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
         done
         ;;

@@ -15,7 +15,7 @@ static struct kern_backend *be;
 
 static void setup(void)
 {
-    cr_assert_eq(kern_backend_create("cpu", &(struct kern_backend_config){.n_threads = 1}, &be), 0);
+    be = tsupport_backend(1);
 }
 
 static void teardown(void)
@@ -239,6 +239,7 @@ Test(engine, draft_min_prob_ends_draft_runs_at_an_unsure_token)
     sps[2].seed = 3;
     for (int k = 0; k < 3; k++) {
         int32_t out[2][40];
+        int n[2];
         struct engine_stats st[2];
         for (int sure = 0; sure < 2; sure++) {
             const struct engine_config cfg = {.target = t.m, .draft = d.m, .n_ctx = 256, .draft_max = 4,
@@ -246,13 +247,19 @@ Test(engine, draft_min_prob_ends_draft_runs_at_an_unsure_token)
                                               .penalty_window = 64};
             struct engine *e = NULL;
             cr_assert_eq(engine_new(&cfg, &e), SPEC_OK);
-            cr_assert_eq(generate(e, prompts[0], 8, 40, true, sps[k], 0, out[sure], &st[sure]), 40);
+            /* a sampled run may meet the end-of-generation token before 40 (where depends on the
+             * backend's rounding of the logits it samples from) */
+            n[sure] = generate(e, prompts[0], 8, 40, true, sps[k], 0, out[sure], &st[sure]);
+            cr_assert(n[sure] >= 8, "request %d: %d tokens", k, n[sure]);
             engine_free(e);
         }
         cr_assert_leq(st[1].n_drafted, st[1].n_target_passes, "request %d: one draft per round at most", k);
         cr_assert_gt(st[0].n_drafted, 2 * st[0].n_target_passes, "request %d: without the bound runs go on", k);
-        if (k < 2)
-            cr_assert_arr_eq(out[1], out[0], sizeof out[0], "request %d: the output is the target's", k);
+        if (k < 2) {
+            cr_assert_eq(n[1], n[0], "request %d: the output is the target's", k);
+            cr_assert_arr_eq(out[1], out[0], sizeof(int32_t) * (size_t)n[0], "request %d: the output is the target's",
+                             k);
+        }
     }
     tsupport_mem_model_free(&d);
     tsupport_mem_model_free(&t);

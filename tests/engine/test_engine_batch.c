@@ -15,7 +15,7 @@ static struct mem_model target, draft;
 
 static void setup(void)
 {
-    cr_assert_eq(kern_backend_create("cpu", &(struct kern_backend_config){.n_threads = 1}, &be), 0);
+    be = tsupport_backend(1);
     const struct model_synth_config tc = {.arch = MODEL_ARCH_LLAMA, .wtype = SPEC_Q8_0, .n_layer = 2, .n_embd = 64,
                                           .n_head = 4, .n_head_kv = 2, .n_ff = 128, .n_vocab = 300, .n_ctx = 256,
                                           .seed = 5};

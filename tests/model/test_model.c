@@ -17,7 +17,7 @@ static struct kern_backend *be;
 
 static void setup(void)
 {
-    cr_assert_eq(kern_backend_create("cpu", &(struct kern_backend_config){.n_threads = 2}, &be), 0);
+    be = tsupport_backend(2);
 }
 
 static void teardown(void)

@@ -39,3 +39,13 @@ void tsupport_mem_model_free(struct mem_model *mm)
     free(mm->buf);
     *mm = (struct mem_model){0};
 }
+
+struct kern_backend *tsupport_backend(int n_threads)
+{
+    const char *name = getenv("SPECD_TEST_DEVICE");
+    name = name && *name ? name : "cpu";
+    struct kern_backend *be = NULL;
+    const int err = kern_backend_create(name, &(struct kern_backend_config){.n_threads = n_threads}, &be);
+    cr_assert_eq(err, SPEC_OK, "SPECD_TEST_DEVICE=%s: no such backend here (%s)", name, spec_errname(err));
+    return be;
+}
