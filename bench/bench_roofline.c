@@ -2,7 +2,7 @@
  * verification pass costs relative to one decode step.
  *
  *   bench_roofline --model M.gguf [--device auto|cpu|cuda] [--threads N] [--pos P] [--gamma-max G]
- *                  [--seconds S] [--copy-mib MIB] [--profile STEPS]
+ *                  [--seconds S] [--copy-mib MIB] [--profile STEPS] [--eager]
  *
  * It prints, as markdown:
  *  - copy bandwidth: the backend copying an F32 tensor of MIB MiB into another (store_rows), counted
@@ -15,7 +15,8 @@
  * Decode and verification return each position's greedy id (the backend's argmax), as the engine
  * runs greedy requests; one more line times decode with the whole row of logits copied to the host,
  * as sampled requests need it.
- * Every figure is the median of repeated runs, each rolled back so that all start at position P.
+ * --eager runs every op as it comes (kern_backend_config.eager: on CUDA, no step recorded as a graph),
+ * for an A/B of the graphs. Every figure is the median of repeated runs, each rolled back so that all start at position P.
  * With --profile, STEPS more decode steps run with every op timed (kern_profile_start), then STEPS
  * verification passes of 8 positions: per kind of op, calls, host time and device time per pass, and the bandwidth of the ones that read weights or
  * the cache; the device's busy share of the profiled step says whether the kernels or their
@@ -33,6 +34,7 @@
 struct args {
     const char *model, *device;
     int n_threads, pos, gamma_max, profile_steps;
+    bool eager;
     double seconds;
     int copy_mib;
 };
@@ -42,6 +44,10 @@ static int parse_args(int argc, char **argv, struct args *a)
     *a = (struct args){.device = "auto", .pos = 512, .gamma_max = 16, .seconds = 1.0, .copy_mib = 256};
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i];
+        if (!strcmp(o, "--eager")) {
+            a->eager = true;
+            continue;
+        }
         if (i + 1 >= argc)
             return -1;
         const char *v = argv[++i];
@@ -203,7 +209,7 @@ int main(int argc, char **argv)
     struct args a;
     if (parse_args(argc, argv, &a)) {
         fprintf(stderr, "usage: bench_roofline --model M.gguf [--device auto|cpu|cuda] [--threads N] [--pos P] "
-                        "[--gamma-max G] [--seconds S] [--copy-mib MIB] [--profile STEPS]\n");
+                        "[--gamma-max G] [--seconds S] [--copy-mib MIB] [--profile STEPS] [--eager]\n");
         return 2;
     }
     struct kern_backend *be = NULL;
@@ -212,7 +218,8 @@ int main(int argc, char **argv)
     int32_t *tokens = NULL, ids[65];
     float *logits = NULL;
     double copy_bw = 0.0, wbytes = 0.0;
-    const struct kern_backend_config cfg = {.n_threads = a.n_threads, .profile = a.profile_steps > 0};
+    const struct kern_backend_config cfg = {.n_threads = a.n_threads, .profile = a.profile_steps > 0,
+                                            .eager = a.eager};
     int err = kern_backend_create(a.device, &cfg, &be);
     if (!err)
         err = copy_bandwidth(be, a.copy_mib, a.seconds, &copy_bw);

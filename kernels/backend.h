@@ -204,6 +204,15 @@ struct kern_backend_ops {
     int (*mark)(struct kern_backend *be, int *id);
     int (*mark_elapsed)(struct kern_backend *be, int from, int to, float *ms);
     void (*marks_reset)(struct kern_backend *be);
+
+    /* Optional (NULL where every op runs as it comes, as on the CPU): the ops between step_begin and
+     * step_end are one forward step, which the backend may record and run as a unit at step_end (CUDA:
+     * a graph). `shape` names which steps issue the same ops in the same order (the same kernels, other
+     * arguments), so that a unit recorded for one can be reused by the next. Results are those of the
+     * ops run one by one; an op that waits for the device or returns data to the host ends the unit
+     * early. step_end must follow every step_begin, also after a failed op. */
+    int (*step_begin)(struct kern_backend *be, uint64_t shape);
+    int (*step_end)(struct kern_backend *be);
 };
 
 struct kern_backend {
@@ -213,6 +222,7 @@ struct kern_backend {
 struct kern_backend_config {
     int n_threads; /* CPU worker threads; <= 0 means one per online core */
     bool profile;  /* wrap the backend so that kern_profile_start/stop can time its ops */
+    bool eager;    /* run every op as it comes: no step recorded as a unit (CUDA graphs), for A/B timing */
 };
 
 /* name: "cpu", "cuda" or "auto" (CUDA when a device is usable, else CPU).

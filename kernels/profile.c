@@ -24,6 +24,7 @@ struct prof_backend {
     struct kern_backend_ops ops; /* prof_ops under the inner backend's name */
     struct kern_backend *inner;
     bool on;
+    bool in_step; /* a step_begin was passed on: its step_end goes too */
     struct kern_op_profile kinds[PROF_MAX_KINDS];
     int n_kinds;
     struct pending pending[PROF_MAX_PENDING];
@@ -176,6 +177,23 @@ static int prof_matmul(struct kern_backend *be, const struct kern_tensor *w, con
     TIMED(be, "matmul", w, bytes, INNER(be)->ops->matmul(INNER(be), w, x, bias, y));
 }
 
+/* Steps go to the inner backend (CUDA: graphs) except while profiling, when each op must run, and be
+ * timed, on its own. */
+static int prof_step_begin(struct kern_backend *be, uint64_t shape)
+{
+    struct prof_backend *p = prof_of(be);
+    p->in_step = !p->on && p->inner->ops->step_begin;
+    return p->in_step ? p->inner->ops->step_begin(p->inner, shape) : SPEC_OK;
+}
+
+static int prof_step_end(struct kern_backend *be)
+{
+    struct prof_backend *p = prof_of(be);
+    const bool in_step = p->in_step;
+    p->in_step = false;
+    return in_step ? p->inner->ops->step_end(p->inner) : SPEC_OK;
+}
+
 static int prof_rms_norm(struct kern_backend *be, const struct kern_tensor *x, const struct kern_tensor *w,
                          float eps, struct kern_tensor *y)
 {
@@ -239,6 +257,8 @@ static const struct kern_backend_ops prof_ops = {
     .swiglu = prof_swiglu,
     .add = prof_add,
     .argmax = prof_argmax,
+    .step_begin = prof_step_begin,
+    .step_end = prof_step_end,
 };
 
 int kern_profile_wrap(struct kern_backend *inner, struct kern_backend **out)

@@ -570,33 +570,55 @@ static int output_rows(const struct segment *sg, int *first)
     return sg->off + sg->n == it->n ? 1 : 0;
 }
 
-/* Outputs of the rows the segments want: the rows are gathered into xb, normalised and multiplied by
- * the output matrix (its first n_logits rows); then logits are copied to the items that want them,
- * and one argmax call over all these rows serves the items that want greedy choices. */
-static int step_logits(struct model *m, const struct segment *sg, int n_sg)
+/* The rows the segments want outputs of, as rows of the step, into m->s.ids; returns how many. */
+static int output_ids(struct model *m, const struct segment *sg, int n_sg)
 {
-    struct kern_backend *be = m->be;
-    const struct kern_backend_ops *op = be->ops;
-    const size_t nv = (size_t)m->hp.n_vocab;
     int n_out = 0;
-    bool pick = false, pick_prob = false;
     for (int i = 0; i < n_sg; i++) {
         int first;
         const int k = output_rows(&sg[i], &first);
         for (int r = 0; r < k; r++)
             m->s.ids[n_out++] = sg[i].row0 + first + r;
-        pick |= k > 0 && sg[i].it->argmax;
-        pick_prob |= k > 0 && sg[i].it->argmax && sg[i].it->argmax_prob;
     }
+    return n_out;
+}
+
+/* The logits of the step's n_out output rows (output_ids): the rows are gathered into xb,
+ * normalised and multiplied by the output matrix (its first n_logits rows). */
+static int step_logits(struct model *m, const struct segment *sg, int n_sg)
+{
+    struct kern_backend *be = m->be;
+    const struct kern_backend_ops *op = be->ops;
+    const int n_out = output_ids(m, sg, n_sg);
     if (n_out == 0)
         return SPEC_OK;
     struct kern_tensor xo = rows(&m->s.xb, 0, n_out), lg = rows(&m->s.logits, 0, n_out),
                        head = rows(&m->output, 0, m->n_logits);
     SPEC_TRY(op->get_rows(be, &m->s.x, m->s.ids, n_out, &xo));
     SPEC_TRY(op->rms_norm(be, &xo, &m->output_norm, m->hp.norm_eps, &xo));
-    SPEC_TRY(op->matmul(be, &head, &xo, NULL, &lg));
+    return op->matmul(be, &head, &xo, NULL, &lg);
+}
+
+/* The step's outputs to the items: logits copied to those that want them, and one argmax call over
+ * all output rows for those that want greedy choices. */
+static int step_deliver(struct model *m, const struct segment *sg, int n_sg)
+{
+    struct kern_backend *be = m->be;
+    const size_t nv = (size_t)m->hp.n_vocab;
+    bool pick = false, pick_prob = false;
+    int n_out = 0;
+    for (int i = 0; i < n_sg; i++) {
+        int first;
+        const int k = output_rows(&sg[i], &first);
+        n_out += k;
+        pick |= k > 0 && sg[i].it->argmax;
+        pick_prob |= k > 0 && sg[i].it->argmax && sg[i].it->argmax_prob;
+    }
+    if (n_out == 0)
+        return SPEC_OK;
+    struct kern_tensor lg = rows(&m->s.logits, 0, n_out);
     if (pick)
-        SPEC_TRY(op->argmax(be, &lg, m->s.pick, pick_prob ? m->s.pick_prob : NULL));
+        SPEC_TRY(be->ops->argmax(be, &lg, m->s.pick, pick_prob ? m->s.pick_prob : NULL));
     int row = 0;
     for (int i = 0; i < n_sg; i++) {
         const struct model_batch_item *it = sg[i].it;
@@ -622,10 +644,11 @@ static const struct kern_tensor *present(const struct kern_tensor *t)
     return t->data ? t : NULL;
 }
 
-/* One internal step: the segments' rows (at most max_batch) go through every layer together, so each
- * weight matrix is read once for all of them; RoPE takes each row's own position and attention runs
- * per segment over its own sequence's cache. */
-static int forward_step(struct model *m, const struct segment *sg, int n_sg, int n)
+/* The device work of one internal step: the segments' rows (at most max_batch) go through every
+ * layer together, so each weight matrix is read once for all of them; RoPE takes each row's own
+ * position and attention runs per segment over its own sequence's cache; then the output rows'
+ * logits. */
+static int step_layers(struct model *m, const struct segment *sg, int n_sg, int n)
 {
     const struct model_hparams *hp = &m->hp;
     struct kern_backend *be = m->be;
@@ -674,6 +697,29 @@ static int forward_step(struct model *m, const struct segment *sg, int n_sg, int
         SPEC_TRY(op->add(be, &x, &xb, &x));
     }
     return step_logits(m, sg, n_sg);
+}
+
+/* One internal step, its device work bracketed by step_begin/step_end (the CUDA backend records it
+ * as a graph): the ops a step issues depend on the model, the rows, the segments and the output
+ * rows only, which make its shape. */
+static int forward_step(struct model *m, const struct segment *sg, int n_sg, int n)
+{
+    struct kern_backend *be = m->be;
+    const struct kern_backend_ops *op = be->ops;
+    int n_out = 0;
+    for (int i = 0; i < n_sg; i++) {
+        int first;
+        n_out += output_rows(&sg[i], &first);
+    }
+    const uint64_t shape = ((uint64_t)(uintptr_t)m * 0x9e3779b97f4a7c15u) ^
+                           ((uint64_t)n | (uint64_t)n_sg << 20 | (uint64_t)n_out << 40);
+    if (op->step_begin)
+        SPEC_TRY(op->step_begin(be, shape));
+    int err = step_layers(m, sg, n_sg, n);
+    const int ended = op->step_end ? op->step_end(be) : SPEC_OK;
+    if (err || (err = ended))
+        return err;
+    return step_deliver(m, sg, n_sg);
 }
 
 static int check_batch(const struct model *m, const struct model_batch_item *items, int n_items)

@@ -82,6 +82,9 @@ for step in $steps; do
             "$B/bench_roofline" --device "$device" --model "$stash/synth-$m.gguf" --pos 512 --gamma-max 16 \
                 --copy-mib 1024 --profile 64 | tee "$out/roofline-$m.md" || status=1
         done
+        # the same target op by op (no CUDA graphs), for the A/B
+        "$B/bench_roofline" --device "$device" --model "$target" --pos 512 --gamma-max 8 --copy-mib 256 --eager |
+            tee "$out/roofline-target-eager.md" || status=1
         ;;
     identity)
         models_ready || { status=1; continue; }

@@ -6,6 +6,16 @@
  * ops take (token ids, positions) are copied before the op returns: cudaMemcpyAsync from pageable
  * memory stages the bytes before it returns, and rows_from_host waits for its copy.
  *
+ * Steps as graphs: between step_begin and step_end the stream is captured (cudaStreamBeginCapture)
+ * and the step's ops are recorded, not launched; step_end launches them as one graph, updating the
+ * executable graph kept for the step's shape (cudaGraphExecUpdate: the same kernels in the same
+ * order, new arguments) instead of building one. Launching a recorded graph costs the host far less
+ * than launching each kernel, which is what bounds a small model's decode step. The first step of a
+ * shape runs op by op (it sizes the scratch buffers); host arrays an op copies from while capturing
+ * are staged in page-locked memory the graph reads when it runs; an op that must wait for the device
+ * or return data (argmax, rows_to_host, allocation...) first ends the capture and launches what was
+ * recorded, and the rest of the step runs op by op.
+ *
  * Every op runs the shared argument check of kernels/backend.h first (so both backends refuse the
  * same calls with the same codes), then this backend's own limits (types, 32-bit sizes, head_dim).
  * A CUDA failure comes back as SPEC_E_NOMEM (allocation) or SPEC_E_IO (anything else). */
@@ -18,6 +28,17 @@ extern "C" {
 }
 #include "kernels/cuda/backend_cuda.h"
 #include "kernels/cuda/cuda_ops.h"
+
+#define CUDA_GRAPHS 16             /* shapes of steps kept as executable graphs */
+#define CUDA_STAGE_BYTES (1 << 18) /* per recorded step; past it the step runs on op by op */
+
+/* The executable graph kept for a step shape. */
+struct cuda_graph {
+    uint64_t shape;
+    cudaGraphExec_t exec; /* NULL until the shape's first recorded step */
+    unsigned long used;   /* for eviction: the least recently used goes */
+    bool set;
+};
 
 struct cuda_backend {
     struct kern_backend base; /* first: the interface's pointer is this struct's */
@@ -39,6 +60,14 @@ struct cuda_backend {
     /* profiling marks: events recorded on the stream, reused after marks_reset */
     cudaEvent_t *events;
     int n_marks, n_events;
+    /* steps as graphs */
+    bool graphs;    /* off: every op runs as it comes (kern_backend_config.eager) */
+    bool capturing; /* the stream is being recorded for the step of shape `shape` */
+    uint64_t shape;
+    struct cuda_graph graph[CUDA_GRAPHS];
+    unsigned long clock;
+    uint8_t *stage; /* page-locked copies of host arrays a recorded step reads */
+    size_t stage_used;
 };
 
 static struct cuda_backend *cuda_of(struct kern_backend *be)
@@ -54,14 +83,28 @@ static int err_of(cudaError_t e)
     return e == cudaErrorMemoryAllocation ? SPEC_E_NOMEM : SPEC_E_IO;
 }
 
-cudaError_t cuda_buf_reserve(struct cuda_buf *b, size_t bytes)
+cudaError_t cuda_buf_reserve(cudaStream_t st, struct cuda_buf *b, size_t bytes)
 {
     if (bytes <= b->cap)
         return cudaSuccess;
-    cuda_buf_release(b);
-    void *p;
-    const cudaError_t e = cudaMalloc(&p, bytes);
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    cudaError_t e = cudaStreamIsCapturing(st, &capture);
     if (e != cudaSuccess)
+        return e;
+    if (capture == cudaStreamCaptureStatusNone) {
+        cuda_buf_release(b);
+    } else if (b->p) {
+        int i = 0;
+        while (i < CUDA_BUF_RETIRED && b->retired[i])
+            i++;
+        if (i == CUDA_BUF_RETIRED)
+            return cudaErrorMemoryAllocation;
+        b->retired[i] = b->p;
+        b->p = NULL;
+        b->cap = 0;
+    }
+    void *p;
+    if ((e = cudaMalloc(&p, bytes)) != cudaSuccess)
         return e;
     b->p = p;
     b->cap = bytes;
@@ -70,12 +113,116 @@ cudaError_t cuda_buf_reserve(struct cuda_buf *b, size_t bytes)
 
 void cuda_buf_release(struct cuda_buf *b)
 {
-    if (b->p) {
-        cudaDeviceSynchronize(); /* kernels in flight may still read it */
-        cudaFree(b->p);
+    bool any = b->p != NULL;
+    for (int i = 0; i < CUDA_BUF_RETIRED; i++)
+        any = any || b->retired[i];
+    if (!any)
+        return;
+    cudaDeviceSynchronize(); /* kernels in flight may still read them */
+    cudaFree(b->p);
+    for (int i = 0; i < CUDA_BUF_RETIRED; i++) {
+        cudaFree(b->retired[i]);
+        b->retired[i] = NULL;
     }
     b->p = NULL;
     b->cap = 0;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Steps as graphs                                                                                */
+
+/* The entry kept for a step shape, or NULL. */
+static struct cuda_graph *graph_of(struct cuda_backend *cb, uint64_t shape)
+{
+    for (int i = 0; i < CUDA_GRAPHS; i++)
+        if (cb->graph[i].set && cb->graph[i].shape == shape)
+            return &cb->graph[i];
+    return NULL;
+}
+
+/* Ends the capture and launches what it recorded, as the kept graph of its shape. */
+static int graph_launch(struct cuda_backend *cb)
+{
+    cb->capturing = false;
+    cudaGraph_t g = NULL;
+    cudaError_t e = cudaStreamEndCapture(cb->stream, &g);
+    struct cuda_graph *entry = graph_of(cb, cb->shape);
+    if (e == cudaSuccess && entry) {
+        cudaGraphExecUpdateResultInfo info;
+        if (entry->exec && cudaGraphExecUpdate(entry->exec, g, &info) != cudaSuccess) {
+            cudaGetLastError(); /* another sequence of kernels: build it anew */
+            cudaGraphExecDestroy(entry->exec);
+            entry->exec = NULL;
+        }
+        if (!entry->exec)
+            e = cudaGraphInstantiate(&entry->exec, g, 0);
+        if (e == cudaSuccess)
+            e = cudaGraphLaunch(entry->exec, cb->stream);
+    }
+    if (g)
+        cudaGraphDestroy(g);
+    return err_of(e);
+}
+
+/* Before an op that waits for the device or returns data: what a capture recorded runs first. */
+static int settle(struct cuda_backend *cb)
+{
+    return cb->capturing ? graph_launch(cb) : SPEC_OK;
+}
+
+static int cuda_step_begin(struct kern_backend *be, uint64_t shape)
+{
+    struct cuda_backend *cb = cuda_of(be);
+    if (!cb->graphs || cb->capturing)
+        return SPEC_OK;
+    if (!graph_of(cb, shape)) { /* a new shape: this step runs op by op and sizes the buffers */
+        struct cuda_graph *victim = &cb->graph[0];
+        for (int i = 1; i < CUDA_GRAPHS; i++)
+            if (!cb->graph[i].set || (victim->set && cb->graph[i].used < victim->used))
+                victim = &cb->graph[i];
+        if (victim->exec)
+            cudaGraphExecDestroy(victim->exec);
+        *victim = cuda_graph{shape, NULL, ++cb->clock, true};
+        return SPEC_OK;
+    }
+    graph_of(cb, shape)->used = ++cb->clock;
+    /* the last graph may still be reading the stage */
+    int err = err_of(cudaStreamSynchronize(cb->stream));
+    if (err)
+        return err;
+    if (!cb->stage && (err = err_of(cudaMallocHost((void **)&cb->stage, CUDA_STAGE_BYTES))))
+        return err;
+    cb->stage_used = 0;
+    if (cudaStreamBeginCapture(cb->stream, cudaStreamCaptureModeRelaxed) != cudaSuccess) {
+        cudaGetLastError(); /* the step runs op by op */
+        return SPEC_OK;
+    }
+    cb->capturing = true;
+    cb->shape = shape;
+    return SPEC_OK;
+}
+
+static int cuda_step_end(struct kern_backend *be)
+{
+    return settle(cuda_of(be));
+}
+
+/* Copies host bytes to device memory in stream order. While capturing, the bytes are staged in
+ * page-locked memory first: the graph copies when it runs, and the caller's array may change before. */
+static int upload(struct cuda_backend *cb, void *dst, const void *src, size_t bytes)
+{
+    if (cb->capturing) {
+        if (cb->stage_used + bytes > CUDA_STAGE_BYTES) {
+            const int err = settle(cb);
+            if (err)
+                return err;
+        } else {
+            memcpy(cb->stage + cb->stage_used, src, bytes);
+            src = cb->stage + cb->stage_used;
+            cb->stage_used += (bytes + 15) & ~(size_t)15;
+        }
+    }
+    return err_of(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cb->stream));
 }
 
 /* For an op about to write device memory: matmuls can no longer reuse a kept conversion. */
@@ -113,7 +260,7 @@ static int cuda_tensor_alloc(struct kern_backend *be, enum spec_dtype type, int6
 {
     size_t row_bytes, total;
     int err = tensor_shape(type, ne0, ne1, &row_bytes, &total);
-    if (err)
+    if (err || (err = settle(cuda_of(be))))
         return err;
     void *data;
     if ((err = err_of(cudaMalloc(&data, total))))
@@ -133,6 +280,7 @@ static void cuda_tensor_free(struct kern_backend *be, struct kern_tensor *t)
     if (!t)
         return;
     if (t->owned) {
+        settle(cuda_of(be));
         cudaStreamSynchronize(cuda_writing(be)->stream); /* kernels in flight may still use it */
         cudaFree(t->data);
     }
@@ -164,7 +312,7 @@ static int cuda_rows_to_host(struct kern_backend *be, const struct kern_tensor *
                              void *host)
 {
     int err = kern_rows_check(t, row0, n);
-    if (err || n == 0)
+    if (err || n == 0 || (err = settle(cuda_of(be))))
         return err;
     const cudaStream_t st = cuda_of(be)->stream;
     if ((err = err_of(cudaMemcpyAsync(host, row_ptr(t, row0), (size_t)n * t->row_bytes, cudaMemcpyDeviceToHost, st))))
@@ -176,7 +324,7 @@ static int cuda_rows_from_host(struct kern_backend *be, struct kern_tensor *t, i
                                const void *host)
 {
     int err = kern_rows_check(t, row0, n);
-    if (err || n == 0)
+    if (err || n == 0 || (err = settle(cuda_of(be))))
         return err;
     const cudaStream_t st = cuda_writing(be)->stream;
     if ((err = err_of(cudaMemcpyAsync(row_ptr(t, row0), host, (size_t)n * t->row_bytes, cudaMemcpyHostToDevice, st))))
@@ -196,10 +344,10 @@ static int cuda_get_rows_op(struct kern_backend *be, const struct kern_tensor *t
     if (!cuda_weight_type_ok(table->type))
         return SPEC_E_UNSUPPORTED;
     struct cuda_backend *cb = cuda_writing(be);
-    err = err_of(cuda_buf_reserve(&cb->ids, (size_t)n * sizeof(int32_t)));
+    err = err_of(cuda_buf_reserve(cb->stream, &cb->ids, (size_t)n * sizeof(int32_t)));
     if (err)
         return err;
-    if ((err = err_of(cudaMemcpyAsync(cb->ids.p, ids, (size_t)n * sizeof(int32_t), cudaMemcpyHostToDevice, cb->stream))))
+    if ((err = upload(cb, cb->ids.p, ids, (size_t)n * sizeof(int32_t))))
         return err;
     return err_of(cuda_get_rows(cb->stream, table->type, table->data, table->row_bytes, (int)table->ne0,
                                 (const int32_t *)cb->ids.p, n, (float *)out->data, fstride(out)));
@@ -315,11 +463,8 @@ static int rope_table(struct cuda_backend *cb, const int32_t *pos, int n, const 
             theta *= theta_scale;
         }
     }
-    int err = err_of(cuda_buf_reserve(&cb->rope, floats * sizeof(float)));
-    if (err)
-        return err;
-    if ((err = err_of(cudaMemcpyAsync(cb->rope.p, cb->rope_host, floats * sizeof(float), cudaMemcpyHostToDevice,
-                                      cb->stream))))
+    int err = err_of(cuda_buf_reserve(cb->stream, &cb->rope, floats * sizeof(float)));
+    if (err || (err = upload(cb, cb->rope.p, cb->rope_host, floats * sizeof(float))))
         return err;
     memcpy(cb->rope_pos, pos, (size_t)n * sizeof(int32_t));
     if (has_ff)
@@ -382,11 +527,11 @@ static int cuda_attention_op(struct kern_backend *be, const struct kern_tensor *
 static int cuda_argmax_op(struct kern_backend *be, const struct kern_tensor *x, int32_t *ids, float *probs)
 {
     int err = kern_argmax_check(x, ids);
-    if (err)
+    if (err || (err = settle(cuda_of(be))))
         return err;
     struct cuda_backend *cb = cuda_writing(be);
     const size_t rows = (size_t)x->ne1, id_bytes = (rows * sizeof(int32_t) + 255) & ~(size_t)255;
-    if ((err = err_of(cuda_buf_reserve(&cb->pick, id_bytes + rows * sizeof(float)))))
+    if ((err = err_of(cuda_buf_reserve(cb->stream, &cb->pick, id_bytes + rows * sizeof(float)))))
         return err;
     int32_t *d_ids = (int32_t *)cb->pick.p;
     float *d_probs = probs ? (float *)((uint8_t *)cb->pick.p + id_bytes) : NULL;
@@ -406,6 +551,9 @@ static int cuda_argmax_op(struct kern_backend *be, const struct kern_tensor *x, 
 static int cuda_mark(struct kern_backend *be, int *id)
 {
     struct cuda_backend *cb = cuda_of(be);
+    const int settled = settle(cb);
+    if (settled)
+        return settled;
     if (cb->n_marks == cb->n_events) {
         const int cap = cb->n_events ? 2 * cb->n_events : 256;
         cudaEvent_t *ev = (cudaEvent_t *)realloc(cb->events, (size_t)cap * sizeof *ev);
@@ -426,6 +574,9 @@ static int cuda_mark(struct kern_backend *be, int *id)
 static int cuda_mark_elapsed(struct kern_backend *be, int from, int to, float *ms)
 {
     struct cuda_backend *cb = cuda_of(be);
+    const int settled = settle(cb);
+    if (settled)
+        return settled;
     if (from < 0 || to < 0 || from >= cb->n_marks || to >= cb->n_marks)
         return SPEC_E_RANGE;
     int err = err_of(cudaEventSynchronize(cb->events[to]));
@@ -444,7 +595,12 @@ static void cuda_marks_reset(struct kern_backend *be)
 static void cuda_destroy(struct kern_backend *be)
 {
     struct cuda_backend *cb = cuda_of(be);
+    settle(cb);
     cudaStreamSynchronize(cb->stream);
+    for (int i = 0; i < CUDA_GRAPHS; i++)
+        if (cb->graph[i].exec)
+            cudaGraphExecDestroy(cb->graph[i].exec);
+    cudaFreeHost(cb->stage);
     cuda_buf_release(&cb->act.buf);
     cuda_buf_release(&cb->part);
     cuda_buf_release(&cb->ids);
@@ -480,11 +636,13 @@ static const struct kern_backend_ops cuda_ops = {
     .mark = cuda_mark,
     .mark_elapsed = cuda_mark_elapsed,
     .marks_reset = cuda_marks_reset,
+    .step_begin = cuda_step_begin,
+    .step_end = cuda_step_end,
 };
 
 extern "C" int kern_cuda_backend_create(const struct kern_backend_config *cfg, struct kern_backend **out)
 {
-    (void)cfg; /* n_threads is the CPU's */
+    /* cfg->n_threads is the CPU's */
     int n_dev = 0;
     if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0 || cuda_kernels_usable() != cudaSuccess) {
         cudaGetLastError();
@@ -499,6 +657,7 @@ extern "C" int kern_cuda_backend_create(const struct kern_backend_config *cfg, s
         return SPEC_E_NOMEM;
     }
     cb->base.ops = &cuda_ops;
+    cb->graphs = !(cfg && cfg->eager);
     *out = &cb->base;
     return SPEC_OK;
 }

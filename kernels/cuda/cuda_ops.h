@@ -23,14 +23,19 @@ extern "C" {
 #endif
 
 /* A grow-only device buffer for scratch data (converted activations, attention partials, ids). */
+#define CUDA_BUF_RETIRED 4
+
 struct cuda_buf {
     void *p;
     size_t cap;
+    void *retired[CUDA_BUF_RETIRED]; /* outgrown during a capture: freed when nothing can use them */
 };
 
 /* Makes b at least `bytes` long; the contents are lost when it grows. cudaFree waits for work in
- * flight, so a kernel still reading the old buffer finishes first. */
-cudaError_t cuda_buf_reserve(struct cuda_buf *b, size_t bytes);
+ * flight, so a kernel still reading the old buffer finishes first. While st is being captured into
+ * a graph (which may not wait), an outgrown block is kept in b->retired until the next growth outside
+ * a capture or the release: nodes captured before still name it. */
+cudaError_t cuda_buf_reserve(cudaStream_t st, struct cuda_buf *b, size_t bytes);
 void cuda_buf_release(struct cuda_buf *b);
 
 /* Which weight types the matmul and get_rows kernels take (the CPU backend's nine). */

@@ -629,13 +629,13 @@ static enum spec_dtype act_form(enum spec_dtype wtype)
  * rows the same way (nothing has written device memory since: cuda_act_forget), else converted by
  * `convert` (which enqueues the conversion into act->buf.p). */
 template <class F>
-static cudaError_t convert_act(struct cuda_act *act, enum spec_dtype form, const float *x, size_t x_stride, int k,
-                               int n, size_t bytes, F convert)
+static cudaError_t convert_act(cudaStream_t st, struct cuda_act *act, enum spec_dtype form, const float *x,
+                               size_t x_stride, int k, int n, size_t bytes, F convert)
 {
     if (act->valid && act->form == form && act->x == x && act->x_stride == x_stride && act->k == k && act->n == n)
         return cudaSuccess;
     act->valid = false;
-    cudaError_t err = cuda_buf_reserve(&act->buf, bytes);
+    cudaError_t err = cuda_buf_reserve(st, &act->buf, bytes);
     if (err == cudaSuccess) {
         convert();
         err = cudaGetLastError();
@@ -664,7 +664,7 @@ static cudaError_t quantize_act(cudaStream_t st, struct cuda_act *act, enum spec
     const unsigned warps_per_block = MMV_THREADS / CUDA_WARP;
     const unsigned blocks = (unsigned)((nb + warps_per_block - 1) / warps_per_block);
     const cudaError_t err =
-        convert_act(act, form, x, x_stride, k, n, q_bytes + d_bytes + s_bytes + sum_bytes, [&] {
+        convert_act(st, act, form, x, x_stride, k, n, q_bytes + d_bytes + s_bytes + sum_bytes, [&] {
             uint8_t *base = (uint8_t *)act->buf.p;
             int8_t *q = (int8_t *)base;
             float *d = (float *)(base + q_bytes), *s = q8_1 ? (float *)(base + q_bytes + d_bytes) : NULL;
@@ -711,7 +711,7 @@ cudaError_t cuda_matmul(cudaStream_t st, struct cuda_act *act, enum spec_dtype w
     case SPEC_BF16: {
         const int64_t total = (int64_t)n * k;
         const unsigned blocks = (unsigned)(total / 256 + 1 < 4096 ? total / 256 + 1 : 4096);
-        err = convert_act(act, wtype, x, x_stride, k, n, (size_t)total * sizeof(uint16_t), [&] {
+        err = convert_act(st, act, wtype, x, x_stride, k, n, (size_t)total * sizeof(uint16_t), [&] {
             uint16_t *out = (uint16_t *)act->buf.p;
             if (wtype == SPEC_BF16)
                 CUDA_LAUNCH(blocks, 256, st, convert_rows<true>)(x, x_stride, k, n, out);

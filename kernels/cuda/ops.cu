@@ -512,7 +512,7 @@ cudaError_t cuda_attention(cudaStream_t st, struct cuda_buf *part, const float *
     const int n_chunks = (p->pos0 + n + ATT_CHUNK - 1) / ATT_CHUNK;
     const size_t slots = (size_t)n * p->n_head * n_chunks;
     const size_t o_bytes = (slots * p->head_dim * sizeof(float) + 255) & ~(size_t)255;
-    cudaError_t err = cuda_buf_reserve(part, o_bytes + slots * 2 * sizeof(float));
+    cudaError_t err = cuda_buf_reserve(st, part, o_bytes + slots * 2 * sizeof(float));
     if (err != cudaSuccess)
         return err;
     float *part_o = (float *)part->p, *part_ml = (float *)((uint8_t *)part->p + o_bytes);

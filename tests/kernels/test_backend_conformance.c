@@ -769,6 +769,77 @@ Test(conformance, model_forward_is_batch_invariant_on_cuda)
     }
 }
 
+/* Steps recorded as CUDA graphs (the default) give the bits of the same steps run op by op
+ * (kern_backend_config.eager): decode steps past an attention chunk boundary (its scratch buffer
+ * grows while a step is being recorded), verification-sized steps and rollbacks, each shape
+ * repeated so that later steps replay an updated graph. */
+Test(conformance, steps_recorded_as_graphs_give_the_bits_of_op_by_op_steps)
+{
+    need_cuda();
+    struct kern_backend *eager = NULL;
+    cr_assert_eq(kern_backend_create("cuda", &(struct kern_backend_config){.eager = true}, &eager), 0);
+    struct model_synth_config c = qwen2_cfg(SPEC_Q4_K);
+    c.n_ctx = 320;
+    struct mem_model mg = tsupport_load_synth(&c, gpu, (struct model_config){0}),
+                     me = tsupport_load_synth(&c, eager, (struct model_config){0});
+    const int nv = model_n_vocab(mg.m);
+    struct model_seq *sg = new_seq(mg.m, 320), *se = new_seq(me.m, 320);
+    float *lg = malloc(sizeof(float) * (size_t)(5 * nv)), *le = malloc(sizeof(float) * (size_t)(5 * nv));
+    cr_assert_eq(model_forward(mg.m, sg, prompt, 5, lg), 0);
+    cr_assert_eq(model_forward(me.m, se, prompt, 5, le), 0);
+    assert_bits(lg, le, sizeof(float) * (size_t)(5 * nv), "prompt");
+    int32_t tok = prompt[4];
+    for (int step = 0; step < 140; step++) { /* from position 5 past 128 */
+        int32_t ig, ie;
+        const struct model_batch_item bg = {.s = sg, .tokens = &tok, .n = 1, .logits = lg, .argmax = &ig},
+                                      be_ = {.s = se, .tokens = &tok, .n = 1, .logits = le, .argmax = &ie};
+        cr_assert_eq(model_forward_batch(mg.m, &bg, 1), 0);
+        cr_assert_eq(model_forward_batch(me.m, &be_, 1), 0);
+        cr_assert_eq(ig, ie, "step %d", step);
+        cr_assert(memcmp(lg, le, sizeof(float) * (size_t)nv) == 0, "step %d: logits not bit-identical", step);
+        tok = ig;
+    }
+    for (int round = 0; round < 3; round++) { /* verification passes of 5, rolled back but one */
+        const int32_t draft[5] = {tok, 17, 250, (int32_t)(round + 3), 99};
+        cr_assert_eq(model_forward(mg.m, sg, draft, 5, lg), 0);
+        cr_assert_eq(model_forward(me.m, se, draft, 5, le), 0);
+        assert_bits(lg, le, sizeof(float) * (size_t)(5 * nv), "verification pass");
+        cr_assert_eq(model_seq_truncate(sg, model_seq_len(sg) - 4), 0);
+        cr_assert_eq(model_seq_truncate(se, model_seq_len(se) - 4), 0);
+    }
+    free(lg), free(le);
+    model_seq_free(sg), model_seq_free(se);
+    tsupport_mem_model_free(&mg);
+    tsupport_mem_model_free(&me);
+    kern_backend_destroy(eager);
+}
+
+/* Inside a recorded step, an op that returns data (rows_to_host) ends the recording: it sees every
+ * op before it done, and the ops after it still run. */
+Test(conformance, reading_back_inside_a_recorded_step_sees_the_ops_before_it)
+{
+    need_cuda();
+    const int64_t ne0 = 64, n = 3;
+    float *ah = random_f32(ne0 * n, 1.0f), *bh = random_f32(ne0 * n, 1.0f);
+    struct kern_tensor a = upload(gpu, SPEC_F32, ne0, n, ah), b = upload(gpu, SPEC_F32, ne0, n, bh),
+                       o = poisoned(gpu, ne0, n);
+    for (int pass = 0; pass < 3; pass++) { /* the first pass of a shape runs op by op, the others record */
+        cr_assert_eq(gpu->ops->step_begin(gpu, 77), 0);
+        cr_assert_eq(gpu->ops->add(gpu, &a, &b, &o), 0);
+        float *mid = download(gpu, &o);
+        cr_assert_eq(gpu->ops->add(gpu, &o, &b, &o), 0);
+        cr_assert_eq(gpu->ops->step_end(gpu), 0);
+        float *end = download(gpu, &o);
+        for (int64_t i = 0; i < ne0 * n; i++) {
+            cr_assert_eq(mid[i], ah[i] + bh[i], "pass %d: element %lld before the read", pass, (long long)i);
+            cr_assert_eq(end[i], (ah[i] + bh[i]) + bh[i], "pass %d: element %lld after it", pass, (long long)i);
+        }
+        free(mid), free(end);
+    }
+    free(ah), free(bh);
+    free_t(gpu, &a), free_t(gpu, &b), free_t(gpu, &o);
+}
+
 static int generate(struct model *target, struct model *draft, bool spec, int draft_max, const int32_t *p, int np,
                     int32_t *out, int n_gen)
 {

@@ -13,6 +13,12 @@
  * pointers, a free of memory cudaMalloc did not return) aborts with a message or fails the launch as
  * CUDA would.
  *
+ * Stream capture records a stream's launches, copies and memsets (their arguments as they are when
+ * captured, as CUDA does) into a graph instead of running them; a launched graph runs them in order.
+ * What a capture forbids aborts here: a synchronisation or a free while any stream captures, a
+ * captured copy from or to host memory that cudaMallocHost did not return (pageable memory), and a
+ * cudaMalloc during a capture that is not in relaxed mode.
+ *
  * What it cannot show: speed, the GPU's float library (expf & co. are glibc's here), races between
  * blocks, and anything about concurrency beyond one stream. Timings and the numerical bounds of the
  * GPU's own functions need the real device (make test-cuda). */
@@ -24,6 +30,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <functional>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -73,6 +80,8 @@ enum cudaError {
     cudaErrorInvalidConfiguration = 9,
     cudaErrorInvalidResourceHandle = 400,
     cudaErrorNotReady = 600,
+    cudaErrorStreamCaptureInvalidated = 901,
+    cudaErrorGraphExecUpdateFailure = 910,
 };
 typedef enum cudaError cudaError_t;
 
@@ -87,6 +96,23 @@ enum cudaMemcpyKind {
 
 typedef struct CUstream_st *cudaStream_t;
 typedef struct CUevent_st *cudaEvent_t;
+typedef struct CUgraph_st *cudaGraph_t;
+typedef struct CUgraphExec_st *cudaGraphExec_t;
+
+enum cudaStreamCaptureMode {
+    cudaStreamCaptureModeGlobal = 0,
+    cudaStreamCaptureModeThreadLocal = 1,
+    cudaStreamCaptureModeRelaxed = 2,
+};
+
+enum cudaStreamCaptureStatus {
+    cudaStreamCaptureStatusNone = 0,
+    cudaStreamCaptureStatusActive = 1,
+};
+
+struct cudaGraphExecUpdateResultInfo {
+    int result;
+};
 
 struct cudaFuncAttributes {
     int maxThreadsPerBlock;
@@ -111,6 +137,18 @@ cudaError_t cudaEventDestroy(cudaEvent_t ev);
 cudaError_t cudaEventRecord(cudaEvent_t ev, cudaStream_t st);
 cudaError_t cudaEventSynchronize(cudaEvent_t ev);
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t from, cudaEvent_t to);
+cudaError_t cudaMallocHost(void **p, size_t bytes);
+cudaError_t cudaFreeHost(void *p);
+cudaError_t cudaStreamBeginCapture(cudaStream_t st, enum cudaStreamCaptureMode mode);
+cudaError_t cudaStreamEndCapture(cudaStream_t st, cudaGraph_t *graph);
+cudaError_t cudaStreamIsCapturing(cudaStream_t st, enum cudaStreamCaptureStatus *status);
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *exec, cudaGraph_t graph, unsigned long long flags);
+/* Takes graph's nodes into exec when they are the same kinds in the same order (kernels: the same
+ * function), else cudaErrorGraphExecUpdateFailure and exec is unchanged. */
+cudaError_t cudaGraphExecUpdate(cudaGraphExec_t exec, cudaGraph_t graph, cudaGraphExecUpdateResultInfo *info);
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t st);
+cudaError_t cudaGraphDestroy(cudaGraph_t graph);
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec);
 
 template <class F>
 cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *attr, F *)
@@ -135,10 +173,13 @@ void check_device_arg(const void *p, int arg);
 uint64_t shfl_xor(unsigned mask, uint64_t bits, int lane_mask);
 /* Runs body(ctx) as every thread of every block of the grid; a bad shape sets the launch error. */
 void run(dim3 grid, dim3 block, void (*body)(void *), void *ctx);
+/* When st is capturing: appends a node (kind: the kernel, or what a copy is) and returns true. */
+bool record(cudaStream_t st, const void *kind, std::function<void()> node);
 
 template <class... P>
 struct launch {
     dim3 grid, block;
+    cudaStream_t st;
     void (*kernel)(P...);
 
     /* The arguments are converted to the kernel's parameter types and copied now, as a launch does. */
@@ -155,7 +196,9 @@ struct launch {
             }
         } c{kernel, std::tuple<P...>(std::forward<A>(args)...)};
         check_pointers(c.params, std::index_sequence_for<P...>{});
-        run(grid, block, &call::body, &c);
+        const dim3 g = grid, b = block;
+        if (!record(st, (const void *)kernel, [g, b, c]() mutable { run(g, b, &call::body, &c); }))
+            run(grid, block, &call::body, &c);
     }
 
     template <size_t... I>
@@ -172,9 +215,9 @@ struct launch {
 };
 
 template <class... P>
-launch<P...> launcher(dim3 grid, dim3 block, cudaStream_t, void (*kernel)(P...))
+launch<P...> launcher(dim3 grid, dim3 block, cudaStream_t st, void (*kernel)(P...))
 {
-    return launch<P...>{grid, block, kernel};
+    return launch<P...>{grid, block, st, kernel};
 }
 } // namespace cudasim
 

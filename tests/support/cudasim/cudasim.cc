@@ -13,6 +13,8 @@
 #include <time.h>
 
 #include <map>
+#include <new>
+#include <vector>
 
 #include "cuda_runtime.h"
 
@@ -334,8 +336,84 @@ void cudasim::check_device_arg(const void *p, int arg)
     }
 }
 
+/* Page-locked host allocations (cudaMallocHost): base -> bytes. */
+static std::map<uintptr_t, size_t> pinned;
+
+static bool is_pinned(const void *p, size_t bytes)
+{
+    const uintptr_t a = (uintptr_t)p;
+    auto it = pinned.upper_bound(a);
+    if (it == pinned.begin())
+        return false;
+    --it;
+    return a - it->first <= it->second && bytes <= it->second - (a - it->first);
+}
+
+struct sim_node {
+    const void *kind;
+    std::function<void()> run;
+};
+
+struct CUstream_st {
+    unsigned flags;
+    bool capturing;
+    cudaStreamCaptureMode mode;
+    std::vector<sim_node> nodes;
+};
+
+struct CUgraph_st {
+    std::vector<sim_node> nodes;
+};
+
+struct CUgraphExec_st {
+    std::vector<sim_node> nodes;
+};
+
+static int n_capturing;         /* streams capturing now */
+static bool relaxed_capture = true; /* whether all of them capture in relaxed mode */
+
+static void forbid_in_capture(const char *what)
+{
+    if (n_capturing > 0) {
+        fprintf(stderr, "cudasim: %s while a stream is capturing\n", what);
+        abort();
+    }
+}
+
+bool cudasim::record(cudaStream_t st, const void *kind, std::function<void()> node)
+{
+    if (!st || !st->capturing)
+        return false;
+    st->nodes.push_back(sim_node{kind, std::move(node)});
+    return true;
+}
+
+cudaError_t cudaMallocHost(void **p, size_t bytes)
+{
+    forbid_in_capture("cudaMallocHost");
+    if (posix_memalign(p, 4096, bytes ? bytes : 1)) {
+        *p = nullptr;
+        return sim.last_error = cudaErrorMemoryAllocation;
+    }
+    pinned[(uintptr_t)*p] = bytes;
+    return cudaSuccess;
+}
+
+cudaError_t cudaFreeHost(void *p)
+{
+    forbid_in_capture("cudaFreeHost");
+    if (!p)
+        return cudaSuccess;
+    if (!pinned.erase((uintptr_t)p))
+        die("cudaFreeHost of memory that cudaMallocHost did not return");
+    free(p);
+    return cudaSuccess;
+}
+
 cudaError_t cudaMalloc(void **p, size_t bytes)
 {
+    if (n_capturing > 0 && !relaxed_capture)
+        die("cudaMalloc during a stream capture that is not in relaxed mode");
     /* cudaMalloc's alignment; ASan sees every byte past `bytes` as out of bounds */
     if (posix_memalign(p, 256, bytes ? bytes : 1)) {
         *p = nullptr;
@@ -347,6 +425,7 @@ cudaError_t cudaMalloc(void **p, size_t bytes)
 
 cudaError_t cudaFree(void *p)
 {
+    forbid_in_capture("cudaFree");
     if (!p)
         return cudaSuccess;
     if (!allocations.erase((uintptr_t)p))
@@ -355,45 +434,126 @@ cudaError_t cudaFree(void *p)
     return cudaSuccess;
 }
 
-cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind, cudaStream_t)
+static const char copy_node = 0, set_node = 0; /* the kinds of copy and memset nodes */
+
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind, cudaStream_t st)
 {
     const bool dst_dev = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice,
                src_dev = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
     if (is_device(dst, bytes) != dst_dev || is_device(src, bytes) != src_dev)
         die("cudaMemcpyAsync: the pointers do not match the copy's direction (or run past an allocation)");
-    memmove(dst, src, bytes);
+    if (st && st->capturing && ((!dst_dev && !is_pinned(dst, bytes)) || (!src_dev && !is_pinned(src, bytes))))
+        die("cudaMemcpyAsync: a captured copy from or to pageable host memory");
+    if (!cudasim::record(st, &copy_node, [dst, src, bytes] { memmove(dst, src, bytes); }))
+        memmove(dst, src, bytes);
     return cudaSuccess;
 }
 
-cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t)
+cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t st)
 {
     if (!is_device(p, bytes))
         die("cudaMemsetAsync outside device memory");
-    memset(p, value, bytes);
+    if (!cudasim::record(st, &set_node, [p, value, bytes] { memset(p, value, bytes); }))
+        memset(p, value, bytes);
     return cudaSuccess;
 }
 
-struct CUstream_st {
-    unsigned flags;
-};
-
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *st, unsigned flags)
 {
-    *st = (cudaStream_t)malloc(sizeof(CUstream_st));
-    if (!*st)
-        return cudaErrorMemoryAllocation;
-    (*st)->flags = flags;
-    return cudaSuccess;
+    *st = new (std::nothrow) CUstream_st{flags, false, cudaStreamCaptureModeGlobal, {}};
+    return *st ? cudaSuccess : cudaErrorMemoryAllocation;
 }
 
 cudaError_t cudaStreamDestroy(cudaStream_t st)
 {
-    free(st);
+    if (st && st->capturing)
+        die("cudaStreamDestroy of a capturing stream");
+    delete st;
     return cudaSuccess;
 }
 
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t)
+{
+    forbid_in_capture("cudaStreamSynchronize");
+    return cudaSuccess;
+}
+
+cudaError_t cudaDeviceSynchronize(void)
+{
+    forbid_in_capture("cudaDeviceSynchronize");
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamBeginCapture(cudaStream_t st, enum cudaStreamCaptureMode mode)
+{
+    if (!st || st->capturing)
+        return sim.last_error = cudaErrorInvalidValue;
+    st->capturing = true;
+    st->mode = mode;
+    st->nodes.clear();
+    n_capturing++;
+    relaxed_capture = relaxed_capture && mode == cudaStreamCaptureModeRelaxed;
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamEndCapture(cudaStream_t st, cudaGraph_t *graph)
+{
+    if (!st || !st->capturing)
+        return sim.last_error = cudaErrorInvalidValue;
+    st->capturing = false;
+    if (--n_capturing == 0)
+        relaxed_capture = true;
+    *graph = new CUgraph_st{std::move(st->nodes)};
+    st->nodes.clear();
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamIsCapturing(cudaStream_t st, enum cudaStreamCaptureStatus *status)
+{
+    *status = st && st->capturing ? cudaStreamCaptureStatusActive : cudaStreamCaptureStatusNone;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *exec, cudaGraph_t graph, unsigned long long)
+{
+    forbid_in_capture("cudaGraphInstantiate");
+    *exec = new CUgraphExec_st{graph->nodes};
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphExecUpdate(cudaGraphExec_t exec, cudaGraph_t graph, cudaGraphExecUpdateResultInfo *info)
+{
+    bool same = exec->nodes.size() == graph->nodes.size();
+    for (size_t i = 0; same && i < graph->nodes.size(); i++)
+        same = exec->nodes[i].kind == graph->nodes[i].kind;
+    if (info)
+        info->result = same ? 0 : 1;
+    if (!same)
+        return sim.last_error = cudaErrorGraphExecUpdateFailure;
+    exec->nodes = graph->nodes;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t st)
+{
+    if (st && st->capturing)
+        die("cudaGraphLaunch into a capturing stream");
+    for (sim_node &n : exec->nodes)
+        n.run();
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphDestroy(cudaGraph_t graph)
+{
+    delete graph;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec)
+{
+    delete exec;
+    return cudaSuccess;
+}
 
 struct CUevent_st {
     double ms;
@@ -412,8 +572,10 @@ cudaError_t cudaEventDestroy(cudaEvent_t ev)
     return cudaSuccess;
 }
 
-cudaError_t cudaEventRecord(cudaEvent_t ev, cudaStream_t)
+cudaError_t cudaEventRecord(cudaEvent_t ev, cudaStream_t st)
 {
+    if (st && st->capturing)
+        die("cudaEventRecord into a capturing stream (event nodes are not simulated)");
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     ev->ms = (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
@@ -423,6 +585,7 @@ cudaError_t cudaEventRecord(cudaEvent_t ev, cudaStream_t)
 
 cudaError_t cudaEventSynchronize(cudaEvent_t ev)
 {
+    forbid_in_capture("cudaEventSynchronize");
     return ev->recorded ? cudaSuccess : cudaErrorInvalidResourceHandle;
 }
 
