@@ -2,7 +2,7 @@
  * verification pass costs relative to one decode step.
  *
  *   bench_roofline --model M.gguf [--device auto|cpu|cuda] [--threads N] [--pos P] [--gamma-max G]
- *                  [--seconds S] [--copy-mib MIB] [--profile STEPS] [--eager]
+ *                  [--seconds S] [--copy-mib MIB] [--profile STEPS] [--graphs]
  *
  * It prints, as markdown:
  *  - copy bandwidth: the backend copying an F32 tensor of MIB MiB into another (store_rows), counted
@@ -15,8 +15,7 @@
  * Decode and verification return each position's greedy id (the backend's argmax), as the engine
  * runs greedy requests; one more line times decode with the whole row of logits copied to the host,
  * as sampled requests need it.
- * --eager runs every op as it comes (kern_backend_config.eager: on CUDA, no step recorded as a graph),
- * for an A/B of the graphs. Every figure is the median of repeated runs, each rolled back so that all start at position P.
+ * --graphs records each step as a CUDA graph (kern_backend_config.graphs), for an A/B against op by op. Every figure is the median of repeated runs, each rolled back so that all start at position P.
  * With --profile, STEPS more decode steps run with every op timed (kern_profile_start), then STEPS
  * verification passes of 8 positions: per kind of op, calls, host time and device time per pass, and the bandwidth of the ones that read weights or
  * the cache; the device's busy share of the profiled step says whether the kernels or their
@@ -34,7 +33,7 @@
 struct args {
     const char *model, *device;
     int n_threads, pos, gamma_max, profile_steps;
-    bool eager;
+    bool graphs;
     double seconds;
     int copy_mib;
 };
@@ -44,8 +43,8 @@ static int parse_args(int argc, char **argv, struct args *a)
     *a = (struct args){.device = "auto", .pos = 512, .gamma_max = 16, .seconds = 1.0, .copy_mib = 256};
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i];
-        if (!strcmp(o, "--eager")) {
-            a->eager = true;
+        if (!strcmp(o, "--graphs")) {
+            a->graphs = true;
             continue;
         }
         if (i + 1 >= argc)
@@ -209,7 +208,7 @@ int main(int argc, char **argv)
     struct args a;
     if (parse_args(argc, argv, &a)) {
         fprintf(stderr, "usage: bench_roofline --model M.gguf [--device auto|cpu|cuda] [--threads N] [--pos P] "
-                        "[--gamma-max G] [--seconds S] [--copy-mib MIB] [--profile STEPS] [--eager]\n");
+                        "[--gamma-max G] [--seconds S] [--copy-mib MIB] [--profile STEPS] [--graphs]\n");
         return 2;
     }
     struct kern_backend *be = NULL;
@@ -219,7 +218,7 @@ int main(int argc, char **argv)
     float *logits = NULL;
     double copy_bw = 0.0, wbytes = 0.0;
     const struct kern_backend_config cfg = {.n_threads = a.n_threads, .profile = a.profile_steps > 0,
-                                            .eager = a.eager};
+                                            .graphs = a.graphs};
     int err = kern_backend_create(a.device, &cfg, &be);
     if (!err)
         err = copy_bandwidth(be, a.copy_mib, a.seconds, &copy_bw);
@@ -244,13 +243,15 @@ int main(int argc, char **argv)
         }
         err = model_forward_last(m, s, tokens, a.pos, NULL);
     }
+    /* each figure also goes to stderr as it is measured: a run cut short still says how far it got */
     double t1 = 0.0, t1_logits = 0.0, tv[65] = {0};
-    if (!err)
-        err = time_forward(m, s, tokens + a.pos, 1, ids, NULL, a.seconds, &t1);
-    if (!err)
-        err = time_forward(m, s, tokens + a.pos, 1, ids, logits, a.seconds, &t1_logits);
+    if (!err && !(err = time_forward(m, s, tokens + a.pos, 1, ids, NULL, a.seconds, &t1)))
+        fprintf(stderr, "bench_roofline: decode %.3f ms\n", t1 * 1e3);
+    if (!err && !(err = time_forward(m, s, tokens + a.pos, 1, ids, logits, a.seconds, &t1_logits)))
+        fprintf(stderr, "bench_roofline: decode with logits %.3f ms\n", t1_logits * 1e3);
     for (int g = 1; g <= a.gamma_max && !err; g++)
-        err = time_forward(m, s, tokens + a.pos, g + 1, ids, NULL, a.seconds, &tv[g]);
+        if (!(err = time_forward(m, s, tokens + a.pos, g + 1, ids, NULL, a.seconds, &tv[g])))
+            fprintf(stderr, "bench_roofline: verify %d positions %.3f ms\n", g + 1, tv[g] * 1e3);
     if (err) {
         fprintf(stderr, "bench_roofline: %s (%s)\n", spec_strerror(err), spec_errname(err));
         free(logits);

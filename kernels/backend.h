@@ -222,7 +222,8 @@ struct kern_backend {
 struct kern_backend_config {
     int n_threads; /* CPU worker threads; <= 0 means one per online core */
     bool profile;  /* wrap the backend so that kern_profile_start/stop can time its ops */
-    bool eager;    /* run every op as it comes: no step recorded as a unit (CUDA graphs), for A/B timing */
+    bool graphs;   /* CUDA: record steps as graphs (step_begin/step_end); off, every op runs as it comes.
+                    * Opt-in until timed on a GPU: correct there (conformance), speed not yet measured */
 };
 
 /* name: "cpu", "cuda" or "auto" (CUDA when a device is usable, else CPU).

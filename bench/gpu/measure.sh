@@ -62,7 +62,8 @@ models_ready() {
 steps=${*:-info conformance roofline identity speedup}
 status=0
 for step in $steps; do
-    echo "=== $step"
+    t_step=$SECONDS
+    echo "=== $step (at $SECONDS s)"
     case $step in
     info)
         nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv \
@@ -70,7 +71,7 @@ for step in $steps; do
         ;;
     conformance)
         for t in test_backend_conformance test_profile test_model test_engine test_engine_batch; do
-            echo "== $t" >>"$out/conformance.txt"
+            echo "== $t (from $((SECONDS - t_step)) s)" | tee -a "$out/conformance.txt"
             SPECD_REQUIRE_CUDA=1 SPECD_TEST_DEVICE=cuda "$B/$t" --jobs 1 2>&1 | tee -a "$out/conformance.txt" |
                 grep -E 'FAIL|Synthesis|!!!'
             [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
@@ -82,9 +83,9 @@ for step in $steps; do
             "$B/bench_roofline" --device "$device" --model "$stash/synth-$m.gguf" --pos 512 --gamma-max 16 \
                 --copy-mib 1024 --profile 64 | tee "$out/roofline-$m.md" || status=1
         done
-        # the same target op by op (no CUDA graphs), for the A/B
-        "$B/bench_roofline" --device "$device" --model "$target" --pos 512 --gamma-max 8 --copy-mib 256 --eager |
-            tee "$out/roofline-target-eager.md" || status=1
+        # the same target with each step recorded as a CUDA graph (opt-in), for the A/B
+        "$B/bench_roofline" --device "$device" --model "$target" --pos 512 --gamma-max 8 --copy-mib 256 --graphs |
+            tee "$out/roofline-target-graphs.md" || status=1
         ;;
     identity)
         models_ready || { status=1; continue; }

@@ -14,7 +14,8 @@
  * shape runs op by op (it sizes the scratch buffers); host arrays an op copies from while capturing
  * are staged in page-locked memory the graph reads when it runs; an op that must wait for the device
  * or return data (argmax, rows_to_host, allocation...) first ends the capture and launches what was
- * recorded, and the rest of the step runs op by op.
+ * recorded, and the rest of the step runs op by op. Only with kern_backend_config.graphs (opt-in:
+ * bit-identical to op by op on an H200, its speed there not measured yet).
  *
  * Every op runs the shared argument check of kernels/backend.h first (so both backends refuse the
  * same calls with the same codes), then this backend's own limits (types, 32-bit sizes, head_dim).
@@ -61,7 +62,7 @@ struct cuda_backend {
     cudaEvent_t *events;
     int n_marks, n_events;
     /* steps as graphs */
-    bool graphs;    /* off: every op runs as it comes (kern_backend_config.eager) */
+    bool graphs;    /* kern_backend_config.graphs; off: step_begin/step_end do nothing */
     bool capturing; /* the stream is being recorded for the step of shape `shape` */
     uint64_t shape;
     struct cuda_graph graph[CUDA_GRAPHS];
@@ -657,7 +658,7 @@ extern "C" int kern_cuda_backend_create(const struct kern_backend_config *cfg, s
         return SPEC_E_NOMEM;
     }
     cb->base.ops = &cuda_ops;
-    cb->graphs = !(cfg && cfg->eager);
+    cb->graphs = cfg && cfg->graphs;
     *out = &cb->base;
     return SPEC_OK;
 }

@@ -769,19 +769,19 @@ Test(conformance, model_forward_is_batch_invariant_on_cuda)
     }
 }
 
-/* Steps recorded as CUDA graphs (the default) give the bits of the same steps run op by op
- * (kern_backend_config.eager): decode steps past an attention chunk boundary (its scratch buffer
+/* Steps recorded as CUDA graphs (kern_backend_config.graphs) give the bits of the same steps run op
+ * by op: decode steps past an attention chunk boundary (its scratch buffer
  * grows while a step is being recorded), verification-sized steps and rollbacks, each shape
  * repeated so that later steps replay an updated graph. */
 Test(conformance, steps_recorded_as_graphs_give_the_bits_of_op_by_op_steps)
 {
     need_cuda();
-    struct kern_backend *eager = NULL;
-    cr_assert_eq(kern_backend_create("cuda", &(struct kern_backend_config){.eager = true}, &eager), 0);
+    struct kern_backend *graphs = NULL;
+    cr_assert_eq(kern_backend_create("cuda", &(struct kern_backend_config){.graphs = true}, &graphs), 0);
     struct model_synth_config c = qwen2_cfg(SPEC_Q4_K);
     c.n_ctx = 320;
-    struct mem_model mg = tsupport_load_synth(&c, gpu, (struct model_config){0}),
-                     me = tsupport_load_synth(&c, eager, (struct model_config){0});
+    struct mem_model mg = tsupport_load_synth(&c, graphs, (struct model_config){0}),
+                     me = tsupport_load_synth(&c, gpu, (struct model_config){0});
     const int nv = model_n_vocab(mg.m);
     struct model_seq *sg = new_seq(mg.m, 320), *se = new_seq(me.m, 320);
     float *lg = malloc(sizeof(float) * (size_t)(5 * nv)), *le = malloc(sizeof(float) * (size_t)(5 * nv));
@@ -811,7 +811,7 @@ Test(conformance, steps_recorded_as_graphs_give_the_bits_of_op_by_op_steps)
     model_seq_free(sg), model_seq_free(se);
     tsupport_mem_model_free(&mg);
     tsupport_mem_model_free(&me);
-    kern_backend_destroy(eager);
+    kern_backend_destroy(graphs);
 }
 
 /* Inside a recorded step, an op that returns data (rows_to_host) ends the recording: it sees every
@@ -819,17 +819,19 @@ Test(conformance, steps_recorded_as_graphs_give_the_bits_of_op_by_op_steps)
 Test(conformance, reading_back_inside_a_recorded_step_sees_the_ops_before_it)
 {
     need_cuda();
+    struct kern_backend *g = NULL;
+    cr_assert_eq(kern_backend_create("cuda", &(struct kern_backend_config){.graphs = true}, &g), 0);
     const int64_t ne0 = 64, n = 3;
     float *ah = random_f32(ne0 * n, 1.0f), *bh = random_f32(ne0 * n, 1.0f);
-    struct kern_tensor a = upload(gpu, SPEC_F32, ne0, n, ah), b = upload(gpu, SPEC_F32, ne0, n, bh),
-                       o = poisoned(gpu, ne0, n);
+    struct kern_tensor a = upload(g, SPEC_F32, ne0, n, ah), b = upload(g, SPEC_F32, ne0, n, bh),
+                       o = poisoned(g, ne0, n);
     for (int pass = 0; pass < 3; pass++) { /* the first pass of a shape runs op by op, the others record */
-        cr_assert_eq(gpu->ops->step_begin(gpu, 77), 0);
-        cr_assert_eq(gpu->ops->add(gpu, &a, &b, &o), 0);
-        float *mid = download(gpu, &o);
-        cr_assert_eq(gpu->ops->add(gpu, &o, &b, &o), 0);
-        cr_assert_eq(gpu->ops->step_end(gpu), 0);
-        float *end = download(gpu, &o);
+        cr_assert_eq(g->ops->step_begin(g, 77), 0);
+        cr_assert_eq(g->ops->add(g, &a, &b, &o), 0);
+        float *mid = download(g, &o);
+        cr_assert_eq(g->ops->add(g, &o, &b, &o), 0);
+        cr_assert_eq(g->ops->step_end(g), 0);
+        float *end = download(g, &o);
         for (int64_t i = 0; i < ne0 * n; i++) {
             cr_assert_eq(mid[i], ah[i] + bh[i], "pass %d: element %lld before the read", pass, (long long)i);
             cr_assert_eq(end[i], (ah[i] + bh[i]) + bh[i], "pass %d: element %lld after it", pass, (long long)i);
@@ -837,7 +839,8 @@ Test(conformance, reading_back_inside_a_recorded_step_sees_the_ops_before_it)
         free(mid), free(end);
     }
     free(ah), free(bh);
-    free_t(gpu, &a), free_t(gpu, &b), free_t(gpu, &o);
+    free_t(g, &a), free_t(g, &b), free_t(g, &o);
+    kern_backend_destroy(g);
 }
 
 static int generate(struct model *target, struct model *draft, bool spec, int draft_max, const int32_t *p, int np,
