@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The GPU measurement (run on the lent machine, from the repository root, after bench/gpu/bundle.sh
-# here): the CUDA conformance suite and the model and engine suites on the GPU, copy bandwidth and
-# the decode roofline of 1.5B- and 0.5B-shaped models, verify(γ+1)/decode(1) for γ = 1…16, greedy
-# identity of speculative vs target-only decoding on the GPU, and the speculative speedup on the dev
-# prompts. Results go to $OUT (or /tmp/specd-out).
+# here): the CUDA conformance suite, copy bandwidth and the decode roofline of 1.5B- and 0.5B-shaped
+# models, verify(γ+1)/decode(1) for γ = 1…16, greedy identity of speculative vs target-only decoding
+# on the GPU, the speculative speedup on the dev prompts, and last the model and engine suites with
+# the GPU as their device (minutes: every step of their tiny models pays the GPU's launch costs,
+# where the CPU takes microseconds). Results go to $OUT (or /tmp/specd-out).
 #
-#   bench/gpu/measure.sh [STEP...]     STEP: info conformance roofline identity speedup (default: all)
+#   bench/gpu/measure.sh [STEP...]     STEP: info conformance roofline identity speedup suites
+#                                      (default: all, in that order)
 #
 # Everything the bundle brings is kept under /tmp/specd-gpu, which outlives a call while the machine
 # stays warm: SmolLM2 travels in parts over several calls and the speedup step runs once all are there.
@@ -13,15 +15,18 @@
 # 0.5B (Q4_0, as its width 896 is no multiple of the K-quants' 256), generated on the machine; the
 # bytes and shapes, not the weights, set the time. SPECD_GPU_DEVICE=cpu SPECD_GPU_SMALL=1 runs the
 # same steps on small shapes on a machine without a GPU, to check the script itself. The roofline
-# step ends with a per-op profile of 64 decode steps (host and device time per kind of op): where a
-# step's time goes when it falls short of the roofline.
+# step gives per-op profiles of 64 decode steps and 64 verification passes of 8 positions (host and
+# device time per kind of op: where a step's time goes when it falls short of the roofline), then
+# times the target again with each step recorded as a CUDA graph (--graphs), for the A/B.
 #
-# With the device tool (64 MiB travel per call; the bundle's parts are sized for two calls):
+# With the device tool (64 MiB travel per call; the bundle's parts are sized for two calls; seen on
+# an H200 in 2026-11: ~35 s to start a machine, ~150 s for call 2's steps without the suites):
 #   1. here: bench/gpu/bundle.sh
 #   2. run carry=[.gpu/bin, .gpu/lib, .gpu/prompts-dev.jsonl, .gpu/model/smollm2.part00,
-#      .gpu/model/smollm2.sha256], command "bench/gpu/measure.sh", timeout 540
+#      .gpu/model/smollm2.sha256], command "bench/gpu/measure.sh info conformance roofline identity",
+#      timeout 300
 #   3. at once (while warm): carry=[.gpu/model/smollm2.part01, .gpu/model/smollm2.part02],
-#      command "bench/gpu/measure.sh speedup"
+#      command "bench/gpu/measure.sh speedup suites", timeout 300
 #   4. give_back; commit $OUT's tables as bench/results/<date>-<gpu>.md with these commands.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -59,7 +64,7 @@ models_ready() {
     [ "$models_rc" -eq 0 ] || { cat "$out/mkmodel.log"; return 1; }
 }
 
-steps=${*:-info conformance roofline identity speedup}
+steps=${*:-info conformance roofline identity speedup suites}
 status=0
 for step in $steps; do
     t_step=$SECONDS
@@ -69,10 +74,13 @@ for step in $steps; do
         nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv \
             2>&1 | tee "$out/device.txt"
         ;;
-    conformance)
-        for t in test_backend_conformance test_profile test_model test_engine test_engine_batch; do
-            echo "== $t (from $((SECONDS - t_step)) s)" | tee -a "$out/conformance.txt"
-            SPECD_REQUIRE_CUDA=1 SPECD_TEST_DEVICE=cuda "$B/$t" --jobs 1 2>&1 | tee -a "$out/conformance.txt" |
+    conformance | suites)
+        tests="test_backend_conformance test_profile"
+        [ "$step" = suites ] && tests="test_model test_engine_batch test_engine"
+        for t in $tests; do
+            echo "== $t (from $((SECONDS - t_step)) s)" | tee -a "$out/$step.txt"
+            SPECD_REQUIRE_CUDA=$([ "$device" = cuda ] && echo 1) SPECD_TEST_DEVICE=$device "$B/$t" --jobs 1 2>&1 |
+                tee -a "$out/$step.txt" |
                 grep -E 'FAIL|Synthesis|!!!'
             [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
         done
