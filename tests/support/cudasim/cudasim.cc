@@ -314,18 +314,51 @@ cudaError_t cudaGetLastError(void)
     return e;
 }
 
-/* Live device allocations: base -> bytes. */
-static std::map<uintptr_t, size_t> allocations;
+/* Live allocations, base -> bytes: device memory (cudaMalloc) and page-locked host memory
+ * (cudaMallocHost). */
+typedef std::map<uintptr_t, size_t> registry;
+static registry allocations, pinned;
 
-/* Whether [p, p + bytes] lies in one allocation (its end included: a pointer just past it). */
-static bool is_device(const void *p, size_t bytes)
+/* Whether [p, p + bytes] lies in one allocation of r (its end included: a pointer just past it). */
+static bool in_registry(const registry &r, const void *p, size_t bytes)
 {
     const uintptr_t a = (uintptr_t)p;
-    auto it = allocations.upper_bound(a);
-    if (it == allocations.begin())
+    auto it = r.upper_bound(a);
+    if (it == r.begin())
         return false;
     --it;
     return a - it->first <= it->second && bytes <= it->second - (a - it->first);
+}
+
+static bool is_device(const void *p, size_t bytes)
+{
+    return in_registry(allocations, p, bytes);
+}
+
+static bool is_pinned(const void *p, size_t bytes)
+{
+    return in_registry(pinned, p, bytes);
+}
+
+/* posix_memalign'd memory entered in r (ASan sees every byte past `bytes` as out of bounds). */
+static cudaError_t registered_alloc(registry &r, void **p, size_t bytes, size_t align)
+{
+    if (posix_memalign(p, align, bytes ? bytes : 1)) {
+        *p = nullptr;
+        return sim.last_error = cudaErrorMemoryAllocation;
+    }
+    r[(uintptr_t)*p] = bytes;
+    return cudaSuccess;
+}
+
+static cudaError_t registered_free(registry &r, void *p, const char *stray)
+{
+    if (!p)
+        return cudaSuccess;
+    if (!r.erase((uintptr_t)p))
+        die(stray);
+    free(p);
+    return cudaSuccess;
 }
 
 void cudasim::check_device_arg(const void *p, int arg)
@@ -334,19 +367,6 @@ void cudasim::check_device_arg(const void *p, int arg)
         fprintf(stderr, "cudasim: kernel argument %d (%p) is not device memory\n", arg, p);
         abort();
     }
-}
-
-/* Page-locked host allocations (cudaMallocHost): base -> bytes. */
-static std::map<uintptr_t, size_t> pinned;
-
-static bool is_pinned(const void *p, size_t bytes)
-{
-    const uintptr_t a = (uintptr_t)p;
-    auto it = pinned.upper_bound(a);
-    if (it == pinned.begin())
-        return false;
-    --it;
-    return a - it->first <= it->second && bytes <= it->second - (a - it->first);
 }
 
 struct sim_node {
@@ -391,47 +411,26 @@ bool cudasim::record(cudaStream_t st, const void *kind, std::function<void()> no
 cudaError_t cudaMallocHost(void **p, size_t bytes)
 {
     forbid_in_capture("cudaMallocHost");
-    if (posix_memalign(p, 4096, bytes ? bytes : 1)) {
-        *p = nullptr;
-        return sim.last_error = cudaErrorMemoryAllocation;
-    }
-    pinned[(uintptr_t)*p] = bytes;
-    return cudaSuccess;
+    return registered_alloc(pinned, p, bytes, 4096);
 }
 
 cudaError_t cudaFreeHost(void *p)
 {
     forbid_in_capture("cudaFreeHost");
-    if (!p)
-        return cudaSuccess;
-    if (!pinned.erase((uintptr_t)p))
-        die("cudaFreeHost of memory that cudaMallocHost did not return");
-    free(p);
-    return cudaSuccess;
+    return registered_free(pinned, p, "cudaFreeHost of memory that cudaMallocHost did not return");
 }
 
 cudaError_t cudaMalloc(void **p, size_t bytes)
 {
     if (n_capturing > 0 && !relaxed_capture)
         die("cudaMalloc during a stream capture that is not in relaxed mode");
-    /* cudaMalloc's alignment; ASan sees every byte past `bytes` as out of bounds */
-    if (posix_memalign(p, 256, bytes ? bytes : 1)) {
-        *p = nullptr;
-        return sim.last_error = cudaErrorMemoryAllocation;
-    }
-    allocations[(uintptr_t)*p] = bytes;
-    return cudaSuccess;
+    return registered_alloc(allocations, p, bytes, 256); /* cudaMalloc's alignment */
 }
 
 cudaError_t cudaFree(void *p)
 {
     forbid_in_capture("cudaFree");
-    if (!p)
-        return cudaSuccess;
-    if (!allocations.erase((uintptr_t)p))
-        die("cudaFree of memory that cudaMalloc did not return");
-    free(p);
-    return cudaSuccess;
+    return registered_free(allocations, p, "cudaFree of memory that cudaMalloc did not return");
 }
 
 static const char copy_node = 0, set_node = 0; /* the kinds of copy and memset nodes */
