@@ -134,8 +134,8 @@ int kern_matmul_check(const struct kern_tensor *w, const struct kern_tensor *x, 
                       const struct kern_tensor *y);
 /* swiglu and add: three F32 tensors of one shape */
 int kern_eltwise_check(const struct kern_tensor *a, const struct kern_tensor *b, const struct kern_tensor *out);
-int kern_rms_norm_check(const struct kern_tensor *x, const struct kern_tensor *w, float eps,
-                        const struct kern_tensor *y);
+int kern_rms_norm_check(const struct kern_tensor *x, const struct kern_tensor *residual, const struct kern_tensor *w,
+                        float eps, const struct kern_tensor *y);
 int kern_rope_check(const struct kern_tensor *x, int n_head, int head_dim, const int32_t *pos,
                     const struct kern_rope_params *p);
 int kern_store_rows_check(const struct kern_tensor *src, const struct kern_tensor *dst, int64_t dst_row0);
@@ -171,9 +171,11 @@ struct kern_backend_ops {
      * separate add would: the bits are those of the sum plus the bias in float. */
     int (*matmul)(struct kern_backend *be, const struct kern_tensor *w, const struct kern_tensor *x,
                   const struct kern_tensor *bias, struct kern_tensor *y);
-    /* y = x / sqrt(mean(x^2) + eps) * w, row by row (y may be x). */
-    int (*rms_norm)(struct kern_backend *be, const struct kern_tensor *x, const struct kern_tensor *w,
-                    float eps, struct kern_tensor *y);
+    /* y = x / sqrt(mean(x^2) + eps) * w, row by row (y may be x). With a residual (NULL or x's shape),
+     * x += residual first, in place, as add would (y may also be the residual): a transformer's
+     * "add the sublayer's output, normalise for the next" in one op. */
+    int (*rms_norm)(struct kern_backend *be, struct kern_tensor *x, const struct kern_tensor *residual,
+                    const struct kern_tensor *w, float eps, struct kern_tensor *y);
     /* In place on x (rows of n_head * head_dim); pos[r] is row r's position (host memory). */
     int (*rope)(struct kern_backend *be, struct kern_tensor *x, int n_head, int head_dim, const int32_t *pos,
                 const struct kern_rope_params *p);

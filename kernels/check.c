@@ -53,11 +53,13 @@ int kern_eltwise_check(const struct kern_tensor *a, const struct kern_tensor *b,
     return SPEC_OK;
 }
 
-int kern_rms_norm_check(const struct kern_tensor *x, const struct kern_tensor *w, float eps,
-                        const struct kern_tensor *y)
+int kern_rms_norm_check(const struct kern_tensor *x, const struct kern_tensor *residual, const struct kern_tensor *w,
+                        float eps, const struct kern_tensor *y)
 {
     if (!is_f32(x) || !is_f32(w) || !is_f32(y) || w->ne0 != x->ne0 || w->ne1 != 1 || !same_shape(x, y) ||
         !(eps >= 0.0f))
+        return SPEC_E_INVALID_ARG;
+    if (residual && (!is_f32(residual) || !same_shape(x, residual)))
         return SPEC_E_INVALID_ARG;
     return SPEC_OK;
 }

@@ -194,10 +194,10 @@ static int prof_step_end(struct kern_backend *be)
     return in_step ? p->inner->ops->step_end(p->inner) : SPEC_OK;
 }
 
-static int prof_rms_norm(struct kern_backend *be, const struct kern_tensor *x, const struct kern_tensor *w,
-                         float eps, struct kern_tensor *y)
+static int prof_rms_norm(struct kern_backend *be, struct kern_tensor *x, const struct kern_tensor *residual,
+                         const struct kern_tensor *w, float eps, struct kern_tensor *y)
 {
-    TIMED(be, "rms_norm", NULL, 0.0, INNER(be)->ops->rms_norm(INNER(be), x, w, eps, y));
+    TIMED(be, "rms_norm", NULL, 0.0, INNER(be)->ops->rms_norm(INNER(be), x, residual, w, eps, y));
 }
 
 static int prof_rope(struct kern_backend *be, struct kern_tensor *x, int n_head, int head_dim, const int32_t *pos,

@@ -595,7 +595,7 @@ static int step_logits(struct model *m, const struct segment *sg, int n_sg)
     struct kern_tensor xo = rows(&m->s.xb, 0, n_out), lg = rows(&m->s.logits, 0, n_out),
                        head = rows(&m->output, 0, m->n_logits);
     SPEC_TRY(op->get_rows(be, &m->s.x, m->s.ids, n_out, &xo));
-    SPEC_TRY(op->rms_norm(be, &xo, &m->output_norm, m->hp.norm_eps, &xo));
+    SPEC_TRY(op->rms_norm(be, &xo, NULL, &m->output_norm, m->hp.norm_eps, &xo));
     return op->matmul(be, &head, &xo, NULL, &lg);
 }
 
@@ -663,11 +663,13 @@ static int step_layers(struct model *m, const struct segment *sg, int n_sg, int 
         }
 
     SPEC_TRY(op->get_rows(be, &m->tok_embd, m->s.ids, n, &x));
+    /* Each residual add is folded into the norm that reads its result: the feed-forward output
+     * (in xb) is added to x by the next layer's attention norm, the last one by a plain add. */
     for (int il = 0; il < hp->n_layer; il++) {
         const struct model_layer *L = &m->layers[il];
 
         /* attention: x += wo . attn(rope(wq . norm(x)), rope(wk . norm(x)), wv . norm(x)) */
-        SPEC_TRY(op->rms_norm(be, &x, &L->attn_norm, hp->norm_eps, &xb));
+        SPEC_TRY(op->rms_norm(be, &x, il > 0 ? &xb : NULL, &L->attn_norm, hp->norm_eps, &xb));
         SPEC_TRY(op->matmul(be, &L->wq, &xb, present(&L->bq), &q));
         SPEC_TRY(op->matmul(be, &L->wk, &xb, present(&L->bk), &k));
         SPEC_TRY(op->matmul(be, &L->wv, &xb, present(&L->bv), &v));
@@ -686,16 +688,15 @@ static int step_layers(struct model *m, const struct segment *sg, int n_sg, int 
             SPEC_TRY(op->attention(be, &qs, &s->k_cache[il], &s->v_cache[il], &ap, &as));
         }
         SPEC_TRY(op->matmul(be, &L->wo, &att, NULL, &xb));
-        SPEC_TRY(op->add(be, &x, &xb, &x));
 
         /* feed-forward: x += w_down . (silu(w_gate . norm(x)) * (w_up . norm(x))) */
-        SPEC_TRY(op->rms_norm(be, &x, &L->ffn_norm, hp->norm_eps, &xb));
+        SPEC_TRY(op->rms_norm(be, &x, &xb, &L->ffn_norm, hp->norm_eps, &xb));
         SPEC_TRY(op->matmul(be, &L->w_gate, &xb, NULL, &gate));
         SPEC_TRY(op->matmul(be, &L->w_up, &xb, NULL, &up));
         SPEC_TRY(op->swiglu(be, &gate, &up, &gate));
         SPEC_TRY(op->matmul(be, &L->w_down, &gate, NULL, &xb));
-        SPEC_TRY(op->add(be, &x, &xb, &x));
     }
+    SPEC_TRY(op->add(be, &x, &xb, &x));
     return step_logits(m, sg, n_sg);
 }
 

@@ -229,12 +229,16 @@ static void rms_rows(void *arg, int ith, int nth)
     }
 }
 
-static int cpu_rms_norm(struct kern_backend *be, const struct kern_tensor *x, const struct kern_tensor *w,
-                        float eps, struct kern_tensor *y)
+static int cpu_rms_norm(struct kern_backend *be, struct kern_tensor *x, const struct kern_tensor *residual,
+                        const struct kern_tensor *w, float eps, struct kern_tensor *y)
 {
-    const int err = kern_rms_norm_check(x, w, eps, y);
+    const int err = kern_rms_norm_check(x, residual, w, eps, y);
     if (err)
         return err;
+    if (residual) {
+        struct eltwise_task add = {.a = x, .b = residual, .out = x, .op = ELT_ADD};
+        cpu_run(cpu_of(be), eltwise_rows, &add, x->ne0 * x->ne1);
+    }
     struct rms_task t = {.x = x, .w = w, .y = y, .eps = eps};
     cpu_run(cpu_of(be), rms_rows, &t, x->ne0 * x->ne1);
     return SPEC_OK;

@@ -404,13 +404,14 @@ static int cuda_add(struct kern_backend *be, const struct kern_tensor *a, const 
                                (int)out->ne1));
 }
 
-static int cuda_rms_norm_op(struct kern_backend *be, const struct kern_tensor *x, const struct kern_tensor *w,
-                            float eps, struct kern_tensor *y)
+static int cuda_rms_norm_op(struct kern_backend *be, struct kern_tensor *x, const struct kern_tensor *residual,
+                            const struct kern_tensor *w, float eps, struct kern_tensor *y)
 {
-    const int err = kern_rms_norm_check(x, w, eps, y);
+    const int err = kern_rms_norm_check(x, residual, w, eps, y);
     if (err)
         return err;
-    return err_of(cuda_rms_norm(cuda_writing(be)->stream, (const float *)x->data, fstride(x),
+    return err_of(cuda_rms_norm(cuda_writing(be)->stream, (float *)x->data, fstride(x),
+                                residual ? (const float *)residual->data : NULL, residual ? fstride(residual) : 0,
                                 (const float *)w->data, eps, (float *)y->data, fstride(y), (int)x->ne0, (int)x->ne1));
 }
 

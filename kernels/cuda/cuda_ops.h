@@ -69,9 +69,10 @@ cudaError_t cuda_matmul(cudaStream_t st, struct cuda_act *act, enum spec_dtype w
 cudaError_t cuda_get_rows(cudaStream_t st, enum spec_dtype type, const void *table, size_t row_bytes, int ne0,
                           const int32_t *ids, int n, float *out, size_t out_stride);
 
-/* y = x / sqrt(mean(x^2) + eps) * w over `rows` rows of ne0 (y may be x). */
-cudaError_t cuda_rms_norm(cudaStream_t st, const float *x, size_t x_stride, const float *w, float eps, float *y,
-                          size_t y_stride, int ne0, int rows);
+/* y = x / sqrt(mean(x^2) + eps) * w over `rows` rows of ne0, after x += res when res is not NULL
+ * (y may be x or res). */
+cudaError_t cuda_rms_norm(cudaStream_t st, float *x, size_t x_stride, const float *res, size_t res_stride,
+                          const float *w, float eps, float *y, size_t y_stride, int ne0, int rows);
 
 /* Rotates the first n_rot dimensions of every head of every row in place; table holds, per row,
  * n_rot floats: (cos, sin) of each rotated pair (computed on the host, as the CPU backend does). */

@@ -154,18 +154,23 @@ static __device__ __forceinline__ void block_sum(double *part, int tid)
     }
 }
 
+/* Thread t owns the elements t, t + RMS_THREADS, ... of a row in both passes, so x and y (which may
+ * be res) are read and written by the one thread that owns an element. */
 __global__ void __launch_bounds__(RMS_THREADS)
-    rms_norm_kernel(const float *x, size_t x_stride, const float *w, float eps, float *y, size_t y_stride, int ne0,
-                    int rows)
+    rms_norm_kernel(float *x, size_t x_stride, const float *res, size_t res_stride, const float *w, float eps,
+                    float *y, size_t y_stride, int ne0, int rows)
 {
     __shared__ double part[RMS_THREADS];
     const int tid = threadIdx.x;
     for (int r = blockIdx.x; r < rows; r += gridDim.x) {
-        const float *xr = x + (size_t)r * x_stride;
+        float *xr = x + (size_t)r * x_stride;
         float *yr = y + (size_t)r * y_stride;
         double s = 0.0;
-        for (int i = tid; i < ne0; i += RMS_THREADS)
+        for (int i = tid; i < ne0; i += RMS_THREADS) {
+            if (res)
+                xr[i] = xr[i] + res[(size_t)r * res_stride + i]; /* the add op's expression */
             s += (double)(xr[i] * xr[i]);
+        }
         part[tid] = s;
         block_sum<RMS_THREADS>(part, tid);
         const float mean = (float)(part[0] / (double)ne0);
@@ -176,11 +181,12 @@ __global__ void __launch_bounds__(RMS_THREADS)
     }
 }
 
-cudaError_t cuda_rms_norm(cudaStream_t st, const float *x, size_t x_stride, const float *w, float eps, float *y,
-                          size_t y_stride, int ne0, int rows)
+cudaError_t cuda_rms_norm(cudaStream_t st, float *x, size_t x_stride, const float *res, size_t res_stride,
+                          const float *w, float eps, float *y, size_t y_stride, int ne0, int rows)
 {
     const unsigned blocks = (unsigned)(rows < 65535 ? rows : 65535);
-    CUDA_LAUNCH(blocks, RMS_THREADS, st, rms_norm_kernel)(x, x_stride, w, eps, y, y_stride, ne0, rows);
+    CUDA_LAUNCH(blocks, RMS_THREADS, st, rms_norm_kernel)(x, x_stride, res, res_stride, w, eps, y, y_stride, ne0,
+                                                          rows);
     return cudaGetLastError();
 }
 

@@ -428,14 +428,43 @@ Test(conformance, rms_norm_matches_the_cpu_also_in_place)
                        xg = upload(gpu, SPEC_F32, ne0, n, xh), wg = upload(gpu, SPEC_F32, ne0, 1, wh),
                        yg = poisoned(gpu, ne0, n);
     cr_assert_eq(cpu->ops->tensor_alloc(cpu, SPEC_F32, ne0, n, &yc), 0);
-    cr_assert_eq(cpu->ops->rms_norm(cpu, &xc, &wc, 1e-6f, &yc), 0);
-    cr_assert_eq(gpu->ops->rms_norm(gpu, &xg, &wg, 1e-6f, &yg), 0);
-    cr_assert_eq(gpu->ops->rms_norm(gpu, &xg, &wg, 1e-6f, &xg), 0);
+    cr_assert_eq(cpu->ops->rms_norm(cpu, &xc, NULL, &wc, 1e-6f, &yc), 0);
+    cr_assert_eq(gpu->ops->rms_norm(gpu, &xg, NULL, &wg, 1e-6f, &yg), 0);
+    cr_assert_eq(gpu->ops->rms_norm(gpu, &xg, NULL, &wg, 1e-6f, &xg), 0);
     float *want = download(cpu, &yc), *got = download(gpu, &yg), *inplace = download(gpu, &xg);
     assert_close_rel(got, want, ne0 * n, 1e-6, "rms_norm");
     assert_bits(inplace, got, (size_t)(ne0 * n) * sizeof(float), "rms_norm in place");
     free(want), free(got), free(inplace), free(xh), free(wh);
     free_t(cpu, &xc), free_t(cpu, &wc), free_t(cpu, &yc), free_t(gpu, &xg), free_t(gpu, &wg), free_t(gpu, &yg);
+}
+
+/* On both backends, a norm with a residual gives the bits of add then norm: x becomes x + residual,
+ * y its norm, also when y is the residual (as the model calls it). */
+Test(conformance, rms_norm_adds_its_residual_first)
+{
+    need_cuda();
+    const int64_t ne0 = 1536, n = 5;
+    float *xh = random_f32(ne0 * n, 3.0f), *rh = random_f32(ne0 * n, 2.0f), *wh = random_f32(ne0, 1.0f);
+    struct kern_backend *both[] = {cpu, gpu};
+    for (int bi = 0; bi < 2; bi++) {
+        struct kern_backend *b = both[bi];
+        struct kern_tensor x1 = upload(b, SPEC_F32, ne0, n, xh), x2 = upload(b, SPEC_F32, ne0, n, xh),
+                           r1 = upload(b, SPEC_F32, ne0, n, rh), r2 = upload(b, SPEC_F32, ne0, n, rh),
+                           w = upload(b, SPEC_F32, ne0, 1, wh), y = poisoned(b, ne0, n),
+                           short_r = upload(b, SPEC_F32, ne0, n - 1, rh);
+        cr_assert_eq(b->ops->add(b, &x1, &r1, &x1), 0);
+        cr_assert_eq(b->ops->rms_norm(b, &x1, NULL, &w, 1e-6f, &y), 0);
+        cr_assert_eq(b->ops->rms_norm(b, &x2, &r2, &w, 1e-6f, &r2), 0);
+        cr_assert_eq(b->ops->rms_norm(b, &x2, &short_r, &w, 1e-6f, &y), SPEC_E_INVALID_ARG);
+        float *want_x = download(b, &x1), *got_x = download(b, &x2), *want_y = download(b, &y),
+              *got_y = download(b, &r2);
+        assert_bits(got_x, want_x, (size_t)(ne0 * n) * sizeof(float), b->ops->name);
+        assert_bits(got_y, want_y, (size_t)(ne0 * n) * sizeof(float), b->ops->name);
+        free(want_x), free(got_x), free(want_y), free(got_y);
+        free_t(b, &x1), free_t(b, &x2), free_t(b, &r1), free_t(b, &r2), free_t(b, &w), free_t(b, &y),
+            free_t(b, &short_r);
+    }
+    free(xh), free(rh), free(wh);
 }
 
 static void check_rope(enum kern_rope_mode mode, int n_rot, float scale, bool factors)

@@ -118,7 +118,7 @@ static void check_rms_norm(int64_t dim, int64_t rows, bool in_place)
         for (int64_t i = 0; i < dim; i++)
             want[r * dim + i] = f32(&x, r)[i] * scale * ((float *)w.data)[i];
     }
-    cr_assert_eq(be->ops->rms_norm(be, &x, &w, eps, &y), 0);
+    cr_assert_eq(be->ops->rms_norm(be, &x, NULL, &w, eps, &y), 0);
     for (int64_t r = 0; r < rows; r++)
         for (int64_t i = 0; i < dim; i++) {
             double d = want[r * dim + i];
@@ -130,6 +130,22 @@ static void check_rms_norm(int64_t dim, int64_t rows, bool in_place)
         be->ops->tensor_free(be, &y);
     be->ops->tensor_free(be, &x);
     be->ops->tensor_free(be, &w);
+}
+
+Test(backend_cpu, rms_norm_adds_its_residual_first)
+{
+    struct kern_tensor x1 = rand_f32(300, 4, 3.0), r = rand_f32(300, 4, 2.0), w = rand_f32(300, 1, 1.0);
+    struct kern_tensor x2 = alloc_t(SPEC_F32, 300, 4), r2 = alloc_t(SPEC_F32, 300, 4), y = alloc_t(SPEC_F32, 300, 4);
+    memcpy(x2.data, x1.data, 300 * 4 * sizeof(float));
+    memcpy(r2.data, r.data, 300 * 4 * sizeof(float));
+    cr_assert_eq(be->ops->add(be, &x1, &r, &x1), 0);
+    cr_assert_eq(be->ops->rms_norm(be, &x1, NULL, &w, 1e-5f, &y), 0);
+    cr_assert_eq(be->ops->rms_norm(be, &x2, &r2, &w, 1e-5f, &r2), 0, "the residual is also the output");
+    cr_assert(memcmp(x2.data, x1.data, 300 * 4 * sizeof(float)) == 0, "x += residual");
+    cr_assert(memcmp(r2.data, y.data, 300 * 4 * sizeof(float)) == 0, "the norm of the sum");
+    struct kern_tensor *all[] = {&x1, &r, &w, &x2, &r2, &y};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        be->ops->tensor_free(be, all[i]);
 }
 
 Test(backend_cpu, rms_norm_matches_double_reference)

@@ -66,8 +66,12 @@ Test(check, store_rows_and_get_rows_report_shape_before_range)
 Test(check, norm_rope_and_matmul_refuse_mismatched_shapes)
 {
     struct kern_tensor x = f32(8, 2), w = f32(8, 1), y = f32(8, 2);
-    cr_assert_eq(kern_rms_norm_check(&x, &w, 1e-6f, &y), SPEC_OK);
-    cr_assert_eq(kern_rms_norm_check(&x, &w, -1.0f, &y), SPEC_E_INVALID_ARG, "negative eps");
+    struct kern_tensor res_short = f32(8, 1), res_f16 = f16(8, 2);
+    cr_assert_eq(kern_rms_norm_check(&x, NULL, &w, 1e-6f, &y), SPEC_OK);
+    cr_assert_eq(kern_rms_norm_check(&x, NULL, &w, -1.0f, &y), SPEC_E_INVALID_ARG, "negative eps");
+    cr_assert_eq(kern_rms_norm_check(&x, &y, &w, 1e-6f, &y), SPEC_OK, "a residual that is also the output");
+    cr_assert_eq(kern_rms_norm_check(&x, &res_short, &w, 1e-6f, &y), SPEC_E_INVALID_ARG, "a residual of 1 row");
+    cr_assert_eq(kern_rms_norm_check(&x, &res_f16, &w, 1e-6f, &y), SPEC_E_INVALID_ARG, "an F16 residual");
 
     const int32_t pos[2] = {0, 1};
     struct kern_rope_params rp = {.mode = KERN_ROPE_NEOX, .n_rot = 4, .freq_base = 10000.0f, .freq_scale = 1.0f};
