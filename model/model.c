@@ -599,23 +599,21 @@ static int step_logits(struct model *m, const struct segment *sg, int n_sg)
     return op->matmul(be, &head, &xo, NULL, &lg);
 }
 
-/* The step's outputs to the items: logits copied to those that want them, and one argmax call over
- * all output rows for those that want greedy choices. */
-static int step_deliver(struct model *m, const struct segment *sg, int n_sg)
+/* The step's n_out outputs to the items: logits copied to those that want them, and one argmax call
+ * over all output rows for those that want greedy choices. */
+static int step_deliver(struct model *m, const struct segment *sg, int n_sg, int n_out)
 {
     struct kern_backend *be = m->be;
     const size_t nv = (size_t)m->hp.n_vocab;
-    bool pick = false, pick_prob = false;
-    int n_out = 0;
-    for (int i = 0; i < n_sg; i++) {
-        int first;
-        const int k = output_rows(&sg[i], &first);
-        n_out += k;
-        pick |= k > 0 && sg[i].it->argmax;
-        pick_prob |= k > 0 && sg[i].it->argmax && sg[i].it->argmax_prob;
-    }
     if (n_out == 0)
         return SPEC_OK;
+    bool pick = false, pick_prob = false;
+    for (int i = 0; i < n_sg; i++) {
+        int first;
+        const bool has = output_rows(&sg[i], &first) > 0;
+        pick |= has && sg[i].it->argmax;
+        pick_prob |= has && sg[i].it->argmax && sg[i].it->argmax_prob;
+    }
     struct kern_tensor lg = rows(&m->s.logits, 0, n_out);
     if (pick)
         SPEC_TRY(be->ops->argmax(be, &lg, m->s.pick, pick_prob ? m->s.pick_prob : NULL));
@@ -720,7 +718,7 @@ static int forward_step(struct model *m, const struct segment *sg, int n_sg, int
     const int ended = op->step_end ? op->step_end(be) : SPEC_OK;
     if (err || (err = ended))
         return err;
-    return step_deliver(m, sg, n_sg);
+    return step_deliver(m, sg, n_sg, n_out);
 }
 
 static int check_batch(const struct model *m, const struct model_batch_item *items, int n_items)

@@ -176,7 +176,8 @@ static int cuda_step_begin(struct kern_backend *be, uint64_t shape)
     struct cuda_backend *cb = cuda_of(be);
     if (!cb->graphs || cb->capturing)
         return SPEC_OK;
-    if (!graph_of(cb, shape)) { /* a new shape: this step runs op by op and sizes the buffers */
+    struct cuda_graph *entry = graph_of(cb, shape);
+    if (!entry) { /* a new shape: this step runs op by op and sizes the buffers */
         struct cuda_graph *victim = &cb->graph[0];
         for (int i = 1; i < CUDA_GRAPHS; i++)
             if (!cb->graph[i].set || (victim->set && cb->graph[i].used < victim->used))
@@ -186,7 +187,7 @@ static int cuda_step_begin(struct kern_backend *be, uint64_t shape)
         *victim = cuda_graph{shape, NULL, ++cb->clock, true};
         return SPEC_OK;
     }
-    graph_of(cb, shape)->used = ++cb->clock;
+    entry->used = ++cb->clock;
     /* the last graph may still be reading the stage */
     int err = err_of(cudaStreamSynchronize(cb->stream));
     if (err)
