@@ -121,6 +121,51 @@ struct kern_attn_params {
     float scale; /* usually 1/sqrt(head_dim) */
 };
 
+/* Sampler settings, as verify/verify.h's verify_params (without the seed: random draws are made by the
+ * caller and passed in as uniforms). */
+struct kern_sampler {
+    float temperature;       /* 0: one-hot on the argmax (lowest id on ties) */
+    int32_t top_k;           /* <= 0: off */
+    float top_p;             /* >= 1: off */
+    float min_p;             /* <= 0: off */
+    float repeat_penalty;    /* 1: off */
+    float frequency_penalty; /* 0: off */
+    float presence_penalty;  /* 0: off */
+};
+
+/* One row for sample_process: logits row `row` becomes the processed distribution in row `out_row` of
+ * `out` (F32, as wide as the logits). `recent` (host memory) is the penalty window. */
+struct kern_sample_row {
+    const struct kern_sampler *s;
+    int64_t row;
+    struct kern_tensor *out;
+    int64_t out_row;
+    const int32_t *recent;
+    int n_recent;
+};
+
+/* One round of rejection sampling for sample_choose, on processed rows that stay on the backend: the
+ * n_draft draft tokens against target rows p (n_draft + 1 rows from p_row) and draft rows q (n_draft
+ * rows from q_row; q NULL: one-hot on each draft token, as prompt lookup proposes). Draft token i is
+ * accepted when u_accept[i] < min(1, p(x)/q(x)); at the first rejection the token is drawn from
+ * normalise(max(0, p - q)) of that position with u_sample[i], and when all are accepted from the last p
+ * row with u_sample[n_draft]. n_draft = 0 draws one token from p's row: how a draft samples its own q. */
+struct kern_choose {
+    const struct kern_tensor *p;
+    int64_t p_row;
+    const struct kern_tensor *q;
+    int64_t q_row;
+    const int32_t *draft;    /* host memory */
+    int n_draft;
+    const double *u_accept;  /* n_draft uniforms in [0, 1), host memory */
+    const double *u_sample;  /* n_draft + 1 uniforms in [0, 1), host memory */
+    /* results */
+    int n_accepted; /* the round's tokens are draft[0 .. n_accepted) then token */
+    int32_t token;
+    float prob;     /* token's probability in p row n_accepted */
+    int err;        /* SPEC_E_NUMERIC when the row drawn from has no mass, else SPEC_OK */
+};
+
 /* Argument checks every backend runs before an op (kernels/check.c), so that all backends refuse the
  * same calls with the same codes: SPEC_E_INVALID_ARG (missing tensor, mismatched shapes, an
  * activation that is not F32 with at most INT32_MAX rows and columns), then SPEC_E_UNSUPPORTED (a
@@ -143,6 +188,16 @@ int kern_attention_check(const struct kern_tensor *q, const struct kern_tensor *
                          const struct kern_tensor *v_cache, const struct kern_attn_params *p,
                          const struct kern_tensor *out);
 int kern_argmax_check(const struct kern_tensor *x, const int32_t *ids);
+/* SPEC_E_RANGE for a setting out of range or NaN (verify_params_check's rules). */
+int kern_sampler_check(const struct kern_sampler *s);
+/* Rows: logits F32 and each out F32 of the logits' width (SPEC_E_INVALID_ARG, as a missing sampler or
+ * window, or n < 0), then the sampler (kern_sampler_check), then rows inside their tensors (SPEC_E_RANGE).
+ * Window tokens outside the vocabulary are ignored, as verify_process ignores them. */
+int kern_sample_process_check(const struct kern_tensor *logits, const struct kern_sample_row *rows, int n);
+/* Jobs: p F32 (one width for all), q NULL or F32 of p's width, uniforms and drafts present, n_draft >= 0
+ * (SPEC_E_INVALID_ARG),
+ * then rows inside p and q and draft ids inside the vocabulary (SPEC_E_RANGE). */
+int kern_sample_choose_check(const struct kern_choose *jobs, int n);
 
 struct kern_backend;
 
@@ -198,6 +253,17 @@ struct kern_backend_ops {
      * 1 / sum_j exp(x_j - x_best) over the non-NaN x_j, summed in double (1 when x_best is +inf, 0
      * when ids[r] is -1). ids and probs are host arrays of x->ne1 entries. */
     int (*argmax)(struct kern_backend *be, const struct kern_tensor *x, int32_t *ids, float *probs);
+
+    /* Optional (NULL: the caller samples on the host with verify/, as with the CPU backend, where the
+     * logits are host memory already): sampling without moving rows of logits to the host.
+     * sample_process writes each row's processed distribution as verify_process does (penalties over the
+     * window, then top-k, top-p and min-p on the softmax of the penalised logits, then temperature;
+     * all zeros when no logit is finite); sample_choose runs each job's round as verify_round_sampled does
+     * and fills its results; only those cross to the host. The CUDA backend's error bounds against
+     * verify/ are stated in tests/kernels/test_backend_conformance.c. */
+    int (*sample_process)(struct kern_backend *be, const struct kern_tensor *logits,
+                          const struct kern_sample_row *rows, int n);
+    int (*sample_choose)(struct kern_backend *be, struct kern_choose *jobs, int n);
 
     /* Optional, for profiling (NULL where every op has finished when it returns, as on the CPU):
      * mark records a point on the device's timeline after everything enqueued so far and names it

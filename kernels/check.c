@@ -2,6 +2,7 @@
  * with the same codes: SPEC_E_INVALID_ARG for a missing tensor or mismatched shapes, SPEC_E_UNSUPPORTED
  * for a type the op cannot take, SPEC_E_RANGE for rows or ids outside a tensor, in that order. A
  * backend adds its own limits after these. */
+#include <math.h>
 #include <stdint.h>
 
 #include "common/err.h"
@@ -104,5 +105,66 @@ int kern_argmax_check(const struct kern_tensor *x, const int32_t *ids)
 {
     if (!is_f32(x) || !ids)
         return SPEC_E_INVALID_ARG;
+    return SPEC_OK;
+}
+
+int kern_sampler_check(const struct kern_sampler *s)
+{
+    if (!s)
+        return SPEC_E_INVALID_ARG;
+    if (!(s->temperature >= 0.0f) || !isfinite(s->temperature))
+        return SPEC_E_RANGE;
+    if (!(s->top_p > 0.0f && s->top_p <= 1.0f))
+        return SPEC_E_RANGE;
+    if (!(s->min_p >= 0.0f && s->min_p <= 1.0f))
+        return SPEC_E_RANGE;
+    if (!(s->repeat_penalty > 0.0f) || !isfinite(s->repeat_penalty))
+        return SPEC_E_RANGE;
+    if (!isfinite(s->frequency_penalty) || !isfinite(s->presence_penalty))
+        return SPEC_E_RANGE;
+    return SPEC_OK;
+}
+
+int kern_sample_process_check(const struct kern_tensor *logits, const struct kern_sample_row *rows, int n)
+{
+    if (!is_f32(logits) || n < 0 || (n > 0 && !rows))
+        return SPEC_E_INVALID_ARG;
+    for (int i = 0; i < n; i++) {
+        const struct kern_sample_row *r = &rows[i];
+        if (!r->s || !is_f32(r->out) || r->out->ne0 != logits->ne0 || r->n_recent < 0 ||
+            (r->n_recent > 0 && !r->recent))
+            return SPEC_E_INVALID_ARG;
+    }
+    for (int i = 0; i < n; i++) {
+        const int err = kern_sampler_check(rows[i].s);
+        if (err)
+            return err;
+    }
+    for (int i = 0; i < n; i++)
+        if (kern_rows_check(logits, rows[i].row, 1) || kern_rows_check(rows[i].out, rows[i].out_row, 1))
+            return SPEC_E_RANGE;
+    return SPEC_OK;
+}
+
+int kern_sample_choose_check(const struct kern_choose *jobs, int n)
+{
+    if (n < 0 || (n > 0 && !jobs))
+        return SPEC_E_INVALID_ARG;
+    for (int i = 0; i < n; i++) {
+        const struct kern_choose *j = &jobs[i];
+        if (!is_f32(j->p) || j->n_draft < 0 || !j->u_sample ||
+            (j->n_draft > 0 && (!j->draft || !j->u_accept)) || (j->q && (!is_f32(j->q) || j->q->ne0 != j->p->ne0)) ||
+            j->p->ne0 != jobs[0].p->ne0)
+            return SPEC_E_INVALID_ARG;
+    }
+    for (int i = 0; i < n; i++) {
+        const struct kern_choose *j = &jobs[i];
+        if (kern_rows_check(j->p, j->p_row, (int64_t)j->n_draft + 1) ||
+            (j->q && kern_rows_check(j->q, j->q_row, j->n_draft)))
+            return SPEC_E_RANGE;
+        for (int k = 0; k < j->n_draft; k++)
+            if (j->draft[k] < 0 || j->draft[k] >= j->p->ne0)
+                return SPEC_E_RANGE;
+    }
     return SPEC_OK;
 }

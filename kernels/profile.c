@@ -240,6 +240,17 @@ static int prof_argmax(struct kern_backend *be, const struct kern_tensor *x, int
     TIMED(be, "argmax", NULL, 0.0, INNER(be)->ops->argmax(INNER(be), x, ids, probs));
 }
 
+static int prof_sample_process(struct kern_backend *be, const struct kern_tensor *logits,
+                               const struct kern_sample_row *rows, int n)
+{
+    TIMED(be, "sample_process", NULL, 0.0, INNER(be)->ops->sample_process(INNER(be), logits, rows, n));
+}
+
+static int prof_sample_choose(struct kern_backend *be, struct kern_choose *jobs, int n)
+{
+    TIMED(be, "sample_choose", NULL, 0.0, INNER(be)->ops->sample_choose(INNER(be), jobs, n));
+}
+
 static const struct kern_backend_ops prof_ops = {
     .name = NULL, /* the inner backend's */
     .destroy = prof_destroy,
@@ -269,6 +280,8 @@ int kern_profile_wrap(struct kern_backend *inner, struct kern_backend **out)
     p->inner = inner;
     p->ops = prof_ops;
     p->ops.name = inner->ops->name;
+    p->ops.sample_process = inner->ops->sample_process ? prof_sample_process : NULL;
+    p->ops.sample_choose = inner->ops->sample_choose ? prof_sample_choose : NULL;
     p->base.ops = &p->ops;
     *out = &p->base;
     return SPEC_OK;

@@ -27,21 +27,23 @@ struct verify_params verify_params_default(void)
     };
 }
 
+struct kern_sampler verify_sampler(const struct verify_params *p)
+{
+    return (struct kern_sampler){.temperature = p->temperature,
+                                 .top_k = p->top_k,
+                                 .top_p = p->top_p,
+                                 .min_p = p->min_p,
+                                 .repeat_penalty = p->repeat_penalty,
+                                 .frequency_penalty = p->frequency_penalty,
+                                 .presence_penalty = p->presence_penalty};
+}
+
 int verify_params_check(const struct verify_params *p)
 {
     if (!p)
         return SPEC_E_INVALID_ARG;
-    if (!(p->temperature >= 0.0f) || !isfinite(p->temperature))
-        return SPEC_E_RANGE;
-    if (!(p->top_p > 0.0f && p->top_p <= 1.0f))
-        return SPEC_E_RANGE;
-    if (!(p->min_p >= 0.0f && p->min_p <= 1.0f))
-        return SPEC_E_RANGE;
-    if (!(p->repeat_penalty > 0.0f) || !isfinite(p->repeat_penalty))
-        return SPEC_E_RANGE;
-    if (!isfinite(p->frequency_penalty) || !isfinite(p->presence_penalty))
-        return SPEC_E_RANGE;
-    return SPEC_OK;
+    const struct kern_sampler s = verify_sampler(p);
+    return kern_sampler_check(&s);
 }
 
 int verify_scratch_new(int32_t n_vocab, struct verify_scratch **out)

@@ -15,6 +15,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels/backend.h"
+
 struct verify_params {
     float temperature;       /* 0 = greedy (argmax, lowest id on ties) */
     int32_t top_k;           /* <= 0: off */
@@ -30,6 +32,8 @@ struct verify_params {
 struct verify_params verify_params_default(void);
 /* SPEC_E_RANGE when a field is out of range or NaN. */
 int verify_params_check(const struct verify_params *p);
+/* The settings as the backend's sampling ops take them (kern_sampler). */
+struct kern_sampler verify_sampler(const struct verify_params *p);
 /* Greedy without penalties: every choice is the argmax of the raw logits, which the backend can make
  * itself (model_batch_item.argmax) so that no row of logits reaches the host. */
 bool verify_params_raw_greedy(const struct verify_params *p);

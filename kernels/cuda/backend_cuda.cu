@@ -49,6 +49,9 @@ struct cuda_backend {
     struct cuda_buf ids;  /* get_rows: token ids */
     struct cuda_buf rope; /* rope: the (cos, sin) table of the positions below */
     struct cuda_buf pick; /* argmax: each row's id, then its probability */
+    struct cuda_buf sample; /* sampling: the descriptors, tokens and uniforms of a call, then its results */
+    uint8_t *sample_host;   /* their host copy */
+    size_t sample_host_cap;
     /* The positions and parameters the device table was made for: every layer's q and k of one
      * forward step rotate by the same positions, so the table is computed and uploaded once. */
     int32_t *rope_pos;
@@ -549,6 +552,118 @@ static int cuda_argmax_op(struct kern_backend *be, const struct kern_tensor *x, 
 }
 
 /* ---------------------------------------------------------------------------------------------- */
+/* Sampling: rows of logits become distributions on the device; only a round's tokens come back    */
+
+static size_t align16(size_t n)
+{
+    return (n + 15) & ~(size_t)15;
+}
+
+/* The host staging area for a call's arguments, at least `bytes` long. */
+static uint8_t *sample_staging(struct cuda_backend *cb, size_t bytes)
+{
+    if (bytes > cb->sample_host_cap) {
+        uint8_t *h = (uint8_t *)realloc(cb->sample_host, bytes);
+        if (!h)
+            return NULL;
+        cb->sample_host = h;
+        cb->sample_host_cap = bytes;
+    }
+    return cb->sample_host;
+}
+
+static int cuda_sample_process_op(struct kern_backend *be, const struct kern_tensor *logits,
+                                  const struct kern_sample_row *rows, int n)
+{
+    int err = kern_sample_process_check(logits, rows, n);
+    if (err || n == 0)
+        return err;
+    struct cuda_backend *cb = cuda_writing(be);
+    size_t n_recent = 0;
+    for (int i = 0; i < n; i++)
+        n_recent += (size_t)rows[i].n_recent;
+    if (n_recent > INT32_MAX)
+        return SPEC_E_RANGE;
+    const size_t desc_bytes = align16((size_t)n * sizeof(struct cuda_sample_row));
+    const size_t bytes = desc_bytes + n_recent * sizeof(int32_t);
+    uint8_t *h = sample_staging(cb, bytes);
+    if (!h)
+        return SPEC_E_NOMEM;
+    struct cuda_sample_row *d = (struct cuda_sample_row *)h;
+    int32_t *recent = (int32_t *)(h + desc_bytes);
+    int off = 0;
+    for (int i = 0; i < n; i++) {
+        const struct kern_sample_row *r = &rows[i];
+        d[i] = cuda_sample_row{(const float *)row_ptr(logits, r->row), (float *)row_ptr(r->out, r->out_row), *r->s, off,
+                               r->n_recent};
+        if (r->n_recent > 0)
+            memcpy(recent + off, r->recent, (size_t)r->n_recent * sizeof(int32_t));
+        off += r->n_recent;
+    }
+    if ((err = err_of(cuda_buf_reserve(cb->stream, &cb->sample, bytes))) ||
+        (err = upload(cb, cb->sample.p, h, bytes)))
+        return err;
+    const uint8_t *dev = (const uint8_t *)cb->sample.p;
+    return err_of(cuda_sample_process(cb->stream, (const struct cuda_sample_row *)dev, n,
+                                      (const int32_t *)(dev + desc_bytes), (int)logits->ne0));
+}
+
+static int cuda_sample_choose_op(struct kern_backend *be, struct kern_choose *jobs, int n)
+{
+    int err = kern_sample_choose_check(jobs, n);
+    if (err || n == 0 || (err = settle(cuda_of(be))))
+        return err;
+    struct cuda_backend *cb = cuda_writing(be);
+    size_t n_draft = 0;
+    for (int i = 0; i < n; i++)
+        n_draft += (size_t)jobs[i].n_draft;
+    if (n_draft + (size_t)n > INT32_MAX)
+        return SPEC_E_RANGE;
+    const size_t job_bytes = align16((size_t)n * sizeof(struct cuda_choose_job)),
+                 draft_bytes = align16(n_draft * sizeof(int32_t)), acc_bytes = n_draft * sizeof(double),
+                 smp_bytes = (n_draft + (size_t)n) * sizeof(double), in_bytes = align16(job_bytes + draft_bytes + acc_bytes + smp_bytes),
+                 bytes = in_bytes + (size_t)n * sizeof(struct cuda_choice);
+    uint8_t *h = sample_staging(cb, bytes);
+    if (!h)
+        return SPEC_E_NOMEM;
+    struct cuda_choose_job *d = (struct cuda_choose_job *)h;
+    int32_t *drafts = (int32_t *)(h + job_bytes);
+    double *u_acc = (double *)(h + job_bytes + draft_bytes), *u_smp = u_acc + n_draft;
+    int doff = 0, soff = 0;
+    for (int i = 0; i < n; i++) {
+        const struct kern_choose *j = &jobs[i];
+        d[i] = cuda_choose_job{(const float *)row_ptr(j->p, j->p_row), fstride(j->p),
+                               j->q ? (const float *)row_ptr(j->q, j->q_row) : NULL, j->q ? fstride(j->q) : 0,
+                               j->n_draft, doff, soff};
+        if (j->n_draft > 0) {
+            memcpy(drafts + doff, j->draft, (size_t)j->n_draft * sizeof(int32_t));
+            memcpy(u_acc + doff, j->u_accept, (size_t)j->n_draft * sizeof(double));
+        }
+        memcpy(u_smp + soff, j->u_sample, (size_t)(j->n_draft + 1) * sizeof(double));
+        doff += j->n_draft;
+        soff += j->n_draft + 1;
+    }
+    if ((err = err_of(cuda_buf_reserve(cb->stream, &cb->sample, bytes))) || (err = upload(cb, cb->sample.p, h, in_bytes)))
+        return err;
+    uint8_t *dev = (uint8_t *)cb->sample.p;
+    struct cuda_choice *res = (struct cuda_choice *)(h + in_bytes);
+    if ((err = err_of(cuda_sample_choose(cb->stream, (const struct cuda_choose_job *)dev, n,
+                                         (const int32_t *)(dev + job_bytes), (const double *)(dev + job_bytes + draft_bytes),
+                                         (const double *)(dev + job_bytes + draft_bytes) + n_draft,
+                                         (int)jobs[0].p->ne0, (struct cuda_choice *)(dev + in_bytes)))) ||
+        (err = err_of(cudaMemcpyAsync(res, dev + in_bytes, (size_t)n * sizeof *res, cudaMemcpyDeviceToHost, cb->stream))) ||
+        (err = err_of(cudaStreamSynchronize(cb->stream))))
+        return err;
+    for (int i = 0; i < n; i++) {
+        jobs[i].n_accepted = res[i].n_accepted;
+        jobs[i].token = res[i].token;
+        jobs[i].prob = res[i].prob;
+        jobs[i].err = res[i].err;
+    }
+    return SPEC_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
 /* Profiling marks                                                                                */
 
 static int cuda_mark(struct kern_backend *be, int *id)
@@ -609,6 +724,8 @@ static void cuda_destroy(struct kern_backend *be)
     cuda_buf_release(&cb->ids);
     cuda_buf_release(&cb->rope);
     cuda_buf_release(&cb->pick);
+    cuda_buf_release(&cb->sample);
+    free(cb->sample_host);
     for (int i = 0; i < cb->n_events; i++)
         cudaEventDestroy(cb->events[i]);
     free(cb->events);
@@ -636,6 +753,8 @@ static const struct kern_backend_ops cuda_ops = {
     .swiglu = cuda_swiglu,
     .add = cuda_add,
     .argmax = cuda_argmax_op,
+    .sample_process = cuda_sample_process_op,
+    .sample_choose = cuda_sample_choose_op,
     .mark = cuda_mark,
     .mark_elapsed = cuda_mark_elapsed,
     .marks_reset = cuda_marks_reset,

@@ -107,6 +107,40 @@ cudaError_t cuda_attention(cudaStream_t st, struct cuda_buf *part, const float *
 cudaError_t cuda_argmax(cudaStream_t st, const float *x, size_t x_stride, int ne0, int rows, int32_t *ids,
                         float *probs);
 
+/* Sampling (sample.cu). A row to process: logits `in` into the distribution `out`, with the penalty
+ * window recent[recent_off .. recent_off + n_recent) of the launch's token array. */
+struct cuda_sample_row {
+    const float *in;
+    float *out;
+    struct kern_sampler s;
+    int recent_off, n_recent;
+};
+
+/* A round of rejection sampling: p rows (n_draft + 1), q rows (n_draft; NULL: one-hot on the drafts),
+ * the drafts and accept uniforms at draft_off, the sample uniforms at sample_off of the launch's arrays. */
+struct cuda_choose_job {
+    const float *p;
+    size_t p_stride;
+    const float *q;
+    size_t q_stride;
+    int n_draft, draft_off, sample_off;
+};
+
+/* What a round gives back (kern_choose's results). */
+struct cuda_choice {
+    int n_accepted;
+    int32_t token;
+    float prob;
+    int err;
+};
+
+/* kern_backend.h's sample_process over n rows of n_vocab (descriptors and tokens in device memory). */
+cudaError_t cuda_sample_process(cudaStream_t st, const struct cuda_sample_row *rows, int n, const int32_t *recent,
+                                int n_vocab);
+/* kern_backend.h's sample_choose over n jobs into out (device memory). */
+cudaError_t cuda_sample_choose(cudaStream_t st, const struct cuda_choose_job *jobs, int n, const int32_t *drafts,
+                               const double *u_accept, const double *u_sample, int n_vocab, struct cuda_choice *out);
+
 /* cudaSuccess when this device can run the kernels (an image for its architecture is present). */
 cudaError_t cuda_kernels_usable(void);
 
@@ -123,6 +157,19 @@ static __device__ __forceinline__ float warp_sum(float v)
     for (int off = CUDA_WARP / 2; off > 0; off >>= 1)
         v += __shfl_xor_sync(CUDA_FULL_MASK, v, off);
     return v;
+}
+
+/* part[0] = the sum of part[0 .. N) by a fixed tree. Every thread of the block (N threads) calls it
+ * after writing its own part[tid]; all may read part[0] afterwards. */
+template <int N>
+static __device__ __forceinline__ void block_sum(double *part, int tid)
+{
+    __syncthreads();
+    for (int half = N / 2; half > 0; half >>= 1) {
+        if (tid < half)
+            part[tid] += part[tid + half];
+        __syncthreads();
+    }
 }
 
 /* An fp16 value at a 2-byte aligned address, exactly as a float. */

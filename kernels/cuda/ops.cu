@@ -141,19 +141,6 @@ cudaError_t cuda_get_rows(cudaStream_t st, enum spec_dtype type, const void *tab
 
 #define RMS_THREADS 256
 
-/* part[0] = the sum of part[0 .. N) by a fixed tree. Every thread of the block (N threads) calls it
- * after writing its own part[tid]; all may read part[0] afterwards. */
-template <int N>
-static __device__ __forceinline__ void block_sum(double *part, int tid)
-{
-    __syncthreads();
-    for (int half = N / 2; half > 0; half >>= 1) {
-        if (tid < half)
-            part[tid] += part[tid + half];
-        __syncthreads();
-    }
-}
-
 /* Thread t owns the elements t, t + RMS_THREADS, ... of a row in both passes, so x and y (which may
  * be res) are read and written by the one thread that owns an element. */
 __global__ void __launch_bounds__(RMS_THREADS)

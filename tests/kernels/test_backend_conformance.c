@@ -419,6 +419,187 @@ Test(conformance, argmax_picks_the_cpus_ids_with_its_probabilities)
     free_t(cpu, &xc), free_t(gpu, &xg);
 }
 
+/* ---------------------------------------------------------------------------------------------- */
+/* Sampling on the device against verify/ on the host                                             */
+
+/* A row of logits of one of several kinds: normal of a given spread, coarse (many ties), or with NaN
+ * and -inf entries. */
+static void sample_logits(float *l, int64_t n, int kind)
+{
+    const float spread[] = {0.05f, 1.0f, 3.0f, 8.0f};
+    kt_fill_normal(&rng, l, n, spread[kind % 4]);
+    if (kind % 3 == 1) /* ties: values on a grid of 0.25 */
+        for (int64_t i = 0; i < n; i++)
+            l[i] = roundf(l[i] * 4.0f) / 4.0f;
+    if (kind % 5 == 2)
+        for (int64_t i = 0; i < n; i += 7)
+            l[i] = i % 2 ? NAN : -INFINITY;
+}
+
+/* Same support as verify_process, each probability within 1e-6 of it. */
+static void check_process(int64_t n_vocab)
+{
+    const struct kern_sampler settings[] = {
+        {.temperature = 0.8f, .top_p = 1.0f, .repeat_penalty = 1.0f},
+        {.temperature = 0.7f, .top_k = 40, .top_p = 1.0f, .repeat_penalty = 1.0f},
+        {.temperature = 1.0f, .top_p = 0.9f, .repeat_penalty = 1.0f},
+        {.temperature = 1.0f, .top_p = 0.995f, .repeat_penalty = 1.0f},
+        {.temperature = 1.2f, .top_k = 3000, .top_p = 1.0f, .repeat_penalty = 1.0f},
+        {.temperature = 0.9f, .top_p = 1.0f, .min_p = 0.05f, .repeat_penalty = 1.0f},
+        {.temperature = 1.3f, .top_k = 50, .top_p = 0.8f, .min_p = 0.02f, .repeat_penalty = 1.0f},
+        {.temperature = 0.6f, .top_p = 0.95f, .repeat_penalty = 1.3f, .frequency_penalty = 0.2f, .presence_penalty = 0.4f},
+        {.temperature = 0.0f, .top_p = 1.0f, .repeat_penalty = 1.5f, .presence_penalty = 2.0f},
+        {.temperature = 0.0f, .top_p = 1.0f, .repeat_penalty = 1.0f},
+    };
+    const int n_set = (int)(sizeof settings / sizeof settings[0]), n_kind = 8, n = n_set * n_kind + 1;
+    float *lh = malloc((size_t)(n * n_vocab) * sizeof(float));
+    for (int r = 0; r < n - 1; r++)
+        sample_logits(lh + (size_t)r * n_vocab, n_vocab, r % n_kind);
+    for (int64_t i = 0; i < n_vocab; i++) /* nothing finite: no mass */
+        lh[(size_t)(n - 1) * n_vocab + i] = i % 2 ? NAN : -INFINITY;
+    int32_t window[40];
+    for (int i = 0; i < 40; i++)
+        window[i] = i < 2 ? (i ? -1 : (int32_t)n_vocab + 5) : (int32_t)(kt_next(&rng) % 24) * 3;
+
+    struct kern_tensor lg = upload(gpu, SPEC_F32, n_vocab, n, lh);
+    struct kern_tensor out_a = poisoned(gpu, n_vocab, n - n / 2), out_b = poisoned(gpu, n_vocab, n / 2);
+    struct kern_sample_row *rows = calloc((size_t)n, sizeof *rows);
+    for (int r = 0; r < n; r++) /* reversed, alternating between two tensors */
+        rows[r] = (struct kern_sample_row){.s = &settings[r % n_set], .row = r, .out = r % 2 ? &out_b : &out_a,
+                                           .out_row = r / 2, .recent = window, .n_recent = r % 3 ? 40 : 0};
+    cr_assert_eq(gpu->ops->sample_process(gpu, &lg, rows, n), 0);
+    float *pa = download(gpu, &out_a), *pb = download(gpu, &out_b);
+
+    struct verify_scratch *vs;
+    cr_assert_eq(verify_scratch_new((int32_t)n_vocab, &vs), 0);
+    float *want = malloc((size_t)n_vocab * sizeof(float));
+    for (int r = 0; r < n; r++) {
+        const struct kern_sampler *k = &settings[r % n_set];
+        const struct verify_params vp = {.temperature = k->temperature, .top_k = k->top_k, .top_p = k->top_p,
+                                         .min_p = k->min_p, .repeat_penalty = k->repeat_penalty,
+                                         .frequency_penalty = k->frequency_penalty,
+                                         .presence_penalty = k->presence_penalty};
+        const int rc = verify_process(&vp, lh + (size_t)r * n_vocab, (int32_t)n_vocab, window,
+                                      (size_t)rows[r].n_recent, vs, want);
+        const float *got = (r % 2 ? pb : pa) + (size_t)(r / 2) * n_vocab;
+        int kept = 0;
+        for (int64_t i = 0; i < n_vocab; i++) {
+            const float w = rc ? 0.0f : want[i];
+            cr_assert((got[i] > 0.0f) == (w > 0.0f) && fabs((double)got[i] - w) <= 1e-6 * w,
+                      "row %d (setting %d, kind %d), token %lld: %.9g, verify_process %.9g", r, r % n_set,
+                      r % n_kind, (long long)i, got[i], w);
+            kept += w > 0.0f;
+        }
+        if (r == n - 1)
+            cr_assert_eq(rc, SPEC_E_NUMERIC);
+        else
+            cr_assert(kept >= 1);
+    }
+    free(want);
+    verify_scratch_free(vs);
+    free(rows), free(pa), free(pb), free(lh);
+    free_t(gpu, &lg), free_t(gpu, &out_a), free_t(gpu, &out_b);
+}
+
+Test(conformance, sample_process_gives_verify_process_distributions)
+{
+    need_cuda();
+    check_process(300);
+    check_process(9000); /* more candidates than the shared-memory sort takes: the search narrows first */
+}
+
+/* Processed rows of correlated logits (the draft's a noisy copy of the target's). */
+static void processed_rows(float *rows, int n, int64_t n_vocab, const float *base, float noise)
+{
+    struct verify_scratch *vs;
+    cr_assert_eq(verify_scratch_new((int32_t)n_vocab, &vs), 0);
+    float *l = malloc((size_t)n_vocab * sizeof(float));
+    struct verify_params vp = verify_params_default();
+    vp.temperature = 1.0f;
+    vp.top_k = 60;
+    for (int r = 0; r < n; r++) {
+        for (int64_t i = 0; i < n_vocab; i++)
+            l[i] = base[(size_t)r * n_vocab + i] + noise * kt_normal(&rng);
+        cr_assert_eq(verify_process(&vp, l, (int32_t)n_vocab, NULL, 0, vs, rows + (size_t)r * n_vocab), 0);
+    }
+    free(l);
+    verify_scratch_free(vs);
+}
+
+Test(conformance, sample_choose_runs_verify_round_sampled)
+{
+    need_cuda();
+    const int64_t n_vocab = 700;
+    const int n_jobs = 48, gamma = 6;
+    const int rows = n_jobs * (gamma + 1);
+    float *base = random_f32(rows * n_vocab, 2.0f);
+    float *ph = malloc((size_t)(rows * n_vocab) * sizeof(float)), *qh = malloc((size_t)(rows * n_vocab) * sizeof(float));
+    processed_rows(ph, rows, n_vocab, base, 0.0f);
+    processed_rows(qh, rows, n_vocab, base, 0.7f);
+    for (int64_t i = 0; i < n_vocab; i++) /* job 3 draws from a row without mass */
+        ph[(size_t)(3 * (gamma + 1)) * n_vocab + i] = 0.0f;
+    struct kern_tensor pg = upload(gpu, SPEC_F32, n_vocab, rows, ph), qg = upload(gpu, SPEC_F32, n_vocab, rows, qh);
+
+    struct kern_choose jobs[48];
+    int32_t drafts[48][6];
+    double u_acc[48][6], u_smp[48][7];
+    float *onehot = calloc((size_t)(gamma * n_vocab), sizeof(float));
+    for (int j = 0; j < n_jobs; j++) {
+        const int n_draft = j % 8 == 3 ? 0 : 1 + j % gamma;
+        const bool lookup = j % 4 == 1; /* prompt lookup: q one-hot on the drafts */
+        for (int i = 0; i < n_draft; i++) {
+            /* drafts drawn from q (mostly accepted), now and then any token */
+            const float *q = qh + (size_t)(j * (gamma + 1) + i) * n_vocab;
+            int32_t x;
+            cr_assert_eq(verify_sample(q, (int32_t)n_vocab, kt_uniform(&rng), &x), 0);
+            drafts[j][i] = j % 6 == 5 && i == 1 ? (int32_t)(kt_next(&rng) % n_vocab) : x;
+        }
+        for (int i = 0; i <= n_draft; i++) {
+            if (i < n_draft)
+                u_acc[j][i] = verify_uniform(7, (uint64_t)j, 100 + (uint64_t)i, VERIFY_DRAW_ACCEPT);
+            u_smp[j][i] = verify_uniform(7, (uint64_t)j, 100 + (uint64_t)i, VERIFY_DRAW_SAMPLE);
+        }
+        jobs[j] = (struct kern_choose){.p = &pg, .p_row = j * (gamma + 1), .q = lookup ? NULL : &qg,
+                                       .q_row = j * (gamma + 1), .draft = drafts[j], .n_draft = n_draft,
+                                       .u_accept = u_acc[j], .u_sample = u_smp[j], .err = -999};
+    }
+    cr_assert_eq(gpu->ops->sample_choose(gpu, jobs, n_jobs), 0);
+
+    float *scratch = malloc((size_t)n_vocab * sizeof(float));
+    int accepted = 0, rejected = 0;
+    for (int j = 0; j < n_jobs; j++) {
+        const struct kern_choose *g = &jobs[j];
+        const float *q = qh + (size_t)(j * (gamma + 1)) * n_vocab;
+        if (!g->q) {
+            memset(onehot, 0, (size_t)(gamma * n_vocab) * sizeof(float));
+            for (int i = 0; i < g->n_draft; i++)
+                onehot[(size_t)i * n_vocab + drafts[j][i]] = 1.0f;
+            q = onehot;
+        }
+        const struct verify_round r = {.p = ph + (size_t)(j * (gamma + 1)) * n_vocab, .q = q, .draft = drafts[j],
+                                       .n_draft = g->n_draft, .n_vocab = (int32_t)n_vocab, .seed = 7,
+                                       .seq = (uint64_t)j, .pos0 = 100, .scratch = scratch};
+        int32_t want[7];
+        int n_want = 0;
+        const int rc = verify_round_sampled(&r, want, &n_want);
+        cr_assert_eq(g->err, rc, "job %d: error %d, the host's %d", j, g->err, rc);
+        if (rc)
+            continue;
+        cr_assert_eq(g->n_accepted + 1, n_want, "job %d: %d accepted, the host %d", j, g->n_accepted, n_want - 1);
+        for (int i = 0; i < g->n_accepted; i++)
+            cr_assert_eq(want[i], drafts[j][i]);
+        cr_assert_eq(g->token, want[n_want - 1], "job %d: token %d, the host's %d", j, g->token, want[n_want - 1]);
+        cr_assert_eq(g->prob, ph[(size_t)(j * (gamma + 1) + g->n_accepted) * n_vocab + g->token]);
+        accepted += g->n_accepted;
+        rejected += g->n_accepted < g->n_draft;
+    }
+    cr_assert_eq(jobs[3].err, SPEC_E_NUMERIC);
+    cr_assert(accepted > 20 && rejected > 10, "the rounds exercise both outcomes (%d accepted, %d rejections)",
+              accepted, rejected);
+    free(scratch), free(onehot), free(base), free(ph), free(qh);
+    free_t(gpu, &pg), free_t(gpu, &qg);
+}
+
 Test(conformance, rms_norm_matches_the_cpu_also_in_place)
 {
     need_cuda();

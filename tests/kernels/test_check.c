@@ -2,6 +2,7 @@
  * every backend, in the documented order (INVALID_ARG, then UNSUPPORTED, then RANGE). The tensors
  * here are descriptors only; a check never touches their data. */
 #include <criterion/criterion.h>
+#include <math.h>
 
 #include "common/err.h"
 #include "kernels/backend.h"
@@ -98,4 +99,57 @@ Test(check, argmax_takes_f32_rows_and_a_place_for_the_ids)
     cr_assert_eq(kern_argmax_check(&h, ids), SPEC_E_INVALID_ARG, "F16 rows");
     cr_assert_eq(kern_argmax_check(&x, NULL), SPEC_E_INVALID_ARG, "no ids");
     cr_assert_eq(kern_argmax_check(NULL, ids), SPEC_E_INVALID_ARG, "no tensor");
+}
+
+Test(check, sampling_rows_report_shape_before_settings_before_range)
+{
+    struct kern_tensor lg = f32(8, 2), out = f32(8, 3), narrow = f32(4, 3), h = f16(8, 2);
+    const struct kern_sampler ok = {.temperature = 0.7f, .top_p = 1.0f, .repeat_penalty = 1.0f},
+                              nan_t = {.temperature = NAN, .top_p = 1.0f, .repeat_penalty = 1.0f},
+                              no_p = {.temperature = 0.7f, .top_p = 0.0f, .repeat_penalty = 1.0f};
+    const int32_t window[2] = {1, 900}; /* out of the vocabulary: ignored, not refused */
+    struct kern_sample_row r = {.s = &ok, .row = 1, .out = &out, .out_row = 2, .recent = window, .n_recent = 2};
+    cr_assert_eq(kern_sample_process_check(&lg, &r, 1), SPEC_OK);
+    cr_assert_eq(kern_sample_process_check(&lg, &r, 0), SPEC_OK, "no rows");
+    cr_assert_eq(kern_sample_process_check(&h, &r, 1), SPEC_E_INVALID_ARG, "F16 logits");
+    struct kern_sample_row bad = r;
+    bad.out = &narrow;
+    cr_assert_eq(kern_sample_process_check(&lg, &bad, 1), SPEC_E_INVALID_ARG, "output narrower than the logits");
+    bad = r, bad.recent = NULL;
+    cr_assert_eq(kern_sample_process_check(&lg, &bad, 1), SPEC_E_INVALID_ARG, "a window without tokens");
+    bad = r, bad.s = &nan_t, bad.row = 9;
+    cr_assert_eq(kern_sample_process_check(&lg, &bad, 1), SPEC_E_RANGE, "NaN temperature");
+    bad.s = &no_p;
+    cr_assert_eq(kern_sample_process_check(&lg, &bad, 1), SPEC_E_RANGE, "top_p 0");
+    bad = r, bad.out_row = 3;
+    cr_assert_eq(kern_sample_process_check(&lg, &bad, 1), SPEC_E_RANGE, "output row past the tensor");
+    bad = r, bad.row = -1;
+    cr_assert_eq(kern_sample_process_check(&lg, &bad, 1), SPEC_E_RANGE, "logits row before the tensor");
+}
+
+Test(check, rounds_report_shape_before_range)
+{
+    struct kern_tensor p = f32(8, 4), q = f32(8, 3), wide = f32(9, 4);
+    const int32_t draft[3] = {1, 7, 2}, outside[3] = {1, 8, 2};
+    const double u[4] = {0.1, 0.2, 0.3, 0.4};
+    struct kern_choose j = {.p = &p, .q = &q, .draft = draft, .n_draft = 3, .u_accept = u, .u_sample = u};
+    cr_assert_eq(kern_sample_choose_check(&j, 1), SPEC_OK);
+    struct kern_choose bad = j;
+    bad.q = &wide;
+    cr_assert_eq(kern_sample_choose_check(&bad, 1), SPEC_E_INVALID_ARG, "q wider than p");
+    bad = j, bad.u_accept = NULL;
+    cr_assert_eq(kern_sample_choose_check(&bad, 1), SPEC_E_INVALID_ARG, "no accept uniforms");
+    bad = j, bad.n_draft = -1;
+    cr_assert_eq(kern_sample_choose_check(&bad, 1), SPEC_E_INVALID_ARG, "negative draft count");
+    struct kern_choose two[2] = {j, j};
+    two[1].p = &wide, two[1].q = NULL;
+    cr_assert_eq(kern_sample_choose_check(two, 2), SPEC_E_INVALID_ARG, "rounds over vocabularies of two widths");
+    bad = j, bad.p_row = 1;
+    cr_assert_eq(kern_sample_choose_check(&bad, 1), SPEC_E_RANGE, "p rows past the tensor");
+    bad = j, bad.q_row = 1;
+    cr_assert_eq(kern_sample_choose_check(&bad, 1), SPEC_E_RANGE, "q rows past the tensor");
+    bad = j, bad.draft = outside;
+    cr_assert_eq(kern_sample_choose_check(&bad, 1), SPEC_E_RANGE, "a draft token outside the vocabulary");
+    bad = j, bad.q = NULL, bad.n_draft = 0, bad.draft = NULL, bad.u_accept = NULL;
+    cr_assert_eq(kern_sample_choose_check(&bad, 1), SPEC_OK, "a plain draw needs no drafts");
 }
