@@ -5,8 +5,13 @@
  *
  *   bench_spec --target T.gguf [--draft D.gguf] --prompts FILE [--per-category N] [-n TOKENS]
  *              [--gammas 2,4,8,0] [--draft-vocab N] [--threads N] [--concurrency C] [--device auto|cpu|cuda]
+ *              [--temperature T] [--sampling backend|host]
  * γ = 0 in --gammas means adaptive (draft_min 1, draft_max 8). --draft-vocab N: the draft scores only
- * token ids below N (model_config.n_logits).
+ * token ids below N (model_config.n_logits). --temperature T > 0 samples (llama.cpp's defaults besides:
+ * top-k 40, top-p 0.95, min-p 0.05; seed 1) instead of decoding greedily: the outputs then follow the
+ * same distribution without being the same tokens, and the identity column says "sampled".
+ * --sampling host processes and verifies sampled rows on the host even where the backend could
+ * (engine_config.host_sampling), for the A/B of sampling on the GPU.
  *
  * With --concurrency C it checks greedy identity instead, on up to --per-category prompts of every
  * category: each prompt decoded target-only and speculatively (adaptive γ), both requests side by
@@ -109,6 +114,8 @@ struct args {
     const char *target, *draft, *prompts, *device;
     int per_category, n_gen, n_threads, n_gammas, concurrency, draft_vocab;
     int gammas[MAX_GAMMAS];
+    float temperature;
+    bool host_sampling;
 };
 
 static int parse_args(int argc, char **argv, struct args *a)
@@ -134,6 +141,10 @@ static int parse_args(int argc, char **argv, struct args *a)
             a->concurrency = atoi(v);
         else if (!strcmp(o, "--draft-vocab"))
             a->draft_vocab = atoi(v);
+        else if (!strcmp(o, "--temperature"))
+            a->temperature = (float)atof(v);
+        else if (!strcmp(o, "--sampling") && (!strcmp(v, "host") || !strcmp(v, "backend")))
+            a->host_sampling = !strcmp(v, "host");
         else if (!strcmp(o, "--gammas")) {
             if ((a->n_gammas = bench_int_list(v, a->gammas, MAX_GAMMAS)) < 0)
                 return -1;
@@ -141,7 +152,7 @@ static int parse_args(int argc, char **argv, struct args *a)
             return -1;
     }
     return a->target && a->prompts && a->n_gen > 0 && a->per_category > 0 && a->concurrency >= 0 &&
-                   a->concurrency <= ENGINE_MAX_SEQS
+                   a->concurrency <= ENGINE_MAX_SEQS && a->temperature >= 0.0f && (a->temperature == 0.0f || !a->concurrency)
                ? 0
                : -1;
 }
@@ -159,11 +170,25 @@ static struct cat_stats *category(struct cat_stats *cats, int *n_cats, const cha
     return c;
 }
 
-static int run(struct engine *e, const int32_t *prompt, int n_prompt, int n_gen, bool spec, int32_t *out,
-               int *n_out, struct engine_stats *st)
+/* Greedy, or at a temperature with llama.cpp's default filters. */
+static struct verify_params sampling(float temperature)
+{
+    struct verify_params sp = verify_params_default();
+    if (temperature > 0.0f) {
+        sp.temperature = temperature;
+        sp.top_k = 40;
+        sp.top_p = 0.95f;
+        sp.min_p = 0.05f;
+        sp.seed = 1;
+    }
+    return sp;
+}
+
+static int run(struct engine *e, const int32_t *prompt, int n_prompt, int n_gen, float temperature, bool spec,
+               int32_t *out, int *n_out, struct engine_stats *st)
 {
     const struct engine_request req = {.prompt = prompt, .n_prompt = n_prompt, .max_tokens = n_gen,
-                                       .sampling = verify_params_default(), .speculative = spec};
+                                       .sampling = sampling(temperature), .speculative = spec};
     enum engine_finish fin;
     return engine_generate(e, &req, NULL, NULL, out, n_gen, n_out, &fin, st);
 }
@@ -209,7 +234,10 @@ static void print_table(const struct args *a, const struct cat_stats *cats, int 
                    s->passes[g] ? (double)s->tok_spec[g] / s->passes[g] : 0.0, spec / base);
             identical += s->n_identical[g];
         }
-        printf(" %d/%d |\n", identical, s->n_prompts * a->n_gammas);
+        if (a->temperature > 0.0f)
+            printf(" sampled |\n");
+        else
+            printf(" %d/%d |\n", identical, s->n_prompts * a->n_gammas);
     }
 }
 
@@ -399,7 +427,7 @@ int main(int argc, char **argv)
     if (parse_args(argc, argv, &a)) {
         fprintf(stderr, "usage: bench_spec --target T.gguf [--draft D.gguf] --prompts FILE [--per-category N] "
                         "[-n TOKENS] [--gammas 2,4,8,0] [--draft-vocab N] [--threads N] [--concurrency C] "
-                        "[--device auto|cpu|cuda]\n");
+                        "[--device auto|cpu|cuda] [--temperature T] [--sampling backend|host]\n");
         return 2;
     }
     struct kern_backend *be;
@@ -433,7 +461,8 @@ int main(int argc, char **argv)
         const bool adaptive = g < 0 || a.gammas[g] == 0;
         const struct engine_config cfg = {.target = target, .draft = draft, .n_ctx = 2048,
                                           .draft_max = adaptive ? 8 : a.gammas[g], .draft_min = 1,
-                                          .adaptive = adaptive, .penalty_window = 64};
+                                          .adaptive = adaptive, .penalty_window = 64,
+                                          .host_sampling = a.host_sampling};
         err = engine_new(&cfg, &engines[1 + g]);
     }
     struct cat_stats cats[MAX_CATS];
@@ -451,11 +480,11 @@ int main(int argc, char **argv)
             n_prompt > 0 && n_prompt + (size_t)a.n_gen < 2048) {
             struct engine_stats st;
             int n_want, n_got;
-            err = run(engines[0], prompt, (int)n_prompt, a.n_gen, false, want, &n_want, &st);
+            err = run(engines[0], prompt, (int)n_prompt, a.n_gen, a.temperature, false, want, &n_want, &st);
             c->t_base += st.t_draft + st.t_target;
             c->tok_base += st.n_generated;
             for (int g = 0; g < a.n_gammas && !err; g++) {
-                err = run(engines[1 + g], prompt, (int)n_prompt, a.n_gen, true, got, &n_got, &st);
+                err = run(engines[1 + g], prompt, (int)n_prompt, a.n_gen, a.temperature, true, got, &n_got, &st);
                 c->t_spec[g] += st.t_draft + st.t_target;
                 c->tok_spec[g] += st.n_generated;
                 c->drafted[g] += st.n_drafted;

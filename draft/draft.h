@@ -39,12 +39,15 @@ struct draft_model_run {
                                      * greedy runs (verify_params_raw_greedy): greedy verification compares
                                      * tokens, and the backend picks them without moving logits to the host */
     float *logits;                  /* n_vocab floats of scratch */
+    struct kern_tensor *q_dev;      /* NULL, or for a sampled run (temperature > 0) max_out rows of n_vocab on the
+                                     * model's backend: q is made there (kern_backend_ops.sample_process) and
+                                     * the token drawn there (sample_choose), and q is not written */
     int n_out;                      /* result: tokens proposed (>= 1 unless err) */
     int err;                        /* result: a named error that ended this run's drafting */
 };
 
 /* Propose up to max_out tokens for each run, writing them to out (and after ctx[n_ctx], for the
- * penalty windows) and their distributions to q. A run stops early once the draft's own probability
+ * penalty windows) and their distributions to q (or q_dev). A run stops early once the draft's own probability
  * of its next token falls below min_prob (at least one token is always proposed). A numeric error in
  * one run's rows sets that run's err and the others go on; a failed forward pass is returned (every
  * run's cache is then a prefix of its history still, to be truncated by the caller). */

@@ -32,6 +32,10 @@ struct slot {
     float *q;           /* draft_max x n_vocab draft distributions */
     float *p;           /* (draft_max + 1) x n_vocab target distributions */
     float *dlogits;     /* n_vocab: the draft's latest logits */
+    /* Sampled on the backend (on_backend): p and q stay there, kept with the caches for later requests */
+    bool on_backend;
+    struct kern_backend *be; /* the tensors' backend, NULL until they exist */
+    struct kern_tensor pd, qd;
     double accept_rate; /* running estimate of per-token acceptance */
     struct engine_stats st;
     /* this round */
@@ -55,6 +59,7 @@ struct engine {
     struct target_scratch tsc;
     struct verify_scratch *vs;
     float *residual; /* n_vocab */
+    bool on_backend; /* sampled requests are processed and verified on the backend (engine_config.host_sampling) */
     double t_draft_step; /* running estimate of seconds per batched draft step */
     /* Decayed least-squares fit of target pass time t = a + b * n_drafts (all sequences' drafts): on a
      * CPU, scoring more positions is not free, and that is what limits a useful γ. */
@@ -96,6 +101,10 @@ static void slot_release(struct slot *sl)
 {
     model_seq_free(sl->tseq);
     model_seq_free(sl->dseq);
+    if (sl->be) {
+        sl->be->ops->tensor_free(sl->be, &sl->pd);
+        sl->be->ops->tensor_free(sl->be, &sl->qd);
+    }
     free(sl->hist);
     slot_free_request(sl);
     *sl = (struct slot){0};
@@ -117,7 +126,7 @@ static void slot_keep_caches(struct slot *sl)
     }
     slot_free_request(sl);
     *sl = (struct slot){.last_use = sl->last_use, .tseq = sl->tseq, .dseq = sl->dseq, .hist = sl->hist,
-                        .n_hist = (size_t)n};
+                        .n_hist = (size_t)n, .be = sl->be, .pd = sl->pd, .qd = sl->qd};
 }
 
 void engine_free(struct engine *e)
@@ -153,6 +162,9 @@ int engine_new(const struct engine_config *cfg, struct engine **out)
     e->cfg.max_seqs = cfg->max_seqs > 0 ? cfg->max_seqs : 1;
     e->n_vocab = n_vocab;
     e->next_id = 1;
+    const struct kern_backend *be = model_backend(cfg->target);
+    e->on_backend = !cfg->host_sampling && be->ops->sample_process && be->ops->sample_choose &&
+                    (!cfg->draft || model_backend(cfg->draft) == be);
     e->slots = calloc((size_t)e->cfg.max_seqs, sizeof *e->slots);
     e->residual = malloc((size_t)n_vocab * sizeof *e->residual);
     int rc = e->slots && e->residual ? target_scratch_init(&e->tsc, n_vocab) : SPEC_E_NOMEM;
@@ -232,6 +244,18 @@ static int reusable(const struct slot *sl, const struct engine_request *req)
     return (int)n;
 }
 
+/* A slot's p and q rows on the backend, for any request (the engine's largest γ). */
+static int backend_rows(struct engine *e, struct slot *sl)
+{
+    struct kern_backend *be = model_backend(e->cfg.target);
+    int rc = be->ops->tensor_alloc(be, SPEC_F32, e->n_vocab, e->cfg.draft_max + 1, &sl->pd);
+    if (!rc && e->cfg.draft && (rc = be->ops->tensor_alloc(be, SPEC_F32, e->n_vocab, e->cfg.draft_max, &sl->qd)))
+        be->ops->tensor_free(be, &sl->pd);
+    if (!rc)
+        sl->be = be;
+    return rc;
+}
+
 /* The free slot for a request: the one whose kept caches cover the longest start of its prompt, else
  * one that keeps nothing, else the one unused the longest. */
 static struct slot *pick_slot(struct engine *e, const struct engine_request *req, int *n_reuse)
@@ -270,24 +294,29 @@ int engine_submit(struct engine *e, const struct engine_request *req, engine_upd
     const size_t v = (size_t)e->n_vocab;
     struct model_seq *tseq = sl->tseq, *dseq = sl->dseq;
     int32_t *hist = sl->hist;
+    struct kern_backend *be = sl->be;
+    const struct kern_tensor pd = sl->pd, qd = sl->qd;
     *sl = (struct slot){.used = true, .last_use = ++e->n_submitted, .id = e->next_id, .fn = fn, .user = user,
                         .max_tokens = req->max_tokens, .draft_max = draft_max, .speculative = req->speculative,
                         .sp = req->sampling, .seq_id = req->seq_id, .tseq = tseq, .dseq = dseq, .hist = hist,
+                        .on_backend = e->on_backend && req->sampling.temperature > 0.0f, .be = be, .pd = pd, .qd = qd,
                         .n_prompt = req->n_prompt, .accept_rate = ACCEPT_PRIOR,
                         .st = {.n_prompt = req->n_prompt, .n_prompt_cached = n_reuse}, .n_stop = req->n_stop};
     sl->cap_text = ENGINE_MAX_STOP_LEN + (size_t)(ENGINE_MAX_DRAFT + 1) * tok_stream_max_out(tok) + 8;
     if (!sl->hist)
         sl->hist = malloc(((size_t)e->cfg.n_ctx + ENGINE_MAX_DRAFT + 1) * sizeof *sl->hist);
-    sl->p = malloc(((size_t)draft_max + 1) * v * sizeof *sl->p);
+    sl->p = sl->on_backend ? NULL : malloc(((size_t)draft_max + 1) * v * sizeof *sl->p);
     sl->text = malloc(sl->cap_text);
-    int rc = sl->hist && sl->p && sl->text ? SPEC_OK : SPEC_E_NOMEM;
+    int rc = sl->hist && (sl->p || sl->on_backend) && sl->text ? SPEC_OK : SPEC_E_NOMEM;
+    if (!rc && sl->on_backend && !sl->be)
+        rc = backend_rows(e, sl);
     if (!rc)
         rc = sl->tseq ? model_seq_truncate(sl->tseq, n_reuse) : model_seq_new(e->cfg.target, e->cfg.n_ctx, &sl->tseq);
     if (!rc && sl->dseq && model_seq_len(sl->dseq) > n_reuse)
         rc = model_seq_truncate(sl->dseq, n_reuse);
     if (!rc && req->speculative) {
-        sl->q = malloc((size_t)draft_max * v * sizeof *sl->q);
-        if (!sl->q)
+        sl->q = sl->on_backend ? NULL : malloc((size_t)draft_max * v * sizeof *sl->q);
+        if (!sl->q && !sl->on_backend)
             rc = SPEC_E_NOMEM;
         else if (e->cfg.draft) {
             sl->dlogits = malloc(v * sizeof *sl->dlogits);
@@ -503,7 +532,8 @@ static double propose(struct engine *e, struct slot **act, int n_act)
             who[n_runs] = sl;
             runs[n_runs++] = (struct draft_model_run){.s = sl->dseq, .sp = &sl->sp, .seq_id = sl->seq_id,
                                                       .ctx = sl->hist, .n_ctx = sl->n_hist, .max_out = sl->gamma,
-                                                      .out = sl->drafts, .q = sl->q, .logits = sl->dlogits};
+                                                      .out = sl->drafts, .q = sl->q, .logits = sl->dlogits,
+                                                      .q_dev = sl->on_backend ? &sl->qd : NULL};
             continue;
         }
         const struct draft_ngram_params np = {.ngram_max = 4, .ngram_min = 1};
@@ -512,8 +542,9 @@ static double propose(struct engine *e, struct slot **act, int n_act)
             finish(sl, ENGINE_FINISH_ERROR, rc);
             continue;
         }
-        /* prompt lookup is certain of its guess: q is one-hot (greedy verification compares tokens only) */
-        for (int k = 0; k < sl->n_drafts && sl->sp.temperature > 0.0f; k++) {
+        /* prompt lookup is certain of its guess: q is one-hot (greedy verification compares tokens only; on
+         * the backend a round without q rows takes them one-hot) */
+        for (int k = 0; k < sl->n_drafts && sl->sp.temperature > 0.0f && !sl->on_backend; k++) {
             float *qk = sl->q + (size_t)k * (size_t)e->n_vocab;
             memset(qk, 0, (size_t)e->n_vocab * sizeof *qk);
             qk[sl->drafts[k]] = 1.0f;
@@ -547,6 +578,38 @@ static int verify(struct engine *e, struct slot *sl, int32_t *accepted, int *n_a
                                    .n_vocab = e->n_vocab, .seed = sl->sp.seed, .seq = sl->seq_id,
                                    .pos0 = sl->n_hist, .scratch = e->residual};
     return verify_round_sampled(&r, accepted, n_accepted);
+}
+
+/* The rounds of the requests sampled on the backend, made there in one call: round[i] is item i's index
+ * in rounds, or -1 for an item verified on the host. */
+static int verify_on_backend(struct engine *e, struct slot *const *who, const struct target_item *items, int n_items,
+                             struct kern_choose *rounds, int *round)
+{
+    double u[ENGINE_MAX_SEQS][2 * ENGINE_MAX_DRAFT + 1]; /* read by the call below only */
+    int n = 0;
+    for (int i = 0; i < n_items; i++) {
+        const struct slot *sl = who[i];
+        round[i] = -1;
+        if (!sl->on_backend || items[i].err)
+            continue;
+        verify_round_draws(sl->sp.seed, sl->seq_id, sl->n_hist, sl->n_drafts, u[n], u[n] + ENGINE_MAX_DRAFT);
+        rounds[n] = (struct kern_choose){.p = &sl->pd, .q = e->cfg.draft ? &sl->qd : NULL, .draft = sl->drafts,
+                                         .n_draft = sl->n_drafts, .u_accept = u[n], .u_sample = u[n] + ENGINE_MAX_DRAFT};
+        round[i] = n++;
+    }
+    struct kern_backend *be = model_backend(e->cfg.target);
+    return n > 0 ? be->ops->sample_choose(be, rounds, n) : SPEC_OK;
+}
+
+/* A round made on the backend as accepted tokens: the accepted drafts, then the round's token. */
+static int round_tokens(const struct kern_choose *r, int32_t *accepted, int *n_accepted)
+{
+    if (r->err)
+        return r->err;
+    memcpy(accepted, r->draft, (size_t)r->n_accepted * sizeof *accepted);
+    accepted[r->n_accepted] = r->token;
+    *n_accepted = r->n_accepted + 1;
+    return SPEC_OK;
 }
 
 /* Append the accepted tokens, roll the caches back to them and hand them out. */
@@ -647,7 +710,7 @@ int engine_step(struct engine *e)
         who[n_items] = sl;
         items[n_items++] = (struct target_item){.s = sl->tseq, .ctx = sl->hist, .n_ctx_before = sl->n_hist - 1,
                                                 .n = sl->n_drafts + 1, .sp = &sl->sp, .p = sl->p,
-                                                .choice = sl->choice};
+                                                .p_dev = sl->on_backend ? &sl->pd : NULL, .choice = sl->choice};
         n_drafts += sl->n_drafts;
     }
     if (n_items == 0)
@@ -655,10 +718,14 @@ int engine_step(struct engine *e)
     const double t0 = now();
     const int rc = target_score(e->cfg.target, items, n_items, (size_t)e->cfg.penalty_window, &e->tsc);
     int32_t accepted[ENGINE_MAX_SEQS][ENGINE_MAX_DRAFT + 1];
-    int n_accepted[ENGINE_MAX_SEQS];
+    int n_accepted[ENGINE_MAX_SEQS], round[ENGINE_MAX_SEQS];
+    struct kern_choose rounds[ENGINE_MAX_SEQS];
+    const int backend_rc = rc ? rc : verify_on_backend(e, who, items, n_items, rounds, round);
     for (int i = 0; i < n_items; i++) {
         int err = rc ? rc : items[i].err;
-        if (!err)
+        if (!err && round[i] >= 0)
+            err = backend_rc ? backend_rc : round_tokens(&rounds[round[i]], accepted[i], &n_accepted[i]);
+        else if (!err)
             err = verify(e, who[i], accepted[i], &n_accepted[i]);
         if (!err && (n_accepted[i] < 1 || n_accepted[i] > who[i]->n_drafts + 1))
             err = SPEC_E_RANGE; /* verification always yields the accepted drafts plus one token */

@@ -134,7 +134,8 @@ struct kern_sampler {
 };
 
 /* One row for sample_process: logits row `row` becomes the processed distribution in row `out_row` of
- * `out` (F32, as wide as the logits). `recent` (host memory) is the penalty window. */
+ * `out` (F32, at least as wide as the logits: ids past the logits count as -inf, as a draft's logits of
+ * its first ids only do). `recent` (host memory) is the penalty window. */
 struct kern_sample_row {
     const struct kern_sampler *s;
     int64_t row;
@@ -190,7 +191,7 @@ int kern_attention_check(const struct kern_tensor *q, const struct kern_tensor *
 int kern_argmax_check(const struct kern_tensor *x, const int32_t *ids);
 /* SPEC_E_RANGE for a setting out of range or NaN (verify_params_check's rules). */
 int kern_sampler_check(const struct kern_sampler *s);
-/* Rows: logits F32 and each out F32 of the logits' width (SPEC_E_INVALID_ARG, as a missing sampler or
+/* Rows: logits F32 and each out F32, one width for all, at least the logits' (SPEC_E_INVALID_ARG, as a missing sampler or
  * window, or n < 0), then the sampler (kern_sampler_check), then rows inside their tensors (SPEC_E_RANGE).
  * Window tokens outside the vocabulary are ignored, as verify_process ignores them. */
 int kern_sample_process_check(const struct kern_tensor *logits, const struct kern_sample_row *rows, int n);

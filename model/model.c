@@ -30,6 +30,7 @@ struct model_scratch {
     int32_t *ids;                 /* host: each row's token, then the rows that want logits */
     int32_t *pick;                /* host: each logits row's argmax */
     float *pick_prob;             /* host: its probability */
+    struct kern_sample_row *sample; /* host: the rows processed on the backend */
 };
 
 struct model {
@@ -251,6 +252,7 @@ static void scratch_free(struct model *m)
     free(m->s.ids);
     free(m->s.pick);
     free(m->s.pick_prob);
+    free(m->s.sample);
     m->s = (struct model_scratch){0};
 }
 
@@ -274,7 +276,8 @@ static int scratch_alloc(struct model *m)
     m->s.ids = malloc((size_t)nb * sizeof(int32_t));
     m->s.pick = malloc((size_t)nb * sizeof(int32_t));
     m->s.pick_prob = malloc((size_t)nb * sizeof(float));
-    return m->s.pos && m->s.ids && m->s.pick && m->s.pick_prob ? SPEC_OK : SPEC_E_NOMEM;
+    m->s.sample = malloc((size_t)nb * sizeof(struct kern_sample_row));
+    return m->s.pos && m->s.ids && m->s.pick && m->s.pick_prob && m->s.sample ? SPEC_OK : SPEC_E_NOMEM;
 }
 
 static int model_build(struct loader *ld, const struct model_config *cfg, struct model *m)
@@ -423,6 +426,11 @@ const struct model_hparams *model_hparams(const struct model *m)
     return &m->hp;
 }
 
+struct kern_backend *model_backend(const struct model *m)
+{
+    return m->be;
+}
+
 int model_n_vocab(const struct model *m)
 {
     return m->hp.n_vocab;
@@ -562,7 +570,7 @@ static int output_rows(const struct segment *sg, int *first)
 {
     const struct model_batch_item *it = sg->it;
     *first = 0;
-    if (!it->logits && !it->argmax)
+    if (!it->logits && !it->argmax && !it->probs)
         return 0;
     if (it->all_logits)
         return sg->n;
@@ -599,8 +607,9 @@ static int step_logits(struct model *m, const struct segment *sg, int n_sg)
     return op->matmul(be, &head, &xo, NULL, &lg);
 }
 
-/* The step's n_out outputs to the items: logits copied to those that want them, and one argmax call
- * over all output rows for those that want greedy choices. */
+/* The step's n_out outputs to the items: logits copied to those that want them, one argmax call over
+ * all output rows for those that want greedy choices, and one sampling call for those that want
+ * distributions on the backend. */
 static int step_deliver(struct model *m, const struct segment *sg, int n_sg, int n_out)
 {
     struct kern_backend *be = m->be;
@@ -608,16 +617,28 @@ static int step_deliver(struct model *m, const struct segment *sg, int n_sg, int
     if (n_out == 0)
         return SPEC_OK;
     bool pick = false, pick_prob = false;
+    int n_sample = 0, row = 0;
     for (int i = 0; i < n_sg; i++) {
+        const struct model_batch_item *it = sg[i].it;
         int first;
-        const bool has = output_rows(&sg[i], &first) > 0;
-        pick |= has && sg[i].it->argmax;
-        pick_prob |= has && sg[i].it->argmax && sg[i].it->argmax_prob;
+        const int k = output_rows(&sg[i], &first);
+        pick |= k > 0 && it->argmax;
+        pick_prob |= k > 0 && it->argmax && it->argmax_prob;
+        for (int r = 0; r < k && it->probs; r++) {
+            const size_t pos = (size_t)(sg[i].off + first + r); /* the item's position of this output */
+            const size_t end = it->window_end0 + pos, start = end > it->window_len ? end - it->window_len : 0;
+            m->s.sample[n_sample++] = (struct kern_sample_row){
+                .s = it->sampler, .row = row + r, .out = it->probs, .out_row = it->probs_row0 + (int64_t)pos,
+                .recent = it->window_ctx + start, .n_recent = (int)(end - start)};
+        }
+        row += k;
     }
     struct kern_tensor lg = rows(&m->s.logits, 0, n_out);
     if (pick)
         SPEC_TRY(be->ops->argmax(be, &lg, m->s.pick, pick_prob ? m->s.pick_prob : NULL));
-    int row = 0;
+    if (n_sample > 0)
+        SPEC_TRY(be->ops->sample_process(be, &lg, m->s.sample, n_sample));
+    row = 0;
     for (int i = 0; i < n_sg; i++) {
         const struct model_batch_item *it = sg[i].it;
         int first;
@@ -737,6 +758,10 @@ static int check_batch(const struct model *m, const struct model_batch_item *ite
         for (int t = 0; t < it->n; t++)
             if (it->tokens[t] < 0 || it->tokens[t] >= m->hp.n_vocab)
                 return SPEC_E_INVALID_ARG;
+        if (it->probs && (!it->sampler || (it->window_len > 0 && !it->window_ctx) || it->window_len > INT32_MAX))
+            return SPEC_E_INVALID_ARG;
+        if (it->probs && !m->be->ops->sample_process)
+            return SPEC_E_UNSUPPORTED;
     }
     return SPEC_OK;
 }

@@ -79,6 +79,8 @@ const struct model_hparams *model_hparams(const struct model *m);
 int model_n_vocab(const struct model *m);
 int model_n_ctx_train(const struct model *m);
 const char *model_arch_name(enum model_arch arch);
+/* The backend the model computes on (the one it was loaded with). */
+struct kern_backend *model_backend(const struct model *m);
 /* The model's tokenizer (owned by the model). */
 const struct tok *model_tokenizer(const struct model *m);
 
@@ -113,6 +115,15 @@ struct model_batch_item {
      * argmax_prob[i] (optional) its softmax probability (kern_backend_ops.argmax). */
     int32_t *argmax;
     float *argmax_prob;
+    /* NULL: none; else each position's processed distribution, made by the backend without moving its
+     * logits to the host (kern_backend_ops.sample_process, which the backend must have): position i's
+     * goes to row probs_row0 + i of *probs (a backend tensor of n_vocab columns), with these settings and
+     * the penalty window of the last window_len tokens of window_ctx[0 .. window_end0 + i). */
+    const struct kern_sampler *sampler;
+    struct kern_tensor *probs;
+    int64_t probs_row0;
+    const int32_t *window_ctx;
+    size_t window_end0, window_len;
 };
 
 /* Append each item's tokens to its own sequence in one pass: every weight matrix is read once for the

@@ -30,9 +30,10 @@ int target_score(struct model *m, struct target_item *items, int n_items, size_t
     size_t rows = 0; /* rows whose logits come to the host */
     for (int i = 0; i < n_items; i++) {
         const struct target_item *it = &items[i];
-        if (it->n <= 0 || !it->p || !it->ctx || !it->sp || (it->sp->temperature == 0.0f && !it->choice))
+        if (it->n <= 0 || !it->ctx || !it->sp || (it->sp->temperature == 0.0f && !it->choice) ||
+            (it->p_dev && it->sp->temperature == 0.0f) || (!it->p && !it->p_dev))
             return SPEC_E_INVALID_ARG;
-        if (!verify_params_raw_greedy(it->sp))
+        if (!verify_params_raw_greedy(it->sp) && !it->p_dev)
             rows += (size_t)it->n;
     }
     if (rows > ts->cap_rows) {
@@ -43,12 +44,20 @@ int target_score(struct model *m, struct target_item *items, int n_items, size_t
         ts->cap_rows = rows;
     }
     struct model_batch_item batch[TARGET_MAX_ITEMS];
+    struct kern_sampler ks[TARGET_MAX_ITEMS];
     size_t row = 0;
     for (int i = 0; i < n_items; i++) {
         batch[i] = (struct model_batch_item){.s = items[i].s, .tokens = items[i].ctx + items[i].n_ctx_before,
                                              .n = items[i].n, .all_logits = true};
         if (verify_params_raw_greedy(items[i].sp)) {
             batch[i].argmax = items[i].choice;
+        } else if (items[i].p_dev) {
+            ks[i] = verify_sampler(items[i].sp);
+            batch[i].sampler = &ks[i];
+            batch[i].probs = items[i].p_dev;
+            batch[i].window_ctx = items[i].ctx;
+            batch[i].window_end0 = items[i].n_ctx_before + 1;
+            batch[i].window_len = penalty_window;
         } else {
             batch[i].logits = ts->logits + row * v;
             row += (size_t)items[i].n;
@@ -58,7 +67,7 @@ int target_score(struct model *m, struct target_item *items, int n_items, size_t
     for (int i = 0; i < n_items; i++) {
         struct target_item *it = &items[i];
         it->err = SPEC_OK;
-        for (int r = 0; r < it->n && !it->err; r++) {
+        for (int r = 0; r < it->n && !it->err && !it->p_dev; r++) {
             if (batch[i].argmax) {
                 it->err = it->choice[r] < 0 ? SPEC_E_NUMERIC : SPEC_OK;
                 continue;

@@ -74,6 +74,15 @@ int verify_round_sampled(const struct verify_round *r, int32_t *out, int *n_out)
     return SPEC_OK;
 }
 
+void verify_round_draws(uint64_t seed, uint64_t seq, uint64_t pos0, int n_draft, double *u_accept, double *u_sample)
+{
+    for (int i = 0; i <= n_draft; i++) {
+        if (i < n_draft)
+            u_accept[i] = verify_uniform(seed, seq, pos0 + (uint64_t)i, VERIFY_DRAW_ACCEPT);
+        u_sample[i] = verify_uniform(seed, seq, pos0 + (uint64_t)i, VERIFY_DRAW_SAMPLE);
+    }
+}
+
 int verify_round_greedy(const int32_t *draft, int n_draft, const int32_t *target, int32_t *out, int *n_out)
 {
     if (n_draft < 0 || !target || !out || !n_out || (n_draft > 0 && !draft))

@@ -93,6 +93,11 @@ struct verify_round {
  * *n_out = accepted + 1. */
 int verify_round_sampled(const struct verify_round *r, int32_t *out, int *n_out);
 
+/* The uniforms verify_round_sampled draws for a round of n_draft drafts at pos0, for a round made
+ * elsewhere (kern_backend_ops.sample_choose): u_accept[i] tests draft i, u_sample[i] draws the token at
+ * position i (n_draft + 1 of them). */
+void verify_round_draws(uint64_t seed, uint64_t seq, uint64_t pos0, int n_draft, double *u_accept, double *u_sample);
+
 /* Greedy round from target argmax ids: target[i] is the argmax at draft position i (n_draft + 1 of
  * them). Accepts while draft[i] == target[i]; the token after the accepted prefix is target's. */
 int verify_round_greedy(const int32_t *draft, int n_draft, const int32_t *target, int32_t *out, int *n_out);

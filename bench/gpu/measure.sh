@@ -2,11 +2,13 @@
 # The GPU measurement (run on the lent machine, from the repository root, after bench/gpu/bundle.sh
 # here): the CUDA conformance suite, copy bandwidth and the decode roofline of 1.5B- and 0.5B-shaped
 # models, verify(γ+1)/decode(1) for γ = 1…16, greedy identity of speculative vs target-only decoding
-# on the GPU, the speculative speedup on the dev prompts, and last the model and engine suites with
+# on the GPU, the speculative speedup on the dev prompts, sampled decoding with its rows processed and
+# verified on the GPU against the same on the host (the A/B of sampling on the device), and last the
+# model and engine suites with
 # the GPU as their device (minutes: every step of their tiny models pays the GPU's launch costs,
 # where the CPU takes microseconds). Results go to $OUT (or /tmp/specd-out).
 #
-#   bench/gpu/measure.sh [STEP...]     STEP: info conformance roofline identity speedup suites
+#   bench/gpu/measure.sh [STEP...]     STEP: info conformance roofline identity speedup sampled suites
 #                                      (default: all, in that order)
 #
 # Everything the bundle brings is kept under /tmp/specd-gpu, which outlives a call while the machine
@@ -26,7 +28,7 @@
 #      .gpu/model/smollm2.sha256], command "bench/gpu/measure.sh info conformance roofline identity",
 #      timeout 300
 #   3. at once (while warm): carry=[.gpu/model/smollm2.part01, .gpu/model/smollm2.part02],
-#      command "bench/gpu/measure.sh speedup suites", timeout 300
+#      command "bench/gpu/measure.sh speedup sampled suites", timeout 300
 #   4. give_back; commit $OUT's tables as bench/results/<date>-<gpu>.md with these commands.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -64,7 +66,7 @@ models_ready() {
     [ "$models_rc" -eq 0 ] || { cat "$out/mkmodel.log"; return 1; }
 }
 
-steps=${*:-info conformance roofline identity speedup suites}
+steps=${*:-info conformance roofline identity speedup sampled suites}
 status=0
 for step in $steps; do
     t_step=$SECONDS
@@ -116,6 +118,14 @@ for step in $steps; do
         fi
         "$B/bench_spec" --device "$device" --target "$smol" --prompts "$stash/prompts-dev.jsonl" \
             --per-category 3 -n 128 --gammas 2,4,8,0 2>"$out/speedup.log" | tee "$out/speedup.md" || status=1
+        ;;
+    sampled)
+        models_ready || { status=1; continue; }
+        for where in backend host; do
+            "$B/bench_spec" --device "$device" --target "$target" --draft "$draft" --prompts "$stash/prompts-dev.jsonl" \
+                --per-category 1 -n 32 --gammas 4,0 --temperature 0.8 --sampling $where 2>"$out/sampled-$where.log" |
+                tee "$out/sampled-$where.md" || status=1
+        done
         ;;
     *) echo "measure: unknown step $step" >&2; status=2 ;;
     esac

@@ -605,7 +605,7 @@ static int cuda_sample_process_op(struct kern_backend *be, const struct kern_ten
         return err;
     const uint8_t *dev = (const uint8_t *)cb->sample.p;
     return err_of(cuda_sample_process(cb->stream, (const struct cuda_sample_row *)dev, n,
-                                      (const int32_t *)(dev + desc_bytes), (int)logits->ne0));
+                                      (const int32_t *)(dev + desc_bytes), (int)logits->ne0, (int)rows[0].out->ne0));
 }
 
 static int cuda_sample_choose_op(struct kern_backend *be, struct kern_choose *jobs, int n)

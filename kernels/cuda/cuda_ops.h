@@ -134,9 +134,10 @@ struct cuda_choice {
     int err;
 };
 
-/* kern_backend.h's sample_process over n rows of n_vocab (descriptors and tokens in device memory). */
+/* kern_backend.h's sample_process over n rows of n_in logits into distributions of n_vocab (descriptors
+ * and tokens in device memory). */
 cudaError_t cuda_sample_process(cudaStream_t st, const struct cuda_sample_row *rows, int n, const int32_t *recent,
-                                int n_vocab);
+                                int n_in, int n_vocab);
 /* kern_backend.h's sample_choose over n jobs into out (device memory). */
 cudaError_t cuda_sample_choose(cudaStream_t st, const struct cuda_choose_job *jobs, int n, const int32_t *drafts,
                                const double *u_accept, const double *u_sample, int n_vocab, struct cuda_choice *out);

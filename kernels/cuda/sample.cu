@@ -238,14 +238,16 @@ static __device__ uint64_t threshold(sample_smem &sm, const float *row, int n_vo
     return sm.keys[first < n ? first : n - 1];
 }
 
-/* verify_process on one row: out = penalised logits, then filtered and normalised in place. */
-static __device__ void process_row(sample_smem &sm, const cuda_sample_row &r, const int32_t *recent, int n_vocab)
+/* verify_process on one row of n_in logits (ids from n_in to n_vocab count as -inf): out = penalised
+ * logits, then filtered and normalised in place. */
+static __device__ void process_row(sample_smem &sm, const cuda_sample_row &r, const int32_t *recent, int n_in,
+                                   int n_vocab)
 {
     const int tid = threadIdx.x;
     float *out = r.out;
     const kern_sampler s = r.s;
     for (int i = tid; i < n_vocab; i += SAMPLE_THREADS) {
-        const float l = r.in[i];
+        const float l = i < n_in ? r.in[i] : -INFINITY;
         out[i] = isnan(l) ? -INFINITY : l;
     }
     __syncthreads();
@@ -359,19 +361,20 @@ static __device__ void process_row(sample_smem &sm, const cuda_sample_row &r, co
 }
 
 __global__ void __launch_bounds__(SAMPLE_THREADS)
-    sample_process_kernel(const cuda_sample_row *rows, int n, const int32_t *recent, int n_vocab)
+    sample_process_kernel(const cuda_sample_row *rows, int n, const int32_t *recent, int n_in, int n_vocab)
 {
     __shared__ sample_smem sm;
     for (int j = blockIdx.x; j < n; j += gridDim.x)
-        process_row(sm, rows[j], recent, n_vocab);
+        process_row(sm, rows[j], recent, n_in, n_vocab);
 }
 
 cudaError_t cuda_sample_process(cudaStream_t st, const struct cuda_sample_row *rows, int n, const int32_t *recent,
-                                int n_vocab)
+                                int n_in, int n_vocab)
 {
     if (n == 0)
         return cudaSuccess;
-    CUDA_LAUNCH((unsigned)(n < 1024 ? n : 1024), SAMPLE_THREADS, st, sample_process_kernel)(rows, n, recent, n_vocab);
+    CUDA_LAUNCH((unsigned)(n < 1024 ? n : 1024), SAMPLE_THREADS, st, sample_process_kernel)(rows, n, recent, n_in,
+                                                                                             n_vocab);
     return cudaGetLastError();
 }
 

@@ -39,13 +39,19 @@ TestSuite(engine_batch, .init = setup, .fini = teardown);
 
 /* Sampled output depends on where rounds end, so the sampled checks fix γ (each request's draft_max);
  * the adaptive choice, which follows measured costs, is exercised by the greedy ones. */
-static struct engine *new_engine(struct model *d, int max_seqs, bool adaptive)
+static struct engine *engine_sampling(struct model *d, int max_seqs, bool adaptive, bool host_sampling)
 {
     struct engine *e = NULL;
     const struct engine_config cfg = {.target = target.m, .draft = d, .n_ctx = 256, .draft_max = 6, .draft_min = 1,
-                                      .adaptive = adaptive, .penalty_window = 64, .max_seqs = max_seqs};
+                                      .adaptive = adaptive, .penalty_window = 64, .max_seqs = max_seqs,
+                                      .host_sampling = host_sampling};
     cr_assert_eq(engine_new(&cfg, &e), SPEC_OK);
     return e;
+}
+
+static struct engine *new_engine(struct model *d, int max_seqs, bool adaptive)
+{
+    return engine_sampling(d, max_seqs, adaptive, false);
 }
 
 /* Everything a request handed out. */
@@ -166,6 +172,61 @@ Test(engine_batch, greedy_batched_requests_equal_each_alone_prompt_lookup)
 Test(engine_batch, sampled_batched_requests_equal_each_alone)
 {
     check_batched_equals_solo(draft.m, 0.9f);
+}
+
+/* Sampled requests whose rows the backend processes and verifies itself (CUDA) against the same requests
+ * sampled on the host: every setting, drafted by a model, by prompt lookup and not at all, batched. The
+ * two compute the same distributions up to rounding and draw with the same uniforms, so the tokens
+ * agree unless a draw falls within rounding of a boundary (not with these seeds). */
+static void check_backend_sampling_equals_host(struct model *d)
+{
+    if (!be->ops->sample_process) {
+        fprintf(stderr, "!!! the %s backend samples on the host: nothing to compare\n", be->ops->name);
+        cr_skip_test("the %s backend samples on the host", be->ops->name);
+    }
+    enum { N = 8 };
+    static struct result got[N], want[N];
+    struct engine_request req[N];
+    struct engine *dev = engine_sampling(d, N, false, false), *host = engine_sampling(d, N, false, true);
+    for (int i = 0; i < N; i++) {
+        req[i] = request(i, i % 4 != 3, 0.6f + 0.15f * (float)i);
+        struct verify_params *sp = &req[i].sampling;
+        sp->top_k = i % 3 == 0 ? 0 : 20 * i;
+        sp->top_p = i % 2 ? 0.85f : 1.0f;
+        sp->min_p = i == 4 || i == 7 ? 0.05f : 0.0f;
+        sp->repeat_penalty = i >= 5 ? 1.3f : 1.0f;
+        sp->presence_penalty = i == 6 ? 0.5f : 0.0f;
+        sp->frequency_penalty = i == 7 ? 0.25f : 0.0f;
+        got[i] = want[i] = (struct result){0};
+        uint32_t id;
+        cr_assert_eq(engine_submit(dev, &req[i], record, &got[i], &id), SPEC_OK);
+        cr_assert_eq(engine_submit(host, &req[i], record, &want[i], &id), SPEC_OK);
+    }
+    for (int rounds = 0; engine_n_active(dev) > 0 || engine_n_active(host) > 0; rounds++) {
+        cr_assert_eq(engine_step(dev), SPEC_OK);
+        cr_assert_eq(engine_step(host), SPEC_OK);
+        cr_assert_lt(rounds, 1000);
+    }
+    int drafted = 0, accepted = 0;
+    for (int i = 0; i < N; i++) {
+        assert_same(&got[i], &want[i], i);
+        drafted += got[i].stats.n_drafted;
+        accepted += got[i].stats.n_accepted;
+    }
+    cr_assert(drafted > 0 && accepted < drafted, "rounds rejected drafts (%d of %d accepted)", accepted, drafted);
+    cr_assert(!d || accepted > 0, "rounds accepted drafts of the model (%d of %d)", accepted, drafted);
+    engine_free(dev);
+    engine_free(host);
+}
+
+Test(engine_batch, sampling_on_the_backend_gives_the_hosts_tokens_draft_model)
+{
+    check_backend_sampling_equals_host(draft.m);
+}
+
+Test(engine_batch, sampling_on_the_backend_gives_the_hosts_tokens_prompt_lookup)
+{
+    check_backend_sampling_equals_host(NULL);
 }
 
 Test(engine_batch, cancel_ends_one_request_and_spares_the_others)

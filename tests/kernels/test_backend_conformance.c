@@ -12,6 +12,12 @@
  *  - get_rows, rope, store_rows, add: bit-identical (the same expressions, and the rope
  *    table is computed on the host with the CPU's code);
  *  - argmax: the same ids; probabilities |dp| <= 1e-6 p (double sums in another order);
+ *  - sample_process against verify_process (the reference of sampling is verify/, not the CPU backend,
+ *    which has no such op): the same kept tokens, probabilities |dp| <= 1e-6 p (double sums in another
+ *    order, the GPU's exp and log within an ulp of glibc's); a boundary of top-p could move only if a
+ *    running mass fell within rounding of top_p times the total;
+ *  - sample_choose against verify_round_sampled with the same uniforms: the same tokens and counts (a
+ *    draw could differ only within rounding of a boundary between two tokens' cumulative masses);
  *  - rms_norm: |dy| <= 1e-6 |y| (the sum of squares is a double sum in another order);
  *  - swiglu: |dy| <= 1e-6 |y| (the GPU's expf is within 2 ulp of glibc's);
  *  - matmul, every type: |dy| <= 1e-5 sum_k |w_k x_k| (w dequantised): both backends quantise the
@@ -506,6 +512,32 @@ Test(conformance, sample_process_gives_verify_process_distributions)
     need_cuda();
     check_process(300);
     check_process(9000); /* more candidates than the shared-memory sort takes: the search narrows first */
+}
+
+Test(conformance, sample_process_counts_ids_past_the_logits_as_minus_infinity)
+{
+    need_cuda();
+    const int64_t n_vocab = 500, n_logits = 463; /* a draft computing logits of its first ids only */
+    float *lh = random_f32(n_logits, 2.0f), *padded = malloc((size_t)n_vocab * sizeof(float));
+    memcpy(padded, lh, (size_t)n_logits * sizeof(float));
+    for (int64_t i = n_logits; i < n_vocab; i++)
+        padded[i] = -INFINITY;
+    const struct kern_sampler k = {.temperature = 0.9f, .top_p = 0.97f, .repeat_penalty = 1.2f};
+    const int32_t window[3] = {480, 3, 480}; /* a penalised id past the logits stays impossible */
+    struct kern_tensor lg = upload(gpu, SPEC_F32, n_logits, 1, lh), out = poisoned(gpu, n_vocab, 1);
+    const struct kern_sample_row row = {.s = &k, .out = &out, .recent = window, .n_recent = 3};
+    cr_assert_eq(gpu->ops->sample_process(gpu, &lg, &row, 1), 0);
+    float *got = download(gpu, &out), *want = malloc((size_t)n_vocab * sizeof(float));
+    struct verify_scratch *vs;
+    cr_assert_eq(verify_scratch_new((int32_t)n_vocab, &vs), 0);
+    const struct verify_params vp = {.temperature = 0.9f, .top_p = 0.97f, .repeat_penalty = 1.2f};
+    cr_assert_eq(verify_process(&vp, padded, (int32_t)n_vocab, window, 3, vs, want), 0);
+    for (int64_t i = 0; i < n_vocab; i++)
+        cr_assert((got[i] > 0.0f) == (want[i] > 0.0f) && fabs((double)got[i] - want[i]) <= 1e-6 * want[i],
+                  "token %lld: %.9g, verify_process %.9g", (long long)i, got[i], want[i]);
+    verify_scratch_free(vs);
+    free(lh), free(padded), free(got), free(want);
+    free_t(gpu, &lg), free_t(gpu, &out);
 }
 
 /* Processed rows of correlated logits (the draft's a noisy copy of the target's). */

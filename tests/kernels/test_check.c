@@ -115,6 +115,12 @@ Test(check, sampling_rows_report_shape_before_settings_before_range)
     struct kern_sample_row bad = r;
     bad.out = &narrow;
     cr_assert_eq(kern_sample_process_check(&lg, &bad, 1), SPEC_E_INVALID_ARG, "output narrower than the logits");
+    struct kern_sample_row two[2] = {r, r};
+    struct kern_tensor wider = f32(9, 3);
+    two[1].out = &wider;
+    cr_assert_eq(kern_sample_process_check(&lg, two, 2), SPEC_E_INVALID_ARG, "outputs of two widths");
+    two[0].out = &wider;
+    cr_assert_eq(kern_sample_process_check(&lg, two, 2), SPEC_OK, "outputs wider than the logits");
     bad = r, bad.recent = NULL;
     cr_assert_eq(kern_sample_process_check(&lg, &bad, 1), SPEC_E_INVALID_ARG, "a window without tokens");
     bad = r, bad.s = &nan_t, bad.row = 9;
