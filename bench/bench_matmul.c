@@ -34,7 +34,7 @@ static double time_call(struct cpu_pool *pool, enum spec_dtype t, const void *w,
     const double end = bench_now_s() + seconds;
     while (bench_now_s() < end) {
         const double t0 = bench_now_s();
-        cpu_matmul(pool, t, w, wrb, rows, k, x, k, n, y);
+        cpu_matmul(pool, t, w, wrb, rows, k, x, k, n, y, rows);
         const double dt = bench_now_s() - t0;
         if (dt < best)
             best = dt;

@@ -121,6 +121,20 @@ struct kern_attn_params {
     float scale; /* usually 1/sqrt(head_dim) */
 };
 
+/* One of the matmuls of one input (the matmuls op): y = x . w^T (+ bias). */
+#define KERN_MATMULS_MAX 3
+struct kern_matmul {
+    const struct kern_tensor *w;
+    const struct kern_tensor *bias; /* NULL or one F32 row of w->ne1 */
+    struct kern_tensor *y;
+};
+
+/* What follows the matmuls op's products. */
+enum kern_matmuls_then {
+    KERN_MATMULS_PLAIN = 0,  /* nothing */
+    KERN_MATMULS_SWIGLU = 1, /* two products of one shape: y0 = silu(y0) * y1, as swiglu(y0, y1, y0) */
+};
+
 /* Sampler settings, as verify/verify.h's verify_params (without the seed: random draws are made by the
  * caller and passed in as uniforms). */
 struct kern_sampler {
@@ -178,6 +192,9 @@ int kern_rows_check(const struct kern_tensor *t, int64_t row0, int64_t n);
 int kern_get_rows_check(const struct kern_tensor *table, const int32_t *ids, int n, const struct kern_tensor *out);
 int kern_matmul_check(const struct kern_tensor *w, const struct kern_tensor *x, const struct kern_tensor *bias,
                       const struct kern_tensor *y);
+/* Each part as kern_matmul_check, 1 .. KERN_MATMULS_MAX parts of one weight type, no output overlapping
+ * x or another output, and SWIGLU with exactly two outputs of one shape (SPEC_E_INVALID_ARG). */
+int kern_matmuls_check(const struct kern_tensor *x, const struct kern_matmul *mm, int n, enum kern_matmuls_then then);
 /* swiglu and add: three F32 tensors of one shape */
 int kern_eltwise_check(const struct kern_tensor *a, const struct kern_tensor *b, const struct kern_tensor *out);
 int kern_rms_norm_check(const struct kern_tensor *x, const struct kern_tensor *residual, const struct kern_tensor *w,
@@ -227,6 +244,11 @@ struct kern_backend_ops {
      * separate add would: the bits are those of the sum plus the bias in float. */
     int (*matmul)(struct kern_backend *be, const struct kern_tensor *w, const struct kern_tensor *x,
                   const struct kern_tensor *bias, struct kern_tensor *y);
+    /* The matmuls of one input with up to KERN_MATMULS_MAX weights of one type (a layer's q, k and v;
+     * gate and up), then `then`: the bits of that many matmul calls followed by swiglu(y0, y1, y0) for
+     * SWIGLU. The CUDA backend converts x once and runs them in one launch, the swiglu included. */
+    int (*matmuls)(struct kern_backend *be, const struct kern_tensor *x, const struct kern_matmul *mm, int n,
+                   enum kern_matmuls_then then);
     /* y = x / sqrt(mean(x^2) + eps) * w, row by row (y may be x). With a residual (NULL or x's shape),
      * x += residual first, in place, as add would (y may also be the residual): a transformer's
      * "add the sublayer's output, normalise for the next" in one op. */

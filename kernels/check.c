@@ -47,6 +47,45 @@ int kern_matmul_check(const struct kern_tensor *w, const struct kern_tensor *x, 
     return SPEC_OK;
 }
 
+/* Whether two F32 tensors' elements may share bytes: not when their spans are apart, nor when they
+ * are disjoint columns of rows of one stride (q, k and v as views of one wider row). */
+static bool overlap(const struct kern_tensor *a, const struct kern_tensor *b)
+{
+    const char *pa = a->data, *pb = b->data;
+    const size_t na = a->row_bytes * (size_t)(a->ne1 - 1) + (size_t)a->ne0 * sizeof(float),
+                 nb = b->row_bytes * (size_t)(b->ne1 - 1) + (size_t)b->ne0 * sizeof(float);
+    if (!(pa < pb + nb && pb < pa + na))
+        return false;
+    if (a->row_bytes != b->row_bytes)
+        return true;
+    if (pb < pa) {
+        const struct kern_tensor *t = a;
+        a = b, b = t;
+        pa = a->data, pb = b->data;
+    }
+    const size_t col = (size_t)(pb - pa) % a->row_bytes; /* b's first byte in a's row */
+    return col < (size_t)a->ne0 * sizeof(float) || col + (size_t)b->ne0 * sizeof(float) > a->row_bytes;
+}
+
+int kern_matmuls_check(const struct kern_tensor *x, const struct kern_matmul *mm, int n, enum kern_matmuls_then then)
+{
+    if (!mm || n < 1 || n > KERN_MATMULS_MAX || (then != KERN_MATMULS_PLAIN && then != KERN_MATMULS_SWIGLU))
+        return SPEC_E_INVALID_ARG;
+    for (int i = 0; i < n; i++) {
+        const int err = kern_matmul_check(mm[i].w, x, mm[i].bias, mm[i].y);
+        if (err)
+            return err;
+        if (mm[i].w->type != mm[0].w->type || overlap(mm[i].y, x))
+            return SPEC_E_INVALID_ARG;
+        for (int j = 0; j < i; j++)
+            if (overlap(mm[i].y, mm[j].y))
+                return SPEC_E_INVALID_ARG;
+    }
+    if (then == KERN_MATMULS_SWIGLU && (n != 2 || !same_shape(mm[0].y, mm[1].y)))
+        return SPEC_E_INVALID_ARG;
+    return SPEC_OK;
+}
+
 int kern_eltwise_check(const struct kern_tensor *a, const struct kern_tensor *b, const struct kern_tensor *out)
 {
     if (!is_f32(a) || !is_f32(b) || !is_f32(out) || !same_shape(a, b) || !same_shape(a, out))

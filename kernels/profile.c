@@ -177,6 +177,19 @@ static int prof_matmul(struct kern_backend *be, const struct kern_tensor *w, con
     TIMED(be, "matmul", w, bytes, INNER(be)->ops->matmul(INNER(be), w, x, bias, y));
 }
 
+static int prof_matmuls(struct kern_backend *be, const struct kern_tensor *x, const struct kern_matmul *mm, int n,
+                        enum kern_matmuls_then then)
+{
+    /* one kind per weight type and total shape: "matmuls Q4_K 2048x1536" for q, k and v */
+    struct kern_tensor all = {0};
+    double bytes = 0.0;
+    for (int i = 0; mm && i < n && i < KERN_MATMULS_MAX && mm[i].w; i++) {
+        all = (struct kern_tensor){.type = mm[i].w->type, .ne0 = mm[i].w->ne0, .ne1 = all.ne1 + mm[i].w->ne1};
+        bytes += (double)mm[i].w->row_bytes * (double)mm[i].w->ne1;
+    }
+    TIMED(be, "matmuls", all.ne1 ? &all : NULL, bytes, INNER(be)->ops->matmuls(INNER(be), x, mm, n, then));
+}
+
 /* Steps go to the inner backend (CUDA: graphs) except while profiling, when each op must run, and be
  * timed, on its own. */
 static int prof_step_begin(struct kern_backend *be, uint64_t shape)
@@ -261,6 +274,7 @@ static const struct kern_backend_ops prof_ops = {
     .rows_from_host = prof_rows_from_host,
     .get_rows = prof_get_rows,
     .matmul = prof_matmul,
+    .matmuls = prof_matmuls,
     .rms_norm = prof_rms_norm,
     .rope = prof_rope,
     .store_rows = prof_store_rows,

@@ -21,9 +21,9 @@ struct model_layer {
 struct model_scratch {
     struct kern_tensor x;         /* n_embd: the residual stream */
     struct kern_tensor xb;        /* n_embd: normalised input, then a block's output */
-    struct kern_tensor q;         /* n_head * head_dim */
+    struct kern_tensor qkv;       /* a row's q (n_head * head_dim), k and v (n_head_kv * head_dim each) side by
+                                   * side: one rope rotates q and k, one store_rows caches k and v */
     struct kern_tensor att;       /* n_head * head_dim: attention output */
-    struct kern_tensor k, v;      /* n_head_kv * head_dim */
     struct kern_tensor gate, up;  /* n_ff */
     struct kern_tensor logits;    /* n_logits */
     int32_t *pos;                 /* host: each row's position */
@@ -52,9 +52,21 @@ struct model_seq {
     struct model *m;
     int n_ctx;
     int len;
-    struct kern_tensor *k_cache; /* n_layer tensors of n_ctx rows of the model's kv_type */
+    struct kern_tensor *kv;      /* n_layer tensors of n_ctx rows of the model's kv_type: a position's key,
+                                  * then its value */
+    struct kern_tensor *k_cache; /* views of the keys and of the values in kv */
     struct kern_tensor *v_cache;
 };
+
+/* Columns [c0, c0 + n) of the rows of t (of a plain type) as a tensor of their own. */
+static struct kern_tensor cols(const struct kern_tensor *t, int64_t c0, int64_t n)
+{
+    struct kern_tensor v = *t;
+    v.data = (char *)t->data + (size_t)c0 * kern_dtype_info((uint32_t)t->type)->type_size;
+    v.ne0 = n;
+    v.owned = false;
+    return v;
+}
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Loading                                                                                        */
@@ -243,8 +255,8 @@ static int load_layer(struct loader *ld, const struct model_hparams *hp, int il,
 static void scratch_free(struct model *m)
 {
     struct kern_backend *be = m->be;
-    struct kern_tensor *all[] = {&m->s.x,    &m->s.xb,   &m->s.q,  &m->s.att,   &m->s.k,
-                                 &m->s.v,    &m->s.gate, &m->s.up, &m->s.logits};
+    struct kern_tensor *all[] = {&m->s.x,    &m->s.xb, &m->s.qkv,   &m->s.att,
+                                 &m->s.gate, &m->s.up, &m->s.logits};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         if (all[i]->data)
             be->ops->tensor_free(be, all[i]);
@@ -266,9 +278,8 @@ static int scratch_alloc(struct model *m)
         struct kern_tensor *t;
         int64_t ne0;
     } plan[] = {
-        {&m->s.x, hp->n_embd}, {&m->s.xb, hp->n_embd}, {&m->s.q, q_dim},     {&m->s.att, q_dim},
-        {&m->s.k, kv_dim},     {&m->s.v, kv_dim},      {&m->s.gate, hp->n_ff}, {&m->s.up, hp->n_ff},
-        {&m->s.logits, m->n_logits},
+        {&m->s.x, hp->n_embd},  {&m->s.xb, hp->n_embd}, {&m->s.qkv, q_dim + 2 * kv_dim}, {&m->s.att, q_dim},
+        {&m->s.gate, hp->n_ff}, {&m->s.up, hp->n_ff},   {&m->s.logits, m->n_logits},
     };
     for (size_t i = 0; i < sizeof plan / sizeof plan[0]; i++)
         SPEC_TRY(be->ops->tensor_alloc(be, SPEC_F32, plan[i].ne0, nb, plan[i].t));
@@ -471,21 +482,22 @@ int model_seq_new(struct model *m, int n_ctx, struct model_seq **out)
         return SPEC_E_NOMEM;
     s->m = m;
     s->n_ctx = n_ctx;
+    s->kv = calloc((size_t)m->hp.n_layer, sizeof(*s->kv));
     s->k_cache = calloc((size_t)m->hp.n_layer, sizeof(*s->k_cache));
     s->v_cache = calloc((size_t)m->hp.n_layer, sizeof(*s->v_cache));
-    if (!s->k_cache || !s->v_cache) {
+    if (!s->kv || !s->k_cache || !s->v_cache) {
         model_seq_free(s);
         return SPEC_E_NOMEM;
     }
     const int64_t kv_dim = (int64_t)m->hp.n_head_kv * m->hp.head_dim;
     for (int il = 0; il < m->hp.n_layer; il++) {
-        int err = m->be->ops->tensor_alloc(m->be, m->kv_type, kv_dim, n_ctx, &s->k_cache[il]);
-        if (!err)
-            err = m->be->ops->tensor_alloc(m->be, m->kv_type, kv_dim, n_ctx, &s->v_cache[il]);
+        const int err = m->be->ops->tensor_alloc(m->be, m->kv_type, 2 * kv_dim, n_ctx, &s->kv[il]);
         if (err) {
             model_seq_free(s);
             return err;
         }
+        s->k_cache[il] = cols(&s->kv[il], 0, kv_dim);
+        s->v_cache[il] = cols(&s->kv[il], kv_dim, kv_dim);
     }
     *out = s;
     return SPEC_OK;
@@ -496,12 +508,10 @@ void model_seq_free(struct model_seq *s)
     if (!s)
         return;
     struct kern_backend *be = s->m->be;
-    for (int il = 0; il < s->m->hp.n_layer; il++) {
-        if (s->k_cache && s->k_cache[il].data)
-            be->ops->tensor_free(be, &s->k_cache[il]);
-        if (s->v_cache && s->v_cache[il].data)
-            be->ops->tensor_free(be, &s->v_cache[il]);
-    }
+    for (int il = 0; s->kv && il < s->m->hp.n_layer; il++)
+        if (s->kv[il].data)
+            be->ops->tensor_free(be, &s->kv[il]);
+    free(s->kv);
     free(s->k_cache);
     free(s->v_cache);
     free(s);
@@ -672,9 +682,11 @@ static int step_layers(struct model *m, const struct segment *sg, int n_sg, int 
     const struct model_hparams *hp = &m->hp;
     struct kern_backend *be = m->be;
     const struct kern_backend_ops *op = be->ops;
-    struct kern_tensor x = rows(&m->s.x, 0, n), xb = rows(&m->s.xb, 0, n), q = rows(&m->s.q, 0, n),
-                       att = rows(&m->s.att, 0, n), k = rows(&m->s.k, 0, n), v = rows(&m->s.v, 0, n),
-                       gate = rows(&m->s.gate, 0, n), up = rows(&m->s.up, 0, n);
+    const int64_t q_dim = (int64_t)hp->n_head * hp->head_dim, kv_dim = (int64_t)hp->n_head_kv * hp->head_dim;
+    struct kern_tensor x = rows(&m->s.x, 0, n), xb = rows(&m->s.xb, 0, n), qkv = rows(&m->s.qkv, 0, n),
+                       att = rows(&m->s.att, 0, n), gate = rows(&m->s.gate, 0, n), up = rows(&m->s.up, 0, n);
+    struct kern_tensor q = cols(&qkv, 0, q_dim), k = cols(&qkv, q_dim, kv_dim), v = cols(&qkv, q_dim + kv_dim, kv_dim),
+                       qk = cols(&qkv, 0, q_dim + kv_dim), kv = cols(&qkv, q_dim, 2 * kv_dim);
     for (int i = 0; i < n_sg; i++)
         for (int r = 0; r < sg[i].n; r++) {
             m->s.ids[sg[i].row0 + r] = sg[i].it->tokens[sg[i].off + r];
@@ -689,30 +701,38 @@ static int step_layers(struct model *m, const struct segment *sg, int n_sg, int 
 
         /* attention: x += wo . attn(rope(wq . norm(x)), rope(wk . norm(x)), wv . norm(x)) */
         SPEC_TRY(op->rms_norm(be, &x, il > 0 ? &xb : NULL, &L->attn_norm, hp->norm_eps, &xb));
-        SPEC_TRY(op->matmul(be, &L->wq, &xb, present(&L->bq), &q));
-        SPEC_TRY(op->matmul(be, &L->wk, &xb, present(&L->bk), &k));
-        SPEC_TRY(op->matmul(be, &L->wv, &xb, present(&L->bv), &v));
-        SPEC_TRY(op->rope(be, &q, hp->n_head, hp->head_dim, m->s.pos, &m->rope));
-        SPEC_TRY(op->rope(be, &k, hp->n_head_kv, hp->head_dim, m->s.pos, &m->rope));
+        const struct kern_matmul proj[3] = {
+            {&L->wq, present(&L->bq), &q}, {&L->wk, present(&L->bk), &k}, {&L->wv, present(&L->bv), &v}};
+        if (L->wq.type == L->wk.type && L->wq.type == L->wv.type) {
+            SPEC_TRY(op->matmuls(be, &xb, proj, 3, KERN_MATMULS_PLAIN));
+        } else { /* e.g. Q4_K_M's Q6_K attn_v */
+            SPEC_TRY(op->matmuls(be, &xb, proj, 2, KERN_MATMULS_PLAIN));
+            SPEC_TRY(op->matmuls(be, &xb, &proj[2], 1, KERN_MATMULS_PLAIN));
+        }
+        SPEC_TRY(op->rope(be, &qk, hp->n_head + hp->n_head_kv, hp->head_dim, m->s.pos, &m->rope));
         for (int i = 0; i < n_sg; i++) {
             struct model_seq *s = sg[i].it->s;
             const int pos0 = s->len + sg[i].off;
             const struct kern_attn_params ap = {.n_head = hp->n_head, .n_head_kv = hp->n_head_kv,
                                                 .head_dim = hp->head_dim, .pos0 = pos0,
                                                 .scale = 1.0f / sqrtf((float)hp->head_dim)};
-            struct kern_tensor ks = rows(&k, sg[i].row0, sg[i].n), vs = rows(&v, sg[i].row0, sg[i].n),
-                               qs = rows(&q, sg[i].row0, sg[i].n), as = rows(&att, sg[i].row0, sg[i].n);
-            SPEC_TRY(op->store_rows(be, &ks, &s->k_cache[il], pos0));
-            SPEC_TRY(op->store_rows(be, &vs, &s->v_cache[il], pos0));
+            struct kern_tensor kvs = rows(&kv, sg[i].row0, sg[i].n), qs = rows(&q, sg[i].row0, sg[i].n),
+                               as = rows(&att, sg[i].row0, sg[i].n);
+            SPEC_TRY(op->store_rows(be, &kvs, &s->kv[il], pos0));
             SPEC_TRY(op->attention(be, &qs, &s->k_cache[il], &s->v_cache[il], &ap, &as));
         }
         SPEC_TRY(op->matmul(be, &L->wo, &att, NULL, &xb));
 
         /* feed-forward: x += w_down . (silu(w_gate . norm(x)) * (w_up . norm(x))) */
         SPEC_TRY(op->rms_norm(be, &x, &xb, &L->ffn_norm, hp->norm_eps, &xb));
-        SPEC_TRY(op->matmul(be, &L->w_gate, &xb, NULL, &gate));
-        SPEC_TRY(op->matmul(be, &L->w_up, &xb, NULL, &up));
-        SPEC_TRY(op->swiglu(be, &gate, &up, &gate));
+        const struct kern_matmul gate_up[2] = {{&L->w_gate, NULL, &gate}, {&L->w_up, NULL, &up}};
+        if (L->w_gate.type == L->w_up.type) {
+            SPEC_TRY(op->matmuls(be, &xb, gate_up, 2, KERN_MATMULS_SWIGLU));
+        } else {
+            SPEC_TRY(op->matmul(be, &L->w_gate, &xb, NULL, &gate));
+            SPEC_TRY(op->matmul(be, &L->w_up, &xb, NULL, &up));
+            SPEC_TRY(op->swiglu(be, &gate, &up, &gate));
+        }
         SPEC_TRY(op->matmul(be, &L->w_down, &gate, NULL, &xb));
     }
     SPEC_TRY(op->add(be, &x, &xb, &x));

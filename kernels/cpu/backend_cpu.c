@@ -169,11 +169,10 @@ static int cpu_matmul_op(struct kern_backend *be, const struct kern_tensor *w, c
     int err = kern_matmul_check(w, x, bias, y);
     if (err)
         return err;
-    /* cpu_matmul writes y as packed rows of w->ne1 floats. */
-    if (y->row_bytes != (size_t)y->ne0 * sizeof(float))
-        return SPEC_E_INVALID_ARG;
     if ((err = cpu_matmul(cpu_of(be)->pool, w->type, w->data, w->row_bytes, w->ne1, w->ne0, x->data,
-                          (int64_t)(x->row_bytes / sizeof(float)), x->ne1, y->data)) || !bias)
+                          (int64_t)(x->row_bytes / sizeof(float)), x->ne1, y->data,
+                          (int64_t)(y->row_bytes / sizeof(float)))) ||
+        !bias)
         return err;
     struct eltwise_task t = {.a = y, .bias = bias, .out = y, .op = ELT_BIAS};
     cpu_run(cpu_of(be), eltwise_rows, &t, y->ne0 * y->ne1);
@@ -189,6 +188,18 @@ static int cpu_swiglu(struct kern_backend *be, const struct kern_tensor *gate, c
     struct eltwise_task t = {.a = gate, .b = up, .out = out, .op = ELT_SWIGLU};
     cpu_run(cpu_of(be), eltwise_rows, &t, out->ne0 * out->ne1);
     return SPEC_OK;
+}
+
+/* One matmul after the other: on the CPU a launch costs nothing worth merging. */
+static int cpu_matmuls_op(struct kern_backend *be, const struct kern_tensor *x, const struct kern_matmul *mm, int n,
+                          enum kern_matmuls_then then)
+{
+    int err = kern_matmuls_check(x, mm, n, then);
+    for (int i = 0; i < n && !err; i++)
+        err = cpu_matmul_op(be, mm[i].w, x, mm[i].bias, mm[i].y);
+    if (!err && then == KERN_MATMULS_SWIGLU)
+        err = cpu_swiglu(be, mm[0].y, mm[1].y, mm[0].y);
+    return err;
 }
 
 static int cpu_add(struct kern_backend *be, const struct kern_tensor *a, const struct kern_tensor *b,
@@ -369,8 +380,9 @@ static void attn_items(void *arg, int ith, int nth)
     void *qv = scratch;
     float *s = (float *)(scratch + align64(t->q_bytes));
     void *w = (char *)s + align64((size_t)max_kv * sizeof(float));
-    const size_t k_off = (size_t)hd * (t->k->row_bytes / (size_t)t->k->ne0);
-    const size_t v_off = (size_t)hd * (t->v->row_bytes / (size_t)t->v->ne0);
+    /* a head's offset in a cache row (the caches may be column views of wider rows) */
+    const size_t k_off = (size_t)hd * kern_dtype_info((uint32_t)t->k->type)->type_size;
+    const size_t v_off = (size_t)hd * kern_dtype_info((uint32_t)t->v->type)->type_size;
 
     for (int64_t item = ith; item < n_items; item += nth) {
         const int i = (int)(item / p->n_head);
@@ -517,6 +529,7 @@ static const struct kern_backend_ops cpu_ops = {
     .rows_from_host = cpu_rows_from_host,
     .get_rows = cpu_get_rows,
     .matmul = cpu_matmul_op,
+    .matmuls = cpu_matmuls_op,
     .rms_norm = cpu_rms_norm,
     .rope = cpu_rope,
     .store_rows = cpu_store_rows,

@@ -35,6 +35,7 @@ struct matmul_task {
     int64_t x_stride;
     int64_t n;
     float *y;
+    int64_t y_stride;
     const char *xq; /* activation rows in the vec_dot type */
     size_t xq_stride;
     enum spec_dtype vtype;
@@ -75,16 +76,16 @@ static void matmul_worker(void *arg, int ith, int nth)
             if (t->tile)
                 for (; j + CPU_TILE_ROWS <= j1; j += CPU_TILE_ROWS)
                     t->tile(t->k, t->w + (size_t)j * t->w_row_bytes, t->w_row_bytes, xq, t->xq_stride, nx,
-                            t->y + r0 * t->rows + j, (size_t)t->rows);
+                            t->y + r0 * t->y_stride + j, (size_t)t->y_stride);
             for (; j < j1; j++)
-                t->dot(t->k, t->w + (size_t)j * t->w_row_bytes, xq, t->xq_stride, nx, t->y + r0 * t->rows + j,
-                       (size_t)t->rows);
+                t->dot(t->k, t->w + (size_t)j * t->w_row_bytes, xq, t->xq_stride, nx, t->y + r0 * t->y_stride + j,
+                       (size_t)t->y_stride);
         }
     }
 }
 
 int cpu_matmul(struct cpu_pool *pool, enum spec_dtype wtype, const void *w, size_t w_row_bytes, int64_t rows,
-               int64_t k, const float *x, int64_t x_stride, int64_t n, float *y)
+               int64_t k, const float *x, int64_t x_stride, int64_t n, float *y, int64_t y_stride)
 {
     if (!pool || (rows && n && (!w || !x || !y)))
         return SPEC_E_INVALID_ARG;
@@ -95,7 +96,7 @@ int cpu_matmul(struct cpu_pool *pool, enum spec_dtype wtype, const void *w, size
         return SPEC_E_UNSUPPORTED;
     uint64_t w_bytes;
     size_t xq_bytes;
-    if (k <= 0 || rows < 0 || n < 0 || x_stride < k || kern_row_bytes((uint32_t)wtype, (uint64_t)k, &w_bytes) ||
+    if (k <= 0 || rows < 0 || n < 0 || x_stride < k || y_stride < rows || kern_row_bytes((uint32_t)wtype, (uint64_t)k, &w_bytes) ||
         cpu_act_row_bytes(vtype, k, &xq_bytes) || w_row_bytes < w_bytes)
         return SPEC_E_RANGE;
     if (rows == 0 || n == 0)
@@ -115,6 +116,7 @@ int cpu_matmul(struct cpu_pool *pool, enum spec_dtype wtype, const void *w, size
         .x_stride = x_stride,
         .n = n,
         .y = y,
+        .y_stride = y_stride,
         .vtype = vtype,
         .v_block = vinfo->block_size,
         .v_type_size = vinfo->type_size,

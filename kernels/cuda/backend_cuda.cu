@@ -358,29 +358,55 @@ static int cuda_get_rows_op(struct kern_backend *be, const struct kern_tensor *t
                                 (const int32_t *)cb->ids.p, n, (float *)out->data, fstride(out)));
 }
 
+/* The matmuls of x by mm[0..n) (checked) in one launch. */
+static int matmuls_run(struct cuda_backend *cb, const struct kern_tensor *x, const struct kern_matmul *mm, int n,
+                       bool swiglu)
+{
+    const enum spec_dtype type = mm[0].w->type;
+    if (!cuda_weight_type_ok(type))
+        return SPEC_E_UNSUPPORTED;
+    if (mm[0].w->ne0 % kern_dtype_info(type)->block_size)
+        return SPEC_E_RANGE;
+    struct cuda_mm_part parts[CUDA_MM_PARTS];
+    for (int i = 0; i < n; i++) {
+        const struct kern_matmul *m = &mm[i];
+        if (m->w->ne1 > INT32_MAX)
+            return SPEC_E_RANGE;
+        parts[i] = cuda_mm_part{(const uint8_t *)m->w->data, m->w->row_bytes, (int)m->w->ne1,
+                                m->bias ? (const float *)m->bias->data : NULL, (float *)m->y->data, fstride(m->y)};
+    }
+    const int ran = err_of(cuda_matmul(cb->stream, &cb->act, type, (int)x->ne0, (const float *)x->data, fstride(x),
+                                       (int)x->ne1, parts, n, swiglu));
+    /* an output written over the rows whose conversion is kept makes it stale */
+    const struct cuda_act *a = &cb->act;
+    const char *kept = (const char *)a->x;
+    const size_t kept_bytes = ((size_t)(a->n - 1) * a->x_stride + (size_t)a->k) * sizeof(float);
+    for (int i = 0; i < n && a->valid; i++) {
+        const char *out = (const char *)mm[i].y->data;
+        const size_t out_bytes = (size_t)mm[i].y->ne1 * mm[i].y->row_bytes;
+        if (out < kept + kept_bytes && kept < out + out_bytes)
+            cuda_act_forget(&cb->act);
+    }
+    return ran;
+}
+
 static int cuda_matmul_op(struct kern_backend *be, const struct kern_tensor *w, const struct kern_tensor *x,
                           const struct kern_tensor *bias, struct kern_tensor *y)
 {
     const int err = kern_matmul_check(w, x, bias, y);
     if (err)
         return err;
-    if (!cuda_weight_type_ok(w->type))
-        return SPEC_E_UNSUPPORTED;
-    const struct kern_dtype_info *info = kern_dtype_info(w->type);
-    if (w->ne0 % info->block_size || w->ne1 > INT32_MAX)
-        return SPEC_E_RANGE;
-    struct cuda_backend *cb = cuda_of(be);
-    const int ran = err_of(cuda_matmul(cb->stream, &cb->act, w->type, w->data, w->row_bytes, (int)w->ne1,
-                                       (int)w->ne0, (const float *)x->data, fstride(x), (int)x->ne1,
-                                       bias ? (const float *)bias->data : NULL, (float *)y->data, fstride(y)));
-    /* y written over the rows whose conversion is kept: it is stale */
-    const struct cuda_act *a = &cb->act;
-    const char *kept = (const char *)a->x, *out = (const char *)y->data;
-    const size_t kept_bytes = ((size_t)(a->n - 1) * a->x_stride + (size_t)a->k) * sizeof(float),
-                 out_bytes = (size_t)y->ne1 * y->row_bytes;
-    if (a->valid && out < kept + kept_bytes && kept < out + out_bytes)
-        cuda_act_forget(&cb->act);
-    return ran;
+    const struct kern_matmul mm = {w, bias, y};
+    return matmuls_run(cuda_of(be), x, &mm, 1, false);
+}
+
+static int cuda_matmuls_op(struct kern_backend *be, const struct kern_tensor *x, const struct kern_matmul *mm, int n,
+                           enum kern_matmuls_then then)
+{
+    const int err = kern_matmuls_check(x, mm, n, then);
+    if (err)
+        return err;
+    return matmuls_run(cuda_of(be), x, mm, n, then == KERN_MATMULS_SWIGLU);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -746,6 +772,7 @@ static const struct kern_backend_ops cuda_ops = {
     .rows_from_host = cuda_rows_from_host,
     .get_rows = cuda_get_rows_op,
     .matmul = cuda_matmul_op,
+    .matmuls = cuda_matmuls_op,
     .rms_norm = cuda_rms_norm_op,
     .rope = cuda_rope_op,
     .store_rows = cuda_store_rows_op,

@@ -58,12 +58,23 @@ static inline void cuda_act_forget(struct cuda_act *a)
     a->valid = false;
 }
 
-/* y[r * y_stride + j] = dot(w row j, x row r) (+ bias[j] when bias is not NULL) for r < n, j < rows;
- * w rows are w_row_bytes apart and hold k elements of wtype; x rows are x_stride floats apart. The
- * activations' conversion is kept in (or taken from) act; y must not overlap x. */
-cudaError_t cuda_matmul(cudaStream_t st, struct cuda_act *act, enum spec_dtype wtype, const void *w,
-                        size_t w_row_bytes, int rows, int k, const float *x, size_t x_stride, int n,
-                        const float *bias, float *y, size_t y_stride);
+/* One weight matrix of a matmul and its output: y[r * y_stride + j] = dot(w row j, x row r) (+ bias[j]
+ * when bias is not NULL) for r < n, j < rows. */
+#define CUDA_MM_PARTS 3
+struct cuda_mm_part {
+    const uint8_t *w;
+    size_t w_row_bytes;
+    int rows;
+    const float *bias;
+    float *y;
+    size_t y_stride;
+};
+
+/* The parts' matmuls of x in one launch (their w rows hold k elements of wtype; x rows are x_stride
+ * floats apart); with swiglu (two parts of one shape) part 0's y becomes silu(y0) * y1 afterwards.
+ * The activations' conversion is kept in (or taken from) act; no y may overlap x. */
+cudaError_t cuda_matmul(cudaStream_t st, struct cuda_act *act, enum spec_dtype wtype, int k, const float *x,
+                        size_t x_stride, int n, const struct cuda_mm_part *parts, int n_parts, bool swiglu);
 
 /* out[i * out_stride + e] = dequant(table row ids[i])[e] for i < n, e < ne0; ids in device memory. */
 cudaError_t cuda_get_rows(cudaStream_t st, enum spec_dtype type, const void *table, size_t row_bytes, int ne0,

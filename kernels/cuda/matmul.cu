@@ -34,9 +34,10 @@
  * value of d * sum(q) per block, and the sum of every 16 quantised values (k/16 per row). Float: rows
  * of F32, F16 or BF16 values, q_stride bytes apart. */
 struct mmv_args {
-    const uint8_t *w;
-    size_t w_row_bytes;
-    int rows;
+    struct cuda_mm_part part[CUDA_MM_PARTS]; /* the weights x multiplies, with their outputs */
+    int n_parts;
+    int block1, block2; /* the first thread blocks of parts 1 and 2 */
+    bool swiglu;        /* two parts, each warp on the same rows of both: part 0's y = silu(y0) * y1 */
     int k;
     const uint8_t *xq;
     size_t q_stride;
@@ -45,9 +46,6 @@ struct mmv_args {
     const int *xsum;
     bool vec; /* float types: rows and unit starts are 16-byte aligned and k % 8 == 0 */
     int n;
-    const float *bias; /* NULL or one per weight row, added to the finished sums */
-    float *y;
-    size_t y_stride;
 };
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -214,9 +212,9 @@ struct w_q4_0 {
     };
     typedef x_q8_32 X;
     static __device__ int units(int k) { return k / 32; }
-    static __device__ void load(const mmv_args &a, int row, int u, U &w)
+    static __device__ void load(const mmv_args &a, const uint8_t *wrow, int u, U &w)
     {
-        const uint8_t *b = a.w + (size_t)row * a.w_row_bytes + 18 * (size_t)u;
+        const uint8_t *b = wrow + 18 * (size_t)u;
         w.d = ld_f16(b);
         uint32_t qs[4];
 #pragma unroll
@@ -239,9 +237,9 @@ struct w_q4_1 {
     };
     typedef x_q8_32 X;
     static __device__ int units(int k) { return k / 32; }
-    static __device__ void load(const mmv_args &a, int row, int u, U &w)
+    static __device__ void load(const mmv_args &a, const uint8_t *wrow, int u, U &w)
     {
-        const uint8_t *b = a.w + (size_t)row * a.w_row_bytes + 20 * (size_t)u;
+        const uint8_t *b = wrow + 20 * (size_t)u;
         const uint32_t *p = (const uint32_t *)b; /* 20-byte blocks: 4-byte aligned */
         const uint32_t dm = p[0];
         w.d = __half2float(__ushort_as_half((uint16_t)(dm & 0xffffu)));
@@ -271,9 +269,9 @@ struct w_q5_0 {
     };
     typedef x_q8_32 X;
     static __device__ int units(int k) { return k / 32; }
-    static __device__ void load(const mmv_args &a, int row, int u, U &w)
+    static __device__ void load(const mmv_args &a, const uint8_t *wrow, int u, U &w)
     {
-        const uint8_t *b = a.w + (size_t)row * a.w_row_bytes + 22 * (size_t)u;
+        const uint8_t *b = wrow + 22 * (size_t)u;
         w.d = ld_f16(b);
         const uint32_t qh = ld_u32_a2(b + 2);
 #pragma unroll
@@ -299,9 +297,9 @@ struct w_q8_0 {
     };
     typedef x_q8_32 X;
     static __device__ int units(int k) { return k / 32; }
-    static __device__ void load(const mmv_args &a, int row, int u, U &w)
+    static __device__ void load(const mmv_args &a, const uint8_t *wrow, int u, U &w)
     {
-        const uint8_t *b = a.w + (size_t)row * a.w_row_bytes + 34 * (size_t)u;
+        const uint8_t *b = wrow + 34 * (size_t)u;
         w.d = ld_f16(b);
 #pragma unroll
         for (int i = 0; i < 8; i++)
@@ -348,10 +346,10 @@ struct w_q4_K {
     };
     typedef x_q8_K64 X;
     static __device__ int units(int k) { return k / 64; }
-    static __device__ void load(const mmv_args &a, int row, int u, U &w)
+    static __device__ void load(const mmv_args &a, const uint8_t *wrow, int u, U &w)
     {
         const int p = u % 4;
-        const uint8_t *b = a.w + (size_t)row * a.w_row_bytes + 144 * (size_t)(u / 4); /* 16-byte aligned */
+        const uint8_t *b = wrow + 144 * (size_t)(u / 4); /* 16-byte aligned */
         const uint32_t dm = *(const uint32_t *)b;
         w.d = __half2float(__ushort_as_half((uint16_t)(dm & 0xffffu)));
         w.dmin = __half2float(__ushort_as_half((uint16_t)(dm >> 16)));
@@ -408,10 +406,10 @@ struct w_q6_K {
         int sum16[4];
     };
     static __device__ int units(int k) { return k / 64; }
-    static __device__ void load(const mmv_args &a, int row, int u, U &w)
+    static __device__ void load(const mmv_args &a, const uint8_t *wrow, int u, U &w)
     {
         const int h = (u % 4) / 2, qa = u % 2;
-        const uint8_t *b = a.w + (size_t)row * a.w_row_bytes + 210 * (size_t)(u / 4); /* 2-byte aligned */
+        const uint8_t *b = wrow + 210 * (size_t)(u / 4); /* 2-byte aligned */
         const uint8_t *ql = b + 64 * h + 32 * qa, *qh = b + 128 + 32 * h;
         const int8_t *scales = (const int8_t *)(b + 192 + 8 * h + 2 * qa);
         w.d = ld_f16(b + 208);
@@ -495,9 +493,9 @@ struct w_float {
             }
         }
     }
-    static __device__ void load(const mmv_args &a, int row, int u, U &w)
+    static __device__ void load(const mmv_args &a, const uint8_t *wrow, int u, U &w)
     {
-        load8(a.w + (size_t)row * a.w_row_bytes, 8 * u, a.k, a.vec, w.v);
+        load8(wrow, 8 * u, a.k, a.vec, w.v);
     }
     static __device__ void load_x(const mmv_args &a, int r, int u, X &x)
     {
@@ -515,12 +513,31 @@ struct w_float {
 /* ---------------------------------------------------------------------------------------------- */
 /* The mat-vec kernel                                                                             */
 
-/* RPW: weight rows per warp, each activation load serving all of them. */
-template <class W, int RPW>
+/* Part q of a, without indexing the kernel's parameters at run time. */
+static __device__ __forceinline__ cuda_mm_part part_of(const mmv_args &a, int q)
+{
+    return q == 0 ? a.part[0] : q == 1 ? a.part[1] : a.part[2];
+}
+
+/* RPW: weight rows per warp, each activation load serving all of them: RPW rows of one part, or with
+ * SW (swiglu) RPW/2 rows of part 0 and the same rows of part 1. */
+template <class W, int RPW, bool SW>
 __global__ void __launch_bounds__(MMV_THREADS) mmv(const mmv_args a)
 {
+    constexpr int per_part = SW ? RPW / 2 : RPW;
     const int lane = threadIdx.x % CUDA_WARP;
-    const int row0 = (blockIdx.x * MMV_WARPS + threadIdx.x / CUDA_WARP) * RPW;
+    const int p = blockIdx.x >= (unsigned)a.block2 ? 2 : blockIdx.x >= (unsigned)a.block1 ? 1 : 0;
+    const int block = (int)blockIdx.x - (p == 2 ? a.block2 : p == 1 ? a.block1 : 0);
+    const int row0 = (block * MMV_WARPS + threadIdx.x / CUDA_WARP) * per_part;
+    const cuda_mm_part mine = part_of(a, p), other = a.part[1]; /* other: swiglu's up rows */
+    const int rows = mine.rows;
+    const uint8_t *wrow[RPW];
+#pragma unroll
+    for (int i = 0; i < RPW; i++) { /* rows past the end repeat the last one, unused */
+        const int row = min(row0 + i % per_part, rows - 1);
+        const cuda_mm_part &o = i < per_part ? mine : other;
+        wrow[i] = o.w + (size_t)row * o.w_row_bytes;
+    }
     const int n_units = W::units(a.k);
     for (int t0 = 0; t0 < a.n; t0 += MMV_TILE) {
         const int nt = min(MMV_TILE, a.n - t0);
@@ -533,8 +550,8 @@ __global__ void __launch_bounds__(MMV_THREADS) mmv(const mmv_args a)
         for (int u = lane; u < n_units; u += CUDA_WARP) {
             typename W::U wu[RPW];
 #pragma unroll
-            for (int i = 0; i < RPW; i++) /* rows past the end repeat the last one, unused */
-                W::load(a, min(row0 + i, a.rows - 1), u, wu[i]);
+            for (int i = 0; i < RPW; i++)
+                W::load(a, wrow[i], u, wu[i]);
 #pragma unroll
             for (int r = 0; r < MMV_TILE; r++) {
                 if (r < nt) {
@@ -549,11 +566,25 @@ __global__ void __launch_bounds__(MMV_THREADS) mmv(const mmv_args a)
 #pragma unroll
         for (int r = 0; r < MMV_TILE; r++) {
             if (r < nt) {
+                float v[RPW];
 #pragma unroll
                 for (int i = 0; i < RPW; i++) {
-                    const float v = warp_sum(acc[i][r]);
-                    if (lane == 0 && row0 + i < a.rows)
-                        a.y[(size_t)(t0 + r) * a.y_stride + row0 + i] = a.bias ? v + a.bias[row0 + i] : v;
+                    const cuda_mm_part &o = i < per_part ? mine : other;
+                    const int row = row0 + i % per_part;
+                    v[i] = warp_sum(acc[i][r]);
+                    if (o.bias && row < rows)
+                        v[i] = v[i] + o.bias[row];
+                }
+#pragma unroll
+                for (int i = 0; i < RPW; i++) {
+                    const cuda_mm_part &o = i < per_part ? mine : other;
+                    const int row = row0 + i % per_part;
+                    if (lane != 0 || row >= rows)
+                        continue;
+                    float y = v[i];
+                    if (SW && i < per_part) /* ggml_silu_f32 of the gate times the up row, as swiglu does */
+                        y = v[i] / (1.0f + expf(-v[i])) * v[SW ? i + per_part : i];
+                    o.y[(size_t)(t0 + r) * o.y_stride + row] = y;
                 }
             }
         }
@@ -591,11 +622,20 @@ static bool aligned16(const void *p, size_t stride_bytes)
     return (uintptr_t)p % 16 == 0 && stride_bytes % 16 == 0;
 }
 
+/* One launch for every part: each part's rows take whole thread blocks of their own. */
 template <class W, int RPW>
-static cudaError_t launch_mmv_rpw(cudaStream_t st, const mmv_args &a)
+static cudaError_t launch_mmv_rpw(cudaStream_t st, mmv_args a)
 {
-    const unsigned blocks = (unsigned)((a.rows + MMV_WARPS * RPW - 1) / (MMV_WARPS * RPW));
-    CUDA_LAUNCH(blocks, MMV_THREADS, st, mmv<W, RPW>)(a);
+    const int per_block = MMV_WARPS * (a.swiglu ? RPW / 2 : RPW);
+    int blocks[CUDA_MM_PARTS] = {0, 0, 0};
+    for (int p = 0; p < (a.swiglu ? 1 : a.n_parts); p++)
+        blocks[p] = (a.part[p].rows + per_block - 1) / per_block;
+    a.block1 = blocks[0];
+    a.block2 = blocks[0] + blocks[1];
+    if (a.swiglu)
+        CUDA_LAUNCH((unsigned)a.block2, MMV_THREADS, st, mmv<W, RPW, true>)(a);
+    else
+        CUDA_LAUNCH((unsigned)(a.block2 + blocks[2]), MMV_THREADS, st, mmv<W, RPW, false>)(a);
     return cudaGetLastError();
 }
 
@@ -687,25 +727,25 @@ static cudaError_t quantize_act(cudaStream_t st, struct cuda_act *act, enum spec
     return cudaSuccess;
 }
 
-cudaError_t cuda_matmul(cudaStream_t st, struct cuda_act *act, enum spec_dtype wtype, const void *w,
-                        size_t w_row_bytes, int rows, int k, const float *x, size_t x_stride, int n,
-                        const float *bias, float *y, size_t y_stride)
+cudaError_t cuda_matmul(cudaStream_t st, struct cuda_act *act, enum spec_dtype wtype, int k, const float *x,
+                        size_t x_stride, int n, const struct cuda_mm_part *parts, int n_parts, bool swiglu)
 {
     mmv_args a = {};
-    a.w = (const uint8_t *)w;
-    a.w_row_bytes = w_row_bytes;
-    a.rows = rows;
+    bool w_aligned = true;
+    for (int p = 0; p < n_parts; p++) {
+        a.part[p] = parts[p];
+        w_aligned = w_aligned && aligned16(parts[p].w, parts[p].w_row_bytes);
+    }
+    a.n_parts = n_parts;
+    a.swiglu = swiglu;
     a.k = k;
     a.n = n;
-    a.bias = bias;
-    a.y = y;
-    a.y_stride = y_stride;
     cudaError_t err;
     switch (wtype) {
     case SPEC_F32:
         a.xq = (const uint8_t *)x;
         a.q_stride = x_stride * sizeof(float);
-        a.vec = k % 8 == 0 && aligned16(w, w_row_bytes) && aligned16(x, a.q_stride);
+        a.vec = k % 8 == 0 && w_aligned && aligned16(x, a.q_stride);
         return launch_mmv<w_float<SPEC_F32> >(st, a);
     case SPEC_F16:
     case SPEC_BF16: {
@@ -722,7 +762,7 @@ cudaError_t cuda_matmul(cudaStream_t st, struct cuda_act *act, enum spec_dtype w
             return err;
         a.xq = (const uint8_t *)act->buf.p;
         a.q_stride = (size_t)k * sizeof(uint16_t);
-        a.vec = k % 8 == 0 && aligned16(w, w_row_bytes) && aligned16(a.xq, a.q_stride);
+        a.vec = k % 8 == 0 && w_aligned && aligned16(a.xq, a.q_stride);
         return wtype == SPEC_F16 ? launch_mmv<w_float<SPEC_F16> >(st, a) : launch_mmv<w_float<SPEC_BF16> >(st, a);
     }
     default:

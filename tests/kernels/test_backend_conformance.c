@@ -291,6 +291,66 @@ Test(conformance, matmul_adds_its_bias_to_the_finished_sums)
     free(bh), free(xh);
 }
 
+/* On both backends the matmuls op gives the bits of its matmuls one by one (then swiglu): q, k and v
+ * of three widths with biases, gate and up with the swiglu, for every type and batch size. */
+Test(conformance, matmuls_give_the_bits_of_one_matmul_after_the_other)
+{
+    need_cuda();
+    const int64_t k = 256, rows[3] = {70, 16, 33};
+    const int batches[3] = {1, 3, 9};
+    float *bh = random_f32(70, 2.0f), *xh = random_f32(k * 9, 1.0f);
+    struct kern_backend *both[] = {cpu, gpu};
+    for (size_t ti = 0; ti < KT_N_CPU_TYPES; ti++) {
+        const enum spec_dtype t = kt_cpu_types[ti];
+        void *wh[3];
+        size_t rb;
+        for (int i = 0; i < 3; i++)
+            wh[i] = random_weights(t, k, rows[i], 0, &rb);
+        void *wh_up = random_weights(t, k, rows[0], 0, &rb);
+        for (int bi = 0; bi < 2; bi++)
+            for (int nb = 0; nb < 3; nb++) {
+                struct kern_backend *b = both[bi];
+                const int n = batches[nb];
+                struct kern_tensor w[3], bias[3], y[3], want[3], x = upload(b, SPEC_F32, k, n, xh);
+                struct kern_matmul mm[3];
+                for (int i = 0; i < 3; i++) {
+                    w[i] = weight(b, t, k, rows[i], wh[i]);
+                    bias[i] = upload(b, SPEC_F32, rows[i], 1, bh);
+                    y[i] = poisoned(b, rows[i], n);
+                    want[i] = poisoned(b, rows[i], n);
+                    mm[i] = (struct kern_matmul){&w[i], i == 1 ? NULL : &bias[i], &y[i]};
+                    cr_assert_eq(b->ops->matmul(b, &w[i], &x, mm[i].bias, &want[i]), 0);
+                }
+                cr_assert_eq(b->ops->matmuls(b, &x, mm, 3, KERN_MATMULS_PLAIN), 0);
+                for (int i = 0; i < 3; i++) {
+                    float *g = download(b, &y[i]), *e = download(b, &want[i]);
+                    assert_bits(g, e, (size_t)(rows[i] * n) * sizeof(float), kern_dtype_info(t)->name);
+                    free(g), free(e);
+                }
+                /* gate (w[0]) and up of one shape, both with a bias: y0 = silu(gate) * up, y1 = up */
+                struct kern_tensor up = weight(b, t, k, rows[0], wh_up), g = poisoned(b, rows[0], n),
+                                   u = poisoned(b, rows[0], n), yg = poisoned(b, rows[0], n), yu = poisoned(b, rows[0], n);
+                cr_assert_eq(b->ops->matmul(b, &w[0], &x, &bias[0], &g), 0);
+                cr_assert_eq(b->ops->matmul(b, &up, &x, &bias[0], &u), 0);
+                cr_assert_eq(b->ops->swiglu(b, &g, &u, &g), 0);
+                const struct kern_matmul gu[2] = {{&w[0], &bias[0], &yg}, {&up, &bias[0], &yu}};
+                cr_assert_eq(b->ops->matmuls(b, &x, gu, 2, KERN_MATMULS_SWIGLU), 0);
+                float *gg = download(b, &yg), *ge = download(b, &g), *ug = download(b, &yu), *ue = download(b, &u);
+                assert_bits(gg, ge, (size_t)(rows[0] * n) * sizeof(float), "swiglu of gate and up");
+                assert_bits(ug, ue, (size_t)(rows[0] * n) * sizeof(float), "up beside the swiglu");
+                free(gg), free(ge), free(ug), free(ue);
+                free_t(b, &up), free_t(b, &g), free_t(b, &u), free_t(b, &yg), free_t(b, &yu);
+                for (int i = 0; i < 3; i++)
+                    free_t(b, &w[i]), free_t(b, &bias[i]), free_t(b, &y[i]), free_t(b, &want[i]);
+                free_t(b, &x);
+            }
+        for (int i = 0; i < 3; i++)
+            free(wh[i]);
+        free(wh_up);
+    }
+    free(bh), free(xh);
+}
+
 /* y must hold the bits a fresh CUDA backend computes from w (type t, host blocks wh) and x as it is
  * now: no conversion kept from an earlier matmul may stand in for x's current values. */
 static void expect_fresh(enum spec_dtype t, const void *wh, int64_t k, int64_t rows, const struct kern_tensor *x,

@@ -159,3 +159,47 @@ Test(check, rounds_report_shape_before_range)
     bad = j, bad.q = NULL, bad.n_draft = 0, bad.draft = NULL, bad.u_accept = NULL;
     cr_assert_eq(kern_sample_choose_check(&bad, 1), SPEC_OK, "a plain draw needs no drafts");
 }
+
+Test(check, matmuls_refuse_mixed_types_overlaps_and_a_lone_swiglu)
+{
+    static char wa[64], wb[64], ya[64], yb[64], xa[64];
+    struct kern_tensor x = f32(8, 2), w0 = {.type = SPEC_Q8_0, .ne0 = 8, .ne1 = 4, .row_bytes = 9, .data = wa},
+                       w1 = w0, w16 = f16(8, 4), y0 = f32(4, 2), y1 = f32(4, 2), y3 = f32(3, 2);
+    x.data = xa, w1.data = wb, y0.data = ya, y1.data = yb;
+    const struct kern_matmul two[2] = {{&w0, NULL, &y0}, {&w1, NULL, &y1}};
+    cr_assert_eq(kern_matmuls_check(&x, two, 2, KERN_MATMULS_PLAIN), SPEC_OK);
+    cr_assert_eq(kern_matmuls_check(&x, two, 2, KERN_MATMULS_SWIGLU), SPEC_OK);
+    cr_assert_eq(kern_matmuls_check(&x, two, 1, KERN_MATMULS_SWIGLU), SPEC_E_INVALID_ARG, "swiglu of one product");
+    cr_assert_eq(kern_matmuls_check(&x, two, 0, KERN_MATMULS_PLAIN), SPEC_E_INVALID_ARG, "no product");
+    cr_assert_eq(kern_matmuls_check(&x, two, 2, (enum kern_matmuls_then)7), SPEC_E_INVALID_ARG, "unknown epilogue");
+    const struct kern_matmul mixed[2] = {{&w0, NULL, &y0}, {&w16, NULL, &y1}};
+    cr_assert_eq(kern_matmuls_check(&x, mixed, 2, KERN_MATMULS_PLAIN), SPEC_E_INVALID_ARG, "two weight types");
+    const struct kern_matmul same_out[2] = {{&w0, NULL, &y0}, {&w1, NULL, &y0}};
+    cr_assert_eq(kern_matmuls_check(&x, same_out, 2, KERN_MATMULS_PLAIN), SPEC_E_INVALID_ARG, "one output twice");
+    struct kern_tensor y_on_x = y0;
+    y_on_x.data = xa + 4;
+    const struct kern_matmul onto_x[1] = {{&w0, NULL, &y_on_x}};
+    cr_assert_eq(kern_matmuls_check(&x, onto_x, 1, KERN_MATMULS_PLAIN), SPEC_E_INVALID_ARG, "an output over x");
+    static float row[2][12]; /* q | k | v of two rows: disjoint columns of one stride */
+    struct kern_tensor q = f32(4, 2), k = f32(4, 2), v = f32(4, 2);
+    q.row_bytes = k.row_bytes = v.row_bytes = sizeof row[0];
+    q.data = &row[0][0], k.data = &row[0][4], v.data = &row[0][8];
+    struct kern_matmul views[3] = {{&w0, NULL, &q}, {&w1, NULL, &k}, {&w0, NULL, &v}};
+    cr_assert_eq(kern_matmuls_check(&x, views, 3, KERN_MATMULS_PLAIN), SPEC_OK, "q, k and v as column views");
+    struct kern_tensor k_wide = k;
+    k_wide.data = &row[0][2];
+    views[1].y = &k_wide;
+    cr_assert_eq(kern_matmuls_check(&x, views, 3, KERN_MATMULS_PLAIN), SPEC_E_INVALID_ARG, "views sharing columns");
+    /* x right after the last row of a column view, inside that row's stride: apart */
+    static float buf[40];
+    struct kern_tensor col = f32(4, 2), after = f32(8, 2);
+    col.row_bytes = 12 * sizeof(float), col.data = &buf[4], after.data = &buf[20];
+    const struct kern_matmul into_col[1] = {{&w0, NULL, &col}};
+    cr_assert_eq(kern_matmuls_check(&after, into_col, 1, KERN_MATMULS_PLAIN), SPEC_OK,
+                 "an input just past an output view's last element");
+    w1.ne1 = 3, y3.data = yb;
+    const struct kern_matmul shapes[2] = {{&w0, NULL, &y0}, {&w1, NULL, &y3}};
+    cr_assert_eq(kern_matmuls_check(&x, shapes, 2, KERN_MATMULS_PLAIN), SPEC_OK);
+    cr_assert_eq(kern_matmuls_check(&x, shapes, 2, KERN_MATMULS_SWIGLU), SPEC_E_INVALID_ARG,
+                 "swiglu of two shapes");
+}

@@ -269,7 +269,7 @@ static void check_batch_invariance(enum spec_dtype t)
         float *ref = malloc((size_t)(nmax * rows) * sizeof(float)), *y = malloc((size_t)(nmax * rows) * sizeof(float));
         cr_assert_eq(cpu_isa_set(CPU_ISA_SCALAR), 0);
         for (int r = 0; r < nmax; r++)
-            cr_assert_eq(cpu_matmul(ps.p[1], t, w, wrb, rows, k, x + r * k, k, 1, ref + r * rows), 0);
+            cr_assert_eq(cpu_matmul(ps.p[1], t, w, wrb, rows, k, x + r * k, k, 1, ref + r * rows, rows), 0);
         for (int isa = CPU_ISA_SCALAR; isa < CPU_ISA_COUNT; isa++) {
             if (cpu_isa_set((enum cpu_isa)isa) != 0)
                 continue;
@@ -277,7 +277,7 @@ static void check_batch_invariance(enum spec_dtype t)
                 for (size_t nc = 0; nc < sizeof(n_cases) / sizeof(n_cases[0]); nc++) {
                     const int n = n_cases[nc];
                     memset(y, 0xAA, (size_t)(n * rows) * sizeof(float));
-                    cr_assert_eq(cpu_matmul(ps.p[th], t, w, wrb, rows, k, x, k, n, y), 0);
+                    cr_assert_eq(cpu_matmul(ps.p[th], t, w, wrb, rows, k, x, k, n, y, rows), 0);
                     cr_assert_eq(memcmp(y, ref, (size_t)(n * rows) * sizeof(float)), 0,
                                  "%s rows=%ld k=%ld n=%d threads=%d isa=%d differs from separate matvecs",
                                  kern_dtype_info(t)->name, (long)rows, (long)k, n, th, isa);
@@ -334,7 +334,7 @@ static void check_matmul_against_double(enum spec_dtype t)
     for (int64_t j = 0; j < rows; j++)
         kt_random_row(&seed, t, k, w + wrb * j, 0);
     kt_fill_normal(&seed, x, n * k, 1.0f);
-    cr_assert_eq(cpu_matmul(pool, t, w, wrb, rows, k, x, k, n, y), 0);
+    cr_assert_eq(cpu_matmul(pool, t, w, wrb, rows, k, x, k, n, y, rows), 0);
     for (int64_t j = 0; j < rows; j++) {
         cr_assert_eq(kern_dequantize_row(t, w + wrb * j, wf, k), 0);
         for (int64_t r = 0; r < n; r++) {
@@ -390,8 +390,8 @@ Test(matmul, honours_padded_weight_rows_and_activation_strides)
         for (int64_t i = k; i < xs; i++)
             xp[r * xs + i] = NAN;
     }
-    cr_assert_eq(cpu_matmul(pool, SPEC_Q4_K, w, wrb, rows, k, x, k, n, y), 0);
-    cr_assert_eq(cpu_matmul(pool, SPEC_Q4_K, wp, padded, rows, k, xp, xs, n, yp), 0);
+    cr_assert_eq(cpu_matmul(pool, SPEC_Q4_K, w, wrb, rows, k, x, k, n, y, rows), 0);
+    cr_assert_eq(cpu_matmul(pool, SPEC_Q4_K, wp, padded, rows, k, xp, xs, n, yp, rows), 0);
     cr_expect_eq(memcmp(y, yp, sizeof(y)), 0);
     free(w);
     free(wp);
@@ -407,13 +407,14 @@ Test(matmul, rejects_unsupported_types_and_bad_shapes)
     static uint8_t w[4096];
     static float x[1024], y[64];
     y[0] = 42.0f;
-    cr_expect_eq(cpu_matmul(pool, SPEC_Q2_K, w, 84, 1, 256, x, 256, 1, y), SPEC_E_UNSUPPORTED);
-    cr_expect_eq(cpu_matmul(pool, SPEC_Q8_1, w, 36, 1, 32, x, 32, 1, y), SPEC_E_UNSUPPORTED);
-    cr_expect_eq(cpu_matmul(pool, SPEC_Q4_0, w, 18, 1, 33, x, 33, 1, y), SPEC_E_RANGE, "k not a multiple of 32");
-    cr_expect_eq(cpu_matmul(pool, SPEC_Q4_0, w, 17, 1, 32, x, 32, 1, y), SPEC_E_RANGE, "weight rows too short");
-    cr_expect_eq(cpu_matmul(pool, SPEC_Q4_0, w, 18, 1, 32, x, 31, 1, y), SPEC_E_RANGE, "activation rows overlap");
-    cr_expect_eq(cpu_matmul(pool, SPEC_F32, w, 0, 1, 0, x, 0, 1, y), SPEC_E_RANGE, "empty rows");
-    cr_expect_eq(cpu_matmul(pool, SPEC_Q4_0, w, 18, 1, 32, x, 32, 0, y), 0, "no activations: nothing to do");
+    cr_expect_eq(cpu_matmul(pool, SPEC_Q2_K, w, 84, 1, 256, x, 256, 1, y, 1), SPEC_E_UNSUPPORTED);
+    cr_expect_eq(cpu_matmul(pool, SPEC_Q8_1, w, 36, 1, 32, x, 32, 1, y, 1), SPEC_E_UNSUPPORTED);
+    cr_expect_eq(cpu_matmul(pool, SPEC_Q4_0, w, 18, 1, 33, x, 33, 1, y, 1), SPEC_E_RANGE, "k not a multiple of 32");
+    cr_expect_eq(cpu_matmul(pool, SPEC_Q4_0, w, 17, 1, 32, x, 32, 1, y, 1), SPEC_E_RANGE, "weight rows too short");
+    cr_expect_eq(cpu_matmul(pool, SPEC_Q4_0, w, 18, 1, 32, x, 31, 1, y, 1), SPEC_E_RANGE, "activation rows overlap");
+    cr_expect_eq(cpu_matmul(pool, SPEC_Q4_0, w, 18, 2, 32, x, 32, 1, y, 1), SPEC_E_RANGE, "output rows overlap");
+    cr_expect_eq(cpu_matmul(pool, SPEC_F32, w, 0, 1, 0, x, 0, 1, y, 1), SPEC_E_RANGE, "empty rows");
+    cr_expect_eq(cpu_matmul(pool, SPEC_Q4_0, w, 18, 1, 32, x, 32, 0, y, 1), 0, "no activations: nothing to do");
     cr_expect_eq(y[0], 42.0f);
     cpu_pool_destroy(pool);
 }
