@@ -13,8 +13,10 @@
  *  - verification of γ+1 positions (the last accepted token and γ drafts) for γ = 1 … G, as a
  *    multiple of one decode step's time.
  * Decode and verification return each position's greedy id (the backend's argmax), as the engine
- * runs greedy requests; one more line times decode with the whole row of logits copied to the host,
- * as sampled requests need it.
+ * runs greedy requests; one more line times decode with the whole row of logits copied to the host.
+ * Two more time a sampled verification pass of min(G + 1, 8) positions (temperature 0.8 with
+ * llama.cpp's default filters, prompt-lookup drafts): its rows processed and the round run on the
+ * host (verify/), and where the backend can, on the backend (sample_process/sample_choose).
  * --graphs records each step as a CUDA graph (kern_backend_config.graphs), for an A/B against op by op. Every figure is the median of repeated runs, each rolled back so that all start at position P.
  * With --profile, STEPS more decode steps run with every op timed (kern_profile_start), then STEPS
  * verification passes of 8 positions: per kind of op, calls, host time and device time per pass, and the bandwidth of the ones that read weights or
@@ -29,6 +31,7 @@
 #include "kernels/backend.h"
 #include "model/gguf.h"
 #include "model/model.h"
+#include "verify/verify.h"
 
 struct args {
     const char *model, *device;
@@ -102,6 +105,64 @@ static int time_forward(struct model *m, struct model_seq *s, const int32_t *tok
         if (err || (err = model_seq_truncate(s, pos)))
             return err;
     }
+    qsort(t, (size_t)runs, sizeof t[0], cmp_double);
+    *median = t[runs / 2];
+    return SPEC_OK;
+}
+
+/* Median seconds of a sampled verification pass of n positions (then rolled back): the forward, each
+ * row's processed distribution and the round of rejection sampling against one-hot drafts (the
+ * tokens themselves), on the backend (`dev`: n rows of n_vocab there) or, when dev is NULL, on the
+ * host (`rows`: n x n_vocab floats). */
+static int time_sampled(struct model *m, struct model_seq *s, const int32_t *tokens, int n, struct kern_tensor *dev,
+                        float *rows, double seconds, double *median)
+{
+    struct verify_params vp = verify_params_default();
+    vp.temperature = 0.8f, vp.top_k = 40, vp.top_p = 0.95f, vp.min_p = 0.05f, vp.seed = 1;
+    const struct kern_sampler ks = verify_sampler(&vp);
+    const int32_t n_vocab = model_n_vocab(m);
+    struct verify_scratch *vs = NULL;
+    float *p = malloc((size_t)n * (size_t)n_vocab * sizeof *p), *q = calloc((size_t)n * (size_t)n_vocab, sizeof *q),
+          *residual = malloc((size_t)n_vocab * sizeof *residual);
+    int err = p && q && residual ? verify_scratch_new(n_vocab, &vs) : SPEC_E_NOMEM;
+    for (int i = 0; i + 1 < n; i++)
+        q[(size_t)i * n_vocab + tokens[i + 1]] = 1.0f;
+    struct model_batch_item it = {.s = s, .tokens = tokens, .n = n, .all_logits = true, .logits = rows};
+    if (dev)
+        it = (struct model_batch_item){.s = s, .tokens = tokens, .n = n, .all_logits = true, .sampler = &ks,
+                                       .probs = dev, .window_ctx = tokens, .window_end0 = 1, .window_len = 64};
+    double t[MAX_RUNS], u[2 * 65];
+    int runs = 0;
+    const int pos = model_seq_len(s);
+    const double end = bench_now_s() + seconds;
+    while (!err && runs < MAX_RUNS && (runs < 3 || bench_now_s() < end)) {
+        const double t0 = bench_now_s();
+        int32_t out[65];
+        int n_out;
+        err = model_forward_batch(m, &it, 1);
+        if (!err && dev) {
+            verify_round_draws(vp.seed, 0, (uint64_t)pos + 1, n - 1, u, u + 65);
+            struct kern_choose round = {.p = dev, .draft = tokens + 1, .n_draft = n - 1, .u_accept = u,
+                                        .u_sample = u + 65};
+            struct kern_backend *be = model_backend(m);
+            err = be->ops->sample_choose(be, &round, 1);
+        }
+        for (int i = 0; i < n && !err && !dev; i++)
+            err = verify_process(&vp, rows + (size_t)i * n_vocab, n_vocab, tokens, (size_t)i + 1, vs,
+                                 p + (size_t)i * n_vocab);
+        if (!err && !dev) {
+            const struct verify_round r = {.p = p, .q = q, .draft = tokens + 1, .n_draft = n - 1, .n_vocab = n_vocab,
+                                           .seed = vp.seed, .pos0 = (uint64_t)pos + 1, .scratch = residual};
+            err = verify_round_sampled(&r, out, &n_out);
+        }
+        t[runs++] = bench_now_s() - t0;
+        if (!err)
+            err = model_seq_truncate(s, pos);
+    }
+    verify_scratch_free(vs);
+    free(p), free(q), free(residual);
+    if (err)
+        return err;
     qsort(t, (size_t)runs, sizeof t[0], cmp_double);
     *median = t[runs / 2];
     return SPEC_OK;
@@ -252,6 +313,22 @@ int main(int argc, char **argv)
     for (int g = 1; g <= a.gamma_max && !err; g++)
         if (!(err = time_forward(m, s, tokens + a.pos, g + 1, ids, NULL, a.seconds, &tv[g])))
             fprintf(stderr, "bench_roofline: verify %d positions %.3f ms\n", g + 1, tv[g] * 1e3);
+    const int n_verify = a.gamma_max < 7 ? a.gamma_max + 1 : 8; /* the sequence holds pos + gamma_max + 1 */
+    double ts_host = 0.0, ts_dev = 0.0;
+    float *rows = err ? NULL : malloc((size_t)n_verify * (size_t)n_vocab * sizeof *rows);
+    if (!err && !rows)
+        err = SPEC_E_NOMEM;
+    if (!err && !(err = time_sampled(m, s, tokens + a.pos, n_verify, NULL, rows, a.seconds, &ts_host)))
+        fprintf(stderr, "bench_roofline: sampled verify on the host %.3f ms\n", ts_host * 1e3);
+    free(rows);
+    if (!err && be->ops->sample_process) {
+        struct kern_tensor dev;
+        if (!(err = be->ops->tensor_alloc(be, SPEC_F32, n_vocab, n_verify, &dev))) {
+            if (!(err = time_sampled(m, s, tokens + a.pos, n_verify, &dev, NULL, a.seconds, &ts_dev)))
+                fprintf(stderr, "bench_roofline: sampled verify on the backend %.3f ms\n", ts_dev * 1e3);
+            be->ops->tensor_free(be, &dev);
+        }
+    }
     if (err) {
         fprintf(stderr, "bench_roofline: %s (%s)\n", spec_strerror(err), spec_errname(err));
         free(logits);
@@ -278,7 +355,15 @@ int main(int argc, char **argv)
     printf("\n| γ | positions | verify time | verify / decode |\n|---|---|---|---|\n");
     for (int g = 1; g <= a.gamma_max; g++)
         printf("| %d | %d | %.2f ms | %.2fx |\n", g, g + 1, tv[g] * 1e3, tv[g] / t1);
-    const int n_verify = a.gamma_max < 7 ? a.gamma_max + 1 : 8; /* the sequence holds pos + gamma_max + 1 */
+    printf("\n| sampled verification, %d positions (T 0.8, top-k 40, top-p 0.95, min-p 0.05) | time | "
+           "/ greedy pass |\n|---|---|---|\n", n_verify);
+    printf("| rows processed and verified on the host | %.2f ms | %.2fx |\n", ts_host * 1e3, ts_host / tv[n_verify - 1]);
+    if (ts_dev > 0.0)
+        printf("| rows processed and verified on the backend | %.2f ms | %.2fx |\n", ts_dev * 1e3,
+               ts_dev / tv[n_verify - 1]);
+    else
+        printf("| rows processed and verified on the backend | (the %s backend has no sampling ops) | |\n",
+               be->ops->name);
     for (int n = 1; a.profile_steps > 0 && !err; n = n_verify) { /* decode, then a verification pass */
         if ((err = profile_pass(be, m, s, tokens + a.pos, n, a.profile_steps)))
             fprintf(stderr, "bench_roofline: profile: %s (%s)\n", spec_strerror(err), spec_errname(err));
