@@ -357,7 +357,8 @@ int main(int argc, char **argv)
         printf("| %d | %d | %.2f ms | %.2fx |\n", g, g + 1, tv[g] * 1e3, tv[g] / t1);
     printf("\n| sampled verification, %d positions (T 0.8, top-k 40, top-p 0.95, min-p 0.05) | time | "
            "/ greedy pass |\n|---|---|---|\n", n_verify);
-    printf("| rows processed and verified on the host | %.2f ms | %.2fx |\n", ts_host * 1e3, ts_host / tv[n_verify - 1]);
+    printf("| rows processed and verified on the host | %.2f ms | %.2fx |\n", ts_host * 1e3,
+           ts_host / tv[n_verify - 1]);
     if (ts_dev > 0.0)
         printf("| rows processed and verified on the backend | %.2f ms | %.2fx |\n", ts_dev * 1e3,
                ts_dev / tv[n_verify - 1]);

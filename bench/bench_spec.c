@@ -152,7 +152,8 @@ static int parse_args(int argc, char **argv, struct args *a)
             return -1;
     }
     return a->target && a->prompts && a->n_gen > 0 && a->per_category > 0 && a->concurrency >= 0 &&
-                   a->concurrency <= ENGINE_MAX_SEQS && a->temperature >= 0.0f && (a->temperature == 0.0f || !a->concurrency)
+                   a->concurrency <= ENGINE_MAX_SEQS && a->temperature >= 0.0f &&
+                   (a->temperature == 0.0f || !a->concurrency)
                ? 0
                : -1;
 }

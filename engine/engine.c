@@ -593,8 +593,12 @@ static int verify_on_backend(struct engine *e, struct slot *const *who, const st
         if (!sl->on_backend || items[i].err)
             continue;
         verify_round_draws(sl->sp.seed, sl->seq_id, sl->n_hist, sl->n_drafts, u[n], u[n] + ENGINE_MAX_DRAFT);
-        rounds[n] = (struct kern_choose){.p = &sl->pd, .q = e->cfg.draft ? &sl->qd : NULL, .draft = sl->drafts,
-                                         .n_draft = sl->n_drafts, .u_accept = u[n], .u_sample = u[n] + ENGINE_MAX_DRAFT};
+        rounds[n] = (struct kern_choose){.p = &sl->pd,
+                                         .q = e->cfg.draft ? &sl->qd : NULL,
+                                         .draft = sl->drafts,
+                                         .n_draft = sl->n_drafts,
+                                         .u_accept = u[n],
+                                         .u_sample = u[n] + ENGINE_MAX_DRAFT};
         round[i] = n++;
     }
     struct kern_backend *be = model_backend(e->cfg.target);

@@ -208,13 +208,12 @@ int kern_attention_check(const struct kern_tensor *q, const struct kern_tensor *
 int kern_argmax_check(const struct kern_tensor *x, const int32_t *ids);
 /* SPEC_E_RANGE for a setting out of range or NaN (verify_params_check's rules). */
 int kern_sampler_check(const struct kern_sampler *s);
-/* Rows: logits F32 and each out F32, one width for all, at least the logits' (SPEC_E_INVALID_ARG, as a missing sampler or
- * window, or n < 0), then the sampler (kern_sampler_check), then rows inside their tensors (SPEC_E_RANGE).
- * Window tokens outside the vocabulary are ignored, as verify_process ignores them. */
+/* Rows: logits F32 and each out F32, one width for all, at least the logits' (SPEC_E_INVALID_ARG, as a
+ * missing sampler or window, or n < 0), then the sampler (kern_sampler_check), then rows inside their
+ * tensors (SPEC_E_RANGE). Window tokens outside the vocabulary are ignored, as verify_process ignores them. */
 int kern_sample_process_check(const struct kern_tensor *logits, const struct kern_sample_row *rows, int n);
 /* Jobs: p F32 (one width for all), q NULL or F32 of p's width, uniforms and drafts present, n_draft >= 0
- * (SPEC_E_INVALID_ARG),
- * then rows inside p and q and draft ids inside the vocabulary (SPEC_E_RANGE). */
+ * (SPEC_E_INVALID_ARG), then rows inside p and q and draft ids inside the vocabulary (SPEC_E_RANGE). */
 int kern_sample_choose_check(const struct kern_choose *jobs, int n);
 
 struct kern_backend;

@@ -170,8 +170,8 @@ int kern_sample_process_check(const struct kern_tensor *logits, const struct ker
         return SPEC_E_INVALID_ARG;
     for (int i = 0; i < n; i++) {
         const struct kern_sample_row *r = &rows[i];
-        if (!r->s || !is_f32(r->out) || r->out->ne0 < logits->ne0 || r->out->ne0 != rows[0].out->ne0 || r->n_recent < 0 ||
-            (r->n_recent > 0 && !r->recent))
+        if (!r->s || !is_f32(r->out) || r->out->ne0 < logits->ne0 || r->out->ne0 != rows[0].out->ne0 ||
+            r->n_recent < 0 || (r->n_recent > 0 && !r->recent))
             return SPEC_E_INVALID_ARG;
     }
     for (int i = 0; i < n; i++) {

@@ -206,11 +206,11 @@ void *cpu_pool_scratch(struct cpu_pool *pool, size_t bytes);
 /* ---------------------------------------------------------------------------------------------- */
 /* Matrix multiplication                                                                           */
 
-/* y[r * rows + j] = dot(x[r * x_stride ...], w row j) for r < n, j < rows.
+/* y[r * y_stride + j] = dot(x[r * x_stride ...], w row j) for r < n, j < rows.
  * w: `rows` rows of k elements of wtype, w_row_bytes apart; x: n F32 rows of k elements, x_stride
- * floats apart; y: n rows of `rows` floats, y_stride floats apart. Each activation row is converted once to the weight's
- * vec_dot type; every weight row is read once for all n activation rows; rows are split over the
- * pool's threads. y[r] does not depend on n, on the thread count or on the ISA.
+ * floats apart; y: n rows of `rows` floats, y_stride floats apart. Each activation row is converted
+ * once to the weight's vec_dot type; every weight row is read once for all n activation rows; rows are
+ * split over the pool's threads. y[r] does not depend on n, on the thread count or on the ISA.
  * SPEC_E_UNSUPPORTED for a type without kernels, SPEC_E_RANGE for k not a multiple of the block size
  * or a row stride too short, SPEC_E_NOMEM when the scratch cannot grow. */
 int cpu_matmul(struct cpu_pool *pool, enum spec_dtype wtype, const void *w, size_t w_row_bytes, int64_t rows,

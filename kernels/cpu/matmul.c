@@ -96,8 +96,9 @@ int cpu_matmul(struct cpu_pool *pool, enum spec_dtype wtype, const void *w, size
         return SPEC_E_UNSUPPORTED;
     uint64_t w_bytes;
     size_t xq_bytes;
-    if (k <= 0 || rows < 0 || n < 0 || x_stride < k || y_stride < rows || kern_row_bytes((uint32_t)wtype, (uint64_t)k, &w_bytes) ||
-        cpu_act_row_bytes(vtype, k, &xq_bytes) || w_row_bytes < w_bytes)
+    if (k <= 0 || rows < 0 || n < 0 || x_stride < k || y_stride < rows ||
+        kern_row_bytes((uint32_t)wtype, (uint64_t)k, &w_bytes) || cpu_act_row_bytes(vtype, k, &xq_bytes) ||
+        w_row_bytes < w_bytes)
         return SPEC_E_RANGE;
     if (rows == 0 || n == 0)
         return SPEC_OK;

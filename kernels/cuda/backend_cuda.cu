@@ -647,7 +647,8 @@ static int cuda_sample_choose_op(struct kern_backend *be, struct kern_choose *jo
         return SPEC_E_RANGE;
     const size_t job_bytes = align16((size_t)n * sizeof(struct cuda_choose_job)),
                  draft_bytes = align16(n_draft * sizeof(int32_t)), acc_bytes = n_draft * sizeof(double),
-                 smp_bytes = (n_draft + (size_t)n) * sizeof(double), in_bytes = align16(job_bytes + draft_bytes + acc_bytes + smp_bytes),
+                 smp_bytes = (n_draft + (size_t)n) * sizeof(double),
+                 in_bytes = align16(job_bytes + draft_bytes + acc_bytes + smp_bytes),
                  bytes = in_bytes + (size_t)n * sizeof(struct cuda_choice);
     uint8_t *h = sample_staging(cb, bytes);
     if (!h)
@@ -669,15 +670,17 @@ static int cuda_sample_choose_op(struct kern_backend *be, struct kern_choose *jo
         doff += j->n_draft;
         soff += j->n_draft + 1;
     }
-    if ((err = err_of(cuda_buf_reserve(cb->stream, &cb->sample, bytes))) || (err = upload(cb, cb->sample.p, h, in_bytes)))
+    if ((err = err_of(cuda_buf_reserve(cb->stream, &cb->sample, bytes))) ||
+        (err = upload(cb, cb->sample.p, h, in_bytes)))
         return err;
     uint8_t *dev = (uint8_t *)cb->sample.p;
     struct cuda_choice *res = (struct cuda_choice *)(h + in_bytes);
-    if ((err = err_of(cuda_sample_choose(cb->stream, (const struct cuda_choose_job *)dev, n,
-                                         (const int32_t *)(dev + job_bytes), (const double *)(dev + job_bytes + draft_bytes),
-                                         (const double *)(dev + job_bytes + draft_bytes) + n_draft,
-                                         (int)jobs[0].p->ne0, (struct cuda_choice *)(dev + in_bytes)))) ||
-        (err = err_of(cudaMemcpyAsync(res, dev + in_bytes, (size_t)n * sizeof *res, cudaMemcpyDeviceToHost, cb->stream))) ||
+    if ((err = err_of(cuda_sample_choose(
+             cb->stream, (const struct cuda_choose_job *)dev, n, (const int32_t *)(dev + job_bytes),
+             (const double *)(dev + job_bytes + draft_bytes), (const double *)(dev + job_bytes + draft_bytes) + n_draft,
+             (int)jobs[0].p->ne0, (struct cuda_choice *)(dev + in_bytes)))) ||
+        (err = err_of(
+             cudaMemcpyAsync(res, dev + in_bytes, (size_t)n * sizeof *res, cudaMemcpyDeviceToHost, cb->stream))) ||
         (err = err_of(cudaStreamSynchronize(cb->stream))))
         return err;
     for (int i = 0; i < n; i++) {

@@ -297,7 +297,8 @@ static __device__ void process_row(sample_smem &sm, const cuda_sample_row &r, co
         if (tid < half) {
             const float ov = sm.best_v[tid + half];
             const int oi = sm.idx[tid + half];
-            if (oi < n_vocab && (sm.idx[tid] == n_vocab || ov > sm.best_v[tid] || (ov == sm.best_v[tid] && oi < sm.idx[tid]))) {
+            if (oi < n_vocab &&
+                (sm.idx[tid] == n_vocab || ov > sm.best_v[tid] || (ov == sm.best_v[tid] && oi < sm.idx[tid]))) {
                 sm.best_v[tid] = ov;
                 sm.idx[tid] = oi;
             }
