@@ -18,6 +18,12 @@ static float raw_prob(const float *logits, int32_t n_vocab, int32_t token)
     return (float)(exp((double)logits[token] - max) / sum);
 }
 
+/* The uniform that draws run r's next token, on the host or on the backend alike. */
+static double draft_uniform(const struct draft_model_run *r)
+{
+    return verify_uniform(r->sp->seed, r->seq_id, r->n_ctx + (size_t)r->n_out, VERIFY_DRAW_DRAFT);
+}
+
 /* A run whose q rows are made and sampled on the backend. */
 static bool on_backend(const struct draft_model_run *r)
 {
@@ -43,7 +49,7 @@ static int next_token(struct draft_model_run *r, int32_t pick, float pick_prob, 
         size_t nw;
         verify_penalty_window(r->ctx, pos, penalty_window, &w, &nw);
         SPEC_TRY(verify_process(r->sp, r->logits, n_vocab, w, nw, vs, qn));
-        SPEC_TRY(verify_sample(qn, n_vocab, verify_uniform(r->sp->seed, r->seq_id, pos, VERIFY_DRAW_DRAFT), token));
+        SPEC_TRY(verify_sample(qn, n_vocab, draft_uniform(r), token));
         if (r->sp->temperature > 0.0f)
             conf = qn[*token];
         else if (min_prob > 0.0f)
@@ -92,7 +98,7 @@ static int draw_on_backend(struct model *m, struct draft_model_run *runs, int n_
         j++;
         if (!on_backend(r))
             continue;
-        u[n_jobs] = verify_uniform(r->sp->seed, r->seq_id, r->n_ctx + (size_t)r->n_out, VERIFY_DRAW_DRAFT);
+        u[n_jobs] = draft_uniform(r);
         who[n_jobs] = i;
         jobs[n_jobs] = (struct kern_choose){.p = r->q_dev, .p_row = r->n_out, .u_sample = &u[n_jobs]};
         n_jobs++;
