@@ -184,6 +184,26 @@ static __device__ __forceinline__ void block_sum(double *part, int tid)
     }
 }
 
+/* best_v[0], best_i[0] = the largest of best_v[0 .. N) with the lowest index on ties (index -1: no
+ * value; the result does not depend on the order of comparisons), by a fixed tree. Every thread of the
+ * block (N threads) calls it after writing its own slots; all may read slot 0 afterwards. */
+template <int N>
+static __device__ __forceinline__ void block_best(float *best_v, int *best_i, int tid)
+{
+    __syncthreads();
+    for (int half = N / 2; half > 0; half >>= 1) {
+        if (tid < half) {
+            const float ov = best_v[tid + half];
+            const int oi = best_i[tid + half];
+            if (oi >= 0 && (best_i[tid] < 0 || ov > best_v[tid] || (ov == best_v[tid] && oi < best_i[tid]))) {
+                best_v[tid] = ov;
+                best_i[tid] = oi;
+            }
+        }
+        __syncthreads();
+    }
+}
+
 /* An fp16 value at a 2-byte aligned address, exactly as a float. */
 static __device__ __forceinline__ float ld_f16(const uint8_t *p)
 {

@@ -306,18 +306,7 @@ __global__ void __launch_bounds__(PICK_THREADS)
     }
     best_v[tid] = bv;
     best_i[tid] = bi;
-    __syncthreads();
-    for (int half = PICK_THREADS / 2; half > 0; half >>= 1) {
-        if (tid < half) {
-            const float ov = best_v[tid + half];
-            const int oi = best_i[tid + half];
-            if (oi >= 0 && (best_i[tid] < 0 || ov > best_v[tid] || (ov == best_v[tid] && oi < best_i[tid]))) {
-                best_v[tid] = ov;
-                best_i[tid] = oi;
-            }
-        }
-        __syncthreads();
-    }
+    block_best<PICK_THREADS>(best_v, best_i, tid);
     const int best = best_i[0];
     const float max = best_v[0];
     if (tid == 0)

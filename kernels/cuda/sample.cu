@@ -59,6 +59,14 @@ struct sample_smem {
 /* ---------------------------------------------------------------------------------------------- */
 /* Processing a row                                                                               */
 
+/* Thread tid's contiguous share [c0, c1) of n items (running sums that are prefixed in thread order). */
+static __device__ __forceinline__ void thread_chunk(int n, int tid, int *c0, int *c1)
+{
+    const int chunk = (n + SAMPLE_THREADS - 1) / SAMPLE_THREADS;
+    *c0 = tid * chunk < n ? tid * chunk : n;
+    *c1 = *c0 + chunk < n ? *c0 + chunk : n;
+}
+
 /* Block-wide exclusive prefix of part[] (sequential in thread 0: a fixed order); part[SAMPLE_THREADS - 1]
  * then holds its own prefix and the total goes to *total. */
 static __device__ void prefix_part(sample_smem &sm, int tid, double *total)
@@ -217,8 +225,8 @@ static __device__ uint64_t threshold(sample_smem &sm, const float *row, int n_vo
     }
     /* The first sorted candidate where the running mass reaches the target: contiguous chunks per
      * thread, their sums prefixed in thread order. */
-    const int chunk = (n + SAMPLE_THREADS - 1) / SAMPLE_THREADS;
-    const int c0 = tid * chunk < n ? tid * chunk : n, c1 = c0 + chunk < n ? c0 + chunk : n;
+    int c0, c1;
+    thread_chunk(n, tid, &c0, &c1);
     double s = 0.0;
     for (int i = c0; i < c1; i++)
         s += exp((double)key_logit(sm.keys[i]) - max_l);
@@ -290,27 +298,15 @@ static __device__ void process_row(sample_smem &sm, const cuda_sample_row &r, co
         }
     }
     sm.best_v[tid] = bv;
-    sm.idx[tid] = bi < 0 ? n_vocab : bi;
+    sm.idx[tid] = bi;
     sm.part[tid] = (double)finite;
-    __syncthreads();
-    for (int half = SAMPLE_THREADS / 2; half > 0; half >>= 1) {
-        if (tid < half) {
-            const float ov = sm.best_v[tid + half];
-            const int oi = sm.idx[tid + half];
-            if (oi < n_vocab &&
-                (sm.idx[tid] == n_vocab || ov > sm.best_v[tid] || (ov == sm.best_v[tid] && oi < sm.idx[tid]))) {
-                sm.best_v[tid] = ov;
-                sm.idx[tid] = oi;
-            }
-            sm.part[tid] += sm.part[tid + half];
-        }
-        __syncthreads();
-    }
+    block_best<SAMPLE_THREADS>(sm.best_v, sm.idx, tid);
+    block_sum<SAMPLE_THREADS>(sm.part, tid);
     const int best = sm.idx[0];
     const float best_l = sm.best_v[0];
     const unsigned n_finite = (unsigned)sm.part[0];
     __syncthreads();
-    if (best == n_vocab || s.temperature == 0.0f) { /* nothing finite: no mass (the caller's NUMERIC) */
+    if (best < 0 || s.temperature == 0.0f) { /* nothing finite: no mass (the caller's NUMERIC) */
         for (int i = tid; i < n_vocab; i += SAMPLE_THREADS)
             out[i] = i == best ? 1.0f : 0.0f;
         return;
@@ -400,8 +396,8 @@ static __device__ int draw(sample_smem &sm, const float *p, const float *q, int 
                            int n_vocab)
 {
     const int tid = threadIdx.x;
-    const int chunk = (n_vocab + SAMPLE_THREADS - 1) / SAMPLE_THREADS;
-    const int c0 = tid * chunk < n_vocab ? tid * chunk : n_vocab, c1 = c0 + chunk < n_vocab ? c0 + chunk : n_vocab;
+    int c0, c1;
+    thread_chunk(n_vocab, tid, &c0, &c1);
     double s = 0.0;
     int last = -1;
     for (int j = c0; j < c1; j++) {
