@@ -17,7 +17,9 @@
  * Two more time a sampled verification pass of min(G + 1, 8) positions (temperature 0.8 with
  * llama.cpp's default filters, prompt-lookup drafts): its rows processed and the round run on the
  * host (verify/), and where the backend can, on the backend (sample_process/sample_choose).
- * --graphs records each step as a CUDA graph (kern_backend_config.graphs), for an A/B against op by op. Every figure is the median of repeated runs, each rolled back so that all start at position P.
+ * --graphs records each step as a CUDA graph and replays it (kern_backend_config.graphs), for an A/B against
+ * op by op; the table then counts how the steps ran. Every figure is the median of repeated runs, each
+ * rolled back so that all start at position P.
  * With --profile, STEPS more decode steps run with every op timed (kern_profile_start), then STEPS
  * verification passes of 8 positions: per kind of op, calls, host time and device time per pass, and the bandwidth of the ones that read weights or
  * the cache; the device's busy share of the profiled step says whether the kernels or their
@@ -306,8 +308,14 @@ int main(int argc, char **argv)
     }
     /* each figure also goes to stderr as it is measured: a run cut short still says how far it got */
     double t1 = 0.0, t1_logits = 0.0, tv[65] = {0};
+    struct kern_step_stats st0 = {0}, st = {0}; /* around the decode timing, with --graphs */
+    const bool stats = a.graphs && be && be->ops->step_stats;
+    if (!err && stats)
+        err = be->ops->step_stats(be, &st0);
     if (!err && !(err = time_forward(m, s, tokens + a.pos, 1, ids, NULL, a.seconds, &t1)))
         fprintf(stderr, "bench_roofline: decode %.3f ms\n", t1 * 1e3);
+    if (!err && stats)
+        err = be->ops->step_stats(be, &st);
     if (!err && !(err = time_forward(m, s, tokens + a.pos, 1, ids, logits, a.seconds, &t1_logits)))
         fprintf(stderr, "bench_roofline: decode with logits %.3f ms\n", t1_logits * 1e3);
     for (int g = 1; g <= a.gamma_max && !err; g++)
@@ -352,6 +360,10 @@ int main(int argc, char **argv)
     printf("| decode, batch 1 (greedy id back) | %.2f ms/token, %.1f tokens/s |\n", t1 * 1e3, 1.0 / t1);
     printf("| decode, batch 1 (logits back) | %.2f ms/token, %.1f tokens/s |\n", t1_logits * 1e3, 1.0 / t1_logits);
     printf("| decode bandwidth | %.1f GB/s = %.1f%% of copy bandwidth |\n", step_bw / 1e9, 100.0 * step_bw / copy_bw);
+    if (stats)
+        printf("| decode steps as graphs | %ld begun: %ld recorded, %ld replayed, %ld issued again; %ld nodes a step "
+               "|\n", st.steps - st0.steps, st.recorded - st0.recorded, st.replayed - st0.replayed,
+               st.repeated - st0.repeated, st.nodes);
     printf("\n| γ | positions | verify time | verify / decode |\n|---|---|---|---|\n");
     for (int g = 1; g <= a.gamma_max; g++)
         printf("| %d | %d | %.2f ms | %.2fx |\n", g, g + 1, tv[g] * 1e3, tv[g] / t1);

@@ -5,13 +5,14 @@
  *
  *   bench_spec --target T.gguf [--draft D.gguf] --prompts FILE [--per-category N] [-n TOKENS]
  *              [--gammas 2,4,8,0] [--draft-vocab N] [--threads N] [--concurrency C] [--device auto|cpu|cuda]
- *              [--temperature T] [--sampling backend|host]
+ *              [--temperature T] [--sampling backend|host] [--graphs]
  * γ = 0 in --gammas means adaptive (draft_min 1, draft_max 8). --draft-vocab N: the draft scores only
  * token ids below N (model_config.n_logits). --temperature T > 0 samples (llama.cpp's defaults besides:
  * top-k 40, top-p 0.95, min-p 0.05; seed 1) instead of decoding greedily: the outputs then follow the
  * same distribution without being the same tokens, and the identity column says "sampled".
  * --sampling host processes and verifies sampled rows on the host even where the backend could
- * (engine_config.host_sampling), for the A/B of sampling on the GPU.
+ * (engine_config.host_sampling), for the A/B of sampling on the GPU. --graphs records each model step
+ * as a CUDA graph and replays it (kern_backend_config.graphs), for both sides of the A/B.
  *
  * With --concurrency C it checks greedy identity instead, on up to --per-category prompts of every
  * category: each prompt decoded target-only and speculatively (adaptive γ), both requests side by
@@ -116,13 +117,20 @@ struct args {
     int gammas[MAX_GAMMAS];
     float temperature;
     bool host_sampling;
+    bool graphs;
 };
 
 static int parse_args(int argc, char **argv, struct args *a)
 {
     *a = (struct args){.device = "auto", .per_category = 3, .n_gen = 64, .n_gammas = 4, .gammas = {2, 4, 8, 0}};
-    for (int i = 1; i + 1 < argc; i += 2) {
-        const char *o = argv[i], *v = argv[i + 1];
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--graphs")) {
+            a->graphs = true;
+            continue;
+        }
+        if (i + 1 == argc)
+            return -1;
+        const char *o = argv[i], *v = argv[++i];
         if (!strcmp(o, "--target"))
             a->target = v;
         else if (!strcmp(o, "--draft"))
@@ -428,14 +436,15 @@ int main(int argc, char **argv)
     if (parse_args(argc, argv, &a)) {
         fprintf(stderr, "usage: bench_spec --target T.gguf [--draft D.gguf] --prompts FILE [--per-category N] "
                         "[-n TOKENS] [--gammas 2,4,8,0] [--draft-vocab N] [--threads N] [--concurrency C] "
-                        "[--device auto|cpu|cuda] [--temperature T] [--sampling backend|host]\n");
+                        "[--device auto|cpu|cuda] [--temperature T] [--sampling backend|host] [--graphs]\n");
         return 2;
     }
     struct kern_backend *be;
     struct model *target = NULL, *draft = NULL;
-    int err = kern_backend_create(a.device, &(struct kern_backend_config){.n_threads = a.n_threads}, &be);
+    int err = kern_backend_create(a.device, &(struct kern_backend_config){.n_threads = a.n_threads, .graphs = a.graphs},
+                                  &be);
     if (!err)
-        fprintf(stderr, "bench_spec: backend %s\n", be->ops->name);
+        fprintf(stderr, "bench_spec: backend %s%s\n", be->ops->name, a.graphs ? ", steps as graphs" : "");
     if (!err)
         err = model_load(a.target, be, &target);
     if (!err && a.draft)

@@ -218,6 +218,15 @@ int kern_sample_choose_check(const struct kern_choose *jobs, int n);
 
 struct kern_backend;
 
+/* Counts of steps (step_begin .. step_end) since the backend was made. */
+struct kern_step_stats {
+    long steps;    /* begun */
+    long recorded; /* recorded as a unit and run */
+    long replayed; /* ran a recorded unit again, without their ops being launched or recorded */
+    long repeated; /* replays given up, the caller told to issue the step again (step_end's *again) */
+    long nodes;    /* launches and copies of the last recorded unit */
+};
+
 struct kern_backend_ops {
     const char *name;
     void (*destroy)(struct kern_backend *be);
@@ -297,12 +306,18 @@ struct kern_backend_ops {
 
     /* Optional (NULL where every op runs as it comes, as on the CPU): the ops between step_begin and
      * step_end are one forward step, which the backend may record and run as a unit at step_end (CUDA:
-     * a graph). `shape` names which steps issue the same ops in the same order (the same kernels, other
-     * arguments), so that a unit recorded for one can be reused by the next. Results are those of the
-     * ops run one by one; an op that waits for the device or returns data to the host ends the unit
-     * early. step_end must follow every step_begin, also after a failed op. */
+     * a graph), and run again for a later step whose ops are the same but for the contents of their
+     * host arrays and their positions. `shape` names which steps issue the same ops in the same order
+     * (the same kernels, other arguments), so that a unit recorded for one can serve the next. Results
+     * are those of the ops run one by one; an op that waits for the device or returns data to the host
+     * ends the unit early. step_end must follow every step_begin, also after a failed op. It sets
+     * *again when none of the step's ops ran (a replay found them different from the recording; ops
+     * that had to return data then returned SPEC_E_CANCELLED): the caller issues the same step once
+     * more, which then runs. */
     int (*step_begin)(struct kern_backend *be, uint64_t shape);
-    int (*step_end)(struct kern_backend *be);
+    int (*step_end)(struct kern_backend *be, bool *again);
+    /* Optional: how the steps ran so far. */
+    int (*step_stats)(struct kern_backend *be, struct kern_step_stats *out);
 };
 
 struct kern_backend {

@@ -199,12 +199,18 @@ static int prof_step_begin(struct kern_backend *be, uint64_t shape)
     return p->in_step ? p->inner->ops->step_begin(p->inner, shape) : SPEC_OK;
 }
 
-static int prof_step_end(struct kern_backend *be)
+static int prof_step_end(struct kern_backend *be, bool *again)
 {
     struct prof_backend *p = prof_of(be);
     const bool in_step = p->in_step;
     p->in_step = false;
-    return in_step ? p->inner->ops->step_end(p->inner) : SPEC_OK;
+    *again = false;
+    return in_step ? p->inner->ops->step_end(p->inner, again) : SPEC_OK;
+}
+
+static int prof_step_stats(struct kern_backend *be, struct kern_step_stats *out)
+{
+    return INNER(be)->ops->step_stats(INNER(be), out);
 }
 
 static int prof_rms_norm(struct kern_backend *be, struct kern_tensor *x, const struct kern_tensor *residual,
@@ -296,6 +302,7 @@ int kern_profile_wrap(struct kern_backend *inner, struct kern_backend **out)
     p->ops.name = inner->ops->name;
     p->ops.sample_process = inner->ops->sample_process ? prof_sample_process : NULL;
     p->ops.sample_choose = inner->ops->sample_choose ? prof_sample_choose : NULL;
+    p->ops.step_stats = inner->ops->step_stats ? prof_step_stats : NULL;
     p->base.ops = &p->ops;
     *out = &p->base;
     return SPEC_OK;

@@ -739,25 +739,40 @@ static int step_layers(struct model *m, const struct segment *sg, int n_sg, int 
     return step_logits(m, sg, n_sg);
 }
 
-/* One internal step, its device work bracketed by step_begin/step_end (the CUDA backend records it
- * as a graph): the ops a step issues depend on the model, the rows, the segments and the output
- * rows only, which make its shape. */
-static int forward_step(struct model *m, const struct segment *sg, int n_sg, int n)
+/* The device work of one internal step, bracketed by step_begin/step_end (the CUDA backend records it
+ * as a graph, or replays the one recorded for its shape). *again: the backend ran none of it. */
+static int step_run(struct model *m, const struct segment *sg, int n_sg, int n, uint64_t shape, bool *again)
 {
     struct kern_backend *be = m->be;
     const struct kern_backend_ops *op = be->ops;
+    *again = false;
+    if (op->step_begin)
+        SPEC_TRY(op->step_begin(be, shape));
+    const int err = step_layers(m, sg, n_sg, n);
+    const int ended = op->step_end ? op->step_end(be, again) : SPEC_OK;
+    return err ? err : ended;
+}
+
+/* One internal step. The ops it issues depend on the model, the rows and each segment's sequence, rows
+ * and output rows, which make its shape: steps of one shape differ only in their tokens and
+ * positions, so that the backend can replay the last one's recording (a batch of other sequences
+ * gets a recording of its own). */
+static int forward_step(struct model *m, const struct segment *sg, int n_sg, int n)
+{
+    uint64_t shape = ((uint64_t)(uintptr_t)m ^ (uint64_t)n) * 0x9e3779b97f4a7c15u;
     int n_out = 0;
     for (int i = 0; i < n_sg; i++) {
         int first;
-        n_out += output_rows(&sg[i], &first);
+        const int k = output_rows(&sg[i], &first);
+        n_out += k;
+        shape = (shape ^ (uint64_t)(uintptr_t)sg[i].it->s) * 0x9e3779b97f4a7c15u;
+        shape = (shape ^ ((uint64_t)sg[i].n | (uint64_t)k << 32)) * 0x9e3779b97f4a7c15u;
     }
-    const uint64_t shape = ((uint64_t)(uintptr_t)m * 0x9e3779b97f4a7c15u) ^
-                           ((uint64_t)n | (uint64_t)n_sg << 20 | (uint64_t)n_out << 40);
-    if (op->step_begin)
-        SPEC_TRY(op->step_begin(be, shape));
-    int err = step_layers(m, sg, n_sg, n);
-    const int ended = op->step_end ? op->step_end(be) : SPEC_OK;
-    if (err || (err = ended))
+    bool again;
+    int err = step_run(m, sg, n_sg, n, shape, &again);
+    if (again) /* a replay that found other ops: the step issued again runs (backend.h) */
+        err = step_run(m, sg, n_sg, n, shape, &again);
+    if (err)
         return err;
     return step_deliver(m, sg, n_sg, n_out);
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Packs what bench/gpu/measure.sh needs on the lent GPU machine, which has nvcc but none of libuv,
 # msgpack-c or Criterion and cannot fetch: the binaries built here (cudart is static) and the shared
-# libraries they load, the dev prompts, and SmolLM2 split into parts that fit one call's 64 MiB.
+# libraries they load (in bin.tar.xz, ~6 MB), the dev prompts, and SmolLM2 split into parts that fit
+# one call's 64 MiB.
 #   bench/gpu/bundle.sh [BUNDLE_DIR=.gpu] [PROMPTS=../shared/bench/prompts-dev.jsonl]
 # BUNDLE_DIR must be ignored by git (.git/info/exclude) and named in the device call's carry.
 set -euo pipefail
@@ -21,6 +22,9 @@ for b in $bins; do
     ldd "$b" | awk '/=> \// && $3 !~ /\/(libc|libm|libpthread|libdl|librt|libresolv)\.so/ { print $3 }' |
         while read -r lib; do cp -nL "$lib" "$dir/lib/"; done
 done
+# The binaries (each holds its kernels and cudart) and libraries shrink about sevenfold: one archive.
+tar -C "$dir" -cJf "$dir/bin.tar.xz" bin lib
+rm -rf "$dir/bin" "$dir/lib"
 cp "$prompts" "$dir/prompts-dev.jsonl"
 if [ -f "$model" ]; then
     split -b 36M -d "$model" "$dir/model/smollm2.part"

@@ -4,9 +4,9 @@
 # models, verify(γ+1)/decode(1) for γ = 1…16, greedy identity of speculative vs target-only decoding
 # on the GPU, the speculative speedup on the dev prompts, sampled decoding with its rows processed and
 # verified on the GPU against the same on the host (the A/B of sampling on the device), and last the
-# model and engine suites with
-# the GPU as their device (minutes: every step of their tiny models pays the GPU's launch costs,
-# where the CPU takes microseconds). Results go to $OUT (or /tmp/specd-out).
+# model and engine suites with the GPU as their device, op by op and then with steps replayed as graphs
+# (minutes: every step of their tiny models pays the GPU's launch costs, where the CPU takes
+# microseconds). Results go to $OUT (or /tmp/specd-out).
 #
 #   bench/gpu/measure.sh [STEP...]     STEP: info conformance roofline identity speedup sampled suites
 #                                      (default: all, in that order)
@@ -19,15 +19,16 @@
 # same steps on small shapes on a machine without a GPU, to check the script itself. The roofline
 # step gives per-op profiles of 64 decode steps and 64 verification passes of 8 positions (host and
 # device time per kind of op: where a step's time goes when it falls short of the roofline), then
-# times the target again with each step recorded as a CUDA graph (--graphs), for the A/B.
+# times the target again with each step recorded and replayed as a CUDA graph (--graphs), for the A/B;
+# the speedup step also runs adaptive γ with graphs.
 #
 # With the device tool (64 MiB travel per call; the bundle's parts are sized for two calls; seen on
 # an H200 in 2026-11: ~35 s to start a machine, ~150 s for call 2's steps without the suites):
 #   1. here: bench/gpu/bundle.sh
-#   2. run carry=[.gpu/bin, .gpu/lib, .gpu/prompts-dev.jsonl, .gpu/model/smollm2.part00,
-#      .gpu/model/smollm2.sha256], command "bench/gpu/measure.sh info conformance roofline identity",
-#      timeout 300
-#   3. at once (while warm): carry=[.gpu/model/smollm2.part01, .gpu/model/smollm2.part02],
+#   2. run carry=[.gpu/bin.tar.xz, .gpu/prompts-dev.jsonl, .gpu/model/smollm2.part00,
+#      .gpu/model/smollm2.sha256] (~48 MB with the tree), command
+#      "bench/gpu/measure.sh info conformance roofline identity", timeout 300
+#   3. at once (while warm): carry=[.gpu/model/smollm2.part01, .gpu/model/smollm2.part02] (~64 MB),
 #      command "bench/gpu/measure.sh speedup sampled suites", timeout 300
 #   4. give_back; commit $OUT's tables as bench/results/<date>-<gpu>.md with these commands.
 set -uo pipefail
@@ -36,8 +37,8 @@ stash=/tmp/specd-gpu
 out=${OUT:-/tmp/specd-out}
 device=${SPECD_GPU_DEVICE:-cuda}
 mkdir -p "$stash/model" "$out"
-if [ -d .gpu/bin ]; then
-    cp -rf .gpu/bin .gpu/lib "$stash/"
+if [ -f .gpu/bin.tar.xz ]; then
+    tar -C "$stash" -xJf .gpu/bin.tar.xz
     cp -f .gpu/prompts-dev.jsonl "$stash/"
 fi
 [ -d .gpu/model ] && cp -f .gpu/model/* "$stash/model/" 2>/dev/null
@@ -78,10 +79,14 @@ for step in $steps; do
         ;;
     conformance | suites)
         tests="test_backend_conformance test_profile"
-        [ "$step" = suites ] && tests="test_model test_engine_batch test_engine"
+        [ "$step" = suites ] &&
+            tests="test_model test_engine_batch test_engine graphs:test_model graphs:test_engine_batch"
         for t in $tests; do
             echo "== $t (from $((SECONDS - t_step)) s)" | tee -a "$out/$step.txt"
-            SPECD_REQUIRE_CUDA=$([ "$device" = cuda ] && echo 1) SPECD_TEST_DEVICE=$device "$B/$t" --jobs 1 2>&1 |
+            graphs=0
+            [ "${t#graphs:}" != "$t" ] && graphs=1 && t=${t#graphs:}
+            SPECD_REQUIRE_CUDA=$([ "$device" = cuda ] && echo 1) SPECD_TEST_DEVICE=$device SPECD_TEST_GRAPHS=$graphs \
+                "$B/$t" --jobs 1 2>&1 |
                 tee -a "$out/$step.txt" |
                 grep -E 'FAIL|Synthesis|!!!'
             [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
@@ -118,6 +123,10 @@ for step in $steps; do
         fi
         "$B/bench_spec" --device "$device" --target "$smol" --prompts "$stash/prompts-dev.jsonl" \
             --per-category 3 -n 128 --gammas 2,4,8,0 2>"$out/speedup.log" | tee "$out/speedup.md" || status=1
+        # adaptive γ again with steps replayed as graphs, both sides of the A/B
+        "$B/bench_spec" --device "$device" --target "$smol" --prompts "$stash/prompts-dev.jsonl" \
+            --per-category 3 -n 128 --gammas 0 --graphs 2>"$out/speedup-graphs.log" | tee "$out/speedup-graphs.md" ||
+            status=1
         ;;
     sampled)
         models_ready || { status=1; continue; }

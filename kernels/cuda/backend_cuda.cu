@@ -6,16 +6,24 @@
  * ops take (token ids, positions) are copied before the op returns: cudaMemcpyAsync from pageable
  * memory stages the bytes before it returns, and rows_from_host waits for its copy.
  *
- * Steps as graphs: between step_begin and step_end the stream is captured (cudaStreamBeginCapture)
- * and the step's ops are recorded, not launched; step_end launches them as one graph, updating the
- * executable graph kept for the step's shape (cudaGraphExecUpdate: the same kernels in the same
- * order, new arguments) instead of building one. Launching a recorded graph costs the host far less
- * than launching each kernel, which is what bounds a small model's decode step. The first step of a
- * shape runs op by op (it sizes the scratch buffers); host arrays an op copies from while capturing
- * are staged in page-locked memory the graph reads when it runs; an op that must wait for the device
- * or return data (argmax, rows_to_host, allocation...) first ends the capture and launches what was
- * recorded, and the rest of the step runs op by op. Only with kern_backend_config.graphs (opt-in:
- * bit-identical to op by op on an H200, its speed there not measured yet).
+ * Steps as graphs: the first step of a shape runs op by op (it sizes the scratch buffers). The next is
+ * recorded: between step_begin and step_end the stream is captured (cudaStreamBeginCapture), and
+ * step_end launches what it recorded as one graph, updating the executable graph kept for the shape
+ * (cudaGraphExecUpdate) instead of building one. While recording, every launch and copy also goes
+ * into the shape's trace (cuda_ops.h: a hash of each node). The steps after that are replayed: their
+ * ops launch nothing and capture nothing, they only trace and stage their host arrays, and when the
+ * trace equals the recorded one, step_end launches the kept graph as it is. That is what pays: a small
+ * model's decode step is bound by the host's launches, and capturing them costs the host nearly as
+ * much as launching them. For a replay to find the same nodes, what changes from step to step lives
+ * where the graph reads it when it runs, not in the launches: host arrays (token ids, the RoPE table)
+ * are staged in page-locked memory its copies read, the positions of store_rows and attention go into
+ * a block of step values copied in by the graph's first node, and attention's grid covers a power of
+ * two of chunks. A replay whose trace differs (other tensors, a longer cache's grid, an op that waits
+ * for the device somewhere else) has run nothing: step_end says `again`, the caller issues the step
+ * once more, and it is recorded anew. An op that waits for the device or returns data (argmax,
+ * rows_to_host, allocation...) ends a recording early (what was recorded runs first, the rest of the
+ * step op by op); a replay reaching it where the recording ended runs the graph there. Only with
+ * kern_backend_config.graphs (opt-in until timed on a GPU).
  *
  * Every op runs the shared argument check of kernels/backend.h first (so both backends refuse the
  * same calls with the same codes), then this backend's own limits (types, 32-bit sizes, head_dim).
@@ -30,8 +38,9 @@ extern "C" {
 #include "kernels/cuda/backend_cuda.h"
 #include "kernels/cuda/cuda_ops.h"
 
-#define CUDA_GRAPHS 16             /* shapes of steps kept as executable graphs */
+#define CUDA_GRAPHS 64             /* shapes of steps kept as executable graphs */
 #define CUDA_STAGE_BYTES (1 << 18) /* per recorded step; past it the step runs on op by op */
+#define CUDA_STEP_VALUES 256       /* distinct positions a recorded step reads from device memory */
 
 /* The executable graph kept for a step shape. */
 struct cuda_graph {
@@ -39,6 +48,27 @@ struct cuda_graph {
     cudaGraphExec_t exec; /* NULL until the shape's first recorded step */
     unsigned long used;   /* for eviction: the least recently used goes */
     bool set;
+    uint64_t *trace;      /* the recording's nodes (cuda_ops.h) */
+    int n_trace, trace_cap;
+    bool replayable;      /* trace stands for every node of exec */
+};
+
+/* How the ops of the current step run. */
+enum cuda_step_mode {
+    STEP_OPS,    /* each as it comes */
+    STEP_RECORD, /* captured into a graph, and traced */
+    STEP_REPLAY, /* traced only, to run the kept graph */
+};
+
+/* A traced step's state; the traces of all of this thread's backends in such a step form a list. */
+struct cuda_trace {
+    cudaStream_t st;
+    struct cuda_graph *g;
+    bool replaying;
+    int at;       /* replaying: nodes that matched the recording so far */
+    bool invalid; /* the trace cannot stand for the graph: a replayed node differed, or a recorded one
+                   * could not be kept */
+    struct cuda_trace *next;
 };
 
 struct cuda_backend {
@@ -65,13 +95,18 @@ struct cuda_backend {
     cudaEvent_t *events;
     int n_marks, n_events;
     /* steps as graphs */
-    bool graphs;    /* kern_backend_config.graphs; off: step_begin/step_end do nothing */
-    bool capturing; /* the stream is being recorded for the step of shape `shape` */
-    uint64_t shape;
+    bool graphs; /* kern_backend_config.graphs; off: every step runs op by op */
+    enum cuda_step_mode step;
+    struct cuda_trace trace;
     struct cuda_graph graph[CUDA_GRAPHS];
     unsigned long clock;
-    uint8_t *stage; /* page-locked copies of host arrays a recorded step reads */
+    /* page-locked copies of what a recorded step reads from the host: first its step values (copied to
+     * `values` by its first node), then the host arrays of its ops */
+    uint8_t *stage;
     size_t stage_used;
+    int *values; /* device memory: CUDA_STEP_VALUES ints */
+    int n_values;
+    struct kern_step_stats stats;
 };
 
 static struct cuda_backend *cuda_of(struct kern_backend *be)
@@ -135,6 +170,37 @@ void cuda_buf_release(struct cuda_buf *b)
 /* ---------------------------------------------------------------------------------------------- */
 /* Steps as graphs                                                                                */
 
+thread_local struct cuda_trace *cuda_tracing;
+
+bool cuda_trace_node(cudaStream_t st, uint64_t hash)
+{
+    struct cuda_trace *t = cuda_tracing;
+    while (t && t->st != st)
+        t = t->next;
+    if (!t)
+        return true;
+    struct cuda_graph *g = t->g;
+    if (t->replaying) {
+        if (!t->invalid && t->at < g->n_trace && g->trace[t->at] == hash)
+            t->at++;
+        else
+            t->invalid = true;
+        return false;
+    }
+    if (g->n_trace == g->trace_cap) {
+        const int cap = g->trace_cap ? 2 * g->trace_cap : 1024;
+        uint64_t *grown = (uint64_t *)realloc(g->trace, (size_t)cap * sizeof *grown);
+        if (!grown) {
+            t->invalid = true; /* the step still runs; the next one is recorded again */
+            return true;
+        }
+        g->trace = grown;
+        g->trace_cap = cap;
+    }
+    g->trace[g->n_trace++] = hash;
+    return true;
+}
+
 /* The entry kept for a step shape, or NULL. */
 static struct cuda_graph *graph_of(struct cuda_backend *cb, uint64_t shape)
 {
@@ -144,79 +210,179 @@ static struct cuda_graph *graph_of(struct cuda_backend *cb, uint64_t shape)
     return NULL;
 }
 
-/* Ends the capture and launches what it recorded, as the kept graph of its shape. */
-static int graph_launch(struct cuda_backend *cb)
+/* The rest of the step runs op by op. */
+static void step_ops(struct cuda_backend *cb)
 {
-    cb->capturing = false;
-    cudaGraph_t g = NULL;
-    cudaError_t e = cudaStreamEndCapture(cb->stream, &g);
-    struct cuda_graph *entry = graph_of(cb, cb->shape);
-    if (e == cudaSuccess && entry) {
+    if (cb->step == STEP_OPS)
+        return;
+    cb->step = STEP_OPS;
+    struct cuda_trace **link = &cuda_tracing;
+    while (*link && *link != &cb->trace)
+        link = &(*link)->next;
+    if (*link)
+        *link = cb->trace.next;
+}
+
+/* Ends a recording and launches what it recorded, as the kept graph of its shape. */
+static int record_launch(struct cuda_backend *cb)
+{
+    struct cuda_graph *g = cb->trace.g;
+    const bool traced = !cb->trace.invalid;
+    step_ops(cb);
+    cudaGraph_t recorded = NULL;
+    cudaError_t e = cudaStreamEndCapture(cb->stream, &recorded);
+    if (e == cudaSuccess) {
         cudaGraphExecUpdateResultInfo info;
-        if (entry->exec && cudaGraphExecUpdate(entry->exec, g, &info) != cudaSuccess) {
+        if (g->exec && cudaGraphExecUpdate(g->exec, recorded, &info) != cudaSuccess) {
             cudaGetLastError(); /* another sequence of kernels: build it anew */
-            cudaGraphExecDestroy(entry->exec);
-            entry->exec = NULL;
+            cudaGraphExecDestroy(g->exec);
+            g->exec = NULL;
         }
-        if (!entry->exec)
-            e = cudaGraphInstantiate(&entry->exec, g, 0);
+        if (!g->exec)
+            e = cudaGraphInstantiate(&g->exec, recorded, 0);
         if (e == cudaSuccess)
-            e = cudaGraphLaunch(entry->exec, cb->stream);
+            e = cudaGraphLaunch(g->exec, cb->stream);
     }
-    if (g)
-        cudaGraphDestroy(g);
+    if (recorded)
+        cudaGraphDestroy(recorded);
+    g->replayable = e == cudaSuccess && traced;
+    cb->stats.recorded++;
+    cb->stats.nodes = g->n_trace;
     return err_of(e);
 }
 
-/* Before an op that waits for the device or returns data: what a capture recorded runs first. */
+/* A replay that cannot run its graph: nothing of the step ran, so host-side state the ops updated as
+ * if it had (the kept conversion, the RoPE table) is forgotten, and the shape is recorded next. */
+static void replay_abandon(struct cuda_backend *cb)
+{
+    cb->trace.g->replayable = false;
+    cuda_act_forget(&cb->act);
+    cb->rope_n = 0;
+    step_ops(cb);
+    cb->stats.repeated++;
+}
+
+/* Before an op that waits for the device or returns data: what the step has so far runs first. A
+ * replay can run its graph only where the recording ended; elsewhere its ops are void from here on
+ * (SPEC_E_CANCELLED), and step_end says `again`. */
 static int settle(struct cuda_backend *cb)
 {
-    return cb->capturing ? graph_launch(cb) : SPEC_OK;
+    SPEC_TRY(err_of(cuda_norm_flush(cb->stream, &cb->act)));
+    if (cb->step == STEP_RECORD)
+        return record_launch(cb);
+    if (cb->step != STEP_REPLAY)
+        return SPEC_OK;
+    struct cuda_trace *t = &cb->trace;
+    if (t->invalid || t->at != t->g->n_trace) {
+        t->invalid = true;
+        return SPEC_E_CANCELLED;
+    }
+    step_ops(cb);
+    cb->stats.replayed++;
+    return err_of(cudaGraphLaunch(t->g->exec, cb->stream));
+}
+
+/* A copy from host memory as a node of the step: staged while recording or replaying (the graph
+ * copies when it runs, and the caller's array may change before). */
+static int copy_in(struct cuda_backend *cb, void *dst, const void *src, size_t bytes)
+{
+    if (cb->step != STEP_OPS) {
+        const uintptr_t ends[3] = {(uintptr_t)dst, (uintptr_t)src, (uintptr_t)bytes};
+        if (!cuda_trace_node(cb->stream, cuda_hash_bytes(CUDA_HASH_SEED, ends, sizeof ends)))
+            return SPEC_OK;
+    }
+    return err_of(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cb->stream));
 }
 
 static int cuda_step_begin(struct kern_backend *be, uint64_t shape)
 {
     struct cuda_backend *cb = cuda_of(be);
-    if (!cb->graphs || cb->capturing)
+    cb->stats.steps++;
+    if (!cb->graphs || cb->step != STEP_OPS)
         return SPEC_OK;
-    struct cuda_graph *entry = graph_of(cb, shape);
-    if (!entry) { /* a new shape: this step runs op by op and sizes the buffers */
+    struct cuda_graph *g = graph_of(cb, shape);
+    if (!g) { /* a new shape: this step runs op by op and sizes the buffers */
         struct cuda_graph *victim = &cb->graph[0];
         for (int i = 1; i < CUDA_GRAPHS; i++)
             if (!cb->graph[i].set || (victim->set && cb->graph[i].used < victim->used))
                 victim = &cb->graph[i];
         if (victim->exec)
             cudaGraphExecDestroy(victim->exec);
-        *victim = cuda_graph{shape, NULL, ++cb->clock, true};
+        uint64_t *trace = victim->trace;
+        const int cap = victim->trace_cap;
+        *victim = cuda_graph{shape, NULL, ++cb->clock, true, trace, 0, cap, false};
         return SPEC_OK;
     }
-    entry->used = ++cb->clock;
+    g->used = ++cb->clock;
     /* the last graph may still be reading the stage */
     int err = err_of(cudaStreamSynchronize(cb->stream));
     if (err)
         return err;
     if (!cb->stage && (err = err_of(cudaMallocHost((void **)&cb->stage, CUDA_STAGE_BYTES))))
         return err;
-    cb->stage_used = 0;
-    if (cudaStreamBeginCapture(cb->stream, cudaStreamCaptureModeRelaxed) != cudaSuccess) {
-        cudaGetLastError(); /* the step runs op by op */
+    if (!cb->values && (err = err_of(cudaMalloc((void **)&cb->values, CUDA_STEP_VALUES * sizeof(int)))))
+        return err;
+    /* host-side state starts every such step afresh, so that the same step issues the same nodes */
+    cuda_act_forget(&cb->act);
+    cb->rope_n = 0;
+    const bool replay = g->replayable && g->exec;
+    if (!replay) {
+        if (cudaStreamBeginCapture(cb->stream, cudaStreamCaptureModeRelaxed) != cudaSuccess) {
+            cudaGetLastError(); /* the step runs op by op */
+            return SPEC_OK;
+        }
+        g->n_trace = 0;
+        g->replayable = false;
+    }
+    cb->step = replay ? STEP_REPLAY : STEP_RECORD;
+    cb->trace = cuda_trace{cb->stream, g, replay, 0, false, cuda_tracing};
+    cuda_tracing = &cb->trace;
+    cb->n_values = 0;
+    cb->stage_used = CUDA_STEP_VALUES * sizeof(int);
+    return copy_in(cb, cb->values, cb->stage, CUDA_STEP_VALUES * sizeof(int));
+}
+
+static int cuda_step_end(struct kern_backend *be, bool *again)
+{
+    struct cuda_backend *cb = cuda_of(be);
+    *again = false;
+    const bool replaying = cb->step == STEP_REPLAY;
+    const int err = settle(cb);
+    if (replaying && err == SPEC_E_CANCELLED) {
+        replay_abandon(cb);
+        *again = true;
         return SPEC_OK;
     }
-    cb->capturing = true;
-    cb->shape = shape;
+    return err;
+}
+
+static int cuda_step_stats(struct kern_backend *be, struct kern_step_stats *out)
+{
+    *out = cuda_of(be)->stats;
     return SPEC_OK;
 }
 
-static int cuda_step_end(struct kern_backend *be)
+/* Where a recorded or replayed step's kernels read a step value (a position) that changes from step
+ * to step: in the block its first node copies in. NULL when the step runs op by op or the block is
+ * full: the value is then the launch's own. */
+static const int *step_value(struct cuda_backend *cb, int64_t value)
 {
-    return settle(cuda_of(be));
+    if (cb->step == STEP_OPS)
+        return NULL;
+    int *staged = (int *)cb->stage;
+    for (int i = 0; i < cb->n_values; i++)
+        if (staged[i] == value)
+            return cb->values + i;
+    if (cb->n_values == CUDA_STEP_VALUES)
+        return NULL;
+    staged[cb->n_values] = (int)value;
+    return cb->values + cb->n_values++;
 }
 
-/* Copies host bytes to device memory in stream order. While capturing, the bytes are staged in
- * page-locked memory first: the graph copies when it runs, and the caller's array may change before. */
+/* Copies host bytes to device memory in stream order (staged while recording or replaying). */
 static int upload(struct cuda_backend *cb, void *dst, const void *src, size_t bytes)
 {
-    if (cb->capturing) {
+    if (cb->step != STEP_OPS) {
         if (cb->stage_used + bytes > CUDA_STAGE_BYTES) {
             const int err = settle(cb);
             if (err)
@@ -227,15 +393,16 @@ static int upload(struct cuda_backend *cb, void *dst, const void *src, size_t by
             cb->stage_used += (bytes + 15) & ~(size_t)15;
         }
     }
-    return err_of(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cb->stream));
+    return copy_in(cb, dst, src, bytes);
 }
 
-/* For an op about to write device memory: matmuls can no longer reuse a kept conversion. */
-static struct cuda_backend *cuda_writing(struct kern_backend *be)
+/* For an op about to write device memory: a norm waiting for its matmul runs first (the op may read or
+ * overwrite its tensors), and matmuls can no longer reuse a kept conversion. */
+static int writing(struct cuda_backend *cb)
 {
-    struct cuda_backend *cb = cuda_of(be);
+    const int err = err_of(cuda_norm_flush(cb->stream, &cb->act));
     cuda_act_forget(&cb->act);
-    return cb;
+    return err;
 }
 
 static char *row_ptr(const struct kern_tensor *t, int64_t r)
@@ -271,7 +438,8 @@ static int cuda_tensor_alloc(struct kern_backend *be, enum spec_dtype type, int6
     if ((err = err_of(cudaMalloc(&data, total))))
         return err;
     /* zeroed, as the CPU backend's tensors are */
-    if ((err = err_of(cudaMemsetAsync(data, 0, total, cuda_writing(be)->stream)))) {
+    struct cuda_backend *cb = cuda_of(be);
+    if ((err = writing(cb)) || (err = err_of(cudaMemsetAsync(data, 0, total, cb->stream)))) {
         cudaFree(data);
         return err;
     }
@@ -285,8 +453,10 @@ static void cuda_tensor_free(struct kern_backend *be, struct kern_tensor *t)
     if (!t)
         return;
     if (t->owned) {
-        settle(cuda_of(be));
-        cudaStreamSynchronize(cuda_writing(be)->stream); /* kernels in flight may still use it */
+        struct cuda_backend *cb = cuda_of(be);
+        settle(cb); /* the norm waiting for its matmul, if any, runs */
+        cuda_act_forget(&cb->act);
+        cudaStreamSynchronize(cb->stream); /* kernels in flight may still use it */
         cudaFree(t->data);
     }
     *t = (struct kern_tensor){};
@@ -301,7 +471,7 @@ static int cuda_weight_from_host(struct kern_backend *be, enum spec_dtype type, 
     int err = cuda_tensor_alloc(be, type, ne0, ne1, &t);
     if (err)
         return err;
-    const cudaStream_t st = cuda_writing(be)->stream;
+    const cudaStream_t st = cuda_of(be)->stream; /* the allocation ran writing() */
     const size_t bytes = t.row_bytes * (size_t)t.ne1;
     if ((err = err_of(cudaMemcpyAsync(t.data, host, bytes, cudaMemcpyHostToDevice, st))) ||
         (err = err_of(cudaStreamSynchronize(st)))) {
@@ -329,9 +499,10 @@ static int cuda_rows_from_host(struct kern_backend *be, struct kern_tensor *t, i
                                const void *host)
 {
     int err = kern_rows_check(t, row0, n);
-    if (err || n == 0 || (err = settle(cuda_of(be))))
+    struct cuda_backend *cb = cuda_of(be);
+    if (err || n == 0 || (err = settle(cb)) || (err = writing(cb)))
         return err;
-    const cudaStream_t st = cuda_writing(be)->stream;
+    const cudaStream_t st = cb->stream;
     if ((err = err_of(cudaMemcpyAsync(row_ptr(t, row0), host, (size_t)n * t->row_bytes, cudaMemcpyHostToDevice, st))))
         return err;
     return err_of(cudaStreamSynchronize(st));
@@ -348,9 +519,8 @@ static int cuda_get_rows_op(struct kern_backend *be, const struct kern_tensor *t
         return err;
     if (!cuda_weight_type_ok(table->type))
         return SPEC_E_UNSUPPORTED;
-    struct cuda_backend *cb = cuda_writing(be);
-    err = err_of(cuda_buf_reserve(cb->stream, &cb->ids, (size_t)n * sizeof(int32_t)));
-    if (err)
+    struct cuda_backend *cb = cuda_of(be);
+    if ((err = writing(cb)) || (err = err_of(cuda_buf_reserve(cb->stream, &cb->ids, (size_t)n * sizeof(int32_t)))))
         return err;
     if ((err = upload(cb, cb->ids.p, ids, (size_t)n * sizeof(int32_t))))
         return err;
@@ -415,10 +585,11 @@ static int cuda_matmuls_op(struct kern_backend *be, const struct kern_tensor *x,
 static int cuda_swiglu(struct kern_backend *be, const struct kern_tensor *gate, const struct kern_tensor *up,
                        struct kern_tensor *out)
 {
-    const int err = kern_eltwise_check(gate, up, out);
-    if (err)
+    struct cuda_backend *cb = cuda_of(be);
+    int err = kern_eltwise_check(gate, up, out);
+    if (err || (err = writing(cb)))
         return err;
-    return err_of(cuda_eltwise(cuda_writing(be)->stream, CUDA_SWIGLU, (const float *)gate->data, fstride(gate),
+    return err_of(cuda_eltwise(cb->stream, CUDA_SWIGLU, (const float *)gate->data, fstride(gate),
                                (const float *)up->data, fstride(up), (float *)out->data, fstride(out), (int)out->ne0,
                                (int)out->ne1));
 }
@@ -426,10 +597,11 @@ static int cuda_swiglu(struct kern_backend *be, const struct kern_tensor *gate, 
 static int cuda_add(struct kern_backend *be, const struct kern_tensor *a, const struct kern_tensor *b,
                     struct kern_tensor *out)
 {
-    const int err = kern_eltwise_check(a, b, out);
-    if (err)
+    struct cuda_backend *cb = cuda_of(be);
+    int err = kern_eltwise_check(a, b, out);
+    if (err || (err = writing(cb)))
         return err;
-    return err_of(cuda_eltwise(cuda_writing(be)->stream, CUDA_ADD, (const float *)a->data, fstride(a),
+    return err_of(cuda_eltwise(cb->stream, CUDA_ADD, (const float *)a->data, fstride(a),
                                (const float *)b->data, fstride(b), (float *)out->data, fstride(out), (int)out->ne0,
                                (int)out->ne1));
 }
@@ -437,12 +609,16 @@ static int cuda_add(struct kern_backend *be, const struct kern_tensor *a, const 
 static int cuda_rms_norm_op(struct kern_backend *be, struct kern_tensor *x, const struct kern_tensor *residual,
                             const struct kern_tensor *w, float eps, struct kern_tensor *y)
 {
-    const int err = kern_rms_norm_check(x, residual, w, eps, y);
-    if (err)
+    struct cuda_backend *cb = cuda_of(be);
+    int err = kern_rms_norm_check(x, residual, w, eps, y);
+    if (err || (err = writing(cb)))
         return err;
-    return err_of(cuda_rms_norm(cuda_writing(be)->stream, (float *)x->data, fstride(x),
-                                residual ? (const float *)residual->data : NULL, residual ? fstride(residual) : 0,
-                                (const float *)w->data, eps, (float *)y->data, fstride(y), (int)x->ne0, (int)x->ne1));
+    /* launched by the next op: with a matmul of y by a quantised weight, in the same kernel */
+    cb->act.norm = cuda_norm{(float *)x->data, fstride(x), residual ? (const float *)residual->data : NULL,
+                             residual ? fstride(residual) : 0, (const float *)w->data, eps, (float *)y->data,
+                             fstride(y), (int)x->ne0, (int)x->ne1};
+    cb->act.norm_pending = true;
+    return SPEC_OK;
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -512,12 +688,9 @@ static int rope_table(struct cuda_backend *cb, const int32_t *pos, int n, const 
 static int cuda_rope_op(struct kern_backend *be, struct kern_tensor *x, int n_head, int head_dim, const int32_t *pos,
                         const struct kern_rope_params *p)
 {
+    struct cuda_backend *cb = cuda_of(be);
     int err = kern_rope_check(x, n_head, head_dim, pos, p);
-    if (err)
-        return err;
-    struct cuda_backend *cb = cuda_writing(be);
-    err = rope_table(cb, pos, (int)x->ne1, p);
-    if (err)
+    if (err || (err = writing(cb)) || (err = rope_table(cb, pos, (int)x->ne1, p)))
         return err;
     return err_of(cuda_rope(cb->stream, (float *)x->data, fstride(x), (int)x->ne1, n_head, head_dim, p->n_rot,
                             p->mode == KERN_ROPE_NEOX, (const float *)cb->rope.p));
@@ -529,28 +702,35 @@ static int cuda_rope_op(struct kern_backend *be, struct kern_tensor *x, int n_he
 static int cuda_store_rows_op(struct kern_backend *be, const struct kern_tensor *src, struct kern_tensor *dst,
                               int64_t dst_row0)
 {
-    const int err = kern_store_rows_check(src, dst, dst_row0);
+    int err = kern_store_rows_check(src, dst, dst_row0);
     if (err)
         return err;
     if (dst->type != SPEC_F16 && dst->type != SPEC_F32)
         return SPEC_E_UNSUPPORTED;
-    return err_of(cuda_store_rows(cuda_writing(be)->stream, (const float *)src->data, fstride(src),
-                                  row_ptr(dst, dst_row0), dst->row_bytes, dst->type, (int)src->ne0, (int)src->ne1));
+    struct cuda_backend *cb = cuda_of(be);
+    if ((err = writing(cb)))
+        return err;
+    const int *row0_at = step_value(cb, dst_row0);
+    return err_of(cuda_store_rows(cb->stream, (const float *)src->data, fstride(src), dst->data, dst->row_bytes,
+                                  row0_at, row0_at ? 0 : (int)dst_row0, dst->type, (int)src->ne0, (int)src->ne1));
 }
 
 static int cuda_attention_op(struct kern_backend *be, const struct kern_tensor *q, const struct kern_tensor *k_cache,
                              const struct kern_tensor *v_cache, const struct kern_attn_params *p,
                              struct kern_tensor *out)
 {
-    const int err = kern_attention_check(q, k_cache, v_cache, p, out);
+    int err = kern_attention_check(q, k_cache, v_cache, p, out);
     if (err)
         return err;
     if (p->head_dim > CUDA_ATTN_MAX_HEAD_DIM)
         return SPEC_E_UNSUPPORTED;
-    struct cuda_backend *cb = cuda_writing(be);
+    struct cuda_backend *cb = cuda_of(be);
+    if ((err = writing(cb)))
+        return err;
+    const int *pos0_at = step_value(cb, p->pos0);
     return err_of(cuda_attention(cb->stream, &cb->part, (const float *)q->data, fstride(q), k_cache->data,
                                  k_cache->row_bytes, k_cache->type, v_cache->data, v_cache->row_bytes, v_cache->type, p,
-                                 (int)q->ne1, (float *)out->data, fstride(out)));
+                                 pos0_at, pos0_at != NULL, (int)q->ne1, (float *)out->data, fstride(out)));
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -558,10 +738,10 @@ static int cuda_attention_op(struct kern_backend *be, const struct kern_tensor *
 
 static int cuda_argmax_op(struct kern_backend *be, const struct kern_tensor *x, int32_t *ids, float *probs)
 {
+    struct cuda_backend *cb = cuda_of(be);
     int err = kern_argmax_check(x, ids);
-    if (err || (err = settle(cuda_of(be))))
+    if (err || (err = settle(cb)) || (err = writing(cb)))
         return err;
-    struct cuda_backend *cb = cuda_writing(be);
     const size_t rows = (size_t)x->ne1, id_bytes = (rows * sizeof(int32_t) + 255) & ~(size_t)255;
     if ((err = err_of(cuda_buf_reserve(cb->stream, &cb->pick, id_bytes + rows * sizeof(float)))))
         return err;
@@ -601,10 +781,10 @@ static uint8_t *sample_staging(struct cuda_backend *cb, size_t bytes)
 static int cuda_sample_process_op(struct kern_backend *be, const struct kern_tensor *logits,
                                   const struct kern_sample_row *rows, int n)
 {
+    struct cuda_backend *cb = cuda_of(be);
     int err = kern_sample_process_check(logits, rows, n);
-    if (err || n == 0)
+    if (err || n == 0 || (err = writing(cb)))
         return err;
-    struct cuda_backend *cb = cuda_writing(be);
     size_t n_recent = 0;
     for (int i = 0; i < n; i++)
         n_recent += (size_t)rows[i].n_recent;
@@ -636,10 +816,10 @@ static int cuda_sample_process_op(struct kern_backend *be, const struct kern_ten
 
 static int cuda_sample_choose_op(struct kern_backend *be, struct kern_choose *jobs, int n)
 {
+    struct cuda_backend *cb = cuda_of(be);
     int err = kern_sample_choose_check(jobs, n);
-    if (err || n == 0 || (err = settle(cuda_of(be))))
+    if (err || n == 0 || (err = settle(cb)) || (err = writing(cb)))
         return err;
-    struct cuda_backend *cb = cuda_writing(be);
     size_t n_draft = 0;
     for (int i = 0; i < n; i++)
         n_draft += (size_t)jobs[i].n_draft;
@@ -743,11 +923,15 @@ static void cuda_destroy(struct kern_backend *be)
 {
     struct cuda_backend *cb = cuda_of(be);
     settle(cb);
+    step_ops(cb); /* a void replay's trace leaves the thread's list */
     cudaStreamSynchronize(cb->stream);
-    for (int i = 0; i < CUDA_GRAPHS; i++)
+    for (int i = 0; i < CUDA_GRAPHS; i++) {
         if (cb->graph[i].exec)
             cudaGraphExecDestroy(cb->graph[i].exec);
+        free(cb->graph[i].trace);
+    }
     cudaFreeHost(cb->stage);
+    cudaFree(cb->values);
     cuda_buf_release(&cb->act.buf);
     cuda_buf_release(&cb->part);
     cuda_buf_release(&cb->ids);
@@ -790,6 +974,7 @@ static const struct kern_backend_ops cuda_ops = {
     .marks_reset = cuda_marks_reset,
     .step_begin = cuda_step_begin,
     .step_end = cuda_step_end,
+    .step_stats = cuda_step_stats,
 };
 
 extern "C" int kern_cuda_backend_create(const struct kern_backend_config *cfg, struct kern_backend **out)

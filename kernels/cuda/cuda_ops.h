@@ -12,15 +12,88 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <type_traits>
+#include <utility>
+
 extern "C" {
 #include "kernels/backend.h"
 }
 
-/* Every kernel launch: CUDA_LAUNCH(grid, block, stream, kernel)(arguments...). The CPU simulator that
- * runs these sources in CI (tests/support/cudasim) defines its own, as a host compiler has no <<< >>>. */
-#ifndef CUDA_LAUNCH
-#define CUDA_LAUNCH(grid, block, st, ...) __VA_ARGS__<<<grid, block, 0, st>>>
+/* ---------------------------------------------------------------------------------------------- */
+/* Launches, and the trace that lets a recorded step be replayed                                  */
+
+/* While the backend records a step as a graph or replays one (backend_cuda.cu), every launch and copy
+ * on its stream is also a node of the step's trace: a hash of what the node does (the kernel, the
+ * launch shape and every argument's bits; a copy's ends and length). Two steps with equal traces make
+ * the same graph, so a recorded graph can run again without its ops being launched or captured: only
+ * the host arrays it copies from change, and those it reads when it runs. */
+struct cuda_trace;
+extern thread_local struct cuda_trace *cuda_tracing; /* the backend's trace during such a step, else NULL */
+
+/* Adds a node to the trace when st is the traced stream. true: make the launch or copy (not traced,
+ * or recording); false: replaying, the graph will run it. */
+bool cuda_trace_node(cudaStream_t st, uint64_t hash);
+
+static inline uint64_t cuda_hash_bytes(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = (const unsigned char *)p;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 0x100000001b3u; /* FNV-1a */
+    return h;
+}
+
+#define CUDA_HASH_SEED 0xcbf29ce484222325u
+
+/* A kernel argument's bits. A struct passed by value hashes its members in an overload of its own
+ * (padding bytes hold anything). */
+template <class T>
+static inline uint64_t cuda_trace_arg(uint64_t h, const T &v)
+{
+    static_assert(std::is_scalar<T>::value, "a kernel parameter passed by value needs a cuda_trace_arg overload");
+    return cuda_hash_bytes(h, &v, sizeof v);
+}
+
+/* The launch itself: <<< >>> for nvcc; the CPU simulator that runs these sources in CI
+ * (tests/support/cudasim) defines its own, as a host compiler has none. */
+#ifndef CUDA_KERNEL_LAUNCH
+#define CUDA_KERNEL_LAUNCH(grid, block, st, kernel, ...) kernel<<<grid, block, 0, st>>>(__VA_ARGS__)
 #endif
+
+template <class... P>
+struct cuda_launch {
+    dim3 grid, block;
+    cudaStream_t st;
+    void (*kernel)(P...);
+
+    /* The arguments are converted to the kernel's parameter types first, as a launch converts them. */
+    template <class... A>
+    void operator()(A &&...args) const
+    {
+        run(P(std::forward<A>(args))...);
+    }
+
+    void run(P... p) const
+    {
+        if (cuda_tracing) {
+            uint64_t h = cuda_hash_bytes(CUDA_HASH_SEED, &kernel, sizeof kernel);
+            const unsigned shape[6] = {grid.x, grid.y, grid.z, block.x, block.y, block.z};
+            h = cuda_hash_bytes(h, shape, sizeof shape);
+            ((h = cuda_trace_arg(h, p)), ...);
+            if (!cuda_trace_node(st, h))
+                return;
+        }
+        CUDA_KERNEL_LAUNCH(grid, block, st, kernel, p...);
+    }
+};
+
+template <class... P>
+static inline cuda_launch<P...> cuda_launcher(dim3 grid, dim3 block, cudaStream_t st, void (*kernel)(P...))
+{
+    return cuda_launch<P...>{grid, block, st, kernel};
+}
+
+/* Every kernel launch: CUDA_LAUNCH(grid, block, stream, kernel)(arguments...). */
+#define CUDA_LAUNCH(grid, block, st, ...) cuda_launcher(grid, block, st, &__VA_ARGS__)
 
 /* A grow-only device buffer for scratch data (converted activations, attention partials, ids). */
 #define CUDA_BUF_RETIRED 4
@@ -41,9 +114,34 @@ void cuda_buf_release(struct cuda_buf *b);
 /* Which weight types the matmul and get_rows kernels take (the CPU backend's nine). */
 bool cuda_weight_type_ok(enum spec_dtype t);
 
+/* kern_backend.h's rms_norm over `rows` rows of ne0: x += res first when res is not NULL, then
+ * y = x / sqrt(mean(x^2) + eps) * w (y may be x or res). */
+struct cuda_norm {
+    float *x;
+    size_t x_stride;
+    const float *res;
+    size_t res_stride;
+    const float *w;
+    float eps;
+    float *y;
+    size_t y_stride;
+    int ne0, rows;
+};
+
+/* For a recorded step's trace: a norm passed by value, member by member. */
+static inline uint64_t cuda_trace_arg(uint64_t h, const cuda_norm &nm)
+{
+    h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, nm.x), nm.x_stride), nm.res), nm.res_stride);
+    h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, nm.w), nm.eps), nm.y), nm.y_stride);
+    return cuda_trace_arg(cuda_trace_arg(h, nm.ne0), nm.rows);
+}
+
 /* The activations as the last matmul converted them (Q8 blocks, F16 or BF16), and what from: matmuls
  * of one input with weights of one kind (q, k and v; gate and up) convert it once. The backend calls
- * cuda_act_forget before anything else writes device memory, so a kept conversion is never stale. */
+ * cuda_act_forget before anything else writes device memory, so a kept conversion is never stale.
+ * A norm waits here for the op after it (norm_pending): when that is a matmul of its output y by a
+ * quantised weight, one kernel normalises and converts (cuda_matmul); anything else launches it alone
+ * first (cuda_norm_flush). */
 struct cuda_act {
     struct cuda_buf buf;
     bool valid;
@@ -51,7 +149,12 @@ struct cuda_act {
     size_t x_stride;
     int k, n;
     int form; /* the conversion: which activation type */
+    struct cuda_norm norm;
+    bool norm_pending;
 };
+
+/* Launches the norm waiting in act, if any. */
+cudaError_t cuda_norm_flush(cudaStream_t st, struct cuda_act *act);
 
 static inline void cuda_act_forget(struct cuda_act *a)
 {
@@ -80,19 +183,18 @@ cudaError_t cuda_matmul(cudaStream_t st, struct cuda_act *act, enum spec_dtype w
 cudaError_t cuda_get_rows(cudaStream_t st, enum spec_dtype type, const void *table, size_t row_bytes, int ne0,
                           const int32_t *ids, int n, float *out, size_t out_stride);
 
-/* y = x / sqrt(mean(x^2) + eps) * w over `rows` rows of ne0, after x += res when res is not NULL
- * (y may be x or res). */
-cudaError_t cuda_rms_norm(cudaStream_t st, float *x, size_t x_stride, const float *res, size_t res_stride,
-                          const float *w, float eps, float *y, size_t y_stride, int ne0, int rows);
+/* The norm alone. */
+cudaError_t cuda_rms_norm(cudaStream_t st, const struct cuda_norm *nm);
 
 /* Rotates the first n_rot dimensions of every head of every row in place; table holds, per row,
  * n_rot floats: (cos, sin) of each rotated pair (computed on the host, as the CPU backend does). */
 cudaError_t cuda_rope(cudaStream_t st, float *x, size_t x_stride, int rows, int n_head, int head_dim, int n_rot,
                       bool neox, const float *table);
 
-/* dst rows (F16 or F32, dst_row_bytes apart) = src rows rounded to the dst type. */
+/* dst rows row0 .. row0 + rows - 1 (F16 or F32, dst_row_bytes apart) = src rows rounded to the dst type;
+ * row0 is read from device memory at row0_at when that is not NULL. */
 cudaError_t cuda_store_rows(cudaStream_t st, const float *src, size_t src_stride, void *dst, size_t dst_row_bytes,
-                            enum spec_dtype dst_type, int ne0, int rows);
+                            const int *row0_at, int row0, enum spec_dtype dst_type, int ne0, int rows);
 
 enum cuda_eltwise_op {
     CUDA_ADD,    /* out = a + b */
@@ -107,12 +209,15 @@ cudaError_t cuda_eltwise(cudaStream_t st, enum cuda_eltwise_op op, const float *
 #define CUDA_ATTN_MAX_HEAD_DIM 256
 
 /* kern_backend.h's attention: n queries (rows of q, q_stride floats apart) over cache rows
- * 0 .. pos0 + n - 1 of k and v (F16 or F32, k_row_bytes / v_row_bytes apart). `part` is scratch for
- * the per-chunk partial results. */
+ * 0 .. pos0 + n - 1 of k and v (F16 or F32, k_row_bytes / v_row_bytes apart), in one launch. `part` is
+ * scratch for the per-chunk partial results and the counters that find each (head, query)'s last chunk
+ * to finish. With pos0_at (device memory, holding p->pos0) the kernels read the
+ * position there, and with chunks_pow2 the grid covers a power of two of chunks (the unused leave at
+ * once): a recorded step's launches then stay those of the next positions, up to the next power. */
 cudaError_t cuda_attention(cudaStream_t st, struct cuda_buf *part, const float *q, size_t q_stride, const void *k,
                            size_t k_row_bytes, enum spec_dtype k_type, const void *v, size_t v_row_bytes,
-                           enum spec_dtype v_type, const struct kern_attn_params *p, int n, float *out,
-                           size_t out_stride);
+                           enum spec_dtype v_type, const struct kern_attn_params *p, const int *pos0_at,
+                           bool chunks_pow2, int n, float *out, size_t out_stride);
 
 /* kern_backend.h's argmax into device arrays of `rows` entries (probs NULL: not computed). */
 cudaError_t cuda_argmax(cudaStream_t st, const float *x, size_t x_stride, int ne0, int rows, int32_t *ids,
@@ -202,6 +307,33 @@ static __device__ __forceinline__ void block_best(float *best_v, int *best_i, in
         }
         __syncthreads();
     }
+}
+
+/* RMS norm: the CPU sums the squares in double; so does each thread here over its elements, and the
+ * block adds the threads' sums by a fixed tree. A double sum of floats rounds to the same float mean
+ * in all but vanishingly rare cases, and the rest is the CPU's expression. */
+#define RMS_THREADS 256
+
+/* Row r of nm by a block of RMS_THREADS threads. Thread t owns the elements t, t + RMS_THREADS, ... in
+ * both passes, so x and y (which may be res) are read and written by the one thread that owns an
+ * element. Every thread calls it; part is shared scratch, free again when it returns. */
+static __device__ __forceinline__ void rms_norm_row(const struct cuda_norm &nm, int r, double *part, int tid)
+{
+    float *xr = nm.x + (size_t)r * nm.x_stride;
+    float *yr = nm.y + (size_t)r * nm.y_stride;
+    double s = 0.0;
+    for (int i = tid; i < nm.ne0; i += RMS_THREADS) {
+        if (nm.res)
+            xr[i] = xr[i] + nm.res[(size_t)r * nm.res_stride + i]; /* the add op's expression */
+        s += (double)(xr[i] * xr[i]);
+    }
+    part[tid] = s;
+    block_sum<RMS_THREADS>(part, tid);
+    const float mean = (float)(part[0] / (double)nm.ne0);
+    const float scale = 1.0f / sqrtf(mean + nm.eps);
+    for (int i = tid; i < nm.ne0; i += RMS_THREADS)
+        yr[i] = (xr[i] * scale) * nm.w[i];
+    __syncthreads(); /* part[0] is read by every thread before part is written again */
 }
 
 /* An fp16 value at a 2-byte aligned address, exactly as a float. */

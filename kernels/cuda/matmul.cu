@@ -48,59 +48,63 @@ struct mmv_args {
     int n;
 };
 
+/* For a recorded step's trace: the members that reach the kernel (not the padding between them). */
+static inline uint64_t cuda_trace_arg(uint64_t h, const mmv_args &a)
+{
+    for (int i = 0; i < a.n_parts; i++) {
+        const cuda_mm_part &p = a.part[i];
+        h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, p.w), p.w_row_bytes), p.rows);
+        h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, p.bias), p.y), p.y_stride);
+    }
+    const int ints[5] = {a.n_parts, a.block1, a.block2, a.k, a.n};
+    const bool flags[2] = {a.swiglu, a.vec};
+    h = cuda_hash_bytes(cuda_hash_bytes(h, ints, sizeof ints), flags, sizeof flags);
+    h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, a.xq), a.q_stride), a.xd);
+    return cuda_trace_arg(cuda_trace_arg(h, a.xs), a.xsum);
+}
+
 /* ---------------------------------------------------------------------------------------------- */
 /* Activation conversion                                                                          */
 
-/* ggml's quantize_row_q8_0_ref / q8_1_ref, one warp per 32-element block, one element per lane. */
+/* ggml's quantize_row_q8_0_ref / q8_1_ref of one 32-element block by one warp, one element per lane:
+ * its 32 values at q, its scale at *d (and for Q8_1 d * sum(q) at *s), the sums of its two halves at
+ * sum16[0..1]. */
 template <bool Q8_1>
-__global__ void __launch_bounds__(MMV_THREADS)
-    quantize_q8_32(const float *x, size_t x_stride, int k, int n, int8_t *q, float *d, float *s, int *sum16)
+static __device__ __forceinline__ void quantize_block_q8_32(const float *x, int8_t *q, float *d, float *s, int *sum16,
+                                                            int lane)
 {
-    const int lane = threadIdx.x % CUDA_WARP;
-    const int nb = k / 32;
-    const int64_t blk = (int64_t)blockIdx.x * (blockDim.x / CUDA_WARP) + threadIdx.x / CUDA_WARP;
-    if (blk >= (int64_t)nb * n)
-        return; /* the whole warp leaves together */
-    const int r = (int)(blk / nb), b = (int)(blk % nb);
-    const float v = x[(size_t)r * x_stride + 32 * b + lane];
+    const float v = x[lane];
     float amax = fabsf(v);
     for (int off = 16; off > 0; off >>= 1)
         amax = fmaxf(amax, __shfl_xor_sync(CUDA_FULL_MASK, amax, off));
     const float dd = amax / 127;
     const float id = dd != 0.0f ? 1.0f / dd : 0.0f;
     const int qv = (int)roundf(v * id);
-    q[(size_t)r * k + 32 * b + lane] = (int8_t)qv;
+    q[lane] = (int8_t)qv;
     int half_sum = qv; /* lanes 0-15 and 16-31 sum separately */
     for (int off = 8; off > 0; off >>= 1)
         half_sum += __shfl_xor_sync(CUDA_FULL_MASK, half_sum, off);
     const int sum = half_sum + __shfl_xor_sync(CUDA_FULL_MASK, half_sum, 16);
     if (lane % 16 == 0)
-        sum16[(size_t)r * (k / 16) + 2 * b + lane / 16] = half_sum;
+        sum16[lane / 16] = half_sum;
     if (lane == 0) {
-        d[(size_t)r * nb + b] = __half2float(__float2half_rn(dd));
+        *d = __half2float(__float2half_rn(dd));
         if (Q8_1)
-            s[(size_t)r * nb + b] = __half2float(__float2half_rn((float)sum * dd));
+            *s = __half2float(__float2half_rn((float)sum * dd));
     }
 }
 
-/* ggml's quantize_row_q8_K_ref, one warp per 256-element block, elements lane + 32 t. The value of
+/* ggml's quantize_row_q8_K_ref of one 256-element block by one warp, elements lane + 32 t: its values
+ * at q, its scale at *d, the sums of its sixteen 16-element groups at sum16[0..15]. The value of
  * largest magnitude maps to -127; on ties the first one in the row wins, as in the sequential scan. */
-__global__ void __launch_bounds__(MMV_THREADS)
-    quantize_q8_K(const float *x, size_t x_stride, int k, int n, int8_t *q, float *d, int *sum16)
+static __device__ __forceinline__ void quantize_block_q8_K(const float *x, int8_t *q, float *d, int *sum16, int lane)
 {
-    const int lane = threadIdx.x % CUDA_WARP;
-    const int nb = k / 256;
-    const int64_t blk = (int64_t)blockIdx.x * (blockDim.x / CUDA_WARP) + threadIdx.x / CUDA_WARP;
-    if (blk >= (int64_t)nb * n)
-        return;
-    const int r = (int)(blk / nb), b = (int)(blk % nb);
-    const float *xb = x + (size_t)r * x_stride + 256 * b;
     float v[8];
     float amax = 0.0f, max = 0.0f;
     int idx = INT_MAX;
 #pragma unroll
     for (int t = 0; t < 8; t++) {
-        v[t] = xb[lane + 32 * t];
+        v[t] = x[lane + 32 * t];
         if (fabsf(v[t]) > amax) {
             amax = fabsf(v[t]);
             max = v[t];
@@ -117,21 +121,71 @@ __global__ void __launch_bounds__(MMV_THREADS)
             idx = oi;
         }
     }
-    int8_t *qb = q + (size_t)r * k + 256 * b;
-    int *sb = sum16 + (size_t)r * (k / 16) + 16 * b;
     const float iscale = amax != 0.0f ? -127.f / max : 0.0f;
 #pragma unroll
     for (int t = 0; t < 8; t++) {
         const int qv = amax != 0.0f ? min(127, __float2int_rn(iscale * v[t])) : 0;
-        qb[lane + 32 * t] = (int8_t)qv;
+        q[lane + 32 * t] = (int8_t)qv;
         int half_sum = qv;
         for (int off = 8; off > 0; off >>= 1)
             half_sum += __shfl_xor_sync(CUDA_FULL_MASK, half_sum, off);
         if (lane % 16 == 0)
-            sb[2 * t + lane / 16] = half_sum;
+            sum16[2 * t + lane / 16] = half_sum;
     }
     if (lane == 0)
-        d[(size_t)r * nb + b] = amax != 0.0f ? 1 / iscale : 0.0f;
+        *d = amax != 0.0f ? 1 / iscale : 0.0f;
+}
+
+/* Which Q8 form a conversion makes. */
+enum q8_form {
+    Q8_0_FORM,
+    Q8_1_FORM,
+    Q8_K_FORM,
+};
+
+/* Block b (256 elements for Q8_K, else 32) of row r of x into the conversion's arrays: q rows of k
+ * values, nb scales (and Q8_1 sums) a row, k/16 group sums a row. */
+template <q8_form F>
+static __device__ __forceinline__ void quantize_block(const float *x, size_t x_stride, int k, int r, int b, int8_t *q,
+                                                      float *d, float *s, int *sum16, int lane)
+{
+    const int block = F == Q8_K_FORM ? 256 : 32, nb = k / block;
+    const float *xb = x + (size_t)r * x_stride + (size_t)block * b;
+    int8_t *qb = q + (size_t)r * k + (size_t)block * b;
+    int *sb = sum16 + (size_t)r * (k / 16) + (size_t)(block / 16) * b;
+    float *db = d + (size_t)r * nb + b;
+    if (F == Q8_K_FORM)
+        quantize_block_q8_K(xb, qb, db, sb, lane);
+    else
+        quantize_block_q8_32<F == Q8_1_FORM>(xb, qb, db, s ? s + (size_t)r * nb + b : NULL, sb, lane);
+}
+
+/* The rows of x converted, one warp a block. */
+template <q8_form F>
+__global__ void __launch_bounds__(MMV_THREADS)
+    quantize_rows(const float *x, size_t x_stride, int k, int n, int8_t *q, float *d, float *s, int *sum16)
+{
+    const int nb = k / (F == Q8_K_FORM ? 256 : 32);
+    const int64_t blk = (int64_t)blockIdx.x * (blockDim.x / CUDA_WARP) + threadIdx.x / CUDA_WARP;
+    if (blk >= (int64_t)nb * n)
+        return; /* the whole warp leaves together */
+    quantize_block<F>(x, x_stride, k, (int)(blk / nb), (int)(blk % nb), q, d, s, sum16, threadIdx.x % CUDA_WARP);
+}
+
+/* A norm and the conversion of its output in one launch: a block a row normalises it (rms_norm_row,
+ * which ends at a barrier, so the row's y is there for all its threads), then its warps convert the
+ * row's blocks from that y, as quantize_rows would: the bits of the two launches. */
+template <q8_form F>
+__global__ void __launch_bounds__(RMS_THREADS)
+    rms_norm_quantize(const cuda_norm nm, int8_t *q, float *d, float *s, int *sum16)
+{
+    __shared__ double part[RMS_THREADS];
+    const int nb = nm.ne0 / (F == Q8_K_FORM ? 256 : 32), warp = threadIdx.x / CUDA_WARP;
+    for (int r = blockIdx.x; r < nm.rows; r += gridDim.x) {
+        rms_norm_row(nm, r, part, threadIdx.x);
+        for (int b = warp; b < nb; b += RMS_THREADS / CUDA_WARP)
+            quantize_block<F>(nm.y, nm.y_stride, nm.ne0, r, b, q, d, s, sum16, threadIdx.x % CUDA_WARP);
+    }
 }
 
 /* F32 rows to F16 (round to nearest even) or BF16 (ggml's rounding, NaN kept quiet). */
@@ -691,7 +745,29 @@ static cudaError_t convert_act(cudaStream_t st, struct cuda_act *act, enum spec_
     return cudaSuccess;
 }
 
-/* Converts x to the activation type of a quantised weight type into act and fills a's x fields. */
+/* The conversion of rows that a waiting norm writes: in the norm's launch (nm not NULL) or alone. */
+template <q8_form F>
+static void launch_quantize(cudaStream_t st, const cuda_norm *nm, const float *x, size_t x_stride, int k, int n,
+                            size_t nb, int8_t *q, float *d, float *s, int *sum16)
+{
+    const unsigned warps_per_block = MMV_THREADS / CUDA_WARP;
+    if (nm)
+        CUDA_LAUNCH((unsigned)(n < 65535 ? n : 65535), RMS_THREADS, st, rms_norm_quantize<F>)(*nm, q, d, s, sum16);
+    else
+        CUDA_LAUNCH((unsigned)((nb + warps_per_block - 1) / warps_per_block), MMV_THREADS, st, quantize_rows<F>)(
+            x, x_stride, k, n, q, d, s, sum16);
+}
+
+cudaError_t cuda_norm_flush(cudaStream_t st, struct cuda_act *act)
+{
+    if (!act->norm_pending)
+        return cudaSuccess;
+    act->norm_pending = false;
+    return cuda_rms_norm(st, &act->norm);
+}
+
+/* Converts x to the activation type of a quantised weight type into act and fills a's x fields; when
+ * x is the output of the norm waiting in act, the norm runs in the same launch. */
 static cudaError_t quantize_act(cudaStream_t st, struct cuda_act *act, enum spec_dtype wtype, int k, const float *x,
                                 size_t x_stride, int n, mmv_args &a)
 {
@@ -701,21 +777,26 @@ static cudaError_t quantize_act(cudaStream_t st, struct cuda_act *act, enum spec
     const size_t nb = (size_t)n * (size_t)(k / block);
     const size_t q_bytes = align256((size_t)n * k), d_bytes = align256(nb * sizeof(float)),
                  s_bytes = q8_1 ? d_bytes : 0, sum_bytes = align256((size_t)n * (k / 16) * sizeof(int));
-    const unsigned warps_per_block = MMV_THREADS / CUDA_WARP;
-    const unsigned blocks = (unsigned)((nb + warps_per_block - 1) / warps_per_block);
-    const cudaError_t err =
-        convert_act(st, act, form, x, x_stride, k, n, q_bytes + d_bytes + s_bytes + sum_bytes, [&] {
-            uint8_t *base = (uint8_t *)act->buf.p;
-            int8_t *q = (int8_t *)base;
-            float *d = (float *)(base + q_bytes), *s = q8_1 ? (float *)(base + q_bytes + d_bytes) : NULL;
-            int *sum16 = (int *)(base + q_bytes + d_bytes + s_bytes);
-            if (q8_K)
-                CUDA_LAUNCH(blocks, MMV_THREADS, st, quantize_q8_K)(x, x_stride, k, n, q, d, sum16);
-            else if (q8_1)
-                CUDA_LAUNCH(blocks, MMV_THREADS, st, quantize_q8_32<true>)(x, x_stride, k, n, q, d, s, sum16);
-            else
-                CUDA_LAUNCH(blocks, MMV_THREADS, st, quantize_q8_32<false>)(x, x_stride, k, n, q, d, s, sum16);
-        });
+    const cuda_norm *nm = act->norm_pending && act->norm.y == x && act->norm.y_stride == x_stride &&
+                                  act->norm.ne0 == k && act->norm.rows == n
+                              ? &act->norm
+                              : NULL;
+    cudaError_t err = nm ? cudaSuccess : cuda_norm_flush(st, act);
+    if (err != cudaSuccess)
+        return err;
+    err = convert_act(st, act, form, x, x_stride, k, n, q_bytes + d_bytes + s_bytes + sum_bytes, [&] {
+        uint8_t *base = (uint8_t *)act->buf.p;
+        int8_t *q = (int8_t *)base;
+        float *d = (float *)(base + q_bytes), *s = q8_1 ? (float *)(base + q_bytes + d_bytes) : NULL;
+        int *sum16 = (int *)(base + q_bytes + d_bytes + s_bytes);
+        if (q8_K)
+            launch_quantize<Q8_K_FORM>(st, nm, x, x_stride, k, n, nb, q, d, s, sum16);
+        else if (q8_1)
+            launch_quantize<Q8_1_FORM>(st, nm, x, x_stride, k, n, nb, q, d, s, sum16);
+        else
+            launch_quantize<Q8_0_FORM>(st, nm, x, x_stride, k, n, nb, q, d, s, sum16);
+        act->norm_pending = false;
+    });
     if (err != cudaSuccess)
         return err;
     const uint8_t *base = (const uint8_t *)act->buf.p;
@@ -740,7 +821,10 @@ cudaError_t cuda_matmul(cudaStream_t st, struct cuda_act *act, enum spec_dtype w
     a.swiglu = swiglu;
     a.k = k;
     a.n = n;
-    cudaError_t err;
+    const bool quantised = wtype != SPEC_F32 && wtype != SPEC_F16 && wtype != SPEC_BF16;
+    cudaError_t err = quantised ? cudaSuccess : cuda_norm_flush(st, act); /* quantize_act may fuse it */
+    if (err != cudaSuccess)
+        return err;
     switch (wtype) {
     case SPEC_F32:
         a.xq = (const uint8_t *)x;

@@ -135,45 +135,19 @@ cudaError_t cuda_get_rows(cudaStream_t st, enum spec_dtype type, const void *tab
 }
 
 /* ---------------------------------------------------------------------------------------------- */
-/* RMS norm: the CPU sums the squares in double; so does each thread here over its elements, and the
- * block adds the threads' sums by a fixed tree. A double sum of floats rounds to the same float mean
- * in all but vanishingly rare cases, and the rest is the CPU's expression.                        */
+/* RMS norm (cuda_ops.h's rms_norm_row)                                                           */
 
-#define RMS_THREADS 256
-
-/* Thread t owns the elements t, t + RMS_THREADS, ... of a row in both passes, so x and y (which may
- * be res) are read and written by the one thread that owns an element. */
-__global__ void __launch_bounds__(RMS_THREADS)
-    rms_norm_kernel(float *x, size_t x_stride, const float *res, size_t res_stride, const float *w, float eps,
-                    float *y, size_t y_stride, int ne0, int rows)
+__global__ void __launch_bounds__(RMS_THREADS) rms_norm_kernel(const cuda_norm nm)
 {
     __shared__ double part[RMS_THREADS];
-    const int tid = threadIdx.x;
-    for (int r = blockIdx.x; r < rows; r += gridDim.x) {
-        float *xr = x + (size_t)r * x_stride;
-        float *yr = y + (size_t)r * y_stride;
-        double s = 0.0;
-        for (int i = tid; i < ne0; i += RMS_THREADS) {
-            if (res)
-                xr[i] = xr[i] + res[(size_t)r * res_stride + i]; /* the add op's expression */
-            s += (double)(xr[i] * xr[i]);
-        }
-        part[tid] = s;
-        block_sum<RMS_THREADS>(part, tid);
-        const float mean = (float)(part[0] / (double)ne0);
-        const float scale = 1.0f / sqrtf(mean + eps);
-        for (int i = tid; i < ne0; i += RMS_THREADS)
-            yr[i] = (xr[i] * scale) * w[i];
-        __syncthreads(); /* part[0] is read by every thread before the next row writes part */
-    }
+    for (int r = blockIdx.x; r < nm.rows; r += gridDim.x)
+        rms_norm_row(nm, r, part, threadIdx.x);
 }
 
-cudaError_t cuda_rms_norm(cudaStream_t st, float *x, size_t x_stride, const float *res, size_t res_stride,
-                          const float *w, float eps, float *y, size_t y_stride, int ne0, int rows)
+cudaError_t cuda_rms_norm(cudaStream_t st, const struct cuda_norm *nm)
 {
-    const unsigned blocks = (unsigned)(rows < 65535 ? rows : 65535);
-    CUDA_LAUNCH(blocks, RMS_THREADS, st, rms_norm_kernel)(x, x_stride, res, res_stride, w, eps, y, y_stride, ne0,
-                                                          rows);
+    const unsigned blocks = (unsigned)(nm->rows < 65535 ? nm->rows : 65535);
+    CUDA_LAUNCH(blocks, RMS_THREADS, st, rms_norm_kernel)(*nm);
     return cudaGetLastError();
 }
 
@@ -215,9 +189,17 @@ cudaError_t cuda_rope(cudaStream_t st, float *x, size_t x_stride, int rows, int 
 /* ---------------------------------------------------------------------------------------------- */
 /* KV-cache stores                                                                                */
 
-__global__ void store_rows_kernel(const float *src, size_t src_stride, uint8_t *dst, size_t dst_row_bytes, bool f16,
-                                  int ne0, int rows)
+/* The first row a store writes or a query's first position: from device memory when the step's graph
+ * is replayed with other positions (at), else the launch's own value. */
+static __device__ __forceinline__ int step_value(const int *at, int value)
 {
+    return at ? *at : value;
+}
+
+__global__ void store_rows_kernel(const float *src, size_t src_stride, uint8_t *dst, size_t dst_row_bytes,
+                                  const int *row0_at, int row0, bool f16, int ne0, int rows)
+{
+    dst += (size_t)step_value(row0_at, row0) * dst_row_bytes;
     GRID_STRIDE(i, (int64_t)ne0 * rows)
     {
         const int r = (int)(i / ne0), e = (int)(i % ne0);
@@ -232,8 +214,9 @@ __global__ void store_rows_kernel(const float *src, size_t src_stride, uint8_t *
 
 /* F32 rows into F32 rows, four floats a thread: 16-byte loads and stores. */
 __global__ void store_rows_vec4_kernel(const float4 *src, size_t src_stride4, float4 *dst, size_t dst_stride4,
-                                       int ne0_4, int rows)
+                                       const int *row0_at, int row0, int ne0_4, int rows)
 {
+    dst += (size_t)step_value(row0_at, row0) * dst_stride4;
     GRID_STRIDE(i, (int64_t)ne0_4 * rows)
     {
         const int r = (int)(i / ne0_4), e = (int)(i % ne0_4);
@@ -242,19 +225,19 @@ __global__ void store_rows_vec4_kernel(const float4 *src, size_t src_stride4, fl
 }
 
 cudaError_t cuda_store_rows(cudaStream_t st, const float *src, size_t src_stride, void *dst, size_t dst_row_bytes,
-                            enum spec_dtype dst_type, int ne0, int rows)
+                            const int *row0_at, int row0, enum spec_dtype dst_type, int ne0, int rows)
 {
     if (dst_type == SPEC_F32 && ne0 % 4 == 0 && src_stride % 4 == 0 && dst_row_bytes % 16 == 0 &&
         (uintptr_t)src % 16 == 0 && (uintptr_t)dst % 16 == 0) {
         const unsigned blocks = elt_blocks((int64_t)ne0 / 4 * rows);
         CUDA_LAUNCH(blocks, ELT_THREADS, st, store_rows_vec4_kernel)((const float4 *)src, src_stride / 4,
-                                                                     (float4 *)dst, dst_row_bytes / 16, ne0 / 4,
-                                                                     rows);
+                                                                     (float4 *)dst, dst_row_bytes / 16, row0_at,
+                                                                     row0, ne0 / 4, rows);
         return cudaGetLastError();
     }
     const unsigned blocks = elt_blocks((int64_t)ne0 * rows);
-    CUDA_LAUNCH(blocks, ELT_THREADS, st, store_rows_kernel)(src, src_stride, (uint8_t *)dst, dst_row_bytes,
-                                                            dst_type == SPEC_F16, ne0, rows);
+    CUDA_LAUNCH(blocks, ELT_THREADS, st, store_rows_kernel)(src, src_stride, (uint8_t *)dst, dst_row_bytes, row0_at,
+                                                            row0, dst_type == SPEC_F16, ne0, rows);
     return cudaGetLastError();
 }
 
@@ -336,9 +319,10 @@ cudaError_t cuda_argmax(cudaStream_t st, const float *x, size_t x_stride, int ne
  *
  * Query i sees keys 0 .. pos0 + i. The keys are cut into chunks of ATT_CHUNK at fixed boundaries;
  * one block per (chunk, head, query) computes the chunk's scores, their max m, the sum l of
- * exp(s - m) and o = sum exp(s - m) v, in a fixed order. A second kernel combines the chunks of a
- * (head, query) in chunk order: o = sum_c e^(m_c - M) o_c / sum_c e^(m_c - M) l_c. Everything
- * depends on the query's own key count only, never on how many queries share the call.
+ * exp(s - m) and o = sum exp(s - m) v, in a fixed order. The last block of a (head, query) to finish
+ * (a counter per pair) combines its chunks in chunk order: o = sum_c e^(m_c - M) o_c / sum_c
+ * e^(m_c - M) l_c, so one launch does it all. Everything depends on the query's own key count only,
+ * never on how many queries share the call or which block finishes last.
  *
  * As on the CPU, q is rounded to F16 when the key cache is F16 (the products are then exact). The
  * CPU also rounds the normalised weights to F16 before they weight V (llama.cpp's mul_mat); a split
@@ -384,14 +368,16 @@ static __device__ __forceinline__ void cache_load8(const uint8_t *row, bool f16,
 __global__ void __launch_bounds__(ATT_THREADS)
     attn_chunk_kernel(const float *q, size_t q_stride, const uint8_t *k, size_t k_row_bytes, bool k_f16, bool k_vec,
                       const uint8_t *v, size_t v_row_bytes, bool v_f16, bool v_vec, int n_head, int group,
-                      int head_dim, int pos0, float scale, int n_chunks, float *part_o, float *part_ml)
+                      int head_dim, const int *pos0_at, int pos0, float scale, int n_chunks, float *part_o,
+                      float *part_ml, int *done, float *out, size_t out_stride)
 {
     __shared__ float qs[CUDA_ATTN_MAX_HEAD_DIM];
     __shared__ float p[ATT_CHUNK];
     __shared__ float red[2][ATT_WARPS];
     __shared__ float os[ATT_THREADS * 8];
+    __shared__ bool last;
     const int c = blockIdx.x, h = blockIdx.y, i = blockIdx.z;
-    const int n_kv = pos0 + i + 1, j0 = c * ATT_CHUNK;
+    const int n_kv = step_value(pos0_at, pos0) + i + 1, j0 = c * ATT_CHUNK;
     if (j0 >= n_kv)
         return; /* past this query's keys: the whole block leaves, before any barrier */
     const int len = min(ATT_CHUNK, n_kv - j0);
@@ -463,41 +449,62 @@ __global__ void __launch_bounds__(ATT_THREADS)
         part_ml[2 * slot] = m;
         part_ml[2 * slot + 1] = l;
     }
-}
 
-__global__ void __launch_bounds__(ATT_THREADS)
-    attn_combine_kernel(const float *part_o, const float *part_ml, int n_head, int head_dim, int pos0, int n_chunks,
-                        float *out, size_t out_stride)
-{
-    const int h = blockIdx.x, i = blockIdx.y;
-    const int used = (pos0 + i + 1 + ATT_CHUNK - 1) / ATT_CHUNK;
+    /* the last of the pair's used chunks combines them (the partials of other blocks are read from L2:
+     * __ldcg, after their writers' fences) */
+    const int used = (n_kv + ATT_CHUNK - 1) / ATT_CHUNK;
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+        int *count = done + (size_t)i * n_head + h;
+        last = atomicAdd(count, 1) == used - 1;
+        if (last)
+            *count = 0; /* ready for the next launch */
+    }
+    __syncthreads();
+    if (!last)
+        return;
     const size_t slot0 = ((size_t)i * n_head + h) * n_chunks;
     float mx = -INFINITY;
-    for (int c = 0; c < used; c++)
-        mx = fmaxf(mx, part_ml[2 * (slot0 + c)]);
-    float l = 0.0f;
-    for (int c = 0; c < used; c++)
-        l = __fmaf_rn(expf(part_ml[2 * (slot0 + c)] - mx), part_ml[2 * (slot0 + c) + 1], l);
-    for (int d = threadIdx.x; d < head_dim; d += ATT_THREADS) {
+    for (int cc = 0; cc < used; cc++)
+        mx = fmaxf(mx, __ldcg(&part_ml[2 * (slot0 + cc)]));
+    float lsum = 0.0f;
+    for (int cc = 0; cc < used; cc++)
+        lsum = __fmaf_rn(expf(__ldcg(&part_ml[2 * (slot0 + cc)]) - mx), __ldcg(&part_ml[2 * (slot0 + cc) + 1]), lsum);
+    for (int d = tid; d < head_dim; d += ATT_THREADS) {
         float o = 0.0f;
-        for (int c = 0; c < used; c++)
-            o = __fmaf_rn(expf(part_ml[2 * (slot0 + c)] - mx), part_o[(slot0 + c) * head_dim + d], o);
-        out[(size_t)i * out_stride + (size_t)h * head_dim + d] = o / l;
+        for (int cc = 0; cc < used; cc++)
+            o = __fmaf_rn(expf(__ldcg(&part_ml[2 * (slot0 + cc)]) - mx), __ldcg(&part_o[(slot0 + cc) * head_dim + d]),
+                          o);
+        out[(size_t)i * out_stride + (size_t)h * head_dim + d] = o / lsum;
     }
 }
 
 cudaError_t cuda_attention(cudaStream_t st, struct cuda_buf *part, const float *q, size_t q_stride, const void *k,
                            size_t k_row_bytes, enum spec_dtype k_type, const void *v, size_t v_row_bytes,
-                           enum spec_dtype v_type, const struct kern_attn_params *p, int n, float *out,
-                           size_t out_stride)
+                           enum spec_dtype v_type, const struct kern_attn_params *p, const int *pos0_at,
+                           bool chunks_pow2, int n, float *out, size_t out_stride)
 {
-    const int n_chunks = (p->pos0 + n + ATT_CHUNK - 1) / ATT_CHUNK;
-    const size_t slots = (size_t)n * p->n_head * n_chunks;
-    const size_t o_bytes = (slots * p->head_dim * sizeof(float) + 255) & ~(size_t)255;
-    cudaError_t err = cuda_buf_reserve(st, part, o_bytes + slots * 2 * sizeof(float));
+    int n_chunks = (p->pos0 + n + ATT_CHUNK - 1) / ATT_CHUNK;
+    while (chunks_pow2 && (n_chunks & (n_chunks - 1)))
+        n_chunks += n_chunks & -n_chunks; /* up to the next power of two */
+    const size_t pairs = (size_t)n * p->n_head, slots = pairs * n_chunks;
+    const size_t o_bytes = (slots * p->head_dim * sizeof(float) + 255) & ~(size_t)255,
+                 ml_bytes = (slots * 2 * sizeof(float) + 255) & ~(size_t)255;
+    /* the counters stay at the start: zeroed once when the buffer is made, back to zero after every launch */
+    const size_t done_bytes = (pairs * sizeof(int) + 255) & ~(size_t)255;
+    void *before = part->p;
+    cudaError_t err = cuda_buf_reserve(st, part, done_bytes + o_bytes + ml_bytes);
+    if (err == cudaSuccess && part->p != before)
+        err = cudaMemsetAsync(part->p, 0, part->cap, st);
     if (err != cudaSuccess)
         return err;
-    float *part_o = (float *)part->p, *part_ml = (float *)((uint8_t *)part->p + o_bytes);
+    int *done = (int *)part->p;
+    float *part_o = (float *)((uint8_t *)part->p + done_bytes),
+          *part_ml = (float *)((uint8_t *)part->p + done_bytes + o_bytes);
+    /* the position itself only when it is not read from device memory, so that a replayed step's
+     * launches are the recorded ones */
+    const int pos0 = pos0_at ? 0 : p->pos0;
     const dim3 grid((unsigned)n_chunks, (unsigned)p->n_head, (unsigned)n);
     /* 16-byte loads when every head's slice of every row starts 16-byte aligned */
     const bool k_vec = p->head_dim % 8 == 0 && (uintptr_t)k % 16 == 0 && k_row_bytes % 16 == 0,
@@ -505,12 +512,7 @@ cudaError_t cuda_attention(cudaStream_t st, struct cuda_buf *part, const float *
     CUDA_LAUNCH(grid, ATT_THREADS, st, attn_chunk_kernel)(q, q_stride, (const uint8_t *)k, k_row_bytes,
                                                           k_type == SPEC_F16, k_vec, (const uint8_t *)v,
                                                           v_row_bytes, v_type == SPEC_F16, v_vec, p->n_head,
-                                                          p->n_head / p->n_head_kv, p->head_dim, p->pos0, p->scale,
-                                                          n_chunks, part_o, part_ml);
-    if ((err = cudaGetLastError()) != cudaSuccess)
-        return err;
-    const dim3 cgrid((unsigned)p->n_head, (unsigned)n);
-    CUDA_LAUNCH(cgrid, ATT_THREADS, st, attn_combine_kernel)(part_o, part_ml, p->n_head, p->head_dim, p->pos0,
-                                                             n_chunks, out, out_stride);
+                                                          p->n_head / p->n_head_kv, p->head_dim, pos0_at, pos0,
+                                                          p->scale, n_chunks, part_o, part_ml, done, out, out_stride);
     return cudaGetLastError();
 }

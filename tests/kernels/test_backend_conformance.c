@@ -740,6 +740,77 @@ Test(conformance, rms_norm_adds_its_residual_first)
     free(xh), free(rh), free(wh);
 }
 
+/* The CUDA backend launches a norm together with the conversion of its output for the matmul that reads
+ * it next: that gives the bits of the norm read back before the matmul, for every weight type (each
+ * conversion, and the float types that take none), with the residual as output (as the model calls
+ * it); a matmul of another input, and any other op, runs the norm before it. */
+Test(conformance, a_norm_and_the_matmul_reading_it_give_the_bits_of_the_two_apart)
+{
+    need_cuda();
+    const int64_t ne0 = 1536, rows = 67;
+    const int ns[] = {1, 3, 9};
+    float *xh = random_f32(ne0 * 9, 3.0f), *rh = random_f32(ne0 * 9, 2.0f), *wh = random_f32(ne0, 1.0f);
+    struct kern_tensor w = upload(gpu, SPEC_F32, ne0, 1, wh);
+    for (size_t ti = 0; ti < KT_N_CPU_TYPES; ti++) {
+        const enum spec_dtype t = kt_cpu_types[ti];
+        size_t rb;
+        void *mh = random_weights(t, ne0, rows, 0, &rb);
+        struct kern_tensor m = weight(gpu, t, ne0, rows, mh);
+        for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
+            const int n = ns[ni];
+            char what[64];
+            snprintf(what, sizeof what, "%s n=%d", kern_dtype_info(t)->name, n);
+            struct kern_tensor x[3], r[3], out[3];
+            for (int i = 0; i < 3; i++) {
+                x[i] = upload(gpu, SPEC_F32, ne0, n, xh);
+                r[i] = upload(gpu, SPEC_F32, ne0, n, rh);
+                out[i] = poisoned(gpu, rows, n);
+            }
+            /* 0: the matmul reads the norm's output; 1: the output read back in between; 2: a matmul of
+             * another input (x[1], done by then) follows the norm */
+            cr_assert_eq(gpu->ops->rms_norm(gpu, &x[0], &r[0], &w, 1e-6f, &r[0]), 0);
+            cr_assert_eq(gpu->ops->matmul(gpu, &m, &r[0], NULL, &out[0]), 0, "%s", what);
+            cr_assert_eq(gpu->ops->rms_norm(gpu, &x[1], &r[1], &w, 1e-6f, &r[1]), 0);
+            float *y1 = download(gpu, &r[1]);
+            cr_assert_eq(gpu->ops->matmul(gpu, &m, &r[1], NULL, &out[1]), 0);
+            cr_assert_eq(gpu->ops->rms_norm(gpu, &x[2], &r[2], &w, 1e-6f, &r[2]), 0);
+            cr_assert_eq(gpu->ops->matmul(gpu, &m, &x[1], NULL, &out[2]), 0);
+            float *x0 = download(gpu, &x[0]), *x1 = download(gpu, &x[1]), *x2 = download(gpu, &x[2]),
+                  *y0 = download(gpu, &r[0]), *y2 = download(gpu, &r[2]), *o0 = download(gpu, &out[0]),
+                  *o1 = download(gpu, &out[1]), *o2 = download(gpu, &out[2]);
+            const size_t in_bytes = (size_t)(ne0 * n) * sizeof(float), out_bytes = (size_t)(rows * n) * sizeof(float);
+            assert_bits(x0, x1, in_bytes, what);
+            assert_bits(y0, y1, in_bytes, what);
+            assert_bits(o0, o1, out_bytes, what);
+            assert_bits(x2, x1, in_bytes, what);
+            assert_bits(y2, y1, in_bytes, what);
+            /* x[1] holds x + r: the product of another input, which the norm must not have touched */
+            struct kern_tensor xr = upload(gpu, SPEC_F32, ne0, n, x1), o_ref = poisoned(gpu, rows, n);
+            cr_assert_eq(gpu->ops->matmul(gpu, &m, &xr, NULL, &o_ref), 0);
+            float *ref = download(gpu, &o_ref);
+            assert_bits(o2, ref, out_bytes, what);
+            /* another op reading the norm's output runs after the norm */
+            struct kern_tensor x3 = upload(gpu, SPEC_F32, ne0, n, xh), r3 = upload(gpu, SPEC_F32, ne0, n, rh),
+                               sum = poisoned(gpu, ne0, n);
+            cr_assert_eq(gpu->ops->rms_norm(gpu, &x3, &r3, &w, 1e-6f, &r3), 0);
+            cr_assert_eq(gpu->ops->add(gpu, &r3, &r3, &sum), 0);
+            float *s3 = download(gpu, &sum);
+            for (int64_t i = 0; i < ne0 * n; i++)
+                cr_assert_eq(s3[i], y1[i] + y1[i], "%s: element %lld of the norm's output added", what, (long long)i);
+            free(s3);
+            free_t(gpu, &x3), free_t(gpu, &r3), free_t(gpu, &sum);
+            free(ref), free(x0), free(x1), free(x2), free(y0), free(y1), free(y2), free(o0), free(o1), free(o2);
+            free_t(gpu, &xr), free_t(gpu, &o_ref);
+            for (int i = 0; i < 3; i++)
+                free_t(gpu, &x[i]), free_t(gpu, &r[i]), free_t(gpu, &out[i]);
+        }
+        free_t(gpu, &m);
+        free(mh);
+    }
+    free_t(gpu, &w);
+    free(xh), free(rh), free(wh);
+}
+
 static void check_rope(enum kern_rope_mode mode, int n_rot, float scale, bool factors)
 {
     const int n_head = 3, head_dim = 64, n = 6;
@@ -1071,10 +1142,31 @@ Test(conformance, model_forward_is_batch_invariant_on_cuda)
     }
 }
 
+static struct kern_step_stats step_stats(struct kern_backend *b)
+{
+    struct kern_step_stats st;
+    cr_assert_eq(b->ops->step_stats(b, &st), 0);
+    return st;
+}
+
+/* The steps between two readings of the stats: begun, recorded, replayed, repeated. */
+static void assert_steps(struct kern_step_stats a, struct kern_step_stats b, long steps, long recorded, long replayed,
+                         long repeated, const char *what)
+{
+    cr_assert_eq(b.steps - a.steps, steps, "%s: %ld steps begun, expected %ld", what, b.steps - a.steps, steps);
+    cr_assert_eq(b.recorded - a.recorded, recorded, "%s: %ld recorded, expected %ld", what, b.recorded - a.recorded,
+                 recorded);
+    cr_assert_eq(b.replayed - a.replayed, replayed, "%s: %ld replayed, expected %ld", what, b.replayed - a.replayed,
+                 replayed);
+    cr_assert_eq(b.repeated - a.repeated, repeated, "%s: %ld repeated, expected %ld", what, b.repeated - a.repeated,
+                 repeated);
+}
+
 /* Steps recorded as CUDA graphs (kern_backend_config.graphs) give the bits of the same steps run op
- * by op: decode steps past an attention chunk boundary (its scratch buffer
- * grows while a step is being recorded), verification-sized steps and rollbacks, each shape
- * repeated so that later steps replay an updated graph. */
+ * by op, and later steps of a shape replay the recording with their own positions: decode steps past
+ * an attention chunk boundary (the grid grows, so that step is issued again and recorded anew; its
+ * scratch buffer grows while it is recorded), verification-sized steps and rollbacks, two sequences
+ * taking turns and two sequences in each step. */
 Test(conformance, steps_recorded_as_graphs_give_the_bits_of_op_by_op_steps)
 {
     need_cuda();
@@ -1091,6 +1183,7 @@ Test(conformance, steps_recorded_as_graphs_give_the_bits_of_op_by_op_steps)
     cr_assert_eq(model_forward(me.m, se, prompt, 5, le), 0);
     assert_bits(lg, le, sizeof(float) * (size_t)(5 * nv), "prompt");
     int32_t tok = prompt[4];
+    struct kern_step_stats before = step_stats(graphs);
     for (int step = 0; step < 140; step++) { /* from position 5 past 128 */
         int32_t ig, ie;
         const struct model_batch_item bg = {.s = sg, .tokens = &tok, .n = 1, .logits = lg, .argmax = &ig},
@@ -1101,6 +1194,10 @@ Test(conformance, steps_recorded_as_graphs_give_the_bits_of_op_by_op_steps)
         cr_assert(memcmp(lg, le, sizeof(float) * (size_t)nv) == 0, "step %d: logits not bit-identical", step);
         tok = ig;
     }
+    /* step 0 runs op by op, step 1 is recorded, then replays; at position 128 (step 123) the keys need
+     * a second chunk: that replay is given up, the step issued again and recorded */
+    assert_steps(before, step_stats(graphs), 141, 2, 137, 1, "decode");
+    before = step_stats(graphs);
     for (int round = 0; round < 3; round++) { /* verification passes of 5, rolled back but one */
         const int32_t draft[5] = {tok, 17, 250, (int32_t)(round + 3), 99};
         cr_assert_eq(model_forward(mg.m, sg, draft, 5, lg), 0);
@@ -1109,15 +1206,47 @@ Test(conformance, steps_recorded_as_graphs_give_the_bits_of_op_by_op_steps)
         cr_assert_eq(model_seq_truncate(sg, model_seq_len(sg) - 4), 0);
         cr_assert_eq(model_seq_truncate(se, model_seq_len(se) - 4), 0);
     }
+    assert_steps(before, step_stats(graphs), 3, 1, 2, 0, "verification"); /* the prompt's shape */
+
+    struct model_seq *sg2 = new_seq(mg.m, 320), *se2 = new_seq(me.m, 320);
+    cr_assert_eq(model_forward(mg.m, sg2, prompt, 3, lg), 0);
+    cr_assert_eq(model_forward(me.m, se2, prompt, 3, le), 0);
+    before = step_stats(graphs);
+    for (int step = 0; step < 6; step++) {
+        struct model_seq *g = step % 2 ? sg2 : sg, *e = step % 2 ? se2 : se;
+        const int32_t t = (int32_t)(40 + step);
+        cr_assert_eq(model_forward(mg.m, g, &t, 1, lg), 0);
+        cr_assert_eq(model_forward(me.m, e, &t, 1, le), 0);
+        assert_bits(lg, le, sizeof(float) * (size_t)nv, "two sequences taking turns");
+    }
+    /* each sequence's steps have a shape, and a recording, of their own: the first turn's replay is given
+     * up (the verification steps grew attention's scratch buffer since decode was recorded) and
+     * recorded, the other sequence's first turn runs op by op and its second is recorded, the rest
+     * replay */
+    assert_steps(before, step_stats(graphs), 7, 2, 3, 1, "two sequences");
+    /* both in each step, at their own positions: replays read two positions from device memory */
+    before = step_stats(graphs);
+    for (int step = 0; step < 4; step++) {
+        const int32_t t[2] = {(int32_t)(60 + step), (int32_t)(90 + step)};
+        const struct model_batch_item bg[2] = {{.s = sg, .tokens = &t[0], .n = 1, .logits = lg},
+                                               {.s = sg2, .tokens = &t[1], .n = 1, .logits = lg + nv}},
+                                      be_[2] = {{.s = se, .tokens = &t[0], .n = 1, .logits = le},
+                                                {.s = se2, .tokens = &t[1], .n = 1, .logits = le + nv}};
+        cr_assert_eq(model_forward_batch(mg.m, bg, 2), 0);
+        cr_assert_eq(model_forward_batch(me.m, be_, 2), 0);
+        assert_bits(lg, le, sizeof(float) * (size_t)(2 * nv), "two sequences in one step");
+    }
+    assert_steps(before, step_stats(graphs), 4, 1, 2, 0, "two sequences in one step");
     free(lg), free(le);
-    model_seq_free(sg), model_seq_free(se);
+    model_seq_free(sg), model_seq_free(se), model_seq_free(sg2), model_seq_free(se2);
     tsupport_mem_model_free(&mg);
     tsupport_mem_model_free(&me);
     kern_backend_destroy(graphs);
 }
 
 /* Inside a recorded step, an op that returns data (rows_to_host) ends the recording: it sees every
- * op before it done, and the ops after it still run. */
+ * op before it done, and the ops after it still run; a replay does the same where the recording
+ * ended. */
 Test(conformance, reading_back_inside_a_recorded_step_sees_the_ops_before_it)
 {
     need_cuda();
@@ -1127,12 +1256,17 @@ Test(conformance, reading_back_inside_a_recorded_step_sees_the_ops_before_it)
     float *ah = random_f32(ne0 * n, 1.0f), *bh = random_f32(ne0 * n, 1.0f);
     struct kern_tensor a = upload(g, SPEC_F32, ne0, n, ah), b = upload(g, SPEC_F32, ne0, n, bh),
                        o = poisoned(g, ne0, n);
-    for (int pass = 0; pass < 3; pass++) { /* the first pass of a shape runs op by op, the others record */
+    const struct kern_step_stats before = step_stats(g);
+    /* the first pass of a shape runs op by op, the second records up to the read, the third replays
+     * that recording there */
+    for (int pass = 0; pass < 3; pass++) {
         cr_assert_eq(g->ops->step_begin(g, 77), 0);
         cr_assert_eq(g->ops->add(g, &a, &b, &o), 0);
         float *mid = download(g, &o);
         cr_assert_eq(g->ops->add(g, &o, &b, &o), 0);
-        cr_assert_eq(g->ops->step_end(g), 0);
+        bool again;
+        cr_assert_eq(g->ops->step_end(g, &again), 0);
+        cr_assert(!again);
         float *end = download(g, &o);
         for (int64_t i = 0; i < ne0 * n; i++) {
             cr_assert_eq(mid[i], ah[i] + bh[i], "pass %d: element %lld before the read", pass, (long long)i);
@@ -1140,6 +1274,28 @@ Test(conformance, reading_back_inside_a_recorded_step_sees_the_ops_before_it)
         }
         free(mid), free(end);
     }
+    assert_steps(before, step_stats(g), 3, 1, 1, 0, "read inside");
+    /* A replay whose ops differ before the read cannot run its graph there: the read is cancelled, the
+     * step runs nothing and step_end asks for it again, which then runs (recorded anew). */
+    float *h = malloc((size_t)(ne0 * n) * sizeof(float));
+    cr_assert_eq(g->ops->step_begin(g, 77), 0);
+    cr_assert_eq(g->ops->add(g, &b, &b, &o), 0);
+    cr_assert_eq(g->ops->rows_to_host(g, &o, 0, n, h), SPEC_E_CANCELLED);
+    bool again;
+    cr_assert_eq(g->ops->step_end(g, &again), 0);
+    cr_assert(again);
+    float *unchanged = download(g, &o);
+    for (int64_t i = 0; i < ne0 * n; i++)
+        cr_assert_eq(unchanged[i], (ah[i] + bh[i]) + bh[i], "the abandoned step wrote element %lld", (long long)i);
+    cr_assert_eq(g->ops->step_begin(g, 77), 0);
+    cr_assert_eq(g->ops->add(g, &b, &b, &o), 0);
+    cr_assert_eq(g->ops->rows_to_host(g, &o, 0, n, h), 0);
+    cr_assert_eq(g->ops->step_end(g, &again), 0);
+    cr_assert(!again);
+    for (int64_t i = 0; i < ne0 * n; i++)
+        cr_assert_eq(h[i], bh[i] + bh[i], "issued again: element %lld", (long long)i);
+    assert_steps(before, step_stats(g), 5, 2, 1, 1, "issued again");
+    free(h), free(unchanged);
     free(ah), free(bh);
     free_t(g, &a), free_t(g, &b), free_t(g, &o);
     kern_backend_destroy(g);

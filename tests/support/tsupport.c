@@ -1,5 +1,6 @@
 #include <criterion/criterion.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "common/err.h"
 #include "tests/support/tsupport.h"
@@ -42,10 +43,11 @@ void tsupport_mem_model_free(struct mem_model *mm)
 
 struct kern_backend *tsupport_backend(int n_threads)
 {
-    const char *name = getenv("SPECD_TEST_DEVICE");
+    const char *name = getenv("SPECD_TEST_DEVICE"), *graphs = getenv("SPECD_TEST_GRAPHS");
     name = name && *name ? name : "cpu";
     struct kern_backend *be = NULL;
-    const int err = kern_backend_create(name, &(struct kern_backend_config){.n_threads = n_threads}, &be);
+    const struct kern_backend_config cfg = {.n_threads = n_threads, .graphs = graphs && !strcmp(graphs, "1")};
+    const int err = kern_backend_create(name, &cfg, &be);
     cr_assert_eq(err, SPEC_OK, "SPECD_TEST_DEVICE=%s: no such backend here (%s)", name, spec_errname(err));
     return be;
 }

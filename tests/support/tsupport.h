@@ -22,8 +22,9 @@ struct mem_model tsupport_load_synth(const struct model_synth_config *c, struct 
                                      struct model_config cfg);
 void tsupport_mem_model_free(struct mem_model *mm);
 
-/* The backend a model-level suite runs on: the one SPECD_TEST_DEVICE names (cpu, cuda), else the CPU;
- * asserts that it can be made (a named device that is missing fails the suite, never skips it). */
+/* The backend a model-level suite runs on: the one SPECD_TEST_DEVICE names (cpu, cuda), else the CPU,
+ * with its steps recorded as graphs when SPECD_TEST_GRAPHS is 1; asserts that it can be made (a named
+ * device that is missing fails the suite, never skips it). */
 struct kern_backend *tsupport_backend(int n_threads);
 
 #endif

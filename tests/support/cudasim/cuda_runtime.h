@@ -48,7 +48,7 @@
 #define __restrict__ __restrict
 
 /* The host compiler has no <<<grid, block, 0, st>>>: kernels/cuda launches through this macro. */
-#define CUDA_LAUNCH(grid, block, st, ...) ::cudasim::launcher(grid, block, st, &__VA_ARGS__)
+#define CUDA_KERNEL_LAUNCH(grid, block, st, kernel, ...) ::cudasim::launch(grid, block, st, kernel, __VA_ARGS__)
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Types                                                                                          */
@@ -165,6 +165,17 @@ extern dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 void __syncthreads(void);
 
+/* Blocks run one after another and a thread runs until it reaches a barrier or a shuffle: an atomic is
+ * a plain update, a fence has nothing to order, and every load sees the last store. */
+static inline int atomicAdd(int *p, int v)
+{
+    const int old = *p;
+    *p = old + v;
+    return old;
+}
+static inline void __threadfence(void) {}
+static inline float __ldcg(const float *p) { return *p; }
+
 namespace cudasim {
 /* Aborts with a message unless p is NULL or points into (or just past) memory from cudaMalloc: a
  * kernel handed a host pointer faults on a GPU. `arg` numbers the kernel's parameter. */
@@ -176,48 +187,31 @@ void run(dim3 grid, dim3 block, void (*body)(void *), void *ctx);
 /* When st is capturing: appends a node (kind: the kernel, or what a copy is) and returns true. */
 bool record(cudaStream_t st, const void *kind, std::function<void()> node);
 
-template <class... P>
-struct launch {
-    dim3 grid, block;
-    cudaStream_t st;
-    void (*kernel)(P...);
-
-    /* The arguments are converted to the kernel's parameter types and copied now, as a launch does. */
-    template <class... A>
-    void operator()(A &&...args) const
-    {
-        struct call {
-            void (*kernel)(P...);
-            std::tuple<P...> params;
-            static void body(void *c)
-            {
-                call *self = (call *)c;
-                std::apply(self->kernel, self->params);
-            }
-        } c{kernel, std::tuple<P...>(std::forward<A>(args)...)};
-        check_pointers(c.params, std::index_sequence_for<P...>{});
-        const dim3 g = grid, b = block;
-        if (!record(st, (const void *)kernel, [g, b, c]() mutable { run(g, b, &call::body, &c); }))
-            run(grid, block, &call::body, &c);
-    }
-
-    template <size_t... I>
-    static void check_pointers(const std::tuple<P...> &params, std::index_sequence<I...>)
-    {
-        (check_one(std::get<I>(params), (int)I), ...);
-    }
-    template <class T>
-    static void check_one(const T &v, int arg)
-    {
-        if constexpr (std::is_pointer_v<T>)
-            check_device_arg((const void *)v, arg);
-    }
-};
-
-template <class... P>
-launch<P...> launcher(dim3 grid, dim3 block, cudaStream_t st, void (*kernel)(P...))
+template <class T>
+static void check_one(const T &v, int arg)
 {
-    return launch<P...>{grid, block, st, kernel};
+    if constexpr (std::is_pointer_v<T>)
+        check_device_arg((const void *)v, arg);
+}
+
+/* A launch with its arguments already of the kernel's parameter types (CUDA_LAUNCH converts them),
+ * copied now, as a launch copies them. */
+template <class... P>
+void launch(dim3 grid, dim3 block, cudaStream_t st, void (*kernel)(P...), P... args)
+{
+    struct call {
+        void (*kernel)(P...);
+        std::tuple<P...> params;
+        static void body(void *c)
+        {
+            call *self = (call *)c;
+            std::apply(self->kernel, self->params);
+        }
+    } c{kernel, std::tuple<P...>(args...)};
+    int arg = 0;
+    (check_one(args, arg++), ...);
+    if (!record(st, (const void *)kernel, [grid, block, c]() mutable { run(grid, block, &call::body, &c); }))
+        run(grid, block, &call::body, &c);
 }
 } // namespace cudasim
 
