@@ -11,6 +11,7 @@
 #include <cuda_runtime.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <type_traits>
 #include <utility>
@@ -34,11 +35,28 @@ extern thread_local struct cuda_trace *cuda_tracing; /* the backend's trace duri
  * or recording); false: replaying, the graph will run it. */
 bool cuda_trace_node(cudaStream_t st, uint64_t hash);
 
+/* h and the next 64 bits: a bijection of h ^ w (a multiply by an odd number, then an xor-shift), so
+ * that two traces differing in one word never hash alike; a replayed step pays this for each of its
+ * kernels' arguments, a word at a time. */
+static inline uint64_t cuda_hash_word(uint64_t h, uint64_t w)
+{
+    h = (h ^ w) * 0x9e3779b97f4a7c15u;
+    return h ^ (h >> 29);
+}
+
 static inline uint64_t cuda_hash_bytes(uint64_t h, const void *p, size_t n)
 {
     const unsigned char *b = (const unsigned char *)p;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ b[i]) * 0x100000001b3u; /* FNV-1a */
+    uint64_t w;
+    for (; n >= 8; n -= 8, b += 8) {
+        memcpy(&w, b, 8);
+        h = cuda_hash_word(h, w);
+    }
+    if (n > 0) {
+        w = 0;
+        memcpy(&w, b, n);
+        h = cuda_hash_word(h ^ n, w);
+    }
     return h;
 }
 
