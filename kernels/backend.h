@@ -327,8 +327,9 @@ struct kern_backend {
 struct kern_backend_config {
     int n_threads; /* CPU worker threads; <= 0 means one per online core */
     bool profile;  /* wrap the backend so that kern_profile_start/stop can time its ops */
-    bool graphs;   /* CUDA: record steps as graphs (step_begin/step_end); off, every op runs as it comes.
-                    * Opt-in until timed on a GPU: correct there (conformance), speed not yet measured */
+    bool graphs;   /* CUDA: record steps as graphs and replay them (step_begin/step_end); off, every op runs
+                    * as it comes. Opt-in until timed on a GPU: recording was bit-identical on an H200,
+                    * replays are checked on the simulator, the speed of neither is measured yet */
 };
 
 /* name: "cpu", "cuda" or "auto" (CUDA when a device is usable, else CPU).
