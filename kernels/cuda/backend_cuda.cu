@@ -251,13 +251,20 @@ static int record_launch(struct cuda_backend *cb)
     return err_of(e);
 }
 
-/* A replay that cannot run its graph: nothing of the step ran, so host-side state the ops updated as
- * if it had (the kept conversion, the RoPE table) is forgotten, and the shape is recorded next. */
+/* Forgets what the host keeps about device memory (the kept conversion, the RoPE table): a recorded or
+ * replayed step starts without it, so that the same step issues the same nodes, and an abandoned
+ * replay never made it true. */
+static void forget_device_state(struct cuda_backend *cb)
+{
+    cuda_act_forget(&cb->act);
+    cb->rope_n = 0;
+}
+
+/* A replay that cannot run its graph: nothing of the step ran, and the shape is recorded next. */
 static void replay_abandon(struct cuda_backend *cb)
 {
     cb->trace.g->replayable = false;
-    cuda_act_forget(&cb->act);
-    cb->rope_n = 0;
+    forget_device_state(cb);
     step_ops(cb);
     cb->stats.repeated++;
 }
@@ -322,9 +329,7 @@ static int cuda_step_begin(struct kern_backend *be, uint64_t shape)
         return err;
     if (!cb->values && (err = err_of(cudaMalloc((void **)&cb->values, CUDA_STEP_VALUES * sizeof(int)))))
         return err;
-    /* host-side state starts every such step afresh, so that the same step issues the same nodes */
-    cuda_act_forget(&cb->act);
-    cb->rope_n = 0;
+    forget_device_state(cb);
     const bool replay = g->replayable && g->exec;
     if (!replay) {
         if (cudaStreamBeginCapture(cb->stream, cudaStreamCaptureModeRelaxed) != cudaSuccess) {
@@ -730,7 +735,7 @@ static int cuda_attention_op(struct kern_backend *be, const struct kern_tensor *
     const int *pos0_at = step_value(cb, p->pos0);
     return err_of(cuda_attention(cb->stream, &cb->part, (const float *)q->data, fstride(q), k_cache->data,
                                  k_cache->row_bytes, k_cache->type, v_cache->data, v_cache->row_bytes, v_cache->type, p,
-                                 pos0_at, pos0_at != NULL, (int)q->ne1, (float *)out->data, fstride(out)));
+                                 pos0_at, (int)q->ne1, (float *)out->data, fstride(out)));
 }
 
 /* ---------------------------------------------------------------------------------------------- */

@@ -229,13 +229,13 @@ cudaError_t cuda_eltwise(cudaStream_t st, enum cuda_eltwise_op op, const float *
 /* kern_backend.h's attention: n queries (rows of q, q_stride floats apart) over cache rows
  * 0 .. pos0 + n - 1 of k and v (F16 or F32, k_row_bytes / v_row_bytes apart), in one launch. `part` is
  * scratch for the per-chunk partial results and the counters that find each (head, query)'s last chunk
- * to finish. With pos0_at (device memory, holding p->pos0) the kernels read the
- * position there, and with chunks_pow2 the grid covers a power of two of chunks (the unused leave at
- * once): a recorded step's launches then stay those of the next positions, up to the next power. */
+ * to finish. With pos0_at (device memory, holding p->pos0) the kernels read the position there, and the
+ * grid covers a power of two of chunks (the unused leave at once): a recorded step's launches then stay
+ * those of the next positions, up to the next power. */
 cudaError_t cuda_attention(cudaStream_t st, struct cuda_buf *part, const float *q, size_t q_stride, const void *k,
                            size_t k_row_bytes, enum spec_dtype k_type, const void *v, size_t v_row_bytes,
                            enum spec_dtype v_type, const struct kern_attn_params *p, const int *pos0_at,
-                           bool chunks_pow2, int n, float *out, size_t out_stride);
+                           int n, float *out, size_t out_stride);
 
 /* kern_backend.h's argmax into device arrays of `rows` entries (probs NULL: not computed). */
 cudaError_t cuda_argmax(cudaStream_t st, const float *x, size_t x_stride, int ne0, int rows, int32_t *ids,

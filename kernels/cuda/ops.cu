@@ -483,10 +483,10 @@ __global__ void __launch_bounds__(ATT_THREADS)
 cudaError_t cuda_attention(cudaStream_t st, struct cuda_buf *part, const float *q, size_t q_stride, const void *k,
                            size_t k_row_bytes, enum spec_dtype k_type, const void *v, size_t v_row_bytes,
                            enum spec_dtype v_type, const struct kern_attn_params *p, const int *pos0_at,
-                           bool chunks_pow2, int n, float *out, size_t out_stride)
+                           int n, float *out, size_t out_stride)
 {
     int n_chunks = (p->pos0 + n + ATT_CHUNK - 1) / ATT_CHUNK;
-    while (chunks_pow2 && (n_chunks & (n_chunks - 1)))
+    while (pos0_at && (n_chunks & (n_chunks - 1)))
         n_chunks += n_chunks & -n_chunks; /* up to the next power of two */
     const size_t pairs = (size_t)n * p->n_head, slots = pairs * n_chunks;
     const size_t o_bytes = (slots * p->head_dim * sizeof(float) + 255) & ~(size_t)255,
