@@ -154,26 +154,34 @@ test-asan:
 	$(MAKE) SAN=1 MODEL_DIR=build-asan/no-models test
 
 # The CUDA backend against the CPU reference; on a machine without a usable GPU this fails rather
-# than skips, so a GPU run can never pass vacuously.
+# than skips, so a GPU run can never pass vacuously. Each suite runs as the backend's settings are by
+# default, then with steps replayed as graphs, the conformance suite and the model suites also with
+# the quantised matmuls on tensor cores (SPECD_TEST_TENSOR_CORES).
 CUDA_DEVICE_TESTS := $(addprefix $(BUILD)/tests/,model/test_model engine/test_engine engine/test_engine_batch)
 test-cuda: $(BUILD)/tests/kernels/test_backend_conformance $(BUILD)/tests/kernels/test_profile $(CUDA_DEVICE_TESTS)
 	SPECD_REQUIRE_CUDA=1 ./tools/run-tests.sh $(BUILD)/tests/kernels/test_backend_conformance \
 		$(BUILD)/tests/kernels/test_profile
+	SPECD_REQUIRE_CUDA=1 SPECD_TEST_TENSOR_CORES=1 ./tools/run-tests.sh $(BUILD)/tests/kernels/test_backend_conformance
 	SPECD_TEST_DEVICE=cuda ./tools/run-tests.sh $(CUDA_DEVICE_TESTS)
 	SPECD_TEST_DEVICE=cuda SPECD_TEST_GRAPHS=1 ./tools/run-tests.sh $(CUDA_DEVICE_TESTS)
+	SPECD_TEST_DEVICE=cuda SPECD_TEST_GRAPHS=1 SPECD_TEST_TENSOR_CORES=1 ./tools/run-tests.sh $(CUDA_DEVICE_TESTS)
 
 # Without a GPU: the CUDA backend's own kernel sources on the CPU simulator (tests/support/cudasim),
-# under ASan/UBSan, through the same conformance suite, then the model and batching suites with the
-# CUDA backend as their device (SPECD_TEST_DEVICE), and the greedy batching test of two models on one
-# backend once more with steps recorded and replayed as graphs. It checks the kernels' logic (indexing, barriers, shuffles,
-# alignment, launch shapes) and the graphs' bookkeeping, not the GPU's float library or speed.
+# under ASan/UBSan, through the same conformance suite (once more with the quantised matmuls on tensor
+# cores), then the model and batching suites with the CUDA backend as their device
+# (SPECD_TEST_DEVICE), and the greedy batching test of two models on one backend once more with steps
+# recorded and replayed as graphs and the matmuls on tensor cores. It checks the kernels' logic
+# (indexing, barriers, shuffles, mma fragments, alignment, launch shapes) and the graphs'
+# bookkeeping, not the GPU's float library or speed.
 CUDASIM_TESTS := $(addprefix build-cudasim/tests/kernels/,test_backend_conformance test_profile)
 CUDASIM_DEVICE_TESTS := build-cudasim/tests/model/test_model build-cudasim/tests/engine/test_engine_batch
 test-cudasim:
 	$(MAKE) SAN=1 CUDASIM=1 BUILD=build-cudasim $(CUDASIM_TESTS) $(CUDASIM_DEVICE_TESTS)
 	SPECD_REQUIRE_CUDA=1 ./tools/run-tests.sh $(CUDASIM_TESTS)
+	SPECD_REQUIRE_CUDA=1 SPECD_TEST_TENSOR_CORES=1 \
+		./tools/run-tests.sh build-cudasim/tests/kernels/test_backend_conformance
 	SPECD_TEST_DEVICE=cuda ./tools/run-tests.sh $(CUDASIM_DEVICE_TESTS)
-	SPECD_TEST_DEVICE=cuda SPECD_TEST_GRAPHS=1 CRITERION_TEST_PATTERN='*/greedy*draft_model' \
+	SPECD_TEST_DEVICE=cuda SPECD_TEST_GRAPHS=1 SPECD_TEST_TENSOR_CORES=1 CRITERION_TEST_PATTERN='*/greedy*draft_model' \
 		./tools/run-tests.sh build-cudasim/tests/engine/test_engine_batch
 
 # Fetches the real models, then makes their float conversions (the lines of tools/models.sha256 with a

@@ -3,6 +3,7 @@
  *
  *   bench_roofline --model M.gguf [--device auto|cpu|cuda] [--threads N] [--pos P] [--gamma-max G]
  *                  [--seconds S] [--copy-mib MIB] [--profile STEPS] [--graphs]
+ *                  [--tensor-cores]
  *
  * It prints, as markdown:
  *  - copy bandwidth: the backend copying an F32 tensor of MIB MiB into another (store_rows), counted
@@ -18,8 +19,9 @@
  * llama.cpp's default filters, prompt-lookup drafts): its rows processed and the round run on the
  * host (verify/), and where the backend can, on the backend (sample_process/sample_choose).
  * --graphs records each step as a CUDA graph and replays it (kern_backend_config.graphs), for an A/B against
- * op by op; the table then counts how the steps ran. Every figure is the median of repeated runs, each
- * rolled back so that all start at position P.
+ * op by op; the table then counts how the steps ran. --tensor-cores multiplies the quantised weights on
+ * int8 tensor cores (kern_backend_config.tensor_cores), for an A/B against dp4a. Every figure is the
+ * median of repeated runs, each rolled back so that all start at position P.
  * With --profile, STEPS more decode steps run with every op timed (kern_profile_start), then STEPS
  * verification passes of 8 positions: per kind of op, calls, host time and device time per pass, and the bandwidth of the ones that read weights or
  * the cache; the device's busy share of the profiled step says whether the kernels or their
@@ -38,7 +40,7 @@
 struct args {
     const char *model, *device;
     int n_threads, pos, gamma_max, profile_steps;
-    bool graphs;
+    bool graphs, tensor_cores;
     double seconds;
     int copy_mib;
 };
@@ -50,6 +52,10 @@ static int parse_args(int argc, char **argv, struct args *a)
         const char *o = argv[i];
         if (!strcmp(o, "--graphs")) {
             a->graphs = true;
+            continue;
+        }
+        if (!strcmp(o, "--tensor-cores")) {
+            a->tensor_cores = true;
             continue;
         }
         if (i + 1 >= argc)
@@ -271,7 +277,8 @@ int main(int argc, char **argv)
     struct args a;
     if (parse_args(argc, argv, &a)) {
         fprintf(stderr, "usage: bench_roofline --model M.gguf [--device auto|cpu|cuda] [--threads N] [--pos P] "
-                        "[--gamma-max G] [--seconds S] [--copy-mib MIB] [--profile STEPS] [--graphs]\n");
+                        "[--gamma-max G] [--seconds S] [--copy-mib MIB] [--profile STEPS] [--graphs] "
+                        "[--tensor-cores]\n");
         return 2;
     }
     struct kern_backend *be = NULL;
@@ -281,7 +288,7 @@ int main(int argc, char **argv)
     float *logits = NULL;
     double copy_bw = 0.0, wbytes = 0.0;
     const struct kern_backend_config cfg = {.n_threads = a.n_threads, .profile = a.profile_steps > 0,
-                                            .graphs = a.graphs};
+                                            .graphs = a.graphs, .tensor_cores = a.tensor_cores};
     int err = kern_backend_create(a.device, &cfg, &be);
     if (!err)
         err = copy_bandwidth(be, a.copy_mib, a.seconds, &copy_bw);
@@ -351,7 +358,8 @@ int main(int argc, char **argv)
                             hp->head_dim * a.pos;
     const double step_bw = (wbytes + kv_bytes) / t1;
     printf("| measure | value |\n|---|---|\n");
-    printf("| backend | %s |\n", be->ops->name);
+    printf("| backend | %s%s%s |\n", be->ops->name, a.graphs ? ", steps as graphs" : "",
+           a.tensor_cores ? ", quantised matmuls on tensor cores" : "");
     printf("| model | %s (%s, %d layers, n_embd %d, n_vocab %d) |\n", a.model, model_arch_name(hp->arch),
            hp->n_layer, hp->n_embd, n_vocab);
     printf("| copy bandwidth (read + write, %d MiB) | %.1f GB/s |\n", a.copy_mib, copy_bw / 1e9);

@@ -5,14 +5,15 @@
  *
  *   bench_spec --target T.gguf [--draft D.gguf] --prompts FILE [--per-category N] [-n TOKENS]
  *              [--gammas 2,4,8,0] [--draft-vocab N] [--threads N] [--concurrency C] [--device auto|cpu|cuda]
- *              [--temperature T] [--sampling backend|host] [--graphs]
+ *              [--temperature T] [--sampling backend|host] [--graphs] [--tensor-cores]
  * γ = 0 in --gammas means adaptive (draft_min 1, draft_max 8). --draft-vocab N: the draft scores only
  * token ids below N (model_config.n_logits). --temperature T > 0 samples (llama.cpp's defaults besides:
  * top-k 40, top-p 0.95, min-p 0.05; seed 1) instead of decoding greedily: the outputs then follow the
  * same distribution without being the same tokens, and the identity column says "sampled".
  * --sampling host processes and verifies sampled rows on the host even where the backend could
  * (engine_config.host_sampling), for the A/B of sampling on the GPU. --graphs records each model step
- * as a CUDA graph and replays it (kern_backend_config.graphs), for both sides of the A/B.
+ * as a CUDA graph and replays it (kern_backend_config.graphs), for both sides of the A/B; --tensor-cores
+ * multiplies the quantised weights on int8 tensor cores (kern_backend_config.tensor_cores).
  *
  * With --concurrency C it checks greedy identity instead, on up to --per-category prompts of every
  * category: each prompt decoded target-only and speculatively (adaptive γ), both requests side by
@@ -117,7 +118,7 @@ struct args {
     int gammas[MAX_GAMMAS];
     float temperature;
     bool host_sampling;
-    bool graphs;
+    bool graphs, tensor_cores;
 };
 
 static int parse_args(int argc, char **argv, struct args *a)
@@ -126,6 +127,10 @@ static int parse_args(int argc, char **argv, struct args *a)
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--graphs")) {
             a->graphs = true;
+            continue;
+        }
+        if (!strcmp(argv[i], "--tensor-cores")) {
+            a->tensor_cores = true;
             continue;
         }
         if (i + 1 == argc)
@@ -436,15 +441,18 @@ int main(int argc, char **argv)
     if (parse_args(argc, argv, &a)) {
         fprintf(stderr, "usage: bench_spec --target T.gguf [--draft D.gguf] --prompts FILE [--per-category N] "
                         "[-n TOKENS] [--gammas 2,4,8,0] [--draft-vocab N] [--threads N] [--concurrency C] "
-                        "[--device auto|cpu|cuda] [--temperature T] [--sampling backend|host] [--graphs]\n");
+                        "[--device auto|cpu|cuda] [--temperature T] [--sampling backend|host] [--graphs] "
+                        "[--tensor-cores]\n");
         return 2;
     }
     struct kern_backend *be;
     struct model *target = NULL, *draft = NULL;
-    int err = kern_backend_create(a.device, &(struct kern_backend_config){.n_threads = a.n_threads, .graphs = a.graphs},
-                                  &be);
+    const struct kern_backend_config be_cfg = {.n_threads = a.n_threads, .graphs = a.graphs,
+                                               .tensor_cores = a.tensor_cores};
+    int err = kern_backend_create(a.device, &be_cfg, &be);
     if (!err)
-        fprintf(stderr, "bench_spec: backend %s%s\n", be->ops->name, a.graphs ? ", steps as graphs" : "");
+        fprintf(stderr, "bench_spec: backend %s%s%s\n", be->ops->name, a.graphs ? ", steps as graphs" : "",
+                a.tensor_cores ? ", tensor cores" : "");
     if (!err)
         err = model_load(a.target, be, &target);
     if (!err && a.draft)

@@ -330,6 +330,8 @@ struct kern_backend_config {
     bool graphs;   /* CUDA: record steps as graphs and replay them (step_begin/step_end); off, every op runs
                     * as it comes. Opt-in until timed on a GPU: recording was bit-identical on an H200,
                     * replays are checked on the simulator, the speed of neither is measured yet */
+    bool tensor_cores; /* CUDA: quantised matmuls (every batch size, decode included) on int8 tensor cores
+                        * (mma) instead of dp4a. Opt-in until timed on a GPU; checked on the simulator */
 };
 
 /* name: "cpu", "cuda" or "auto" (CUDA when a device is usable, else CPU).

@@ -8,8 +8,8 @@
 # (minutes: every step of their tiny models pays the GPU's launch costs, where the CPU takes
 # microseconds). Results go to $OUT (or /tmp/specd-out).
 #
-#   bench/gpu/measure.sh [STEP...]     STEP: info conformance roofline identity speedup sampled suites
-#                                      (default: all, in that order)
+#   bench/gpu/measure.sh [STEP...]     STEP: info conformance roofline identity tensor-cores speedup
+#                                      sampled suites (default: all, in that order)
 #
 # Everything the bundle brings is kept under /tmp/specd-gpu, which outlives a call while the machine
 # stays warm: SmolLM2 travels in parts over several calls and the speedup step runs once all are there.
@@ -20,7 +20,10 @@
 # step gives per-op profiles of 64 decode steps and 64 verification passes of 8 positions (host and
 # device time per kind of op: where a step's time goes when it falls short of the roofline), then
 # times the target again with each step recorded and replayed as a CUDA graph (--graphs), for the A/B;
-# the speedup step also runs adaptive γ with graphs.
+# the speedup step also runs adaptive γ with graphs. The tensor-cores step is the A/B of the quantised
+# matmuls on int8 tensor cores (kern_backend_config.tensor_cores, opt-in): the conformance suite with
+# them, the target's roofline and verify/decode ratios with them (op by op, with a profile, and with
+# graphs), and greedy identity with them.
 #
 # With the device tool (64 MiB travel per call; the bundle's parts are sized for two calls; seen on
 # an H200 in 2026-11: ~35 s to start a machine, ~150 s for call 2's steps without the suites):
@@ -29,7 +32,7 @@
 #      .gpu/model/smollm2.sha256] (~48 MB with the tree), command
 #      "bench/gpu/measure.sh info conformance roofline identity", timeout 300
 #   3. at once (while warm): carry=[.gpu/model/smollm2.part01, .gpu/model/smollm2.part02] (~64 MB),
-#      command "bench/gpu/measure.sh speedup sampled suites", timeout 300
+#      command "bench/gpu/measure.sh tensor-cores speedup sampled suites", timeout 300
 #   4. give_back; commit $OUT's tables as bench/results/<date>-<gpu>.md with these commands.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -67,7 +70,7 @@ models_ready() {
     [ "$models_rc" -eq 0 ] || { cat "$out/mkmodel.log"; return 1; }
 }
 
-steps=${*:-info conformance roofline identity speedup sampled suites}
+steps=${*:-info conformance roofline identity tensor-cores speedup sampled suites}
 status=0
 for step in $steps; do
     t_step=$SECONDS
@@ -78,15 +81,20 @@ for step in $steps; do
             2>&1 | tee "$out/device.txt"
         ;;
     conformance | suites)
+        # graphs: steps replayed as graphs; tc: quantised matmuls on tensor cores
         tests="test_backend_conformance test_profile"
         [ "$step" = suites ] &&
-            tests="test_model test_engine_batch test_engine graphs:test_model graphs:test_engine_batch"
+            tests="test_model test_engine_batch test_engine graphs:test_model graphs:test_engine_batch
+                   graphs,tc:test_model graphs,tc:test_engine_batch"
         for t in $tests; do
             echo "== $t (from $((SECONDS - t_step)) s)" | tee -a "$out/$step.txt"
-            graphs=0
-            [ "${t#graphs:}" != "$t" ] && graphs=1 && t=${t#graphs:}
+            opts=
+            [ "${t#*:}" != "$t" ] && opts=${t%%:*} && t=${t#*:}
+            graphs=0 tc=0
+            case ",$opts," in *,graphs,*) graphs=1 ;; esac
+            case ",$opts," in *,tc,*) tc=1 ;; esac
             SPECD_REQUIRE_CUDA=$([ "$device" = cuda ] && echo 1) SPECD_TEST_DEVICE=$device SPECD_TEST_GRAPHS=$graphs \
-                "$B/$t" --jobs 1 2>&1 |
+                SPECD_TEST_TENSOR_CORES=$tc "$B/$t" --jobs 1 2>&1 |
                 tee -a "$out/$step.txt" |
                 grep -E 'FAIL|Synthesis|!!!'
             [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
@@ -101,6 +109,22 @@ for step in $steps; do
         # the same target with each step recorded as a CUDA graph (opt-in), for the A/B
         "$B/bench_roofline" --device "$device" --model "$target" --pos 512 --gamma-max 8 --copy-mib 256 --graphs |
             tee "$out/roofline-target-graphs.md" || status=1
+        ;;
+    tensor-cores)
+        echo "== test_backend_conformance with tensor cores" | tee "$out/tensor-cores.txt"
+        SPECD_REQUIRE_CUDA=$([ "$device" = cuda ] && echo 1) SPECD_TEST_TENSOR_CORES=1 \
+            "$B/test_backend_conformance" --jobs 1 2>&1 | tee -a "$out/tensor-cores.txt" | grep -E 'FAIL|Synthesis|!!!'
+        [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+        models_ready || { status=1; continue; }
+        "$B/bench_roofline" --device "$device" --model "$target" --pos 512 --gamma-max 16 --copy-mib 256 \
+            --profile 16 --tensor-cores | tee "$out/roofline-target-tc.md" || status=1
+        "$B/bench_roofline" --device "$device" --model "$target" --pos 512 --gamma-max 8 --copy-mib 256 \
+            --graphs --tensor-cores | tee "$out/roofline-target-graphs-tc.md" || status=1
+        "$B/bench_roofline" --device "$device" --model "$draft" --pos 512 --gamma-max 8 --copy-mib 256 \
+            --graphs --tensor-cores | tee "$out/roofline-draft-graphs-tc.md" || status=1
+        "$B/bench_spec" --device "$device" --target "$target" --draft "$draft" --prompts "$stash/prompts-dev.jsonl" \
+            --per-category 2 -n 64 --concurrency 8 --graphs --tensor-cores 2>"$out/identity-tc.log" |
+            tee "$out/identity-tc.md" || status=1
         ;;
     identity)
         models_ready || { status=1; continue; }
@@ -127,6 +151,10 @@ for step in $steps; do
         "$B/bench_spec" --device "$device" --target "$smol" --prompts "$stash/prompts-dev.jsonl" \
             --per-category 3 -n 128 --gammas 0 --graphs 2>"$out/speedup-graphs.log" | tee "$out/speedup-graphs.md" ||
             status=1
+        # and with the quantised matmuls on tensor cores too
+        "$B/bench_spec" --device "$device" --target "$smol" --prompts "$stash/prompts-dev.jsonl" \
+            --per-category 3 -n 128 --gammas 0 --graphs --tensor-cores 2>"$out/speedup-graphs-tc.log" |
+            tee "$out/speedup-graphs-tc.md" || status=1
         ;;
     sampled)
         models_ready || { status=1; continue; }

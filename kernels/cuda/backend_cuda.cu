@@ -75,6 +75,7 @@ struct cuda_backend {
     struct kern_backend base; /* first: the interface's pointer is this struct's */
     cudaStream_t stream;
     struct cuda_act act;  /* matmul: converted activations, kept until device memory is written */
+    bool tensor_cores;    /* kern_backend_config.tensor_cores: quantised matmuls on int8 tensor cores */
     struct cuda_buf part; /* attention: per-chunk partial results */
     struct cuda_buf ids;  /* get_rows: token ids */
     struct cuda_buf rope; /* rope: the (cos, sin) table of the positions below */
@@ -551,7 +552,7 @@ static int matmuls_run(struct cuda_backend *cb, const struct kern_tensor *x, con
                                 m->bias ? (const float *)m->bias->data : NULL, (float *)m->y->data, fstride(m->y)};
     }
     const int ran = err_of(cuda_matmul(cb->stream, &cb->act, type, (int)x->ne0, (const float *)x->data, fstride(x),
-                                       (int)x->ne1, parts, n, swiglu));
+                                       (int)x->ne1, parts, n, swiglu, cb->tensor_cores));
     /* an output written over the rows whose conversion is kept makes it stale */
     const struct cuda_act *a = &cb->act;
     const char *kept = (const char *)a->x;
@@ -1000,6 +1001,7 @@ extern "C" int kern_cuda_backend_create(const struct kern_backend_config *cfg, s
     }
     cb->base.ops = &cuda_ops;
     cb->graphs = cfg && cfg->graphs;
+    cb->tensor_cores = cfg && cfg->tensor_cores;
     *out = &cb->base;
     return SPEC_OK;
 }

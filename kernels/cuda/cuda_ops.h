@@ -193,9 +193,12 @@ struct cuda_mm_part {
 
 /* The parts' matmuls of x in one launch (their w rows hold k elements of wtype; x rows are x_stride
  * floats apart); with swiglu (two parts of one shape) part 0's y becomes silu(y0) * y1 afterwards.
- * The activations' conversion is kept in (or taken from) act; no y may overlap x. */
+ * The activations' conversion is kept in (or taken from) act; no y may overlap x. tensor_cores: the
+ * quantised types multiply on int8 tensor cores (another order of float sums than dp4a: a backend
+ * uses one or the other for all its matmuls). */
 cudaError_t cuda_matmul(cudaStream_t st, struct cuda_act *act, enum spec_dtype wtype, int k, const float *x,
-                        size_t x_stride, int n, const struct cuda_mm_part *parts, int n_parts, bool swiglu);
+                        size_t x_stride, int n, const struct cuda_mm_part *parts, int n_parts, bool swiglu,
+                        bool tensor_cores);
 
 /* out[i * out_stride + e] = dequant(table row ids[i])[e] for i < n, e < ne0; ids in device memory. */
 cudaError_t cuda_get_rows(cudaStream_t st, enum spec_dtype type, const void *table, size_t row_bytes, int ne0,
@@ -352,6 +355,47 @@ static __device__ __forceinline__ void rms_norm_row(const struct cuda_norm &nm, 
     for (int i = tid; i < nm.ne0; i += RMS_THREADS)
         yr[i] = (xr[i] * scale) * nm.w[i];
     __syncthreads(); /* part[0] is read by every thread before part is written again */
+}
+
+/* Int8 tensor cores: d = A B for one warp (PTX's mma.m16n8k32 and m16n8k16, s8 inputs, s32 results,
+ * exact). Lane l holds, with g = l / 4 and t = l % 4 (four bytes a register, in k order):
+ *   k 32: a[0] = A[g][4t..], a[1] = A[g+8][4t..], a[2] = A[g][16+4t..], a[3] = A[g+8][16+4t..];
+ *         b[0] = B[4t..][g], b[1] = B[16+4t..][g];
+ *   k 16: a[0] = A[g][4t..], a[1] = A[g+8][4t..]; b[0] = B[4t..][g];
+ *   d[0] = D[g][2t], d[1] = D[g][2t+1], d[2] = D[g+8][2t], d[3] = D[g+8][2t+1].
+ * Every lane of the warp calls it. The CPU simulator computes the same from the warp's registers. */
+template <int K>
+static __device__ __forceinline__ void cuda_mma_s8(int d[4], const uint32_t *a, const uint32_t *b)
+{
+    static_assert(K == 32 || K == 16, "m16n8k32 or m16n8k16");
+#if defined(__CUDA_ARCH__)
+    if (K == 32)
+        asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%10,%10,%10,%10};"
+                     : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(0));
+    else
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, "
+                     "{%7,%7,%7,%7};"
+                     : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(b[0]), "r"(0));
+#elif defined(CUDASIM_MMA)
+    cudasim::mma_s8(K, d, a, b);
+#else
+    (void)d, (void)a, (void)b; /* nvcc's host pass: device code only */
+#endif
+}
+
+/* ggml's get_scale_min_k4: the six-bit scale and min of sub-block j (of 8) from a Q4_K block's 12 bytes. */
+static __device__ __forceinline__ void q4_K_scale_min(const uint8_t *scales, int j, int &sc, int &m)
+{
+    if (j < 4) {
+        sc = scales[j] & 63;
+        m = scales[j + 4] & 63;
+    } else {
+        sc = (scales[j + 4] & 0x0f) | ((scales[j - 4] >> 6) << 4);
+        m = (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4);
+    }
 }
 
 /* An fp16 value at a 2-byte aligned address, exactly as a float. */

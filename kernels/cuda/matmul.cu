@@ -20,6 +20,11 @@
  * so results differ from the CPU backend by float rounding of the sum only
  * (tests/kernels/test_backend_conformance.c holds the bound).
  *
+ * With tensor cores (kern_backend_config.tensor_cores), the quantised types go through mmq instead,
+ * for every batch size: int8 mma gives the same exact integer dots of a unit for 16 weight rows and 8
+ * activation rows at once, and each (weight row, activation row) pair is summed in an order fixed by
+ * k alone (per warp over its units, then the warps in order), so it too is batch-invariant.
+ *
  * All files in kernels/cuda are compiled with -fmad=false: no multiply-add is fused unless written. */
 #include <limits.h>
 
@@ -33,7 +38,7 @@
  * fp32 value of each block's scale (k/32 per row for Q8_0/Q8_1, k/256 for Q8_K), for Q8_1 the fp32
  * value of d * sum(q) per block, and the sum of every 16 quantised values (k/16 per row). Float: rows
  * of F32, F16 or BF16 values, q_stride bytes apart. */
-struct mmv_args {
+struct mm_args {
     struct cuda_mm_part part[CUDA_MM_PARTS]; /* the weights x multiplies, with their outputs */
     int n_parts;
     int block1, block2; /* the first thread blocks of parts 1 and 2 */
@@ -49,7 +54,7 @@ struct mmv_args {
 };
 
 /* For a recorded step's trace: the members that reach the kernel (not the padding between them). */
-static inline uint64_t cuda_trace_arg(uint64_t h, const mmv_args &a)
+static inline uint64_t cuda_trace_arg(uint64_t h, const mm_args &a)
 {
     for (int i = 0; i < a.n_parts; i++) {
         const cuda_mm_part &p = a.part[i];
@@ -221,7 +226,7 @@ struct x_q8_32 {
     int sum;
 };
 
-static __device__ __forceinline__ void load_x_q8_32(const mmv_args &a, int r, int u, bool q8_1, x_q8_32 &x)
+static __device__ __forceinline__ void load_x_q8_32(const mm_args &a, int r, int u, bool q8_1, x_q8_32 &x)
 {
     const int4 *p = (const int4 *)(a.xq + (size_t)r * a.q_stride + 32 * u);
     const int4 v0 = p[0], v1 = p[1];
@@ -259,14 +264,66 @@ static __device__ __forceinline__ int dot_bytes32(const uint32_t lo[4], const ui
     return s;
 }
 
-struct w_q4_0 {
+/* Tensor cores (the mmq kernel): each type also gives A (unit u of weight rows g and g+8 as mma
+ * fragments, with their scales), B (unit u of activation row r as the fragment of column g), XS (that
+ * row's scales and sums for unit u), load_a(), load_b(), load_xs() and mma_acc(), which multiplies
+ * the unit and adds its contribution to the lane's four (weight row, activation row) pairs:
+ * acc[j] for weight row g + 8 (j / 2) and the activation row of xs[j % 2]. The integer dots are
+ * exact, so a pair's float operations are mmv's dot() on the same unit. */
+
+/* The fragments of the 32-element types: a[0..3] as cuda_mma_s8<32> takes them, each row's scale
+ * (and Q4_1's min). */
+struct a_q32 {
+    uint32_t q[4];
+    float d[2], m[2];
+};
+
+/* What the 32-element types share on tensor cores: the activations' side (Q8_0, or Q8_1) and the
+ * product of a unit. */
+template <bool Q8_1>
+struct mma_q32 {
+    typedef a_q32 A;
+    struct B {
+        uint32_t q[2]; /* elements 4t.. and 16+4t.. of the block */
+    };
+    struct XS {
+        float d, s; /* s: Q8_1's d * sum(q) */
+        int sum;    /* the sum of the block's 32 values */
+    };
+    static __device__ void load_b(const mm_args &a, int r, int u, int t, B &b)
+    {
+        const uint32_t *q = (const uint32_t *)(a.xq + (size_t)r * a.q_stride + 32 * (size_t)u);
+        b.q[0] = q[t];
+        b.q[1] = q[4 + t];
+    }
+    static __device__ void load_xs(const mm_args &a, int r, int u, XS &x)
+    {
+        const size_t nb = (size_t)a.k / 32;
+        x.d = a.xd[(size_t)r * nb + u];
+        x.s = Q8_1 ? a.xs[(size_t)r * nb + u] : 0.0f;
+        const int2 s2 = *(const int2 *)(a.xsum + (size_t)r * (a.k / 16) + 2 * u);
+        x.sum = s2.x + s2.y;
+    }
+    /* Adds d dx (q . x - off sum(x)) to each pair, the codes being stored as q + off. */
+    static __device__ void add_scaled(const A &w, const B &b, const XS xs[2], int off, float acc[4])
+    {
+        int c[4];
+        cuda_mma_s8<32>(c, w.q, b.q);
+        for (int j = 0; j < 4; j++) {
+            const int h = j / 2, x = j % 2;
+            acc[j] = __fmaf_rn(w.d[h] * xs[x].d, (float)(c[j] - off * xs[x].sum), acc[j]);
+        }
+    }
+};
+
+struct w_q4_0 : mma_q32<false> {
     struct U {
         float d;
         uint32_t lo[4], hi[4];
     };
     typedef x_q8_32 X;
     static __device__ int units(int k) { return k / 32; }
-    static __device__ void load(const mmv_args &a, const uint8_t *wrow, int u, U &w)
+    static __device__ void load(const mm_args &a, const uint8_t *wrow, int u, U &w)
     {
         const uint8_t *b = wrow + 18 * (size_t)u;
         w.d = ld_f16(b);
@@ -276,22 +333,38 @@ struct w_q4_0 {
             qs[i] = ld_u32_a2(b + 2 + 4 * i);
         split_nibbles(qs, w.lo, w.hi);
     }
-    static __device__ void load_x(const mmv_args &a, int r, int u, X &x) { load_x_q8_32(a, r, u, false, x); }
+    static __device__ void load_x(const mm_args &a, int r, int u, X &x) { load_x_q8_32(a, r, u, false, x); }
     static __device__ float dot(const U &w, const X &x, float acc)
     {
         const int s = dot_bytes32(w.lo, w.hi, x.q) - 8 * x.sum; /* nibbles are q + 8 */
         return __fmaf_rn(w.d * x.d, (float)s, acc);
     }
+
+    static __device__ void load_a(const mm_args &a, const uint8_t *w0, const uint8_t *w1, int u, int t, A &f)
+    {
+        const uint8_t *rows[2] = {w0 + 18 * (size_t)u, w1 + 18 * (size_t)u};
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            f.d[h] = ld_f16(rows[h]);
+            const uint32_t qs = ld_u32_a2(rows[h] + 2 + 4 * t); /* elements 4t.. low, 16+4t.. high */
+            f.q[h] = qs & 0x0f0f0f0fu;
+            f.q[2 + h] = (qs >> 4) & 0x0f0f0f0fu;
+        }
+    }
+    static __device__ void mma_acc(const A &w, const B &b, const XS xs[2], float acc[4])
+    {
+        add_scaled(w, b, xs, 8, acc);
+    }
 };
 
-struct w_q4_1 {
+struct w_q4_1 : mma_q32<true> {
     struct U {
         float d, m;
         uint32_t lo[4], hi[4];
     };
     typedef x_q8_32 X;
     static __device__ int units(int k) { return k / 32; }
-    static __device__ void load(const mmv_args &a, const uint8_t *wrow, int u, U &w)
+    static __device__ void load(const mm_args &a, const uint8_t *wrow, int u, U &w)
     {
         const uint8_t *b = wrow + 20 * (size_t)u;
         const uint32_t *p = (const uint32_t *)b; /* 20-byte blocks: 4-byte aligned */
@@ -301,12 +374,31 @@ struct w_q4_1 {
         const uint32_t qs[4] = {p[1], p[2], p[3], p[4]};
         split_nibbles(qs, w.lo, w.hi);
     }
-    static __device__ void load_x(const mmv_args &a, int r, int u, X &x) { load_x_q8_32(a, r, u, true, x); }
+    static __device__ void load_x(const mm_args &a, int r, int u, X &x) { load_x_q8_32(a, r, u, true, x); }
     static __device__ float dot(const U &w, const X &x, float acc)
     {
         /* sum (d q + m) dx x = d dx sum(q x) + m (dx sum x), the last factor being Q8_1's s */
         acc = __fmaf_rn(w.d * x.d, (float)dot_bytes32(w.lo, w.hi, x.q), acc);
         return __fmaf_rn(w.m, x.s, acc);
+    }
+
+    static __device__ void load_a(const mm_args &a, const uint8_t *w0, const uint8_t *w1, int u, int t, A &f)
+    {
+        const uint32_t *rows[2] = {(const uint32_t *)(w0 + 20 * (size_t)u), (const uint32_t *)(w1 + 20 * (size_t)u)};
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const uint32_t dm = rows[h][0], qs = rows[h][1 + t];
+            f.d[h] = __half2float(__ushort_as_half((uint16_t)(dm & 0xffffu)));
+            f.m[h] = __half2float(__ushort_as_half((uint16_t)(dm >> 16)));
+            f.q[h] = qs & 0x0f0f0f0fu;
+            f.q[2 + h] = (qs >> 4) & 0x0f0f0f0fu;
+        }
+    }
+    static __device__ void mma_acc(const A &w, const B &b, const XS xs[2], float acc[4])
+    {
+        add_scaled(w, b, xs, 0, acc);
+        for (int j = 0; j < 4; j++) /* + m (dx sum x) */
+            acc[j] = __fmaf_rn(w.m[j / 2], xs[j % 2].s, acc[j]);
     }
 };
 
@@ -316,14 +408,14 @@ static __device__ __forceinline__ uint32_t spread4(uint32_t b)
     return ((b & 1u) << 4) | ((b & 2u) << 11) | ((b & 4u) << 18) | ((b & 8u) << 25);
 }
 
-struct w_q5_0 {
+struct w_q5_0 : mma_q32<false> {
     struct U {
         float d;
         uint32_t lo[4], hi[4]; /* with the fifth bits */
     };
     typedef x_q8_32 X;
     static __device__ int units(int k) { return k / 32; }
-    static __device__ void load(const mmv_args &a, const uint8_t *wrow, int u, U &w)
+    static __device__ void load(const mm_args &a, const uint8_t *wrow, int u, U &w)
     {
         const uint8_t *b = wrow + 22 * (size_t)u;
         w.d = ld_f16(b);
@@ -336,22 +428,38 @@ struct w_q5_0 {
             w.hi[i] = ((qs >> 4) & 0x0f0f0f0fu) | spread4((qh >> (16 + 4 * i)) & 15u);
         }
     }
-    static __device__ void load_x(const mmv_args &a, int r, int u, X &x) { load_x_q8_32(a, r, u, false, x); }
+    static __device__ void load_x(const mm_args &a, int r, int u, X &x) { load_x_q8_32(a, r, u, false, x); }
     static __device__ float dot(const U &w, const X &x, float acc)
     {
         const int s = dot_bytes32(w.lo, w.hi, x.q) - 16 * x.sum; /* the stored values are q + 16 */
         return __fmaf_rn(w.d * x.d, (float)s, acc);
     }
+
+    static __device__ void load_a(const mm_args &a, const uint8_t *w0, const uint8_t *w1, int u, int t, A &f)
+    {
+        const uint8_t *rows[2] = {w0 + 22 * (size_t)u, w1 + 22 * (size_t)u};
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            f.d[h] = ld_f16(rows[h]);
+            const uint32_t qh = ld_u32_a2(rows[h] + 2), qs = ld_u32_a2(rows[h] + 6 + 4 * t);
+            f.q[h] = (qs & 0x0f0f0f0fu) | spread4((qh >> (4 * t)) & 15u);
+            f.q[2 + h] = ((qs >> 4) & 0x0f0f0f0fu) | spread4((qh >> (16 + 4 * t)) & 15u);
+        }
+    }
+    static __device__ void mma_acc(const A &w, const B &b, const XS xs[2], float acc[4])
+    {
+        add_scaled(w, b, xs, 16, acc);
+    }
 };
 
-struct w_q8_0 {
+struct w_q8_0 : mma_q32<false> {
     struct U {
         float d;
         int qs[8];
     };
     typedef x_q8_32 X;
     static __device__ int units(int k) { return k / 32; }
-    static __device__ void load(const mmv_args &a, const uint8_t *wrow, int u, U &w)
+    static __device__ void load(const mm_args &a, const uint8_t *wrow, int u, U &w)
     {
         const uint8_t *b = wrow + 34 * (size_t)u;
         w.d = ld_f16(b);
@@ -359,7 +467,7 @@ struct w_q8_0 {
         for (int i = 0; i < 8; i++)
             w.qs[i] = (int)ld_u32_a2(b + 2 + 4 * i);
     }
-    static __device__ void load_x(const mmv_args &a, int r, int u, X &x) { load_x_q8_32(a, r, u, false, x); }
+    static __device__ void load_x(const mm_args &a, int r, int u, X &x) { load_x_q8_32(a, r, u, false, x); }
     static __device__ float dot(const U &w, const X &x, float acc)
     {
         int s = 0;
@@ -367,6 +475,21 @@ struct w_q8_0 {
         for (int i = 0; i < 8; i++)
             s = __dp4a(w.qs[i], x.q[i], s);
         return __fmaf_rn(w.d * x.d, (float)s, acc);
+    }
+
+    static __device__ void load_a(const mm_args &a, const uint8_t *w0, const uint8_t *w1, int u, int t, A &f)
+    {
+        const uint8_t *rows[2] = {w0 + 34 * (size_t)u, w1 + 34 * (size_t)u};
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            f.d[h] = ld_f16(rows[h]);
+            f.q[h] = ld_u32_a2(rows[h] + 2 + 4 * t);
+            f.q[2 + h] = ld_u32_a2(rows[h] + 18 + 4 * t);
+        }
+    }
+    static __device__ void mma_acc(const A &w, const B &b, const XS xs[2], float acc[4])
+    {
+        add_scaled(w, b, xs, 0, acc);
     }
 };
 
@@ -377,7 +500,7 @@ struct x_q8_K64 {
     int sum16[4];
 };
 
-static __device__ __forceinline__ void load_x_q8_K64(const mmv_args &a, int r, int e0, x_q8_K64 &x)
+static __device__ __forceinline__ void load_x_q8_K64(const mm_args &a, int r, int e0, x_q8_K64 &x)
 {
     const int4 *p = (const int4 *)(a.xq + (size_t)r * a.q_stride + e0);
 #pragma unroll
@@ -390,6 +513,12 @@ static __device__ __forceinline__ void load_x_q8_K64(const mmv_args &a, int r, i
     x.sum16[0] = s.x, x.sum16[1] = s.y, x.sum16[2] = s.z, x.sum16[3] = s.w;
 }
 
+/* A Q8_K quarter block's scale and the sums of its four groups of 16. */
+struct xs_q8_K64 {
+    float d;
+    int sum16[4];
+};
+
 /* Q4_K: a unit is sub-blocks 2p and 2p+1 of a super-block, which share 32 bytes of qs (2p in the low
  * nibbles, 2p+1 in the high ones). Contribution: d dx sum_j sc_j (q_j . x_j) - dmin dx sum_j m_j sum(x_j). */
 struct w_q4_K {
@@ -400,26 +529,16 @@ struct w_q4_K {
     };
     typedef x_q8_K64 X;
     static __device__ int units(int k) { return k / 64; }
-    static __device__ void load(const mmv_args &a, const uint8_t *wrow, int u, U &w)
+    static __device__ void load(const mm_args &a, const uint8_t *wrow, int u, U &w)
     {
         const int p = u % 4;
         const uint8_t *b = wrow + 144 * (size_t)(u / 4); /* 16-byte aligned */
         const uint32_t dm = *(const uint32_t *)b;
         w.d = __half2float(__ushort_as_half((uint16_t)(dm & 0xffffu)));
         w.dmin = __half2float(__ushort_as_half((uint16_t)(dm >> 16)));
-        const uint8_t *scales = b + 4;
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int j = 2 * p + h;
-            /* ggml's get_scale_min_k4: six-bit scale and min of sub-block j */
-            if (j < 4) {
-                w.sc[h] = scales[j] & 63;
-                w.m[h] = scales[j + 4] & 63;
-            } else {
-                w.sc[h] = (scales[j + 4] & 0x0f) | ((scales[j - 4] >> 6) << 4);
-                w.m[h] = (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4);
-            }
-        }
+        for (int h = 0; h < 2; h++)
+            q4_K_scale_min(b + 4, 2 * p + h, w.sc[h], w.m[h]);
         const uint4 *q = (const uint4 *)(b + 16 + 32 * p);
         const uint4 q0 = q[0], q1 = q[1];
         const uint32_t qs[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
@@ -429,7 +548,7 @@ struct w_q4_K {
             w.hi[i] = (qs[i] >> 4) & 0x0f0f0f0fu;
         }
     }
-    static __device__ void load_x(const mmv_args &a, int r, int u, X &x) { load_x_q8_K64(a, r, 64 * u, x); }
+    static __device__ void load_x(const mm_args &a, int r, int u, X &x) { load_x_q8_K64(a, r, 64 * u, x); }
     static __device__ float dot(const U &w, const X &x, float acc)
     {
         int s0 = 0, s1 = 0;
@@ -442,6 +561,65 @@ struct w_q4_K {
         const int summ = w.m[0] * (x.sum16[0] + x.sum16[1]) + w.m[1] * (x.sum16[2] + x.sum16[3]);
         acc = __fmaf_rn(w.d * x.d, (float)sumi, acc);
         return __fmaf_rn(-(w.dmin * x.d), (float)summ, acc);
+    }
+
+    /* Fragments: a lane holds bytes 8t .. 8t+7 of each row's 32 bytes of qs, so k runs through the
+     * elements in the order 8t.., 8t+4.. (lane t) and B takes the same order; a dot is a sum, and
+     * each lane's eight bytes are one load. q[0..3]: sub-block 2p, q[4..7]: sub-block 2p+1. */
+    struct A {
+        uint32_t q[8];
+        float d[2], dmin[2];
+        int sc[2][2], m[2][2];
+    };
+    struct B {
+        uint32_t q[4];
+    };
+    typedef xs_q8_K64 XS;
+    static __device__ void load_a(const mm_args &a, const uint8_t *w0, const uint8_t *w1, int u, int t, A &f)
+    {
+        const int p = u % 4;
+        const uint8_t *rows[2] = {w0 + 144 * (size_t)(u / 4), w1 + 144 * (size_t)(u / 4)};
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *b = rows[h];
+            const uint32_t dm = *(const uint32_t *)b;
+            f.d[h] = __half2float(__ushort_as_half((uint16_t)(dm & 0xffffu)));
+            f.dmin[h] = __half2float(__ushort_as_half((uint16_t)(dm >> 16)));
+#pragma unroll
+            for (int s = 0; s < 2; s++)
+                q4_K_scale_min(b + 4, 2 * p + s, f.sc[h][s], f.m[h][s]);
+            const uint2 qs = *(const uint2 *)(b + 16 + 32 * p + 8 * t);
+            f.q[h] = qs.x & 0x0f0f0f0fu; /* sub-block 2p: elements 8t.. and 8t+4.. */
+            f.q[2 + h] = qs.y & 0x0f0f0f0fu;
+            f.q[4 + h] = (qs.x >> 4) & 0x0f0f0f0fu; /* sub-block 2p+1 */
+            f.q[6 + h] = (qs.y >> 4) & 0x0f0f0f0fu;
+        }
+    }
+    static __device__ void load_b(const mm_args &a, int r, int u, int t, B &b)
+    {
+        const uint8_t *x = a.xq + (size_t)r * a.q_stride + 64 * (size_t)u + 8 * t;
+        const uint2 lo = *(const uint2 *)x, hi = *(const uint2 *)(x + 32);
+        b.q[0] = lo.x, b.q[1] = lo.y, b.q[2] = hi.x, b.q[3] = hi.y;
+    }
+    static __device__ void load_xs(const mm_args &a, int r, int u, XS &x)
+    {
+        x.d = a.xd[(size_t)r * (a.k / 256) + u / 4];
+        const int4 s = *(const int4 *)(a.xsum + (size_t)r * (a.k / 16) + 4 * u);
+        x.sum16[0] = s.x, x.sum16[1] = s.y, x.sum16[2] = s.z, x.sum16[3] = s.w;
+    }
+    static __device__ void mma_acc(const A &w, const B &b, const XS xs[2], float acc[4])
+    {
+        int c0[4], c1[4];
+        cuda_mma_s8<32>(c0, w.q, b.q);
+        cuda_mma_s8<32>(c1, w.q + 4, b.q + 2);
+        for (int j = 0; j < 4; j++) {
+            const int h = j / 2, x = j % 2;
+            const int *s16 = xs[x].sum16;
+            const int sumi = w.sc[h][0] * c0[j] + w.sc[h][1] * c1[j];
+            const int summ = w.m[h][0] * (s16[0] + s16[1]) + w.m[h][1] * (s16[2] + s16[3]);
+            acc[j] = __fmaf_rn(w.d[h] * xs[x].d, (float)sumi, acc[j]);
+            acc[j] = __fmaf_rn(-(w.dmin[h] * xs[x].d), (float)summ, acc[j]);
+        }
     }
 };
 
@@ -460,7 +638,7 @@ struct w_q6_K {
         int sum16[4];
     };
     static __device__ int units(int k) { return k / 64; }
-    static __device__ void load(const mmv_args &a, const uint8_t *wrow, int u, U &w)
+    static __device__ void load(const mm_args &a, const uint8_t *wrow, int u, U &w)
     {
         const int h = (u % 4) / 2, qa = u % 2;
         const uint8_t *b = wrow + 210 * (size_t)(u / 4); /* 2-byte aligned */
@@ -475,7 +653,7 @@ struct w_q6_K {
             w.hi[i] = ((l4 >> 4) & 0x0f0f0f0fu) | (((h2 >> (2 * qa + 4)) & 0x03030303u) << 4);
         }
     }
-    static __device__ void load_x(const mmv_args &a, int r, int u, X &x)
+    static __device__ void load_x(const mm_args &a, int r, int u, X &x)
     {
         const int h = (u % 4) / 2, qa = u % 2;
         const int e0 = 256 * (u / 4) + 128 * h + 32 * qa; /* quarter a; quarter a+2 is 64 further */
@@ -507,6 +685,66 @@ struct w_q6_K {
         for (int i = 0; i < 4; i++)
             sumi += w.sc[i] * (g[i] - 32 * x.sum16[i]);
         return __fmaf_rn(w.d * x.d, (float)sumi, acc);
+    }
+
+    /* Fragments of the unit's four 16-element groups (a scale each), one m16n8k16 each: q[2i + h] is
+     * group i of row g + 8h (elements 4t..; groups: quarter a l < 16, l >= 16, quarter a+2 the same). */
+    struct A {
+        uint32_t q[8];
+        float d[2];
+        int sc[2][4];
+    };
+    struct B {
+        uint32_t q[4];
+    };
+    typedef xs_q8_K64 XS;
+    static __device__ void load_a(const mm_args &a, const uint8_t *w0, const uint8_t *w1, int u, int t, A &f)
+    {
+        const int h2 = (u % 4) / 2, qa = u % 2;
+        const uint8_t *rows[2] = {w0 + 210 * (size_t)(u / 4), w1 + 210 * (size_t)(u / 4)};
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *b = rows[h], *ql = b + 64 * h2 + 32 * qa, *qh = b + 128 + 32 * h2;
+            const int8_t *scales = (const int8_t *)(b + 192 + 8 * h2 + 2 * qa);
+            f.d[h] = ld_f16(b + 208);
+            f.sc[h][0] = scales[0], f.sc[h][1] = scales[1], f.sc[h][2] = scales[4], f.sc[h][3] = scales[5];
+#pragma unroll
+            for (int half = 0; half < 2; half++) {
+                const uint32_t l4 = ld_u32_a2(ql + 16 * half + 4 * t), hb = ld_u32_a2(qh + 16 * half + 4 * t);
+                f.q[2 * half + h] = (l4 & 0x0f0f0f0fu) | (((hb >> (2 * qa)) & 0x03030303u) << 4);
+                f.q[4 + 2 * half + h] = ((l4 >> 4) & 0x0f0f0f0fu) | (((hb >> (2 * qa + 4)) & 0x03030303u) << 4);
+            }
+        }
+    }
+    static __device__ void load_b(const mm_args &a, int r, int u, int t, B &b)
+    {
+        const int e0 = 256 * (u / 4) + 128 * ((u % 4) / 2) + 32 * (u % 2); /* quarter a; a+2 is 64 further */
+        const uint8_t *x = a.xq + (size_t)r * a.q_stride + e0 + 4 * t;
+        b.q[0] = *(const uint32_t *)x, b.q[1] = *(const uint32_t *)(x + 16);
+        b.q[2] = *(const uint32_t *)(x + 64), b.q[3] = *(const uint32_t *)(x + 80);
+    }
+    static __device__ void load_xs(const mm_args &a, int r, int u, XS &x)
+    {
+        const int e0 = 256 * (u / 4) + 128 * ((u % 4) / 2) + 32 * (u % 2);
+        x.d = a.xd[(size_t)r * (a.k / 256) + u / 4];
+        const int *s = a.xsum + (size_t)r * (a.k / 16);
+        const int2 sa = *(const int2 *)(s + e0 / 16), sb = *(const int2 *)(s + (e0 + 64) / 16);
+        x.sum16[0] = sa.x, x.sum16[1] = sa.y, x.sum16[2] = sb.x, x.sum16[3] = sb.y;
+    }
+    static __device__ void mma_acc(const A &w, const B &b, const XS xs[2], float acc[4])
+    {
+        int c[4][4];
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            cuda_mma_s8<16>(c[i], w.q + 2 * i, b.q + i);
+        for (int j = 0; j < 4; j++) {
+            const int h = j / 2, x = j % 2;
+            int sumi = 0;
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                sumi += w.sc[h][i] * (c[i][j] - 32 * xs[x].sum16[i]);
+            acc[j] = __fmaf_rn(w.d[h] * xs[x].d, (float)sumi, acc[j]);
+        }
     }
 };
 
@@ -547,11 +785,11 @@ struct w_float {
             }
         }
     }
-    static __device__ void load(const mmv_args &a, const uint8_t *wrow, int u, U &w)
+    static __device__ void load(const mm_args &a, const uint8_t *wrow, int u, U &w)
     {
         load8(wrow, 8 * u, a.k, a.vec, w.v);
     }
-    static __device__ void load_x(const mmv_args &a, int r, int u, X &x)
+    static __device__ void load_x(const mm_args &a, int r, int u, X &x)
     {
         load8(a.xq + (size_t)r * a.q_stride, 8 * u, a.k, a.vec, x.v);
     }
@@ -568,7 +806,7 @@ struct w_float {
 /* The mat-vec kernel                                                                             */
 
 /* Part q of a, without indexing the kernel's parameters at run time. */
-static __device__ __forceinline__ cuda_mm_part part_of(const mmv_args &a, int q)
+static __device__ __forceinline__ cuda_mm_part part_of(const mm_args &a, int q)
 {
     return q == 0 ? a.part[0] : q == 1 ? a.part[1] : a.part[2];
 }
@@ -576,7 +814,7 @@ static __device__ __forceinline__ cuda_mm_part part_of(const mmv_args &a, int q)
 /* RPW: weight rows per warp, each activation load serving all of them: RPW rows of one part, or with
  * SW (swiglu) RPW/2 rows of part 0 and the same rows of part 1. */
 template <class W, int RPW, bool SW>
-__global__ void __launch_bounds__(MMV_THREADS) mmv(const mmv_args a)
+__global__ void __launch_bounds__(MMV_THREADS) mmv(const mm_args a)
 {
     constexpr int per_part = SW ? RPW / 2 : RPW;
     const int lane = threadIdx.x % CUDA_WARP;
@@ -646,6 +884,102 @@ __global__ void __launch_bounds__(MMV_THREADS) mmv(const mmv_args a)
 }
 
 /* ---------------------------------------------------------------------------------------------- */
+/* The tensor-core kernel (int8 mma)                                                              */
+
+#define MMQ_ROWS 16  /* weight rows of a block: the mma's M */
+#define MMQ_WARPS 8  /* warps of a block, on the same rows: warp w adds units w, w + 8, ... */
+#define MMQ_TILES 4  /* 8-row tiles of activations (the mma's N) per pass over the weights */
+#define MMQ_THREADS (MMQ_WARPS * CUDA_WARP)
+
+/* Each warp multiplies 16 weight rows by up to 4 tiles of 8 activation rows, unit by unit (its units
+ * of the row: w, w + 8, ...), into one float accumulator per (weight row, activation row) pair; the
+ * block then adds the 8 warps' sums in warp order, and the bias. Every pair's operations are fixed by
+ * k alone: an activation row gets the same bits whatever else shares its tile or the call (rows past
+ * n repeat the last one, and their results are dropped). With SW, each warp also multiplies the same
+ * rows of part 1 (swiglu's up). */
+template <class W, bool SW>
+__global__ void __launch_bounds__(MMQ_THREADS) mmq(const mm_args a)
+{
+    constexpr int NW = SW ? 2 : 1; /* weight matrices a warp multiplies */
+    __shared__ float sums[MMQ_WARPS][NW][MMQ_TILES][4][CUDA_WARP];
+    const int lane = threadIdx.x % CUDA_WARP, warp = threadIdx.x / CUDA_WARP, g = lane / 4, t = lane % 4;
+    const int p = blockIdx.x >= (unsigned)a.block2 ? 2 : blockIdx.x >= (unsigned)a.block1 ? 1 : 0;
+    const int row0 = ((int)blockIdx.x - (p == 2 ? a.block2 : p == 1 ? a.block1 : 0)) * MMQ_ROWS;
+    const cuda_mm_part mine = part_of(a, p), other = a.part[1];
+    const int rows = mine.rows;
+    const uint8_t *w[NW][2]; /* rows g and g + 8; rows past the end repeat the last one, unused */
+#pragma unroll
+    for (int q = 0; q < NW; q++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const cuda_mm_part &o = q == 0 ? mine : other;
+            w[q][h] = o.w + (size_t)min(row0 + g + 8 * h, rows - 1) * o.w_row_bytes;
+        }
+    const int n_units = W::units(a.k);
+    for (int t0 = 0; t0 < a.n; t0 += 8 * MMQ_TILES) {
+        const int tiles = min(MMQ_TILES, (a.n - t0 + 7) / 8);
+        float acc[NW][MMQ_TILES][4] = {};
+        /* two units at a time, both loaded before either is multiplied: more bytes in flight */
+        for (int u = warp; u < n_units; u += 2 * MMQ_WARPS) {
+            const int here = u + MMQ_WARPS < n_units ? 2 : 1;
+            typename W::A wa[2][NW];
+#pragma unroll
+            for (int s = 0; s < 2; s++)
+                if (s < here)
+#pragma unroll
+                    for (int q = 0; q < NW; q++)
+                        W::load_a(a, w[q][0], w[q][1], u + s * MMQ_WARPS, t, wa[s][q]);
+#pragma unroll
+            for (int s = 0; s < 2; s++)
+#pragma unroll
+                for (int i = 0; i < MMQ_TILES; i++) {
+                    if (s < here && i < tiles) {
+                        const int r0 = t0 + 8 * i, us = u + s * MMQ_WARPS;
+                        typename W::B xb;
+                        W::load_b(a, min(r0 + g, a.n - 1), us, t, xb);
+                        typename W::XS xs[2];
+                        W::load_xs(a, min(r0 + 2 * t, a.n - 1), us, xs[0]);
+                        W::load_xs(a, min(r0 + 2 * t + 1, a.n - 1), us, xs[1]);
+#pragma unroll
+                        for (int q = 0; q < NW; q++)
+                            W::mma_acc(wa[s][q], xb, xs, acc[q][i]);
+                    }
+                }
+        }
+#pragma unroll
+        for (int q = 0; q < NW; q++)
+#pragma unroll
+            for (int i = 0; i < MMQ_TILES; i++)
+#pragma unroll
+                for (int j = 0; j < 4; j++)
+                    sums[warp][q][i][j][lane] = acc[q][i][j];
+        __syncthreads();
+        for (int e = threadIdx.x; e < MMQ_TILES * 4 * CUDA_WARP; e += MMQ_THREADS) {
+            const int i = e / (4 * CUDA_WARP), j = e / CUDA_WARP % 4, l = e % CUDA_WARP;
+            const int row = row0 + l / 4 + 8 * (j / 2), r = t0 + 8 * i + 2 * (l % 4) + j % 2;
+            if (i >= tiles || row >= rows || r >= a.n)
+                continue;
+            float v[NW];
+#pragma unroll
+            for (int q = 0; q < NW; q++) {
+                const cuda_mm_part &o = q == 0 ? mine : other;
+                float y = sums[0][q][i][j][l];
+                for (int ww = 1; ww < MMQ_WARPS; ww++)
+                    y = y + sums[ww][q][i][j][l];
+                v[q] = o.bias ? y + o.bias[row] : y;
+            }
+            if (SW) { /* ggml_silu_f32 of the gate times the up row, as swiglu does */
+                mine.y[(size_t)r * mine.y_stride + row] = v[0] / (1.0f + expf(-v[0])) * v[NW - 1];
+                other.y[(size_t)r * other.y_stride + row] = v[NW - 1];
+            } else {
+                mine.y[(size_t)r * mine.y_stride + row] = v[0];
+            }
+        }
+        __syncthreads(); /* sums is written again by the next pass */
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
 /* Host side                                                                                      */
 
 bool cuda_weight_type_ok(enum spec_dtype t)
@@ -676,20 +1010,38 @@ static bool aligned16(const void *p, size_t stride_bytes)
     return (uintptr_t)p % 16 == 0 && stride_bytes % 16 == 0;
 }
 
-/* One launch for every part: each part's rows take whole thread blocks of their own. */
-template <class W, int RPW>
-static cudaError_t launch_mmv_rpw(cudaStream_t st, mmv_args a)
+/* Each part's rows take whole thread blocks of their own, rows_per_block each: sets a's first blocks
+ * of parts 1 and 2 and returns the number of blocks (with swiglu, part 0's: part 1 rides along). */
+static unsigned part_blocks(mm_args &a, int rows_per_block)
 {
-    const int per_block = MMV_WARPS * (a.swiglu ? RPW / 2 : RPW);
     int blocks[CUDA_MM_PARTS] = {0, 0, 0};
     for (int p = 0; p < (a.swiglu ? 1 : a.n_parts); p++)
-        blocks[p] = (a.part[p].rows + per_block - 1) / per_block;
+        blocks[p] = (a.part[p].rows + rows_per_block - 1) / rows_per_block;
     a.block1 = blocks[0];
     a.block2 = blocks[0] + blocks[1];
+    return (unsigned)(a.block2 + blocks[2]);
+}
+
+/* One launch for every part. */
+template <class W, int RPW>
+static cudaError_t launch_mmv_rpw(cudaStream_t st, mm_args a)
+{
+    const unsigned blocks = part_blocks(a, MMV_WARPS * (a.swiglu ? RPW / 2 : RPW));
     if (a.swiglu)
-        CUDA_LAUNCH((unsigned)a.block2, MMV_THREADS, st, mmv<W, RPW, true>)(a);
+        CUDA_LAUNCH(blocks, MMV_THREADS, st, mmv<W, RPW, true>)(a);
     else
-        CUDA_LAUNCH((unsigned)(a.block2 + blocks[2]), MMV_THREADS, st, mmv<W, RPW, false>)(a);
+        CUDA_LAUNCH(blocks, MMV_THREADS, st, mmv<W, RPW, false>)(a);
+    return cudaGetLastError();
+}
+
+template <class W>
+static cudaError_t launch_mmq(cudaStream_t st, mm_args a)
+{
+    const unsigned blocks = part_blocks(a, MMQ_ROWS);
+    if (a.swiglu)
+        CUDA_LAUNCH(blocks, MMQ_THREADS, st, mmq<W, true>)(a);
+    else
+        CUDA_LAUNCH(blocks, MMQ_THREADS, st, mmq<W, false>)(a);
     return cudaGetLastError();
 }
 
@@ -697,9 +1049,17 @@ static cudaError_t launch_mmv_rpw(cudaStream_t st, mmv_args a)
  * positions 1.52x -> 1.45x a decode step on an H200); one row takes 2 (4 was no faster there). The
  * choice changes no result: each (weight row, activation row) pair is summed the same way. */
 template <class W>
-static cudaError_t launch_mmv(cudaStream_t st, const mmv_args &a)
+static cudaError_t launch_mmv(cudaStream_t st, const mm_args &a)
 {
     return a.n > 1 ? launch_mmv_rpw<W, 4>(st, a) : launch_mmv_rpw<W, 2>(st, a);
+}
+
+/* A quantised type's kernel: tensor cores for every batch size, or dp4a for every batch size (each
+ * adds a row's units in its own order, so a model's steps never mix the two). */
+template <class W>
+static cudaError_t launch_quantised(cudaStream_t st, const mm_args &a, bool tensor_cores)
+{
+    return tensor_cores ? launch_mmq<W>(st, a) : launch_mmv<W>(st, a);
 }
 
 /* The activation type a weight type multiplies with (its conversion's name in cuda_act.form). */
@@ -769,7 +1129,7 @@ cudaError_t cuda_norm_flush(cudaStream_t st, struct cuda_act *act)
 /* Converts x to the activation type of a quantised weight type into act and fills a's x fields; when
  * x is the output of the norm waiting in act, the norm runs in the same launch. */
 static cudaError_t quantize_act(cudaStream_t st, struct cuda_act *act, enum spec_dtype wtype, int k, const float *x,
-                                size_t x_stride, int n, mmv_args &a)
+                                size_t x_stride, int n, mm_args &a)
 {
     const enum spec_dtype form = act_form(wtype);
     const bool q8_K = form == SPEC_Q8_K, q8_1 = form == SPEC_Q8_1;
@@ -809,9 +1169,10 @@ static cudaError_t quantize_act(cudaStream_t st, struct cuda_act *act, enum spec
 }
 
 cudaError_t cuda_matmul(cudaStream_t st, struct cuda_act *act, enum spec_dtype wtype, int k, const float *x,
-                        size_t x_stride, int n, const struct cuda_mm_part *parts, int n_parts, bool swiglu)
+                        size_t x_stride, int n, const struct cuda_mm_part *parts, int n_parts, bool swiglu,
+                        bool tensor_cores)
 {
-    mmv_args a = {};
+    mm_args a = {};
     bool w_aligned = true;
     for (int p = 0; p < n_parts; p++) {
         a.part[p] = parts[p];
@@ -856,17 +1217,17 @@ cudaError_t cuda_matmul(cudaStream_t st, struct cuda_act *act, enum spec_dtype w
         return err;
     switch (wtype) {
     case SPEC_Q4_0:
-        return launch_mmv<w_q4_0>(st, a);
+        return launch_quantised<w_q4_0>(st, a, tensor_cores);
     case SPEC_Q4_1:
-        return launch_mmv<w_q4_1>(st, a);
+        return launch_quantised<w_q4_1>(st, a, tensor_cores);
     case SPEC_Q5_0:
-        return launch_mmv<w_q5_0>(st, a);
+        return launch_quantised<w_q5_0>(st, a, tensor_cores);
     case SPEC_Q8_0:
-        return launch_mmv<w_q8_0>(st, a);
+        return launch_quantised<w_q8_0>(st, a, tensor_cores);
     case SPEC_Q4_K:
-        return launch_mmv<w_q4_K>(st, a);
+        return launch_quantised<w_q4_K>(st, a, tensor_cores);
     case SPEC_Q6_K:
-        return launch_mmv<w_q6_K>(st, a);
+        return launch_quantised<w_q6_K>(st, a, tensor_cores);
     default:
         return cudaErrorInvalidValue;
     }

@@ -55,15 +55,8 @@ static __device__ float dequant(const uint8_t *row, int e)
     case SPEC_Q4_K: {
         const uint8_t *b = row + 144 * (e / 256);
         const int sub = (e % 256) / 32;
-        const uint8_t *scales = b + 4;
         int sc, m;
-        if (sub < 4) {
-            sc = scales[sub] & 63;
-            m = scales[sub + 4] & 63;
-        } else {
-            sc = (scales[sub + 4] & 0x0f) | ((scales[sub - 4] >> 6) << 4);
-            m = (scales[sub + 4] >> 4) | ((scales[sub] >> 6) << 4);
-        }
+        q4_K_scale_min(b + 4, sub, sc, m);
         const uint8_t qb = b[16 + 32 * (sub / 2) + j];
         const int q = sub % 2 ? qb >> 4 : qb & 0x0f;
         const float d1 = ld_f16(b) * (float)sc, m1 = ld_f16(b + 2) * (float)m;

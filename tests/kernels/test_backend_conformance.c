@@ -65,7 +65,8 @@ TestSuite(conformance, .init = setup, .fini = teardown);
 /* Every test starts here: the CUDA backend, or a loud skip (a failure under SPECD_REQUIRE_CUDA=1). */
 static void need_cuda(void)
 {
-    const int err = kern_backend_create("cuda", NULL, &gpu);
+    const struct kern_backend_config cfg = tsupport_backend_config(0);
+    const int err = kern_backend_create("cuda", &cfg, &gpu);
     if (err == SPEC_OK)
         return;
     const char *req = getenv("SPECD_REQUIRE_CUDA");
@@ -192,9 +193,11 @@ Test(conformance, matmul_matches_the_cpu_for_every_weight_type_and_batch)
 {
     need_cuda();
     const int ns[] = {1, 3, 8, 9, 33};
-    for (size_t ti = 0; ti < KT_N_CPU_TYPES; ti++)
+    for (size_t ti = 0; ti < KT_N_CPU_TYPES; ti++) {
         for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++)
             check_matmul(kt_cpu_types[ti], 512, 67, ns[ni], 0);
+        check_matmul(kt_cpu_types[ti], 768, 21, 9, 0); /* 24 blocks of 32: a warp's units end unpaired */
+    }
 }
 
 Test(conformance, matmul_matches_the_cpu_on_extreme_quant_codes)
@@ -357,7 +360,8 @@ static void expect_fresh(enum spec_dtype t, const void *wh, int64_t k, int64_t r
                          const struct kern_tensor *y, const char *what)
 {
     struct kern_backend *ref = NULL;
-    cr_assert_eq(kern_backend_create("cuda", NULL, &ref), 0);
+    const struct kern_backend_config cfg = tsupport_backend_config(0);
+    cr_assert_eq(kern_backend_create("cuda", &cfg, &ref), 0);
     float *xh = download(gpu, x), *got = download(gpu, y);
     struct kern_tensor wr = weight(ref, t, k, rows, wh), xr = upload(ref, SPEC_F32, k, x->ne1, xh),
                        yr = poisoned(ref, rows, x->ne1);
@@ -1170,8 +1174,10 @@ static void assert_steps(struct kern_step_stats a, struct kern_step_stats b, lon
 Test(conformance, steps_recorded_as_graphs_give_the_bits_of_op_by_op_steps)
 {
     need_cuda();
+    struct kern_backend_config graphs_cfg = tsupport_backend_config(0);
+    graphs_cfg.graphs = true;
     struct kern_backend *graphs = NULL;
-    cr_assert_eq(kern_backend_create("cuda", &(struct kern_backend_config){.graphs = true}, &graphs), 0);
+    cr_assert_eq(kern_backend_create("cuda", &graphs_cfg, &graphs), 0);
     struct model_synth_config c = qwen2_cfg(SPEC_Q4_K);
     c.n_ctx = 320;
     struct mem_model mg = tsupport_load_synth(&c, graphs, (struct model_config){0}),
@@ -1250,8 +1256,10 @@ Test(conformance, steps_recorded_as_graphs_give_the_bits_of_op_by_op_steps)
 Test(conformance, reading_back_inside_a_recorded_step_sees_the_ops_before_it)
 {
     need_cuda();
+    struct kern_backend_config graphs_cfg = tsupport_backend_config(0);
+    graphs_cfg.graphs = true;
     struct kern_backend *g = NULL;
-    cr_assert_eq(kern_backend_create("cuda", &(struct kern_backend_config){.graphs = true}, &g), 0);
+    cr_assert_eq(kern_backend_create("cuda", &graphs_cfg, &g), 0);
     const int64_t ne0 = 64, n = 3;
     float *ah = random_f32(ne0 * n, 1.0f), *bh = random_f32(ne0 * n, 1.0f);
     struct kern_tensor a = upload(g, SPEC_F32, ne0, n, ah), b = upload(g, SPEC_F32, ne0, n, bh),

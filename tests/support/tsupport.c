@@ -41,12 +41,25 @@ void tsupport_mem_model_free(struct mem_model *mm)
     *mm = (struct mem_model){0};
 }
 
+static bool env_is_1(const char *name)
+{
+    const char *v = getenv(name);
+    return v && !strcmp(v, "1");
+}
+
+struct kern_backend_config tsupport_backend_config(int n_threads)
+{
+    return (struct kern_backend_config){.n_threads = n_threads,
+                                        .graphs = env_is_1("SPECD_TEST_GRAPHS"),
+                                        .tensor_cores = env_is_1("SPECD_TEST_TENSOR_CORES")};
+}
+
 struct kern_backend *tsupport_backend(int n_threads)
 {
-    const char *name = getenv("SPECD_TEST_DEVICE"), *graphs = getenv("SPECD_TEST_GRAPHS");
+    const char *name = getenv("SPECD_TEST_DEVICE");
     name = name && *name ? name : "cpu";
     struct kern_backend *be = NULL;
-    const struct kern_backend_config cfg = {.n_threads = n_threads, .graphs = graphs && !strcmp(graphs, "1")};
+    const struct kern_backend_config cfg = tsupport_backend_config(n_threads);
     const int err = kern_backend_create(name, &cfg, &be);
     cr_assert_eq(err, SPEC_OK, "SPECD_TEST_DEVICE=%s: no such backend here (%s)", name, spec_errname(err));
     return be;

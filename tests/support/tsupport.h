@@ -22,9 +22,13 @@ struct mem_model tsupport_load_synth(const struct model_synth_config *c, struct 
                                      struct model_config cfg);
 void tsupport_mem_model_free(struct mem_model *mm);
 
+/* A backend's settings from the environment: steps recorded as graphs when SPECD_TEST_GRAPHS is 1,
+ * quantised matmuls on tensor cores when SPECD_TEST_TENSOR_CORES is 1 (both CUDA only). */
+struct kern_backend_config tsupport_backend_config(int n_threads);
+
 /* The backend a model-level suite runs on: the one SPECD_TEST_DEVICE names (cpu, cuda), else the CPU,
- * with its steps recorded as graphs when SPECD_TEST_GRAPHS is 1; asserts that it can be made (a named
- * device that is missing fails the suite, never skips it). */
+ * with tsupport_backend_config's settings; asserts that it can be made (a named device that is
+ * missing fails the suite, never skips it). */
 struct kern_backend *tsupport_backend(int n_threads);
 
 #endif

@@ -47,6 +47,9 @@
 #define __shared__ static
 #define __restrict__ __restrict
 
+/* kernels/cuda takes its tensor-core instructions from the simulator (cudasim::mma_s8). */
+#define CUDASIM_MMA 1
+
 /* The host compiler has no <<<grid, block, 0, st>>>: kernels/cuda launches through this macro. */
 #define CUDA_KERNEL_LAUNCH(grid, block, st, kernel, ...) ::cudasim::launch(grid, block, st, kernel, __VA_ARGS__)
 
@@ -65,6 +68,9 @@ struct alignas(8) int2 {
 };
 struct alignas(16) int4 {
     int x, y, z, w;
+};
+struct alignas(8) uint2 {
+    unsigned x, y;
 };
 struct alignas(16) uint4 {
     unsigned x, y, z, w;
@@ -182,6 +188,9 @@ namespace cudasim {
 void check_device_arg(const void *p, int arg);
 /* A warp's exchange: every lane of the running thread's warp gives `bits` and gets lane ^ lane_mask's. */
 uint64_t shfl_xor(unsigned mask, uint64_t bits, int lane_mask);
+/* The warp's int8 tensor-core product d = A B (k 32 or 16), from the fragments every lane holds in the
+ * layout of PTX's mma.m16n8k32 / m16n8k16 with s8 inputs (kernels/cuda/cuda_ops.h: cuda_mma_s8). */
+void mma_s8(int k, int d[4], const uint32_t *a, const uint32_t *b);
 /* Runs body(ctx) as every thread of every block of the grid; a bad shape sets the launch error. */
 void run(dim3 grid, dim3 block, void (*body)(void *), void *ctx);
 /* When st is capturing: appends a node (kind: the kernel, or what a copy is) and returns true. */

@@ -76,6 +76,7 @@ struct sim_thread {
 
 struct sim_warp {
     uint64_t xch[2][WARP]; /* alternate rows: a lane may give its next value before all have read */
+    uint32_t frag[2][WARP][6]; /* mma_s8: each lane's a and b registers, rows as for xch */
 };
 
 struct sim_state {
@@ -286,6 +287,44 @@ uint64_t shfl_xor(unsigned mask, uint64_t bits, int lane_mask)
     t.state = AT_SHFL;
     yield_to_scheduler(false);
     return w.xch[row][lane ^ lane_mask];
+}
+
+/* Byte i % 4 of register r of lane l, as a signed value. */
+static int frag_byte(const uint32_t (*frag)[6], int l, int r, int i)
+{
+    return (int)(int8_t)(frag[l][r] >> (8 * (i % 4)));
+}
+
+void mma_s8(int k, int d[4], const uint32_t *a, const uint32_t *b)
+{
+    if (sim.cur < 0)
+        die("mma outside a kernel");
+    if (sim.n_threads % WARP)
+        die("mma needs whole warps");
+    const int i = sim.cur, lane = i % WARP, na = k == 32 ? 4 : 2, nb = k == 32 ? 2 : 1;
+    sim_thread &t = sim.threads[i];
+    sim_warp &w = sim.warps[i / WARP];
+    const unsigned row = t.shfl_count++ & 1u;
+    for (int r = 0; r < na; r++)
+        w.frag[row][lane][r] = a[r];
+    for (int r = 0; r < nb; r++)
+        w.frag[row][lane][4 + r] = b[r];
+    t.state = AT_SHFL;
+    yield_to_scheduler(false);
+    /* element (m, kk) of A: lane 4 (m % 8) + (kk % 16) / 4, register (m >= 8) + 2 (kk >= 16), byte kk % 4;
+     * element (kk, n) of B: lane 4 n + (kk % 16) / 4, register kk >= 16, byte kk % 4 */
+    const uint32_t(*f)[6] = w.frag[row];
+    const int g = lane / 4, tq = lane % 4;
+    for (int j = 0; j < 4; j++) {
+        const int m = g + 8 * (j / 2), n = 2 * tq + j % 2;
+        int s = 0;
+        for (int kk = 0; kk < k; kk++) {
+            const int src = (kk % 16) / 4;
+            s += frag_byte(f, 4 * (m % 8) + src, (m >= 8) + 2 * (kk >= 16), kk) *
+                 frag_byte(f, 4 * n + src, 4 + (kk >= 16), kk);
+        }
+        d[j] = s;
+    }
 }
 
 } // namespace cudasim
