@@ -325,6 +325,7 @@ cudaError_t cuda_argmax(cudaStream_t st, const float *x, size_t x_stride, int ne
 #define ATT_CHUNK 128 /* keys per block: one per thread for the scores */
 #define ATT_THREADS ATT_CHUNK
 #define ATT_WARPS (ATT_THREADS / CUDA_WARP)
+#define ATT_LOADS 8 /* cache loads a thread issues before using the first: their latencies overlap */
 
 static __device__ __forceinline__ float cache_elem(const uint8_t *row, bool f16, int e)
 {
@@ -354,10 +355,12 @@ static __device__ __forceinline__ void cache_load8(const uint8_t *row, bool f16,
     }
 }
 
-/* Thread t scores key j0 + t against q (a chain of fmaf over the dimensions, in order). The chunk's
+/* Thread t scores key j0 + t against q (a chain of fmaf over the dimensions, in order; the loads of
+ * ATT_LOADS units issued before the first is used, as a loop would wait for each). The chunk's
  * max and sum come from fixed butterflies and the warps in order; for o, the head's dimensions are cut
  * into units of 8, and each of `sets` groups of threads adds every sets-th key (keys s, s + sets, ...)
- * into one unit, the sets then summed in order: every step is fixed by the chunk's length alone. */
+ * into one unit (ATT_LOADS keys loaded at a time), the sets then summed in order: every step is fixed
+ * by the chunk's length alone. */
 __global__ void __launch_bounds__(ATT_THREADS)
     attn_chunk_kernel(const float *q, size_t q_stride, const uint8_t *k, size_t k_row_bytes, bool k_f16, bool k_vec,
                       const uint8_t *v, size_t v_row_bytes, bool v_f16, bool v_vec, int n_head, int group,
@@ -386,12 +389,18 @@ __global__ void __launch_bounds__(ATT_THREADS)
     if (tid < len) {
         const uint8_t *kr = k + (size_t)(j0 + tid) * k_row_bytes + (size_t)g * head_dim * (k_f16 ? 2 : 4);
         float dot = 0.0f;
-        for (int u = 0; u < n_units; u++) {
-            float kv[8];
-            cache_load8(kr, k_f16, k_vec, 8 * u, head_dim, kv);
+        for (int u0 = 0; u0 < n_units; u0 += ATT_LOADS) {
+            float kv[ATT_LOADS][8];
 #pragma unroll
-            for (int e = 0; e < 8; e++)
-                dot = __fmaf_rn(qs[8 * u + e], kv[e], dot);
+            for (int b = 0; b < ATT_LOADS; b++)
+                if (u0 + b < n_units)
+                    cache_load8(kr, k_f16, k_vec, 8 * (u0 + b), head_dim, kv[b]);
+#pragma unroll
+            for (int b = 0; b < ATT_LOADS; b++)
+                if (u0 + b < n_units)
+#pragma unroll
+                    for (int e = 0; e < 8; e++)
+                        dot = __fmaf_rn(qs[8 * (u0 + b) + e], kv[b][e], dot);
         }
         s = dot * scale;
     }
@@ -415,13 +424,21 @@ __global__ void __launch_bounds__(ATT_THREADS)
     if (set < sets) {
         const uint8_t *vg = v + (size_t)g * head_dim * (v_f16 ? 2 : 4);
         float o[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-        for (int j = set; j < len; j += sets) {
-            float vv[8];
-            cache_load8(vg + (size_t)(j0 + j) * v_row_bytes, v_f16, v_vec, 8 * unit, head_dim, vv);
-            const float pj = p[j];
+        for (int js = set; js < len; js += ATT_LOADS * sets) {
+            float vv[ATT_LOADS][8];
 #pragma unroll
-            for (int e8 = 0; e8 < 8; e8++)
-                o[e8] = __fmaf_rn(pj, vv[e8], o[e8]);
+            for (int b = 0; b < ATT_LOADS; b++)
+                if (js + b * sets < len)
+                    cache_load8(vg + (size_t)(j0 + js + b * sets) * v_row_bytes, v_f16, v_vec, 8 * unit, head_dim,
+                                vv[b]);
+#pragma unroll
+            for (int b = 0; b < ATT_LOADS; b++)
+                if (js + b * sets < len) {
+                    const float pj = p[js + b * sets];
+#pragma unroll
+                    for (int e8 = 0; e8 < 8; e8++)
+                        o[e8] = __fmaf_rn(pj, vv[b][e8], o[e8]);
+                }
         }
 #pragma unroll
         for (int e8 = 0; e8 < 8; e8++)
