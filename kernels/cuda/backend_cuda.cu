@@ -275,7 +275,7 @@ static void replay_abandon(struct cuda_backend *cb)
  * (SPEC_E_CANCELLED), and step_end says `again`. */
 static int settle(struct cuda_backend *cb)
 {
-    SPEC_TRY(err_of(cuda_norm_flush(cb->stream, &cb->act)));
+    SPEC_TRY(err_of(cuda_act_flush(cb->stream, &cb->act)));
     if (cb->step == STEP_RECORD)
         return record_launch(cb);
     if (cb->step != STEP_REPLAY)
@@ -406,7 +406,7 @@ static int upload(struct cuda_backend *cb, void *dst, const void *src, size_t by
  * overwrite its tensors), and matmuls can no longer reuse a kept conversion. */
 static int writing(struct cuda_backend *cb)
 {
-    const int err = err_of(cuda_norm_flush(cb->stream, &cb->act));
+    const int err = err_of(cuda_act_flush(cb->stream, &cb->act));
     cuda_act_forget(&cb->act);
     return err;
 }
@@ -698,8 +698,11 @@ static int cuda_rope_op(struct kern_backend *be, struct kern_tensor *x, int n_he
     int err = kern_rope_check(x, n_head, head_dim, pos, p);
     if (err || (err = writing(cb)) || (err = rope_table(cb, pos, (int)x->ne1, p)))
         return err;
-    return err_of(cuda_rope(cb->stream, (float *)x->data, fstride(x), (int)x->ne1, n_head, head_dim, p->n_rot,
-                            p->mode == KERN_ROPE_NEOX, (const float *)cb->rope.p));
+    /* launched by the next op: with a store of rows it rotates (K and V into the cache), in one kernel */
+    cb->act.rope = cuda_rope{(float *)x->data, fstride(x), (int)x->ne1, n_head, head_dim, p->n_rot,
+                             p->mode == KERN_ROPE_NEOX, (const float *)cb->rope.p};
+    cb->act.rope_pending = true;
+    return SPEC_OK;
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -714,11 +717,29 @@ static int cuda_store_rows_op(struct kern_backend *be, const struct kern_tensor 
     if (dst->type != SPEC_F16 && dst->type != SPEC_F32)
         return SPEC_E_UNSUPPORTED;
     struct cuda_backend *cb = cuda_of(be);
-    if ((err = writing(cb)))
+    /* rows of the waiting rope's x (possibly columns past its heads, as V beside K): one launch */
+    const struct cuda_rope *rp = &cb->act.rope;
+    const uintptr_t at = (uintptr_t)src->data, x0 = (uintptr_t)rp->x;
+    const size_t off = (at - x0) / sizeof(float), stride = rp->x_stride;
+    const bool after_rope = cb->act.rope_pending && fstride(src) == stride && at >= x0 &&
+                            (at - x0) % sizeof(float) == 0 && off / stride + (size_t)src->ne1 <= (size_t)rp->rows &&
+                            off % stride + (size_t)src->ne0 <= stride;
+    if (after_rope) {
+        cb->act.rope_pending = false;
+        cuda_act_forget(&cb->act);
+    } else if ((err = writing(cb))) {
         return err;
+    }
     const int *row0_at = step_value(cb, dst_row0);
+    const int row0 = row0_at ? 0 : (int)dst_row0;
+    if (after_rope) {
+        const cuda_store sp = {(const float *)src->data, fstride(src), dst->data, dst->row_bytes, row0_at, row0,
+                               (int)(off / stride), (int)src->ne0, (int)src->ne1,
+                               dst->type == SPEC_F16};
+        return err_of(cuda_rope_store(cb->stream, rp, &sp));
+    }
     return err_of(cuda_store_rows(cb->stream, (const float *)src->data, fstride(src), dst->data, dst->row_bytes,
-                                  row0_at, row0_at ? 0 : (int)dst_row0, dst->type, (int)src->ne0, (int)src->ne1));
+                                  row0_at, row0, dst->type, (int)src->ne0, (int)src->ne1));
 }
 
 static int cuda_attention_op(struct kern_backend *be, const struct kern_tensor *q, const struct kern_tensor *k_cache,

@@ -154,12 +154,33 @@ static inline uint64_t cuda_trace_arg(uint64_t h, const cuda_norm &nm)
     return cuda_trace_arg(cuda_trace_arg(h, nm.ne0), nm.rows);
 }
 
+/* A rope: the first n_rot dimensions of every head of every row of x rotated in place; table holds,
+ * per row, n_rot floats: (cos, sin) of each rotated pair (computed on the host, as the CPU backend
+ * does). */
+struct cuda_rope {
+    float *x;
+    size_t x_stride;
+    int rows, n_head, head_dim, n_rot;
+    bool neox;
+    const float *table;
+};
+
+static inline uint64_t cuda_trace_arg(uint64_t h, const cuda_rope &rp)
+{
+    h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, rp.x), rp.x_stride), rp.rows), rp.n_head);
+    h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, rp.head_dim), rp.n_rot), rp.neox);
+    return cuda_trace_arg(h, rp.table);
+}
+
+cudaError_t cuda_rope_rows(cudaStream_t st, const struct cuda_rope *rp);
+
 /* The activations as the last matmul converted them (Q8 blocks, F16 or BF16), and what from: matmuls
  * of one input with weights of one kind (q, k and v; gate and up) convert it once. The backend calls
  * cuda_act_forget before anything else writes device memory, so a kept conversion is never stale.
- * A norm waits here for the op after it (norm_pending): when that is a matmul of its output y by a
- * quantised weight, one kernel normalises and converts (cuda_matmul); anything else launches it alone
- * first (cuda_norm_flush). */
+ * A norm or a rope waits here for the op after it (at most one waits): a norm when that is a matmul
+ * of its output y by a quantised weight (one kernel normalises and converts, cuda_matmul), a rope
+ * when it is a store of rows it rotates (cuda_rope_store); anything else launches it alone first
+ * (cuda_act_flush). */
 struct cuda_act {
     struct cuda_buf buf;
     bool valid;
@@ -169,10 +190,12 @@ struct cuda_act {
     int form; /* the conversion: which activation type */
     struct cuda_norm norm;
     bool norm_pending;
+    struct cuda_rope rope;
+    bool rope_pending;
 };
 
-/* Launches the norm waiting in act, if any. */
-cudaError_t cuda_norm_flush(cudaStream_t st, struct cuda_act *act);
+/* Launches the norm or rope waiting in act, if any. */
+cudaError_t cuda_act_flush(cudaStream_t st, struct cuda_act *act);
 
 static inline void cuda_act_forget(struct cuda_act *a)
 {
@@ -207,10 +230,29 @@ cudaError_t cuda_get_rows(cudaStream_t st, enum spec_dtype type, const void *tab
 /* The norm alone. */
 cudaError_t cuda_rms_norm(cudaStream_t st, const struct cuda_norm *nm);
 
-/* Rotates the first n_rot dimensions of every head of every row in place; table holds, per row,
- * n_rot floats: (cos, sin) of each rotated pair (computed on the host, as the CPU backend does). */
-cudaError_t cuda_rope(cudaStream_t st, float *x, size_t x_stride, int rows, int n_head, int head_dim, int n_rot,
-                      bool neox, const float *table);
+/* A store of rows src_row0 .. src_row0 + rows - 1 of a rope's x (src: the first of them, possibly
+ * columns past the rope's heads, as V beside K) into dst rows row0 .. (row0 from row0_at when not
+ * NULL), F16 or F32. */
+struct cuda_store {
+    const float *src;
+    size_t src_stride;
+    void *dst;
+    size_t dst_row_bytes;
+    const int *row0_at;
+    int row0, src_row0, ne0, rows;
+    bool f16;
+};
+
+static inline uint64_t cuda_trace_arg(uint64_t h, const cuda_store &sp)
+{
+    h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, sp.src), sp.src_stride), sp.dst),
+                       sp.dst_row_bytes);
+    h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, sp.row0_at), sp.row0), sp.src_row0), sp.ne0);
+    return cuda_trace_arg(cuda_trace_arg(h, sp.rows), sp.f16);
+}
+
+/* The rope, then the store, in one launch (each rotated row is stored by the block that rotated it). */
+cudaError_t cuda_rope_store(cudaStream_t st, const struct cuda_rope *rp, const struct cuda_store *sp);
 
 /* dst rows row0 .. row0 + rows - 1 (F16 or F32, dst_row_bytes apart) = src rows rounded to the dst type;
  * row0 is read from device memory at row0_at when that is not NULL. */

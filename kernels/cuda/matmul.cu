@@ -1118,8 +1118,12 @@ static void launch_quantize(cudaStream_t st, const cuda_norm *nm, const float *x
             x, x_stride, k, n, q, d, s, sum16);
 }
 
-cudaError_t cuda_norm_flush(cudaStream_t st, struct cuda_act *act)
+cudaError_t cuda_act_flush(cudaStream_t st, struct cuda_act *act)
 {
+    if (act->rope_pending) {
+        act->rope_pending = false;
+        return cuda_rope_rows(st, &act->rope);
+    }
     if (!act->norm_pending)
         return cudaSuccess;
     act->norm_pending = false;
@@ -1141,7 +1145,7 @@ static cudaError_t quantize_act(cudaStream_t st, struct cuda_act *act, enum spec
                                   act->norm.ne0 == k && act->norm.rows == n
                               ? &act->norm
                               : NULL;
-    cudaError_t err = nm ? cudaSuccess : cuda_norm_flush(st, act);
+    cudaError_t err = nm ? cudaSuccess : cuda_act_flush(st, act);
     if (err != cudaSuccess)
         return err;
     err = convert_act(st, act, form, x, x_stride, k, n, q_bytes + d_bytes + s_bytes + sum_bytes, [&] {
@@ -1183,7 +1187,7 @@ cudaError_t cuda_matmul(cudaStream_t st, struct cuda_act *act, enum spec_dtype w
     a.k = k;
     a.n = n;
     const bool quantised = wtype != SPEC_F32 && wtype != SPEC_F16 && wtype != SPEC_BF16;
-    cudaError_t err = quantised ? cudaSuccess : cuda_norm_flush(st, act); /* quantize_act may fuse it */
+    cudaError_t err = quantised ? cudaSuccess : cuda_act_flush(st, act); /* quantize_act may fuse it */
     if (err != cudaSuccess)
         return err;
     switch (wtype) {

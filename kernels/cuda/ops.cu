@@ -153,29 +153,29 @@ cudaError_t cuda_kernels_usable(void)
 /* ---------------------------------------------------------------------------------------------- */
 /* RoPE with the host's (cos, sin) table: x0 c - x1 s and x0 s + x1 c, each product rounded.        */
 
-__global__ void rope_kernel(float *x, size_t x_stride, int rows, int n_head, int head_dim, int n_rot, bool neox,
-                            const float *table)
+/* Pair `pair` (of n_head * n_rot / 2) of row r rotated in place. */
+static __device__ __forceinline__ void rope_pair(const cuda_rope &rp, int r, int pair)
 {
-    const int pairs = n_rot / 2;
-    GRID_STRIDE(i, (int64_t)rows * n_head * pairs)
-    {
-        const int r = (int)(i / ((int64_t)n_head * pairs));
-        const int rem = (int)(i % ((int64_t)n_head * pairs));
-        const int h = rem / pairs, i0 = 2 * (rem % pairs);
-        const float c = table[(size_t)r * n_rot + i0], s = table[(size_t)r * n_rot + i0 + 1];
-        const int a = neox ? i0 / 2 : i0, stride = neox ? pairs : 1;
-        float *p = x + (size_t)r * x_stride + (size_t)h * head_dim;
-        const float x0 = p[a], x1 = p[a + stride];
-        p[a] = x0 * c - x1 * s;
-        p[a + stride] = x0 * s + x1 * c;
-    }
+    const int pairs = rp.n_rot / 2, h = pair / pairs, i0 = 2 * (pair % pairs);
+    const float c = rp.table[(size_t)r * rp.n_rot + i0], s = rp.table[(size_t)r * rp.n_rot + i0 + 1];
+    const int a = rp.neox ? i0 / 2 : i0, stride = rp.neox ? pairs : 1;
+    float *p = rp.x + (size_t)r * rp.x_stride + (size_t)h * rp.head_dim;
+    const float x0 = p[a], x1 = p[a + stride];
+    p[a] = x0 * c - x1 * s;
+    p[a + stride] = x0 * s + x1 * c;
 }
 
-cudaError_t cuda_rope(cudaStream_t st, float *x, size_t x_stride, int rows, int n_head, int head_dim, int n_rot,
-                      bool neox, const float *table)
+__global__ void rope_kernel(const cuda_rope rp)
 {
-    const unsigned blocks = elt_blocks((int64_t)rows * n_head * (n_rot / 2));
-    CUDA_LAUNCH(blocks, ELT_THREADS, st, rope_kernel)(x, x_stride, rows, n_head, head_dim, n_rot, neox, table);
+    const int row_pairs = rp.n_head * (rp.n_rot / 2);
+    GRID_STRIDE(i, (int64_t)rp.rows * row_pairs)
+    rope_pair(rp, (int)(i / row_pairs), (int)(i % row_pairs));
+}
+
+cudaError_t cuda_rope_rows(cudaStream_t st, const struct cuda_rope *rp)
+{
+    const unsigned blocks = elt_blocks((int64_t)rp->rows * rp->n_head * (rp->n_rot / 2));
+    CUDA_LAUNCH(blocks, ELT_THREADS, st, rope_kernel)(*rp);
     return cudaGetLastError();
 }
 
@@ -189,20 +189,24 @@ static __device__ __forceinline__ int step_value(const int *at, int value)
     return at ? *at : value;
 }
 
+/* Element e of source row r into its destination row (dst: the first row the store writes). */
+static __device__ __forceinline__ void store_elem(const float *src, size_t src_stride, uint8_t *dst,
+                                                  size_t dst_row_bytes, bool f16, int r, int e)
+{
+    const float v = src[(size_t)r * src_stride + e];
+    uint8_t *row = dst + (size_t)r * dst_row_bytes;
+    if (f16)
+        ((uint16_t *)row)[e] = __half_as_ushort(__float2half_rn(v));
+    else
+        ((float *)row)[e] = v;
+}
+
 __global__ void store_rows_kernel(const float *src, size_t src_stride, uint8_t *dst, size_t dst_row_bytes,
                                   const int *row0_at, int row0, bool f16, int ne0, int rows)
 {
     dst += (size_t)step_value(row0_at, row0) * dst_row_bytes;
     GRID_STRIDE(i, (int64_t)ne0 * rows)
-    {
-        const int r = (int)(i / ne0), e = (int)(i % ne0);
-        const float v = src[(size_t)r * src_stride + e];
-        uint8_t *row = dst + (size_t)r * dst_row_bytes;
-        if (f16)
-            ((uint16_t *)row)[e] = __half_as_ushort(__float2half_rn(v));
-        else
-            ((float *)row)[e] = v;
-    }
+    store_elem(src, src_stride, dst, dst_row_bytes, f16, (int)(i / ne0), (int)(i % ne0));
 }
 
 /* F32 rows into F32 rows, four floats a thread: 16-byte loads and stores. */
@@ -231,6 +235,29 @@ cudaError_t cuda_store_rows(cudaStream_t st, const float *src, size_t src_stride
     const unsigned blocks = elt_blocks((int64_t)ne0 * rows);
     CUDA_LAUNCH(blocks, ELT_THREADS, st, store_rows_kernel)(src, src_stride, (uint8_t *)dst, dst_row_bytes, row0_at,
                                                             row0, dst_type == SPEC_F16, ne0, rows);
+    return cudaGetLastError();
+}
+
+/* A rope and the store of rows it rotates (K and V after K's rope) in one launch: a block a row
+ * rotates the row as rope_kernel would, then, after a barrier, stores it if the store takes it. */
+__global__ void rope_store_kernel(const cuda_rope rp, const cuda_store sp)
+{
+    const int row_pairs = rp.n_head * (rp.n_rot / 2);
+    uint8_t *dst = (uint8_t *)sp.dst + (size_t)step_value(sp.row0_at, sp.row0) * sp.dst_row_bytes;
+    for (int r = blockIdx.x; r < rp.rows; r += gridDim.x) {
+        for (int pair = threadIdx.x; pair < row_pairs; pair += blockDim.x)
+            rope_pair(rp, r, pair);
+        __syncthreads();
+        const int sr = r - sp.src_row0;
+        if (sr >= 0 && sr < sp.rows)
+            for (int e = threadIdx.x; e < sp.ne0; e += blockDim.x)
+                store_elem(sp.src, sp.src_stride, dst, sp.dst_row_bytes, sp.f16, sr, e);
+    }
+}
+
+cudaError_t cuda_rope_store(cudaStream_t st, const struct cuda_rope *rp, const struct cuda_store *sp)
+{
+    CUDA_LAUNCH((unsigned)(rp->rows < 65535 ? rp->rows : 65535), ELT_THREADS, st, rope_store_kernel)(*rp, *sp);
     return cudaGetLastError();
 }
 

@@ -853,6 +853,59 @@ Test(conformance, rope_is_bit_identical_in_both_modes_with_scaling_and_factors)
     check_rope(KERN_ROPE_NORM, 48, 0.5f, true);
 }
 
+/* Rows r0 .. r0 + rows - 1, columns c0 .. c0 + ne0 - 1 of an F32 tensor, as a tensor of its own. */
+static struct kern_tensor view(const struct kern_tensor *t, int64_t r0, int64_t c0, int64_t ne0, int64_t rows)
+{
+    struct kern_tensor v = *t;
+    v.data = (char *)t->data + (size_t)r0 * t->row_bytes + (size_t)c0 * sizeof(float);
+    v.ne0 = ne0;
+    v.ne1 = rows;
+    v.owned = false;
+    return v;
+}
+
+/* The CUDA backend launches a rope together with the store that caches rows it rotates (K and V
+ * beside it, as the model calls them). Against the CPU's rope and store_rows, bit for bit: a store of
+ * some of the rope's rows, then the others stored alone; a store of rows the rope did not rotate
+ * (the rope runs alone first); F16 and F32 caches. */
+Test(conformance, a_rope_and_the_store_of_its_rows_give_the_cpus_bits)
+{
+    need_cuda();
+    const int n_head = 4, n_kv = 2, hd = 64, n = 5, width = (n_head + 2 * n_kv) * hd, kv_w = 2 * n_kv * hd;
+    const int32_t pos[] = {9, 10, 11, 12, 13}, pos2[] = {30, 31, 32, 33, 34};
+    const struct kern_rope_params p = {.mode = KERN_ROPE_NEOX, .n_rot = hd, .freq_base = 10000.0f, .freq_scale = 1.0f};
+    float *xh = random_f32(width * n, 1.0f), *oh = random_f32(kv_w * 2, 1.0f);
+    float *zeros = calloc(32 * (size_t)kv_w, sizeof(float));
+    const enum spec_dtype kv[] = {SPEC_F16, SPEC_F32};
+    for (int ki = 0; ki < 2; ki++) {
+        struct kern_backend *both[] = {cpu, gpu};
+        float *x_out[2], *cache_out[2];
+        size_t cache_bytes = 0;
+        for (int bi = 0; bi < 2; bi++) {
+            struct kern_backend *b = both[bi];
+            struct kern_tensor x = upload(b, SPEC_F32, width, n, xh), other = upload(b, SPEC_F32, kv_w, 2, oh),
+                               cache = upload(b, kv[ki], kv_w, 32, zeros);
+            struct kern_tensor qk = view(&x, 0, 0, (n_head + n_kv) * hd, n), kv1 = view(&x, 1, n_head * hd, kv_w, 3),
+                               kv0 = view(&x, 0, n_head * hd, kv_w, 1), kv4 = view(&x, 4, n_head * hd, kv_w, 1);
+            cr_assert_eq(b->ops->rope(b, &qk, n_head + n_kv, hd, pos, &p), 0);
+            cr_assert_eq(b->ops->store_rows(b, &kv1, &cache, 8), 0); /* with the rope */
+            cr_assert_eq(b->ops->store_rows(b, &kv0, &cache, 7), 0);
+            cr_assert_eq(b->ops->store_rows(b, &kv4, &cache, 11), 0);
+            cr_assert_eq(b->ops->rope(b, &qk, n_head + n_kv, hd, pos2, &p), 0);
+            cr_assert_eq(b->ops->store_rows(b, &other, &cache, 20), 0); /* the rope first, alone */
+            x_out[bi] = download(b, &x);
+            cache_out[bi] = download(b, &cache);
+            cache_bytes = 32 * cache.row_bytes;
+            free_t(b, &x), free_t(b, &other), free_t(b, &cache);
+        }
+        assert_bits(x_out[1], x_out[0], (size_t)(width * n) * sizeof(float), "rows rotated twice");
+        assert_bits(cache_out[1], cache_out[0], cache_bytes, kern_dtype_info(kv[ki])->name);
+        for (int bi = 0; bi < 2; bi++)
+            free(x_out[bi]), free(cache_out[bi]);
+    }
+    free(xh), free(oh), free(zeros);
+}
+
 Test(conformance, store_rows_add_and_swiglu_match_the_cpu)
 {
     need_cuda();
