@@ -72,10 +72,43 @@ static inline uint64_t cuda_trace_arg(uint64_t h, const T &v)
 }
 
 /* The launch itself: <<< >>> for nvcc; the CPU simulator that runs these sources in CI
- * (tests/support/cudasim) defines its own, as a host compiler has none. */
+ * (tests/support/cudasim) defines its own, as a host compiler has none. A recorded step's kernels
+ * launch as programmatic dependents of the kernel before them (the graph's edges between kernels
+ * become programmatic): each may be scheduled while the one before finishes, and waits for it in
+ * cuda_grid_wait, its first statement, so only the launch latency overlaps. */
 #ifndef CUDA_KERNEL_LAUNCH
 #define CUDA_KERNEL_LAUNCH(grid, block, st, kernel, ...) kernel<<<grid, block, 0, st>>>(__VA_ARGS__)
+
+template <class... P, class... A>
+static inline void cuda_launch_dependent(dim3 grid, dim3 block, cudaStream_t st, void (*kernel)(P...), A... args)
+{
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.stream = st;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    cudaLaunchKernelEx(&cfg, kernel, args...);
+}
+#define CUDA_KERNEL_LAUNCH_DEPENDENT(grid, block, st, kernel, ...)                                                \
+    cuda_launch_dependent(grid, block, st, kernel, __VA_ARGS__)
 #endif
+
+/* The first statement of every kernel: lets the next kernel of a recorded step be scheduled, then
+ * waits until the grids before this one have finished and their writes are visible (PTX
+ * griddepcontrol; nothing to wait for when the kernel was launched plainly). */
+static __device__ __forceinline__ void cuda_grid_wait(void)
+{
+#if defined(__CUDA_ARCH__)
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#elif defined(CUDASIM)
+    cudasim::grid_wait();
+#endif
+}
 
 template <class... P>
 struct cuda_launch {
@@ -97,8 +130,9 @@ struct cuda_launch {
             const unsigned shape[6] = {grid.x, grid.y, grid.z, block.x, block.y, block.z};
             h = cuda_hash_bytes(h, shape, sizeof shape);
             ((h = cuda_trace_arg(h, p)), ...);
-            if (!cuda_trace_node(st, h))
-                return;
+            if (cuda_trace_node(st, h)) /* recording */
+                CUDA_KERNEL_LAUNCH_DEPENDENT(grid, block, st, kernel, p...);
+            return;
         }
         CUDA_KERNEL_LAUNCH(grid, block, st, kernel, p...);
     }
@@ -421,7 +455,7 @@ static __device__ __forceinline__ void cuda_mma_s8(int d[4], const uint32_t *a, 
                      "{%7,%7,%7,%7};"
                      : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
                      : "r"(a[0]), "r"(a[1]), "r"(b[0]), "r"(0));
-#elif defined(CUDASIM_MMA)
+#elif defined(CUDASIM)
     cudasim::mma_s8(K, d, a, b);
 #else
     (void)d, (void)a, (void)b; /* nvcc's host pass: device code only */

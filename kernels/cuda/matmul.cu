@@ -170,6 +170,7 @@ template <q8_form F>
 __global__ void __launch_bounds__(MMV_THREADS)
     quantize_rows(const float *x, size_t x_stride, int k, int n, int8_t *q, float *d, float *s, int *sum16)
 {
+    cuda_grid_wait();
     const int nb = k / (F == Q8_K_FORM ? 256 : 32);
     const int64_t blk = (int64_t)blockIdx.x * (blockDim.x / CUDA_WARP) + threadIdx.x / CUDA_WARP;
     if (blk >= (int64_t)nb * n)
@@ -184,6 +185,7 @@ template <q8_form F>
 __global__ void __launch_bounds__(RMS_THREADS)
     rms_norm_quantize(const cuda_norm nm, int8_t *q, float *d, float *s, int *sum16)
 {
+    cuda_grid_wait();
     __shared__ double part[RMS_THREADS];
     const int nb = nm.ne0 / (F == Q8_K_FORM ? 256 : 32), warp = threadIdx.x / CUDA_WARP;
     for (int r = blockIdx.x; r < nm.rows; r += gridDim.x) {
@@ -197,6 +199,7 @@ __global__ void __launch_bounds__(RMS_THREADS)
 template <bool BF16>
 __global__ void convert_rows(const float *x, size_t x_stride, int k, int n, uint16_t *out)
 {
+    cuda_grid_wait();
     const int64_t total = (int64_t)k * n;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
         const int r = (int)(i / k), c = (int)(i % k);
@@ -816,6 +819,7 @@ static __device__ __forceinline__ cuda_mm_part part_of(const mm_args &a, int q)
 template <class W, int RPW, bool SW>
 __global__ void __launch_bounds__(MMV_THREADS) mmv(const mm_args a)
 {
+    cuda_grid_wait();
     constexpr int per_part = SW ? RPW / 2 : RPW;
     const int lane = threadIdx.x % CUDA_WARP;
     const int p = blockIdx.x >= (unsigned)a.block2 ? 2 : blockIdx.x >= (unsigned)a.block1 ? 1 : 0;
@@ -900,6 +904,7 @@ __global__ void __launch_bounds__(MMV_THREADS) mmv(const mm_args a)
 template <class W, bool SW>
 __global__ void __launch_bounds__(MMQ_THREADS) mmq(const mm_args a)
 {
+    cuda_grid_wait();
     constexpr int NW = SW ? 2 : 1; /* weight matrices a warp multiplies */
     __shared__ float sums[MMQ_WARPS][NW][MMQ_TILES][4][CUDA_WARP];
     const int lane = threadIdx.x % CUDA_WARP, warp = threadIdx.x / CUDA_WARP, g = lane / 4, t = lane % 4;

@@ -81,6 +81,7 @@ template <enum spec_dtype T>
 __global__ void get_rows_kernel(const uint8_t *table, size_t row_bytes, int ne0, const int32_t *ids, int n,
                                 float *out, size_t out_stride)
 {
+    cuda_grid_wait();
     GRID_STRIDE(i, (int64_t)ne0 * n)
     {
         const int r = (int)(i / ne0), e = (int)(i % ne0);
@@ -132,6 +133,7 @@ cudaError_t cuda_get_rows(cudaStream_t st, enum spec_dtype type, const void *tab
 
 __global__ void __launch_bounds__(RMS_THREADS) rms_norm_kernel(const cuda_norm nm)
 {
+    cuda_grid_wait();
     __shared__ double part[RMS_THREADS];
     for (int r = blockIdx.x; r < nm.rows; r += gridDim.x)
         rms_norm_row(nm, r, part, threadIdx.x);
@@ -167,6 +169,7 @@ static __device__ __forceinline__ void rope_pair(const cuda_rope &rp, int r, int
 
 __global__ void rope_kernel(const cuda_rope rp)
 {
+    cuda_grid_wait();
     const int row_pairs = rp.n_head * (rp.n_rot / 2);
     GRID_STRIDE(i, (int64_t)rp.rows * row_pairs)
     rope_pair(rp, (int)(i / row_pairs), (int)(i % row_pairs));
@@ -204,6 +207,7 @@ static __device__ __forceinline__ void store_elem(const float *src, size_t src_s
 __global__ void store_rows_kernel(const float *src, size_t src_stride, uint8_t *dst, size_t dst_row_bytes,
                                   const int *row0_at, int row0, bool f16, int ne0, int rows)
 {
+    cuda_grid_wait();
     dst += (size_t)step_value(row0_at, row0) * dst_row_bytes;
     GRID_STRIDE(i, (int64_t)ne0 * rows)
     store_elem(src, src_stride, dst, dst_row_bytes, f16, (int)(i / ne0), (int)(i % ne0));
@@ -213,6 +217,7 @@ __global__ void store_rows_kernel(const float *src, size_t src_stride, uint8_t *
 __global__ void store_rows_vec4_kernel(const float4 *src, size_t src_stride4, float4 *dst, size_t dst_stride4,
                                        const int *row0_at, int row0, int ne0_4, int rows)
 {
+    cuda_grid_wait();
     dst += (size_t)step_value(row0_at, row0) * dst_stride4;
     GRID_STRIDE(i, (int64_t)ne0_4 * rows)
     {
@@ -242,6 +247,7 @@ cudaError_t cuda_store_rows(cudaStream_t st, const float *src, size_t src_stride
  * rotates the row as rope_kernel would, then, after a barrier, stores it if the store takes it. */
 __global__ void rope_store_kernel(const cuda_rope rp, const cuda_store sp)
 {
+    cuda_grid_wait();
     const int row_pairs = rp.n_head * (rp.n_rot / 2);
     uint8_t *dst = (uint8_t *)sp.dst + (size_t)step_value(sp.row0_at, sp.row0) * sp.dst_row_bytes;
     for (int r = blockIdx.x; r < rp.rows; r += gridDim.x) {
@@ -267,6 +273,7 @@ cudaError_t cuda_rope_store(cudaStream_t st, const struct cuda_rope *rp, const s
 __global__ void eltwise_kernel(enum cuda_eltwise_op op, const float *a, size_t a_stride, const float *b,
                                size_t b_stride, float *out, size_t out_stride, int ne0, int rows)
 {
+    cuda_grid_wait();
     GRID_STRIDE(i, (int64_t)ne0 * rows)
     {
         const int r = (int)(i / ne0), e = (int)(i % ne0);
@@ -293,6 +300,7 @@ cudaError_t cuda_eltwise(cudaStream_t st, enum cuda_eltwise_op op, const float *
 __global__ void __launch_bounds__(PICK_THREADS)
     argmax_kernel(const float *x, size_t x_stride, int ne0, int32_t *ids, float *probs)
 {
+    cuda_grid_wait();
     __shared__ float best_v[PICK_THREADS];
     __shared__ int best_i[PICK_THREADS];
     __shared__ double sums[PICK_THREADS];
@@ -394,6 +402,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
                       int head_dim, const int *pos0_at, int pos0, float scale, int n_chunks, float *part_o,
                       float *part_ml, int *done, float *out, size_t out_stride)
 {
+    cuda_grid_wait();
     __shared__ float qs[CUDA_ATTN_MAX_HEAD_DIM];
     __shared__ float p[ATT_CHUNK];
     __shared__ float red[2][ATT_WARPS];

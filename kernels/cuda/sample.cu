@@ -360,6 +360,7 @@ static __device__ void process_row(sample_smem &sm, const cuda_sample_row &r, co
 __global__ void __launch_bounds__(SAMPLE_THREADS)
     sample_process_kernel(const cuda_sample_row *rows, int n, const int32_t *recent, int n_in, int n_vocab)
 {
+    cuda_grid_wait();
     __shared__ sample_smem sm;
     for (int j = blockIdx.x; j < n; j += gridDim.x)
         process_row(sm, rows[j], recent, n_in, n_vocab);
@@ -436,6 +437,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
     sample_choose_kernel(const cuda_choose_job *jobs, int n, const int32_t *drafts, const double *u_accept,
                          const double *u_sample, int n_vocab, cuda_choice *out)
 {
+    cuda_grid_wait();
     __shared__ sample_smem sm;
     for (int jb = blockIdx.x; jb < n; jb += gridDim.x) {
         const cuda_choose_job job = jobs[jb];

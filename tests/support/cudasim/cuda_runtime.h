@@ -47,11 +47,14 @@
 #define __shared__ static
 #define __restrict__ __restrict
 
-/* kernels/cuda takes its tensor-core instructions from the simulator (cudasim::mma_s8). */
-#define CUDASIM_MMA 1
+/* kernels/cuda is built against the simulator: mma and griddepcontrol come from it (cudasim::). */
+#define CUDASIM 1
 
-/* The host compiler has no <<<grid, block, 0, st>>>: kernels/cuda launches through this macro. */
-#define CUDA_KERNEL_LAUNCH(grid, block, st, kernel, ...) ::cudasim::launch(grid, block, st, kernel, __VA_ARGS__)
+/* The host compiler has no <<<grid, block, 0, st>>>: kernels/cuda launches through these macros. */
+#define CUDA_KERNEL_LAUNCH(grid, block, st, kernel, ...)                                                          \
+    ::cudasim::launch(false, grid, block, st, kernel, __VA_ARGS__)
+#define CUDA_KERNEL_LAUNCH_DEPENDENT(grid, block, st, kernel, ...)                                                \
+    ::cudasim::launch(true, grid, block, st, kernel, __VA_ARGS__)
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Types                                                                                          */
@@ -191,8 +194,11 @@ uint64_t shfl_xor(unsigned mask, uint64_t bits, int lane_mask);
 /* The warp's int8 tensor-core product d = A B (k 32 or 16), from the fragments every lane holds in the
  * layout of PTX's mma.m16n8k32 / m16n8k16 with s8 inputs (kernels/cuda/cuda_ops.h: cuda_mma_s8). */
 void mma_s8(int k, int d[4], const uint32_t *a, const uint32_t *b);
-/* Runs body(ctx) as every thread of every block of the grid; a bad shape sets the launch error. */
-void run(dim3 grid, dim3 block, void (*body)(void *), void *ctx);
+/* Runs body(ctx) as every thread of every block of the grid; a bad shape sets the launch error.
+ * dependent: launched as a programmatic dependent (every thread must call grid_wait, first). */
+void run(dim3 grid, dim3 block, void (*body)(void *), void *ctx, bool dependent);
+/* cuda_grid_wait: the grids before have finished (here always; the call is checked for). */
+void grid_wait();
 /* When st is capturing: appends a node (kind: the kernel, or what a copy is) and returns true. */
 bool record(cudaStream_t st, const void *kind, std::function<void()> node);
 
@@ -204,9 +210,9 @@ static void check_one(const T &v, int arg)
 }
 
 /* A launch with its arguments already of the kernel's parameter types (CUDA_LAUNCH converts them),
- * copied now, as a launch copies them. */
+ * copied now, as a launch copies them; dependent: as a programmatic dependent launch. */
 template <class... P>
-void launch(dim3 grid, dim3 block, cudaStream_t st, void (*kernel)(P...), P... args)
+void launch(bool dependent, dim3 grid, dim3 block, cudaStream_t st, void (*kernel)(P...), P... args)
 {
     struct call {
         void (*kernel)(P...);
@@ -219,8 +225,9 @@ void launch(dim3 grid, dim3 block, cudaStream_t st, void (*kernel)(P...), P... a
     } c{kernel, std::tuple<P...>(args...)};
     int arg = 0;
     (check_one(args, arg++), ...);
-    if (!record(st, (const void *)kernel, [grid, block, c]() mutable { run(grid, block, &call::body, &c); }))
-        run(grid, block, &call::body, &c);
+    if (!record(st, (const void *)kernel,
+                [grid, block, c, dependent]() mutable { run(grid, block, &call::body, &c, dependent); }))
+        run(grid, block, &call::body, &c, dependent);
 }
 } // namespace cudasim
 

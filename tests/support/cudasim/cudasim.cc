@@ -71,6 +71,7 @@ struct sim_thread {
     dim3 idx;
     thread_state state;
     unsigned shfl_count; /* which of the warp's two exchange rows the next shuffle uses */
+    bool waited;         /* has called cuda_grid_wait (cudasim::grid_wait) */
     void *fake_stack;    /* ASan's bookkeeping across switches */
 };
 
@@ -90,6 +91,7 @@ struct sim_state {
     size_t sched_stack_size = 0;
     void (*body)(void *) = nullptr;
     void *ctx = nullptr;
+    bool dependent = false; /* the running kernel was launched as a programmatic dependent */
     cudaError_t last_error = cudaSuccess;
 };
 
@@ -118,12 +120,23 @@ void yield_to_scheduler(bool dying)
 #endif
 }
 
+/* A programmatic dependent waits for the grid before it works with others: not a barrier, shuffle or
+ * mma first. */
+void check_waited(const char *what)
+{
+    if (sim.dependent && !sim.threads[sim.cur].waited)
+        die(what);
+}
+
 [[noreturn]] void thread_main()
 {
 #if SIM_ASAN
     __sanitizer_finish_switch_fiber(nullptr, &sim.sched_stack_bottom, &sim.sched_stack_size);
 #endif
     sim.body(sim.ctx);
+    if (sim.dependent && !sim.threads[sim.cur].waited)
+        die("a kernel launched as a programmatic dependent ended without waiting for the grid before it "
+            "(cuda_grid_wait)");
     sim.threads[sim.cur].state = DONE;
     yield_to_scheduler(true);
     die("a finished thread was resumed");
@@ -209,6 +222,7 @@ void start_thread(int i)
     t.idx = dim3(lin % blockDim.x, lin / blockDim.x % blockDim.y, lin / (blockDim.x * blockDim.y));
     t.state = RUNNABLE;
     t.shfl_count = 0;
+    t.waited = false;
     t.fake_stack = nullptr;
     void **top = (void **)((char *)t.stack + STACK_BYTES);
     *--top = nullptr; /* thread_main's return address: it never returns */
@@ -251,8 +265,9 @@ bool shape_ok(dim3 grid, dim3 block)
 
 namespace cudasim {
 
-void run(dim3 grid, dim3 block, void (*body)(void *), void *ctx)
+void run(dim3 grid, dim3 block, void (*body)(void *), void *ctx, bool dependent)
 {
+    sim.dependent = dependent;
     if (!shape_ok(grid, block)) {
         sim.last_error = cudaErrorInvalidConfiguration;
         return;
@@ -271,10 +286,18 @@ void run(dim3 grid, dim3 block, void (*body)(void *), void *ctx)
             }
 }
 
+void grid_wait()
+{
+    if (sim.cur < 0)
+        die("cuda_grid_wait outside a kernel");
+    sim.threads[sim.cur].waited = true;
+}
+
 uint64_t shfl_xor(unsigned mask, uint64_t bits, int lane_mask)
 {
     if (sim.cur < 0)
         die("__shfl_xor_sync outside a kernel");
+    check_waited("a shuffle before cuda_grid_wait in a programmatic dependent");
     if (mask != 0xffffffffu || sim.n_threads % WARP)
         die("only full-mask shuffles of whole warps are simulated");
     if (lane_mask < 0 || lane_mask >= WARP)
@@ -301,6 +324,7 @@ void mma_s8(int k, int d[4], const uint32_t *a, const uint32_t *b)
         die("mma outside a kernel");
     if (sim.n_threads % WARP)
         die("mma needs whole warps");
+    check_waited("an mma before cuda_grid_wait in a programmatic dependent");
     const int i = sim.cur, lane = i % WARP, na = k == 32 ? 4 : 2, nb = k == 32 ? 2 : 1;
     sim_thread &t = sim.threads[i];
     sim_warp &w = sim.warps[i / WARP];
@@ -333,6 +357,7 @@ void __syncthreads(void)
 {
     if (sim.cur < 0)
         die("__syncthreads outside a kernel");
+    check_waited("a barrier before cuda_grid_wait in a programmatic dependent");
     sim.threads[sim.cur].state = AT_SYNC;
     yield_to_scheduler(false);
 }
