@@ -172,6 +172,7 @@ void cuda_buf_release(struct cuda_buf *b)
 /* Steps as graphs                                                                                */
 
 thread_local struct cuda_trace *cuda_tracing;
+bool cuda_dependent_launches = true;
 
 bool cuda_trace_node(cudaStream_t st, uint64_t hash)
 {
@@ -1022,6 +1023,8 @@ extern "C" int kern_cuda_backend_create(const struct kern_backend_config *cfg, s
     }
     cb->base.ops = &cuda_ops;
     cb->graphs = cfg && cfg->graphs;
+    const char *pdl = getenv("SPECD_CUDA_PDL");
+    cuda_dependent_launches = !(pdl && strcmp(pdl, "0") == 0);
     cb->tensor_cores = cfg && cfg->tensor_cores;
     *out = &cb->base;
     return SPEC_OK;

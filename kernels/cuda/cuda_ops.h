@@ -30,6 +30,8 @@ extern "C" {
  * the host arrays it copies from change, and those it reads when it runs. */
 struct cuda_trace;
 extern thread_local struct cuda_trace *cuda_tracing; /* the backend's trace during such a step, else NULL */
+/* Recorded kernels launch as programmatic dependents (below) unless SPECD_CUDA_PDL=0 (for the A/B). */
+extern bool cuda_dependent_launches;
 
 /* Adds a node to the trace when st is the traced stream. true: make the launch or copy (not traced,
  * or recording); false: replaying, the graph will run it. */
@@ -130,9 +132,12 @@ struct cuda_launch {
             const unsigned shape[6] = {grid.x, grid.y, grid.z, block.x, block.y, block.z};
             h = cuda_hash_bytes(h, shape, sizeof shape);
             ((h = cuda_trace_arg(h, p)), ...);
-            if (cuda_trace_node(st, h)) /* recording */
+            if (!cuda_trace_node(st, h)) /* replaying */
+                return;
+            if (cuda_dependent_launches) {
                 CUDA_KERNEL_LAUNCH_DEPENDENT(grid, block, st, kernel, p...);
-            return;
+                return;
+            }
         }
         CUDA_KERNEL_LAUNCH(grid, block, st, kernel, p...);
     }
