@@ -22,6 +22,8 @@ static void usage(FILE *f)
             "  --socket-mode MODE   octal permissions of the socket file (default 0600)\n"
             "  --allow-uid UID      also accept this peer uid (repeatable; own uid always allowed)\n"
             "  --device D           auto | cpu | cuda (default auto: CUDA if built and present, else cpu)\n"
+            "  --cuda-graphs        CUDA: record each model step as a graph and replay it (experimental)\n"
+            "  --tensor-cores       CUDA: quantised matmuls on int8 tensor cores (experimental)\n"
             "  --threads N          CPU compute threads (default: one per core)\n"
             "  --ctx N              context per request in tokens (default 4096, at most the target's)\n"
             "  --draft-max N        largest draft length per round (default 8, 1..%d)\n"
@@ -43,7 +45,8 @@ static void usage(FILE *f)
 }
 
 enum {
-    O_TARGET = 256, O_DRAFT, O_SOCKET, O_SOCKET_MODE, O_ALLOW_UID, O_DEVICE, O_THREADS, O_CTX, O_DRAFT_MAX,
+    O_TARGET = 256, O_DRAFT, O_SOCKET, O_SOCKET_MODE, O_ALLOW_UID, O_DEVICE, O_CUDA_GRAPHS, O_TENSOR_CORES, O_THREADS,
+    O_CTX, O_DRAFT_MAX,
     O_DRAFT_MIN, O_DRAFT_VOCAB, O_MAX_SEQS, O_MAX_QUEUE, O_MAX_CLIENTS, O_MAX_PENDING, O_MAX_FRAME, O_MAX_OUTPUT, O_DRAIN,
     O_LOG_LEVEL, O_HELP, O_VERSION,
 };
@@ -55,6 +58,8 @@ static const struct option longopts[] = {
     {"socket-mode", required_argument, NULL, O_SOCKET_MODE},
     {"allow-uid", required_argument, NULL, O_ALLOW_UID},
     {"device", required_argument, NULL, O_DEVICE},
+    {"cuda-graphs", no_argument, NULL, O_CUDA_GRAPHS},
+    {"tensor-cores", no_argument, NULL, O_TENSOR_CORES},
     {"threads", required_argument, NULL, O_THREADS},
     {"ctx", required_argument, NULL, O_CTX},
     {"draft-max", required_argument, NULL, O_DRAFT_MAX},
@@ -121,6 +126,8 @@ static int parse_args(int argc, char **argv, struct options *o)
             }
             o->device = optarg;
             break;
+        case O_CUDA_GRAPHS: o->cuda_graphs = true; break;
+        case O_TENSOR_CORES: o->tensor_cores = true; break;
         case O_THREADS:
             if (!(rc = num(name, optarg, 10, 0, 1024, &v)))
                 o->threads = (int)v;
@@ -213,7 +220,8 @@ static int parse_args(int argc, char **argv, struct options *o)
 
 static int create_backend(const struct options *o, struct kern_backend **be, const char **name)
 {
-    const struct kern_backend_config cfg = {.n_threads = o->threads};
+    const struct kern_backend_config cfg = {.n_threads = o->threads, .graphs = o->cuda_graphs,
+                                            .tensor_cores = o->tensor_cores};
     int rc;
     if (!strcmp(o->device, "auto")) {
         rc = kern_backend_create("cuda", &cfg, be);
@@ -227,6 +235,8 @@ static int create_backend(const struct options *o, struct kern_backend **be, con
     rc = kern_backend_create(*name, &cfg, be);
     if (rc)
         dlog(DLOG_ERROR, "device %s: %s (%s)", *name, spec_strerror(rc), spec_errname(rc));
+    else if (!strcmp(*name, "cpu") && (o->cuda_graphs || o->tensor_cores))
+        dlog(DLOG_WARN, "--cuda-graphs and --tensor-cores do nothing on the CPU");
     return rc;
 }
 
@@ -285,8 +295,10 @@ int main(int argc, char **argv)
             dlog(DLOG_ERROR, "engine: %s (%s)", spec_strerror(rc), spec_errname(rc));
     }
     if (!rc) {
-        dlog(DLOG_INFO, "target %s, draft %s, backend %s", opt.target, opt.draft ? opt.draft : "(prompt lookup)",
-             m.backend);
+        const bool cuda = !strcmp(m.backend, "cuda");
+        dlog(DLOG_INFO, "target %s, draft %s, backend %s%s%s", opt.target, opt.draft ? opt.draft : "(prompt lookup)",
+             m.backend, cuda && opt.cuda_graphs ? ", steps as graphs" : "",
+             cuda && opt.tensor_cores ? ", tensor cores" : "");
         rc = server_run(&opt, &m, fd); /* the loop owns fd from here and closes it */
         fd = -1;
     }

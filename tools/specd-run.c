@@ -26,6 +26,8 @@ static void usage(FILE *f)
             "  --no-spec           target-only decoding\n"
             "  --ab                run speculative and target-only, and compare\n"
             "  --device D          auto | cpu | cuda (default auto: CUDA when usable, else the CPU)\n"
+            "  --cuda-graphs       CUDA: record each model step as a graph and replay it (experimental)\n"
+            "  --tensor-cores      CUDA: quantised matmuls on int8 tensor cores (experimental)\n"
             "  --ctx N --threads N --ids\n"
             "Without --draft, drafts come from prompt lookup (n-grams of the context).\n");
 }
@@ -34,7 +36,7 @@ struct args {
     const char *target, *draft, *prompt, *device;
     int n_gen, n_ctx, n_threads, draft_max, draft_min, draft_vocab;
     float draft_min_prob;
-    bool no_spec, ab, fixed, ids;
+    bool no_spec, ab, fixed, ids, cuda_graphs, tensor_cores;
     struct verify_params sp;
     const char *stop[ENGINE_MAX_STOP];
     int n_stop;
@@ -53,6 +55,8 @@ static int parse_args(int argc, char **argv, struct args *a)
                      : !strcmp(o, "--ab")        ? &a->ab
                      : !strcmp(o, "--fixed-draft") ? &a->fixed
                      : !strcmp(o, "--ids")       ? &a->ids
+                     : !strcmp(o, "--cuda-graphs") ? &a->cuda_graphs
+                     : !strcmp(o, "--tensor-cores") ? &a->tensor_cores
                                                  : NULL;
         if (flag) {
             *flag = true;
@@ -182,11 +186,15 @@ int main(int argc, char **argv)
     char why[256] = "";
     int rc = 1;
 
-    if ((err = kern_backend_create(a.device, &(struct kern_backend_config){.n_threads = a.n_threads}, &be))) {
+    const struct kern_backend_config be_cfg = {.n_threads = a.n_threads, .graphs = a.cuda_graphs,
+                                               .tensor_cores = a.tensor_cores};
+    if ((err = kern_backend_create(a.device, &be_cfg, &be))) {
         fail(a.device, err, NULL);
         goto out;
     }
-    fprintf(stderr, "backend: %s\n", be->ops->name);
+    const bool cuda = !strcmp(be->ops->name, "cuda");
+    fprintf(stderr, "backend: %s%s%s\n", be->ops->name, cuda && a.cuda_graphs ? ", steps as graphs" : "",
+            cuda && a.tensor_cores ? ", tensor cores" : "");
     if ((err = model_load_cfg(a.target, be, &(struct model_config){.why = why, .why_cap = sizeof why}, &target))) {
         fail(a.target, err, why);
         goto out;
