@@ -358,8 +358,9 @@ int main(int argc, char **argv)
                             hp->head_dim * a.pos;
     const double step_bw = (wbytes + kv_bytes) / t1;
     printf("| measure | value |\n|---|---|\n");
-    printf("| backend | %s%s%s |\n", be->ops->name, a.graphs ? ", steps as graphs" : "",
-           a.tensor_cores ? ", quantised matmuls on tensor cores" : "");
+    const bool cuda = !strcmp(be->ops->name, "cuda"); /* the settings are the CUDA backend's */
+    printf("| backend | %s%s%s |\n", be->ops->name, cuda && a.graphs ? ", steps as graphs" : "",
+           cuda && a.tensor_cores ? ", quantised matmuls on tensor cores" : "");
     printf("| model | %s (%s, %d layers, n_embd %d, n_vocab %d) |\n", a.model, model_arch_name(hp->arch),
            hp->n_layer, hp->n_embd, n_vocab);
     printf("| copy bandwidth (read + write, %d MiB) | %.1f GB/s |\n", a.copy_mib, copy_bw / 1e9);

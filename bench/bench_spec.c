@@ -451,8 +451,9 @@ int main(int argc, char **argv)
                                                .tensor_cores = a.tensor_cores};
     int err = kern_backend_create(a.device, &be_cfg, &be);
     if (!err)
-        fprintf(stderr, "bench_spec: backend %s%s%s\n", be->ops->name, a.graphs ? ", steps as graphs" : "",
-                a.tensor_cores ? ", tensor cores" : "");
+        fprintf(stderr, "bench_spec: backend %s%s%s\n", be->ops->name,
+                !strcmp(be->ops->name, "cuda") && a.graphs ? ", steps as graphs" : "",
+                !strcmp(be->ops->name, "cuda") && a.tensor_cores ? ", tensor cores" : "");
     if (!err)
         err = model_load(a.target, be, &target);
     if (!err && a.draft)
