@@ -79,7 +79,7 @@ struct cuda_backend {
     struct cuda_buf part; /* attention: per-chunk partial results */
     struct cuda_buf ids;  /* get_rows: token ids */
     struct cuda_buf rope; /* rope: the (cos, sin) table of the positions below */
-    struct cuda_buf pick; /* argmax: each row's id, then its probability */
+    struct cuda_buf pick; /* argmax: counters, each row's id and probability, the slices' partials */
     struct cuda_buf sample; /* sampling: the descriptors, tokens and uniforms of a call, then its results */
     uint8_t *sample_host;   /* their host copy */
     size_t sample_host_cap;
@@ -770,13 +770,11 @@ static int cuda_argmax_op(struct kern_backend *be, const struct kern_tensor *x, 
     int err = kern_argmax_check(x, ids);
     if (err || (err = settle(cb)) || (err = writing(cb)))
         return err;
-    const size_t rows = (size_t)x->ne1, id_bytes = (rows * sizeof(int32_t) + 255) & ~(size_t)255;
-    if ((err = err_of(cuda_buf_reserve(cb->stream, &cb->pick, id_bytes + rows * sizeof(float)))))
-        return err;
-    int32_t *d_ids = (int32_t *)cb->pick.p;
-    float *d_probs = probs ? (float *)((uint8_t *)cb->pick.p + id_bytes) : NULL;
-    if ((err = err_of(cuda_argmax(cb->stream, (const float *)x->data, fstride(x), (int)x->ne0, (int)rows, d_ids,
-                                  d_probs))) ||
+    const size_t rows = (size_t)x->ne1;
+    int32_t *d_ids;
+    float *d_probs;
+    if ((err = err_of(cuda_argmax(cb->stream, &cb->pick, (const float *)x->data, fstride(x), (int)x->ne0, (int)rows,
+                                  probs != NULL, &d_ids, &d_probs))) ||
         (err = err_of(cudaMemcpyAsync(ids, d_ids, rows * sizeof(int32_t), cudaMemcpyDeviceToHost, cb->stream))))
         return err;
     if (probs &&

@@ -161,6 +161,12 @@ struct cuda_buf {
     void *retired[CUDA_BUF_RETIRED]; /* outgrown during a capture: freed when nothing can use them */
 };
 
+/* Scratch buffers are carved into parts at 256-byte boundaries. */
+static inline size_t cuda_align256(size_t bytes)
+{
+    return (bytes + 255) & ~(size_t)255;
+}
+
 /* Makes b at least `bytes` long; the contents are lost when it grows. cudaFree waits for work in
  * flight, so a kernel still reading the old buffer finishes first. While st is being captured into
  * a graph (which may not wait), an outgrown block is kept in b->retired until the next growth outside
@@ -321,9 +327,10 @@ cudaError_t cuda_attention(cudaStream_t st, struct cuda_buf *part, const float *
                            enum spec_dtype v_type, const struct kern_attn_params *p, const int *pos0_at,
                            int n, float *out, size_t out_stride);
 
-/* kern_backend.h's argmax into device arrays of `rows` entries (probs NULL: not computed). */
-cudaError_t cuda_argmax(cudaStream_t st, const float *x, size_t x_stride, int ne0, int rows, int32_t *ids,
-                        float *probs);
+/* kern_backend.h's argmax of `rows` rows of ne0 logits into scratch (grown as needed): *ids the ids,
+ * *probs (with_probs, else NULL) the probabilities, both in device memory. */
+cudaError_t cuda_argmax(cudaStream_t st, struct cuda_buf *scratch, const float *x, size_t x_stride, int ne0,
+                        int rows, bool with_probs, int32_t **ids, float **probs);
 
 /* Sampling (sample.cu). A row to process: logits `in` into the distribution `out`, with the penalty
  * window recent[recent_off .. recent_off + n_recent) of the launch's token array. */

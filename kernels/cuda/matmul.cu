@@ -1005,11 +1005,6 @@ bool cuda_weight_type_ok(enum spec_dtype t)
     }
 }
 
-static size_t align256(size_t b)
-{
-    return (b + 255) & ~(size_t)255;
-}
-
 static bool aligned16(const void *p, size_t stride_bytes)
 {
     return (uintptr_t)p % 16 == 0 && stride_bytes % 16 == 0;
@@ -1144,8 +1139,8 @@ static cudaError_t quantize_act(cudaStream_t st, struct cuda_act *act, enum spec
     const bool q8_K = form == SPEC_Q8_K, q8_1 = form == SPEC_Q8_1;
     const int block = q8_K ? 256 : 32;
     const size_t nb = (size_t)n * (size_t)(k / block);
-    const size_t q_bytes = align256((size_t)n * k), d_bytes = align256(nb * sizeof(float)),
-                 s_bytes = q8_1 ? d_bytes : 0, sum_bytes = align256((size_t)n * (k / 16) * sizeof(int));
+    const size_t q_bytes = cuda_align256((size_t)n * k), d_bytes = cuda_align256(nb * sizeof(float)),
+                 s_bytes = q8_1 ? d_bytes : 0, sum_bytes = cuda_align256((size_t)n * (k / 16) * sizeof(int));
     const cuda_norm *nm = act->norm_pending && act->norm.y == x && act->norm.y_stride == x_stride &&
                                   act->norm.ne0 == k && act->norm.rows == n
                               ? &act->norm

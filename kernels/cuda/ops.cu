@@ -296,19 +296,38 @@ cudaError_t cuda_eltwise(cudaStream_t st, enum cuda_eltwise_op op, const float *
  * order of comparison, so it is the CPU's exactly; the probability's double sum runs in a fixed tree. */
 
 #define PICK_THREADS 256
+#define PICK_SLICE 4096     /* a row is cut into slices of at least this many logits, a block each */
+#define PICK_MAX_SLICES 256 /* at most PICK_THREADS: the combining block holds a slice a thread */
 
+/* How many slices a row of ne0 logits is cut into: fixed by ne0, so a row's result never depends on
+ * how many rows share the call. */
+static int pick_slices(int ne0)
+{
+    const int s = ne0 / PICK_SLICE;
+    return s < 1 ? 1 : s > PICK_MAX_SLICES ? PICK_MAX_SLICES : s;
+}
+
+/* Each block finds its slice's largest logit (the lowest id on ties; NaN and -inf never count) and,
+ * for probs, the sum of exp(l - its max) in double; the last of a row's slices to finish (a counter
+ * per row, as in attention) combines them: the largest of the slices' (value, id) with the lowest id
+ * on ties, which is the row's argmax whatever the order, and sum_s e^(m_s - M) sum_s, in slice order
+ * by a fixed tree, whose inverse is the argmax's probability. A wide row (151,936 logits) is then
+ * read by 37 blocks instead of one. */
 __global__ void __launch_bounds__(PICK_THREADS)
-    argmax_kernel(const float *x, size_t x_stride, int ne0, int32_t *ids, float *probs)
+    argmax_kernel(const float *x, size_t x_stride, int ne0, int slices, int32_t *ids, float *probs, float *part_v,
+                  int *part_i, double *part_s, int *done)
 {
     cuda_grid_wait();
     __shared__ float best_v[PICK_THREADS];
     __shared__ int best_i[PICK_THREADS];
     __shared__ double sums[PICK_THREADS];
-    const int tid = threadIdx.x;
-    const float *row = x + (size_t)blockIdx.x * x_stride;
+    __shared__ bool last;
+    const int tid = threadIdx.x, sl = blockIdx.x, r = blockIdx.y;
+    const float *row = x + (size_t)r * x_stride;
+    const int lo = (int)((int64_t)ne0 * sl / slices), hi = (int)((int64_t)ne0 * (sl + 1) / slices);
     float bv = -INFINITY;
     int bi = -1;
-    for (int i = tid; i < ne0; i += PICK_THREADS) { /* ascending: a later equal value never wins */
+    for (int i = lo + tid; i < hi; i += PICK_THREADS) { /* ascending: a later equal value never wins */
         const float v = row[i];
         if (!isnan(v) && v != -INFINITY && (bi < 0 || v > bv)) {
             bv = v;
@@ -320,25 +339,73 @@ __global__ void __launch_bounds__(PICK_THREADS)
     block_best<PICK_THREADS>(best_v, best_i, tid);
     const int best = best_i[0];
     const float max = best_v[0];
-    if (tid == 0)
-        ids[blockIdx.x] = best;
-    if (!probs)
-        return; /* the same for every thread: no barrier follows for anyone */
     double s = 0.0;
-    if (best >= 0 && max != INFINITY)
-        for (int i = tid; i < ne0; i += PICK_THREADS)
+    if (probs && best >= 0 && max != INFINITY)
+        for (int i = lo + tid; i < hi; i += PICK_THREADS)
             if (!isnan(row[i]))
                 s += exp((double)row[i] - (double)max);
     sums[tid] = s;
     block_sum<PICK_THREADS>(sums, tid);
+    const size_t slot = (size_t)r * slices + sl;
+    if (tid == 0) {
+        part_v[slot] = max;
+        part_i[slot] = best;
+        part_s[slot] = sums[0];
+    }
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+        last = atomicAdd(&done[r], 1) == slices - 1;
+        if (last)
+            done[r] = 0; /* ready for the next launch */
+    }
+    __syncthreads();
+    if (!last)
+        return;
+    const size_t slot0 = (size_t)r * slices;
+    const float mv = tid < slices ? __ldcg(&part_v[slot0 + tid]) : -INFINITY;
+    const int mi = tid < slices ? __ldcg(&part_i[slot0 + tid]) : -1;
+    const double ms = tid < slices ? __ldcg(&part_s[slot0 + tid]) : 0.0;
+    best_v[tid] = mv;
+    best_i[tid] = mi;
+    block_best<PICK_THREADS>(best_v, best_i, tid);
+    const int row_best = best_i[0];
+    const float row_max = best_v[0];
     if (tid == 0)
-        probs[blockIdx.x] = best < 0 ? 0.0f : max == INFINITY ? 1.0f : (float)(1.0 / sums[0]);
+        ids[r] = row_best;
+    if (!probs)
+        return; /* the same for every thread: no barrier follows for anyone */
+    sums[tid] = mi >= 0 && row_max != INFINITY ? ms * exp((double)mv - (double)row_max) : 0.0;
+    block_sum<PICK_THREADS>(sums, tid);
+    if (tid == 0)
+        probs[r] = row_best < 0 ? 0.0f : row_max == INFINITY ? 1.0f : (float)(1.0 / sums[0]);
 }
 
-cudaError_t cuda_argmax(cudaStream_t st, const float *x, size_t x_stride, int ne0, int rows, int32_t *ids,
-                        float *probs)
+cudaError_t cuda_argmax(cudaStream_t st, struct cuda_buf *scratch, const float *x, size_t x_stride, int ne0,
+                        int rows, bool with_probs, int32_t **ids, float **probs)
 {
-    CUDA_LAUNCH((unsigned)rows, PICK_THREADS, st, argmax_kernel)(x, x_stride, ne0, ids, probs);
+    const int slices = pick_slices(ne0);
+    const size_t n = (size_t)rows, parts = n * (size_t)slices;
+    const size_t done_bytes = cuda_align256(n * sizeof(int)), ids_bytes = cuda_align256(n * sizeof(int32_t)),
+                 probs_bytes = cuda_align256(n * sizeof(float)), v_bytes = cuda_align256(parts * sizeof(float)),
+                 i_bytes = cuda_align256(parts * sizeof(int));
+    /* the counters stay at the start: zeroed once when the buffer is made, back to zero after every launch */
+    void *before = scratch->p;
+    cudaError_t err = cuda_buf_reserve(st, scratch, done_bytes + ids_bytes + probs_bytes + v_bytes + i_bytes +
+                                                        parts * sizeof(double));
+    if (err == cudaSuccess && scratch->p != before)
+        err = cudaMemsetAsync(scratch->p, 0, scratch->cap, st);
+    if (err != cudaSuccess)
+        return err;
+    uint8_t *base = (uint8_t *)scratch->p;
+    int *done = (int *)base;
+    *ids = (int32_t *)(base + done_bytes);
+    *probs = with_probs ? (float *)(base + done_bytes + ids_bytes) : NULL;
+    float *part_v = (float *)(base + done_bytes + ids_bytes + probs_bytes);
+    int *part_i = (int *)((uint8_t *)part_v + v_bytes);
+    double *part_s = (double *)((uint8_t *)part_i + i_bytes);
+    CUDA_LAUNCH(dim3((unsigned)slices, (unsigned)rows), PICK_THREADS, st, argmax_kernel)(
+        x, x_stride, ne0, slices, *ids, *probs, part_v, part_i, part_s, done);
     return cudaGetLastError();
 }
 
@@ -535,10 +602,10 @@ cudaError_t cuda_attention(cudaStream_t st, struct cuda_buf *part, const float *
     while (pos0_at && (n_chunks & (n_chunks - 1)))
         n_chunks += n_chunks & -n_chunks; /* up to the next power of two */
     const size_t pairs = (size_t)n * p->n_head, slots = pairs * n_chunks;
-    const size_t o_bytes = (slots * p->head_dim * sizeof(float) + 255) & ~(size_t)255,
-                 ml_bytes = (slots * 2 * sizeof(float) + 255) & ~(size_t)255;
+    const size_t o_bytes = cuda_align256(slots * p->head_dim * sizeof(float)),
+                 ml_bytes = cuda_align256(slots * 2 * sizeof(float));
     /* the counters stay at the start: zeroed once when the buffer is made, back to zero after every launch */
-    const size_t done_bytes = (pairs * sizeof(int) + 255) & ~(size_t)255;
+    const size_t done_bytes = cuda_align256(pairs * sizeof(int));
     void *before = part->p;
     cudaError_t err = cuda_buf_reserve(st, part, done_bytes + o_bytes + ml_bytes);
     if (err == cudaSuccess && part->p != before)

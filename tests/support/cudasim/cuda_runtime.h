@@ -184,6 +184,8 @@ static inline int atomicAdd(int *p, int v)
 }
 static inline void __threadfence(void) {}
 static inline float __ldcg(const float *p) { return *p; }
+static inline int __ldcg(const int *p) { return *p; }
+static inline double __ldcg(const double *p) { return *p; }
 
 namespace cudasim {
 /* Aborts with a message unless p is NULL or points into (or just past) memory from cudaMalloc: a
