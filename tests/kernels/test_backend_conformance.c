@@ -1256,6 +1256,13 @@ Test(conformance, steps_recorded_as_graphs_give_the_bits_of_op_by_op_steps)
     /* step 0 runs op by op, step 1 is recorded, then replays; at position 128 (step 123) the keys need
      * a second chunk: that replay is given up, the step issued again and recorded */
     assert_steps(before, step_stats(graphs), 141, 2, 137, 1, "decode");
+    /* the fusions hold in the model's own steps: 10 nodes a layer (the norm with its conversion, q|k|v,
+     * rope with the store of k and v, attention, wo's conversion, wo, the norm with its conversion,
+     * gate|up with the swiglu, w_down's conversion, w_down), and 9 more: the step values, token ids
+     * and RoPE table copied in, the embedding rows, the last residual add, the output rows (their ids
+     * copied in), the output norm with its conversion and the output head */
+    cr_assert_eq(step_stats(graphs).nodes, 10 * c.n_layer + 9, "%ld nodes a decode step",
+                 step_stats(graphs).nodes);
     before = step_stats(graphs);
     for (int round = 0; round < 3; round++) { /* verification passes of 5, rolled back but one */
         const int32_t draft[5] = {tok, 17, 250, (int32_t)(round + 3), 99};
