@@ -59,6 +59,28 @@ struct sample_smem {
 /* ---------------------------------------------------------------------------------------------- */
 /* Processing a row                                                                               */
 
+#define SAMPLE_LOADS 8 /* logits a thread loads before using the first: their latencies overlap */
+
+/* f(i, row[i]) for the thread's ids i = tid, tid + SAMPLE_THREADS, ... below n, in that order (values
+ * at n_read and past it read as -inf), SAMPLE_LOADS loaded at a time: a loop that loaded and used one
+ * at a time would wait a memory latency per logit of its ~300. */
+template <class F>
+static __device__ __forceinline__ void each_logit(const float *row, int n, int n_read, int tid, F f)
+{
+    for (int i0 = tid; i0 < n; i0 += SAMPLE_LOADS * SAMPLE_THREADS) {
+        float l[SAMPLE_LOADS];
+#pragma unroll
+        for (int b = 0; b < SAMPLE_LOADS; b++) {
+            const int i = i0 + b * SAMPLE_THREADS;
+            l[b] = i < n_read ? row[i] : -INFINITY;
+        }
+#pragma unroll
+        for (int b = 0; b < SAMPLE_LOADS; b++)
+            if (i0 + b * SAMPLE_THREADS < n)
+                f(i0 + b * SAMPLE_THREADS, l[b]);
+    }
+}
+
 /* Thread tid's contiguous share [c0, c1) of n items (running sums that are prefixed in thread order). */
 static __device__ __forceinline__ void thread_chunk(int n, int tid, int *c0, int *c1)
 {
@@ -121,13 +143,12 @@ static __device__ uint64_t threshold(sample_smem &sm, const float *row, int n_vo
             cnt[j] = 0;
             mass[j] = 0.0;
         }
-        for (int i = tid; i < n_vocab; i += SAMPLE_THREADS) {
-            const float l = row[i];
+        each_logit(row, n_vocab, n_vocab, tid, [&](int i, float l) {
             if (l == -INFINITY)
-                continue;
+                return;
             const uint64_t k = sample_key(l, i);
             if (k < lo || k >= hi)
-                continue;
+                return;
             const double w = MASS ? exp((double)l - max_l) : 0.0;
 #pragma unroll
             for (int j = 0; j < SAMPLE_PIVOTS; j++) {
@@ -136,7 +157,7 @@ static __device__ uint64_t threshold(sample_smem &sm, const float *row, int n_vo
                 if (MASS && above)
                     mass[j] += w;
             }
-        }
+        });
 #pragma unroll
         for (int j = 0; j < SAMPLE_PIVOTS; j++) {
             const unsigned cj = warp_total(cnt[j]);
@@ -179,22 +200,20 @@ static __device__ uint64_t threshold(sample_smem &sm, const float *row, int n_vo
 
     /* Gather the remaining candidates in thread order, then sort them best first. */
     unsigned mine = 0;
-    for (int i = tid; i < n_vocab; i += SAMPLE_THREADS) {
-        const float l = row[i];
+    each_logit(row, n_vocab, n_vocab, tid, [&](int i, float l) {
         const uint64_t k = sample_key(l, i);
         mine += l != -INFINITY && k >= lo && k < hi;
-    }
+    });
     sm.part[tid] = (double)mine;
     double total;
     prefix_part(sm, tid, &total);
     const int n = (int)total;
     int at = (int)sm.part[tid];
-    for (int i = tid; i < n_vocab; i += SAMPLE_THREADS) {
-        const float l = row[i];
+    each_logit(row, n_vocab, n_vocab, tid, [&](int i, float l) {
         const uint64_t k = sample_key(l, i);
         if (l != -INFINITY && k >= lo && k < hi)
             sm.keys[at++] = k;
-    }
+    });
     int m = 1;
     while (m < n)
         m <<= 1;
@@ -254,10 +273,7 @@ static __device__ void process_row(sample_smem &sm, const cuda_sample_row &r, co
     const int tid = threadIdx.x;
     float *out = r.out;
     const kern_sampler s = r.s;
-    for (int i = tid; i < n_vocab; i += SAMPLE_THREADS) {
-        const float l = i < n_in ? r.in[i] : -INFINITY;
-        out[i] = isnan(l) ? -INFINITY : l;
-    }
+    each_logit(r.in, n_vocab, n_in, tid, [&](int i, float l) { out[i] = isnan(l) ? -INFINITY : l; });
     __syncthreads();
     const bool penalised = s.repeat_penalty != 1.0f || s.frequency_penalty != 0.0f || s.presence_penalty != 0.0f;
     if (penalised) {
@@ -287,16 +303,15 @@ static __device__ void process_row(sample_smem &sm, const cuda_sample_row &r, co
     float bv = -INFINITY;
     int bi = -1;
     unsigned finite = 0;
-    for (int i = tid; i < n_vocab; i += SAMPLE_THREADS) {
-        const float l = out[i];
+    each_logit(out, n_vocab, n_vocab, tid, [&](int i, float l) {
         if (l == -INFINITY)
-            continue;
+            return;
         finite++;
         if (bi < 0 || l > bv) {
             bv = l;
             bi = i;
         }
-    }
+    });
     sm.best_v[tid] = bv;
     sm.idx[tid] = bi;
     sm.part[tid] = (double)finite;
@@ -322,11 +337,10 @@ static __device__ void process_row(sample_smem &sm, const cuda_sample_row &r, co
     }
     if (s.top_p < 1.0f) {
         double w = 0.0;
-        for (int i = tid; i < n_vocab; i += SAMPLE_THREADS) {
-            const float l = out[i];
+        each_logit(out, n_vocab, n_vocab, tid, [&](int i, float l) {
             if (l != -INFINITY && sample_key(l, i) >= floor)
                 w += exp((double)l - max_l);
-        }
+        });
         sm.part[tid] = w;
         block_sum<SAMPLE_THREADS>(sm.part, tid);
         const double total = sm.part[0];
@@ -338,8 +352,7 @@ static __device__ void process_row(sample_smem &sm, const cuda_sample_row &r, co
 
     const double inv_t = 1.0 / (double)s.temperature;
     double sum = 0.0;
-    for (int i = tid; i < n_vocab; i += SAMPLE_THREADS) {
-        const float l = out[i];
+    each_logit(out, n_vocab, n_vocab, tid, [&](int i, float l) {
         const bool kept = l != -INFINITY && sample_key(l, i) >= floor && (!min_p || (double)l >= min_l);
         float e = 0.0f;
         if (kept) {
@@ -348,12 +361,11 @@ static __device__ void process_row(sample_smem &sm, const cuda_sample_row &r, co
             sum += ed;
         }
         out[i] = e;
-    }
+    });
     sm.part[tid] = sum;
     block_sum<SAMPLE_THREADS>(sm.part, tid);
     const double inv = 1.0 / sm.part[0]; /* >= exp(0) from the best candidate, which every filter keeps */
-    for (int i = tid; i < n_vocab; i += SAMPLE_THREADS)
-        out[i] = (float)((double)out[i] * inv);
+    each_logit(out, n_vocab, n_vocab, tid, [&](int i, float l) { out[i] = (float)((double)l * inv); });
     __syncthreads(); /* sm.part[0] is read by every thread before the next row */
 }
 
