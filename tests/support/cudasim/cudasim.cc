@@ -134,9 +134,7 @@ void check_waited(const char *what)
     __sanitizer_finish_switch_fiber(nullptr, &sim.sched_stack_bottom, &sim.sched_stack_size);
 #endif
     sim.body(sim.ctx);
-    if (sim.dependent && !sim.threads[sim.cur].waited)
-        die("a kernel launched as a programmatic dependent ended without waiting for the grid before it "
-            "(cuda_grid_wait)");
+    check_waited("a kernel launched as a programmatic dependent ended without cuda_grid_wait");
     sim.threads[sim.cur].state = DONE;
     yield_to_scheduler(true);
     die("a finished thread was resumed");
