@@ -400,6 +400,15 @@ static int push_text(struct slot *sl, int32_t token, bool *stopped)
     return SPEC_OK;
 }
 
+/* The bytes of a character the text's last token left unfinished, as U+FFFD (tok_stream_flush), once
+ * no token can finish it. */
+static void flush_text(struct slot *sl)
+{
+    size_t tail = 0;
+    if (!tok_stream_flush(&sl->ts, sl->text + sl->n_text, sl->cap_text - sl->n_text, &tail))
+        sl->n_text += tail;
+}
+
 /* ---------------------------------------------------------------------------------------------- */
 /* Updates                                                                                        */
 
@@ -409,9 +418,7 @@ static int deliver(struct slot *sl, const int32_t *tokens, int n, bool done, enu
 {
     size_t n_out = sl->n_text;
     if (done && fin != ENGINE_FINISH_STOP) {
-        size_t tail = 0;
-        if (!tok_stream_flush(&sl->ts, sl->text + sl->n_text, sl->cap_text - sl->n_text, &tail))
-            sl->n_text += tail;
+        flush_text(sl);
         n_out = sl->n_text;
     } else if (!done) {
         n_out = sl->n_text - stop_prefix_len(sl);
@@ -653,6 +660,8 @@ static void accept(struct engine *e, struct slot *sl, const int32_t *accepted, i
             return;
         }
         if (stopped || tok_is_eog(tok, t)) {
+            if (!stopped) /* a stop string cuts the text before such bytes; the end of generation keeps them */
+                flush_text(sl);
             fin = ENGINE_FINISH_STOP;
             done = true;
         } else if (sl->n_gen >= sl->max_tokens || sl->n_hist >= (size_t)e->cfg.n_ctx) {

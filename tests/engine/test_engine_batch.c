@@ -280,6 +280,19 @@ Test(engine_batch, a_full_engine_is_busy_until_a_request_finishes)
 /* The engine's text is the streaming detokenizer's output for the tokens it handed out, in whole
  * characters (that decoder is checked against Python's lossy UTF-8 decoding in tests/model; random
  * weights emit stray byte tokens, so several outputs here hold U+FFFD). */
+/* tokens[0 .. n) as a stream decodes them into buf, with what a flush at the end adds (*flushed bytes:
+ * a character left unfinished, as U+FFFD); returns the length. */
+static size_t detokenize(const struct tok *tok, const int32_t *tokens, int n, char *buf, size_t cap, size_t *flushed)
+{
+    size_t at = 0, piece = 0;
+    struct tok_stream ts;
+    tok_stream_init(&ts, tok, false);
+    for (int k = 0; k < n; k++, at += piece)
+        cr_assert_eq(tok_stream_push(&ts, tokens[k], buf + at, cap - at, &piece), SPEC_OK);
+    cr_assert_eq(tok_stream_flush(&ts, buf + at, cap - at, flushed), SPEC_OK);
+    return at + *flushed;
+}
+
 Test(engine_batch, text_is_the_detokenized_tokens_in_whole_characters)
 {
     const struct tok *tok = model_tokenizer(target.m);
@@ -288,16 +301,37 @@ Test(engine_batch, text_is_the_detokenized_tokens_in_whole_characters)
         const struct engine_request req = request(i, true, i < 8 ? 0.7f : 0.0f);
         solo(draft.m, &req, &r);
         char want[4096];
-        size_t n = 0, piece = 0;
-        struct tok_stream ts;
-        tok_stream_init(&ts, tok, false);
-        for (int k = 0; k < r.n_tokens; k++, n += piece)
-            cr_assert_eq(tok_stream_push(&ts, r.tokens[k], want + n, sizeof want - n, &piece), SPEC_OK);
-        cr_assert_eq(tok_stream_flush(&ts, want + n, sizeof want - n, &piece), SPEC_OK);
-        n += piece;
+        size_t flushed;
+        const size_t n = detokenize(tok, r.tokens, r.n_tokens, want, sizeof want, &flushed);
         cr_assert_eq(r.n_text, n, "request %d: %zu bytes vs %zu", i, r.n_text, n);
         cr_assert_arr_eq(r.text, want, n, "request %d: streamed text is not the detokenized output", i);
     }
+}
+
+/* A generation that the end-of-generation token ends in the middle of a character: the bytes held
+ * back come out as U+FFFD, as when max_tokens ends it. Such requests are found by trying seeds (the
+ * first two of 400), and the test fails if none is. */
+Test(engine_batch, an_end_of_generation_inside_a_character_keeps_its_bytes)
+{
+    const struct tok *tok = model_tokenizer(target.m);
+    int found = 0;
+    for (uint64_t seed = 1; seed <= 400 && found < 2; seed++) {
+        struct engine_request req = request((int)(seed % 8), seed % 2 == 0, 1.0f);
+        req.sampling.seed = seed;
+        req.sampling.top_k = 0;
+        struct result r;
+        solo(draft.m, &req, &r);
+        char before[4096], want[4096];
+        size_t cut, flushed;
+        if (r.finish != ENGINE_FINISH_STOP || r.n_tokens < 2 || !tok_is_eog(tok, r.tokens[r.n_tokens - 1]) ||
+            (detokenize(tok, r.tokens, r.n_tokens - 1, before, sizeof before, &cut), cut == 0))
+            continue;
+        found++;
+        const size_t n = detokenize(tok, r.tokens, r.n_tokens, want, sizeof want, &flushed);
+        cr_assert_eq(r.n_text, n, "seed %llu: %zu bytes vs %zu", (unsigned long long)seed, r.n_text, n);
+        cr_assert_arr_eq(r.text, want, n, "seed %llu: the unfinished character's bytes", (unsigned long long)seed);
+    }
+    cr_assert_gt(found, 0, "no request ended inside a character: the test tests nothing");
 }
 
 /* A stop string made of the end of one token's text and the start of the next one's. */
