@@ -42,6 +42,8 @@ LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
 # kernels fuse a multiply-add only where they say so, which keeps them bit-comparable with the C code.
 # cudart is linked statically, so binaries start on machines without the CUDA runtime libraries and
 # kern_backend_create("cuda") reports SPEC_E_UNSUPPORTED there.
+# cuBLAS (kern_backend_config.blas_prefill only) is loaded at run time, from the loader's path or this
+# toolkit's lib64, for the same reason.
 CU_SRCS  := $(wildcard kernels/cuda/*.cu)
 CUDASIM  ?= 0
 ifeq ($(CUDASIM),1)
@@ -54,7 +56,8 @@ LDLIBS   += -lstdc++
 else ifneq ($(NVCC),)
 CU_OBJS  := $(CU_SRCS:%.cu=$(BUILD)/obj/%.o)
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
-NVFLAGS  := -O2 -std=c++17 -I. -Iinclude -arch=sm_90 -fmad=false -Xcompiler -Wall,-Wextra,-Werror,-fno-exceptions,-fno-threadsafe-statics
+NVFLAGS  := -O2 -std=c++17 -I. -Iinclude -arch=sm_90 -fmad=false -Xcompiler -Wall,-Wextra,-Werror,-fno-exceptions,-fno-threadsafe-statics \
+            -DSPEC_CUDA_LIB_DIR='"$(CUDA_HOME)/lib64"'
 CPPFLAGS += -DSPEC_HAVE_CUDA
 LDLIBS   += -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt
 endif
@@ -156,7 +159,9 @@ test-asan:
 # The CUDA backend against the CPU reference; on a machine without a usable GPU this fails rather
 # than skips, so a GPU run can never pass vacuously. Each suite runs as the backend's settings are by
 # default, then with steps replayed as graphs, the conformance suite and the model suites also with
-# the quantised matmuls on tensor cores (SPECD_TEST_TENSOR_CORES).
+# the quantised matmuls on tensor cores (SPECD_TEST_TENSOR_CORES), and the engine suites with prefills
+# through cuBLAS (SPECD_TEST_BLAS_PREFILL; test_model asserts that a prefill leaves the bits of a plain
+# forward, which that path gives up).
 CUDA_DEVICE_TESTS := $(addprefix $(BUILD)/tests/,model/test_model engine/test_engine engine/test_engine_batch)
 test-cuda: $(BUILD)/tests/kernels/test_backend_conformance $(BUILD)/tests/kernels/test_profile $(CUDA_DEVICE_TESTS)
 	SPECD_REQUIRE_CUDA=1 ./tools/run-tests.sh $(BUILD)/tests/kernels/test_backend_conformance \
@@ -165,12 +170,14 @@ test-cuda: $(BUILD)/tests/kernels/test_backend_conformance $(BUILD)/tests/kernel
 	SPECD_TEST_DEVICE=cuda ./tools/run-tests.sh $(CUDA_DEVICE_TESTS)
 	SPECD_TEST_DEVICE=cuda SPECD_TEST_GRAPHS=1 ./tools/run-tests.sh $(CUDA_DEVICE_TESTS)
 	SPECD_TEST_DEVICE=cuda SPECD_TEST_GRAPHS=1 SPECD_TEST_TENSOR_CORES=1 ./tools/run-tests.sh $(CUDA_DEVICE_TESTS)
+	SPECD_TEST_DEVICE=cuda SPECD_TEST_BLAS_PREFILL=1 ./tools/run-tests.sh $(filter %/test_engine %/test_engine_batch,$(CUDA_DEVICE_TESTS))
 
 # Without a GPU: the CUDA backend's own kernel sources on the CPU simulator (tests/support/cudasim),
 # under ASan/UBSan, through the same conformance suite (once more with the quantised matmuls on tensor
 # cores), then the model and batching suites with the CUDA backend as their device
 # (SPECD_TEST_DEVICE), and the greedy batching test of two models on one backend once more with steps
-# recorded and replayed as graphs and the matmuls on tensor cores. It checks the kernels' logic
+# recorded and replayed as graphs, the matmuls on tensor cores and prefills through cuBLAS (cudasim's
+# own GEMM: the calls' shapes and layouts, not the library's sums). It checks the kernels' logic
 # (indexing, barriers, shuffles, mma fragments, alignment, launch shapes) and the graphs'
 # bookkeeping, not the GPU's float library or speed.
 CUDASIM_TESTS := $(addprefix build-cudasim/tests/kernels/,test_backend_conformance test_profile)
@@ -181,7 +188,8 @@ test-cudasim:
 	SPECD_REQUIRE_CUDA=1 SPECD_TEST_TENSOR_CORES=1 \
 		./tools/run-tests.sh build-cudasim/tests/kernels/test_backend_conformance
 	SPECD_TEST_DEVICE=cuda ./tools/run-tests.sh $(CUDASIM_DEVICE_TESTS)
-	SPECD_TEST_DEVICE=cuda SPECD_TEST_GRAPHS=1 SPECD_TEST_TENSOR_CORES=1 CRITERION_TEST_PATTERN='*/greedy*draft_model' \
+	SPECD_TEST_DEVICE=cuda SPECD_TEST_GRAPHS=1 SPECD_TEST_TENSOR_CORES=1 SPECD_TEST_BLAS_PREFILL=1 \
+		CRITERION_TEST_PATTERN='*/greedy*draft_model' \
 		./tools/run-tests.sh build-cudasim/tests/engine/test_engine_batch
 
 # Fetches the real models, then makes their float conversions (the lines of tools/models.sha256 with a

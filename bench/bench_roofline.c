@@ -3,11 +3,13 @@
  *
  *   bench_roofline --model M.gguf [--device auto|cpu|cuda] [--threads N] [--pos P] [--gamma-max G]
  *                  [--seconds S] [--copy-mib MIB] [--profile STEPS] [--graphs]
- *                  [--tensor-cores]
+ *                  [--tensor-cores] [--blas-prefill] [--batch N]
  *
  * It prints, as markdown:
  *  - copy bandwidth: the backend copying an F32 tensor of MIB MiB into another (store_rows), counted
  *    as bytes read + bytes written per second, the fastest of repeated copies;
+ *  - prefill of the P tokens of context (no outputs, as the engine's prefill): tokens/s, the batch
+ *    being the model's internal step of N tokens (model_config.max_batch, default 64);
  *  - decode at batch 1 after P tokens of context: tokens/s, and the bytes one step must read (every
  *    weight matrix once, the embedding row aside, plus the K and V caches of the P positions) divided
  *    by the step time, as a percentage of the copy bandwidth (the roofline);
@@ -20,7 +22,8 @@
  * host (verify/), and where the backend can, on the backend (sample_process/sample_choose).
  * --graphs records each step as a CUDA graph and replays it (kern_backend_config.graphs), for an A/B against
  * op by op; the table then counts how the steps ran. --tensor-cores multiplies the quantised weights on
- * int8 tensor cores (kern_backend_config.tensor_cores), for an A/B against dp4a. Every figure is the
+ * int8 tensor cores (kern_backend_config.tensor_cores), for an A/B against dp4a; --blas-prefill runs the
+ * prefill's matmuls through cuBLAS (kern_backend_config.blas_prefill), for an A/B of the prefill. Every figure is the
  * median of repeated runs, each rolled back so that all start at position P.
  * With --profile, STEPS more decode steps run with every op timed (kern_profile_start), then STEPS
  * verification passes of 8 positions: per kind of op, calls, host time and device time per pass, and the bandwidth of the ones that read weights or
@@ -40,9 +43,9 @@
 struct args {
     const char *model, *device;
     int n_threads, pos, gamma_max, profile_steps;
-    bool graphs, tensor_cores;
+    bool graphs, tensor_cores, blas_prefill;
     double seconds;
-    int copy_mib;
+    int copy_mib, batch;
 };
 
 static int parse_args(int argc, char **argv, struct args *a)
@@ -56,6 +59,10 @@ static int parse_args(int argc, char **argv, struct args *a)
         }
         if (!strcmp(o, "--tensor-cores")) {
             a->tensor_cores = true;
+            continue;
+        }
+        if (!strcmp(o, "--blas-prefill")) {
+            a->blas_prefill = true;
             continue;
         }
         if (i + 1 >= argc)
@@ -77,11 +84,13 @@ static int parse_args(int argc, char **argv, struct args *a)
             a->copy_mib = atoi(v);
         else if (!strcmp(o, "--profile"))
             a->profile_steps = atoi(v);
+        else if (!strcmp(o, "--batch"))
+            a->batch = atoi(v);
         else
             return -1;
     }
     if (!a->model || a->pos < 1 || a->gamma_max < 1 || a->gamma_max > 64 || a->seconds <= 0 || a->copy_mib < 1 ||
-        a->profile_steps < 0)
+        a->profile_steps < 0 || a->batch < 0)
         return -1;
     return 0;
 }
@@ -113,6 +122,34 @@ static int time_forward(struct model *m, struct model_seq *s, const int32_t *tok
         if (err || (err = model_seq_truncate(s, pos)))
             return err;
     }
+    qsort(t, (size_t)runs, sizeof t[0], cmp_double);
+    *median = t[runs / 2];
+    return SPEC_OK;
+}
+
+/* Median seconds of a prefill of tokens[0 .. n) into the emptied sequence s, until the backend has
+ * finished it (a row read back from a tensor of its own waits for everything enqueued before); repeated
+ * for about `seconds` (at least 3 runs). */
+static int time_prefill(struct model *m, struct model_seq *s, const int32_t *tokens, int n, double seconds,
+                        double *median)
+{
+    struct kern_backend *be = model_backend(m);
+    struct kern_tensor done;
+    SPEC_TRY(be->ops->tensor_alloc(be, SPEC_F32, 1, 1, &done));
+    double t[MAX_RUNS];
+    float sink;
+    int runs = 0, err = SPEC_OK;
+    const double end = bench_now_s() + seconds;
+    while (!err && runs < MAX_RUNS && (runs < 3 || bench_now_s() < end)) {
+        if ((err = model_seq_truncate(s, 0)))
+            break;
+        const double t0 = bench_now_s();
+        if (!(err = model_forward_last(m, s, tokens, n, NULL)) && !(err = be->ops->rows_to_host(be, &done, 0, 1, &sink)))
+            t[runs++] = bench_now_s() - t0;
+    }
+    be->ops->tensor_free(be, &done);
+    if (err)
+        return err;
     qsort(t, (size_t)runs, sizeof t[0], cmp_double);
     *median = t[runs / 2];
     return SPEC_OK;
@@ -278,7 +315,7 @@ int main(int argc, char **argv)
     if (parse_args(argc, argv, &a)) {
         fprintf(stderr, "usage: bench_roofline --model M.gguf [--device auto|cpu|cuda] [--threads N] [--pos P] "
                         "[--gamma-max G] [--seconds S] [--copy-mib MIB] [--profile STEPS] [--graphs] "
-                        "[--tensor-cores]\n");
+                        "[--tensor-cores] [--blas-prefill] [--batch N]\n");
         return 2;
     }
     struct kern_backend *be = NULL;
@@ -286,16 +323,17 @@ int main(int argc, char **argv)
     struct model_seq *s = NULL;
     int32_t *tokens = NULL, ids[65];
     float *logits = NULL;
-    double copy_bw = 0.0, wbytes = 0.0;
+    double copy_bw = 0.0, wbytes = 0.0, t_prefill = 0.0;
     const struct kern_backend_config cfg = {.n_threads = a.n_threads, .profile = a.profile_steps > 0,
-                                            .graphs = a.graphs, .tensor_cores = a.tensor_cores};
+                                            .graphs = a.graphs, .tensor_cores = a.tensor_cores,
+                                            .blas_prefill = a.blas_prefill};
     int err = kern_backend_create(a.device, &cfg, &be);
     if (!err)
         err = copy_bandwidth(be, a.copy_mib, a.seconds, &copy_bw);
     if (!err)
         err = weight_bytes(a.model, &wbytes);
     if (!err)
-        err = model_load(a.model, be, &m);
+        err = model_load_cfg(a.model, be, &(struct model_config){.max_batch = a.batch}, &m);
     if (!err)
         err = model_seq_new(m, a.pos + a.gamma_max + 1, &s);
     const int n_vocab = m ? model_n_vocab(m) : 0;
@@ -311,8 +349,10 @@ int main(int argc, char **argv)
             x = x * 6364136223846793005u + 1442695040888963407u;
             tokens[i] = (int32_t)((x >> 33) % (uint64_t)n_vocab);
         }
-        err = model_forward_last(m, s, tokens, a.pos, NULL);
+        err = time_prefill(m, s, tokens, a.pos, a.seconds, &t_prefill);
     }
+    if (!err)
+        fprintf(stderr, "bench_roofline: prefill of %d tokens %.3f ms\n", a.pos, t_prefill * 1e3);
     /* each figure also goes to stderr as it is measured: a run cut short still says how far it got */
     double t1 = 0.0, t1_logits = 0.0, tv[65] = {0};
     struct kern_step_stats st0 = {0}, st = {0}; /* around the decode timing, with --graphs */
@@ -358,14 +398,16 @@ int main(int argc, char **argv)
                             hp->head_dim * a.pos;
     const double step_bw = (wbytes + kv_bytes) / t1;
     printf("| measure | value |\n|---|---|\n");
-    const bool cuda = !strcmp(be->ops->name, "cuda"); /* the settings are the CUDA backend's */
-    printf("| backend | %s%s%s |\n", be->ops->name, cuda && a.graphs ? ", steps as graphs" : "",
-           cuda && a.tensor_cores ? ", quantised matmuls on tensor cores" : "");
+    char backend[128];
+    kern_backend_describe(be, &cfg, backend, sizeof backend);
+    printf("| backend | %s |\n", backend);
     printf("| model | %s (%s, %d layers, n_embd %d, n_vocab %d) |\n", a.model, model_arch_name(hp->arch),
            hp->n_layer, hp->n_embd, n_vocab);
     printf("| copy bandwidth (read + write, %d MiB) | %.1f GB/s |\n", a.copy_mib, copy_bw / 1e9);
     printf("| bytes per decode step (weights + KV at pos %d) | %.1f MB + %.1f MB |\n", a.pos, wbytes / 1e6,
            kv_bytes / 1e6);
+    printf("| prefill of %d tokens, %d a step | %.2f ms, %.0f tokens/s |\n", a.pos,
+           a.batch > 0 ? a.batch : MODEL_DEFAULT_MAX_BATCH, t_prefill * 1e3, a.pos / t_prefill);
     printf("| decode, batch 1 (greedy id back) | %.2f ms/token, %.1f tokens/s |\n", t1 * 1e3, 1.0 / t1);
     printf("| decode, batch 1 (logits back) | %.2f ms/token, %.1f tokens/s |\n", t1_logits * 1e3, 1.0 / t1_logits);
     printf("| decode bandwidth | %.1f GB/s = %.1f%% of copy bandwidth |\n", step_bw / 1e9, 100.0 * step_bw / copy_bw);

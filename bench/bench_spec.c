@@ -5,7 +5,7 @@
  *
  *   bench_spec --target T.gguf [--draft D.gguf] --prompts FILE [--per-category N] [-n TOKENS]
  *              [--gammas 2,4,8,0] [--draft-vocab N] [--threads N] [--concurrency C] [--device auto|cpu|cuda]
- *              [--temperature T] [--sampling backend|host] [--graphs] [--tensor-cores]
+ *              [--temperature T] [--sampling backend|host] [--graphs] [--tensor-cores] [--blas-prefill]
  * γ = 0 in --gammas means adaptive (draft_min 1, draft_max 8). --draft-vocab N: the draft scores only
  * token ids below N (model_config.n_logits). --temperature T > 0 samples (llama.cpp's defaults besides:
  * top-k 40, top-p 0.95, min-p 0.05; seed 1) instead of decoding greedily: the outputs then follow the
@@ -13,7 +13,8 @@
  * --sampling host processes and verifies sampled rows on the host even where the backend could
  * (engine_config.host_sampling), for the A/B of sampling on the GPU. --graphs records each model step
  * as a CUDA graph and replays it (kern_backend_config.graphs), for both sides of the A/B; --tensor-cores
- * multiplies the quantised weights on int8 tensor cores (kern_backend_config.tensor_cores).
+ * multiplies the quantised weights on int8 tensor cores (kern_backend_config.tensor_cores); --blas-prefill
+ * runs the prompts' matmuls through cuBLAS (kern_backend_config.blas_prefill).
  *
  * With --concurrency C it checks greedy identity instead, on up to --per-category prompts of every
  * category: each prompt decoded target-only and speculatively (adaptive γ), both requests side by
@@ -118,7 +119,7 @@ struct args {
     int gammas[MAX_GAMMAS];
     float temperature;
     bool host_sampling;
-    bool graphs, tensor_cores;
+    bool graphs, tensor_cores, blas_prefill;
 };
 
 static int parse_args(int argc, char **argv, struct args *a)
@@ -127,6 +128,10 @@ static int parse_args(int argc, char **argv, struct args *a)
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--graphs")) {
             a->graphs = true;
+            continue;
+        }
+        if (!strcmp(argv[i], "--blas-prefill")) {
+            a->blas_prefill = true;
             continue;
         }
         if (!strcmp(argv[i], "--tensor-cores")) {
@@ -442,18 +447,19 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: bench_spec --target T.gguf [--draft D.gguf] --prompts FILE [--per-category N] "
                         "[-n TOKENS] [--gammas 2,4,8,0] [--draft-vocab N] [--threads N] [--concurrency C] "
                         "[--device auto|cpu|cuda] [--temperature T] [--sampling backend|host] [--graphs] "
-                        "[--tensor-cores]\n");
+                        "[--tensor-cores] [--blas-prefill]\n");
         return 2;
     }
     struct kern_backend *be;
     struct model *target = NULL, *draft = NULL;
     const struct kern_backend_config be_cfg = {.n_threads = a.n_threads, .graphs = a.graphs,
-                                               .tensor_cores = a.tensor_cores};
+                                               .tensor_cores = a.tensor_cores, .blas_prefill = a.blas_prefill};
+    char backend[128];
     int err = kern_backend_create(a.device, &be_cfg, &be);
-    if (!err)
-        fprintf(stderr, "bench_spec: backend %s%s%s\n", be->ops->name,
-                !strcmp(be->ops->name, "cuda") && a.graphs ? ", steps as graphs" : "",
-                !strcmp(be->ops->name, "cuda") && a.tensor_cores ? ", tensor cores" : "");
+    if (!err) {
+        kern_backend_describe(be, &be_cfg, backend, sizeof backend);
+        fprintf(stderr, "bench_spec: backend %s\n", backend);
+    }
     if (!err)
         err = model_load(a.target, be, &target);
     if (!err && a.draft)

@@ -43,7 +43,7 @@ struct options {
     uid_t allow_uid[OPT_MAX_ALLOW_UID];
     int n_allow_uid;
     const char *device;
-    bool cuda_graphs, tensor_cores; /* kern_backend_config.graphs, .tensor_cores */
+    bool cuda_graphs, tensor_cores, blas_prefill; /* kern_backend_config.graphs, .tensor_cores, .blas_prefill */
     bool ctx_given;
     int n_ctx, draft_max, draft_min, draft_vocab, max_seqs, max_clients, max_queue, max_pending, threads;
     size_t max_frame;

@@ -24,6 +24,7 @@ static void usage(FILE *f)
             "  --device D           auto | cpu | cuda (default auto: CUDA if built and present, else cpu)\n"
             "  --cuda-graphs        CUDA: record each model step as a graph and replay it (experimental)\n"
             "  --tensor-cores       CUDA: quantised matmuls on int8 tensor cores (experimental)\n"
+            "  --blas-prefill       CUDA: prompts' matmuls through cuBLAS (experimental)\n"
             "  --threads N          CPU compute threads (default: one per core)\n"
             "  --ctx N              context per request in tokens (default 4096, at most the target's)\n"
             "  --draft-max N        largest draft length per round (default 8, 1..%d)\n"
@@ -45,7 +46,7 @@ static void usage(FILE *f)
 }
 
 enum {
-    O_TARGET = 256, O_DRAFT, O_SOCKET, O_SOCKET_MODE, O_ALLOW_UID, O_DEVICE, O_CUDA_GRAPHS, O_TENSOR_CORES, O_THREADS,
+    O_TARGET = 256, O_DRAFT, O_SOCKET, O_SOCKET_MODE, O_ALLOW_UID, O_DEVICE, O_CUDA_GRAPHS, O_TENSOR_CORES, O_BLAS_PREFILL, O_THREADS,
     O_CTX, O_DRAFT_MAX,
     O_DRAFT_MIN, O_DRAFT_VOCAB, O_MAX_SEQS, O_MAX_QUEUE, O_MAX_CLIENTS, O_MAX_PENDING, O_MAX_FRAME, O_MAX_OUTPUT, O_DRAIN,
     O_LOG_LEVEL, O_HELP, O_VERSION,
@@ -60,6 +61,7 @@ static const struct option longopts[] = {
     {"device", required_argument, NULL, O_DEVICE},
     {"cuda-graphs", no_argument, NULL, O_CUDA_GRAPHS},
     {"tensor-cores", no_argument, NULL, O_TENSOR_CORES},
+    {"blas-prefill", no_argument, NULL, O_BLAS_PREFILL},
     {"threads", required_argument, NULL, O_THREADS},
     {"ctx", required_argument, NULL, O_CTX},
     {"draft-max", required_argument, NULL, O_DRAFT_MAX},
@@ -128,6 +130,7 @@ static int parse_args(int argc, char **argv, struct options *o)
             break;
         case O_CUDA_GRAPHS: o->cuda_graphs = true; break;
         case O_TENSOR_CORES: o->tensor_cores = true; break;
+        case O_BLAS_PREFILL: o->blas_prefill = true; break;
         case O_THREADS:
             if (!(rc = num(name, optarg, 10, 0, 1024, &v)))
                 o->threads = (int)v;
@@ -218,10 +221,15 @@ static int parse_args(int argc, char **argv, struct options *o)
     return 0;
 }
 
+static struct kern_backend_config backend_config(const struct options *o)
+{
+    return (struct kern_backend_config){.n_threads = o->threads, .graphs = o->cuda_graphs,
+                                        .tensor_cores = o->tensor_cores, .blas_prefill = o->blas_prefill};
+}
+
 static int create_backend(const struct options *o, struct kern_backend **be, const char **name)
 {
-    const struct kern_backend_config cfg = {.n_threads = o->threads, .graphs = o->cuda_graphs,
-                                            .tensor_cores = o->tensor_cores};
+    const struct kern_backend_config cfg = backend_config(o);
     int rc;
     if (!strcmp(o->device, "auto")) {
         rc = kern_backend_create("cuda", &cfg, be);
@@ -235,8 +243,8 @@ static int create_backend(const struct options *o, struct kern_backend **be, con
     rc = kern_backend_create(*name, &cfg, be);
     if (rc)
         dlog(DLOG_ERROR, "device %s: %s (%s)", *name, spec_strerror(rc), spec_errname(rc));
-    else if (!strcmp(*name, "cpu") && (o->cuda_graphs || o->tensor_cores))
-        dlog(DLOG_WARN, "--cuda-graphs and --tensor-cores do nothing on the CPU");
+    else if (!strcmp(*name, "cpu") && kern_backend_config_cuda_only(&cfg))
+        dlog(DLOG_WARN, "--cuda-graphs, --tensor-cores and --blas-prefill do nothing on the CPU");
     return rc;
 }
 
@@ -295,10 +303,11 @@ int main(int argc, char **argv)
             dlog(DLOG_ERROR, "engine: %s (%s)", spec_strerror(rc), spec_errname(rc));
     }
     if (!rc) {
-        const bool cuda = !strcmp(m.backend, "cuda");
-        dlog(DLOG_INFO, "target %s, draft %s, backend %s%s%s", opt.target, opt.draft ? opt.draft : "(prompt lookup)",
-             m.backend, cuda && opt.cuda_graphs ? ", steps as graphs" : "",
-             cuda && opt.tensor_cores ? ", tensor cores" : "");
+        const struct kern_backend_config bcfg = backend_config(&opt);
+        char backend[128];
+        kern_backend_describe(be, &bcfg, backend, sizeof backend);
+        dlog(DLOG_INFO, "target %s, draft %s, backend %s", opt.target, opt.draft ? opt.draft : "(prompt lookup)",
+             backend);
         rc = server_run(&opt, &m, fd); /* the loop owns fd from here and closes it */
         fd = -1;
     }

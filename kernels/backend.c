@@ -1,4 +1,5 @@
 /* Backend selection: the one place that knows which backends are built in. */
+#include <stdio.h>
 #include <string.h>
 
 #include "common/err.h"
@@ -49,4 +50,18 @@ void kern_backend_destroy(struct kern_backend *be)
 {
     if (be)
         be->ops->destroy(be);
+}
+
+void kern_backend_describe(const struct kern_backend *be, const struct kern_backend_config *cfg, char *buf,
+                           size_t cap)
+{
+    const bool cuda = strcmp(be->ops->name, "cuda") == 0; /* the settings are the CUDA backend's */
+    snprintf(buf, cap, "%s%s%s%s", be->ops->name, cuda && cfg->graphs ? ", steps as graphs" : "",
+             cuda && cfg->tensor_cores ? ", quantised matmuls on tensor cores" : "",
+             cuda && cfg->blas_prefill ? ", prefill through cuBLAS" : "");
+}
+
+bool kern_backend_config_cuda_only(const struct kern_backend_config *cfg)
+{
+    return cfg->graphs || cfg->tensor_cores || cfg->blas_prefill;
 }

@@ -257,6 +257,13 @@ struct kern_backend_ops {
      * SWIGLU. The CUDA backend converts x once and runs them in one launch, the swiglu included. */
     int (*matmuls)(struct kern_backend *be, const struct kern_tensor *x, const struct kern_matmul *mm, int n,
                    enum kern_matmuls_then then);
+    /* Optional (NULL: matmuls serves): as matmuls, for the rows of a prefill, whose results only the KV
+     * cache reads. The backend may take a path for wide batches there whose bits differ from matmuls'
+     * (within the error bounds of tests/kernels/test_backend_conformance.c), but, as matmuls', a row's
+     * bits depend on that row alone, never on the others of the call. CUDA with
+     * kern_backend_config.blas_prefill: cuBLAS; without, matmuls. */
+    int (*matmuls_prefill)(struct kern_backend *be, const struct kern_tensor *x, const struct kern_matmul *mm,
+                           int n, enum kern_matmuls_then then);
     /* y = x / sqrt(mean(x^2) + eps) * w, row by row (y may be x). With a residual (NULL or x's shape),
      * x += residual first, in place, as add would (y may also be the residual): a transformer's
      * "add the sublayer's output, normalise for the next" in one op. */
@@ -332,12 +339,21 @@ struct kern_backend_config {
                     * replays are checked on the simulator, the speed of neither is measured yet */
     bool tensor_cores; /* CUDA: quantised matmuls (every batch size, decode included) on int8 tensor cores
                         * (mma) instead of dp4a. Opt-in until timed on a GPU; checked on the simulator */
+    bool blas_prefill; /* CUDA: a prefill's matmuls (matmuls_prefill) through cuBLAS on F16 copies of the
+                        * weights, made per matmul. Opt-in until timed on a GPU against dp4a and tensor
+                        * cores; needs libcublas at run time (else kern_backend_create fails) */
 };
 
 /* name: "cpu", "cuda" or "auto" (CUDA when a device is usable, else CPU).
  * SPEC_E_UNSUPPORTED when the named backend is not built in or has no device. */
 int kern_backend_create(const char *name, const struct kern_backend_config *cfg, struct kern_backend **out);
 void kern_backend_destroy(struct kern_backend *be);
+
+/* The backend's name and the CUDA settings of cfg it runs with, for people: "cuda, steps as graphs". */
+void kern_backend_describe(const struct kern_backend *be, const struct kern_backend_config *cfg, char *buf,
+                           size_t cap);
+/* Whether cfg asks for anything only the CUDA backend does (a CPU backend ignores it). */
+bool kern_backend_config_cuda_only(const struct kern_backend_config *cfg);
 
 /* Where a backend's time goes, per kind of op (matmuls per weight type and shape): calls, the host's time
  * inside the op, the device's time from just before the op's work to just after it (the host's

@@ -177,17 +177,32 @@ static int prof_matmul(struct kern_backend *be, const struct kern_tensor *w, con
     TIMED(be, "matmul", w, bytes, INNER(be)->ops->matmul(INNER(be), w, x, bias, y));
 }
 
+/* One kind per weight type and total shape of a matmuls call: "matmuls Q4_K 2048x1536" for q, k and v. */
+static double matmuls_kind(const struct kern_matmul *mm, int n, struct kern_tensor *all)
+{
+    *all = (struct kern_tensor){0};
+    double bytes = 0.0;
+    for (int i = 0; mm && i < n && i < KERN_MATMULS_MAX && mm[i].w; i++) {
+        *all = (struct kern_tensor){.type = mm[i].w->type, .ne0 = mm[i].w->ne0, .ne1 = all->ne1 + mm[i].w->ne1};
+        bytes += (double)mm[i].w->row_bytes * (double)mm[i].w->ne1;
+    }
+    return bytes;
+}
+
 static int prof_matmuls(struct kern_backend *be, const struct kern_tensor *x, const struct kern_matmul *mm, int n,
                         enum kern_matmuls_then then)
 {
-    /* one kind per weight type and total shape: "matmuls Q4_K 2048x1536" for q, k and v */
-    struct kern_tensor all = {0};
-    double bytes = 0.0;
-    for (int i = 0; mm && i < n && i < KERN_MATMULS_MAX && mm[i].w; i++) {
-        all = (struct kern_tensor){.type = mm[i].w->type, .ne0 = mm[i].w->ne0, .ne1 = all.ne1 + mm[i].w->ne1};
-        bytes += (double)mm[i].w->row_bytes * (double)mm[i].w->ne1;
-    }
+    struct kern_tensor all;
+    const double bytes = matmuls_kind(mm, n, &all);
     TIMED(be, "matmuls", all.ne1 ? &all : NULL, bytes, INNER(be)->ops->matmuls(INNER(be), x, mm, n, then));
+}
+
+static int prof_matmuls_prefill(struct kern_backend *be, const struct kern_tensor *x, const struct kern_matmul *mm,
+                                int n, enum kern_matmuls_then then)
+{
+    struct kern_tensor all;
+    const double bytes = matmuls_kind(mm, n, &all);
+    TIMED(be, "prefill", all.ne1 ? &all : NULL, bytes, INNER(be)->ops->matmuls_prefill(INNER(be), x, mm, n, then));
 }
 
 /* Steps go to the inner backend (CUDA: graphs) except while profiling, when each op must run, and be
@@ -300,6 +315,7 @@ int kern_profile_wrap(struct kern_backend *inner, struct kern_backend **out)
     p->inner = inner;
     p->ops = prof_ops;
     p->ops.name = inner->ops->name;
+    p->ops.matmuls_prefill = inner->ops->matmuls_prefill ? prof_matmuls_prefill : NULL;
     p->ops.sample_process = inner->ops->sample_process ? prof_sample_process : NULL;
     p->ops.sample_choose = inner->ops->sample_choose ? prof_sample_choose : NULL;
     p->ops.step_stats = inner->ops->step_stats ? prof_step_stats : NULL;

@@ -673,11 +673,32 @@ static const struct kern_tensor *present(const struct kern_tensor *t)
     return t->data ? t : NULL;
 }
 
+/* A layer's matmuls of x; in a prefill step (no row has outputs: only the KV cache reads its results)
+ * through the backend's path for prefills where it has one. */
+static int layer_matmuls(struct model *m, bool prefill, const struct kern_tensor *x, const struct kern_matmul *mm,
+                         int n, enum kern_matmuls_then then)
+{
+    const struct kern_backend_ops *op = m->be->ops;
+    if (prefill && op->matmuls_prefill)
+        return op->matmuls_prefill(m->be, x, mm, n, then);
+    return op->matmuls(m->be, x, mm, n, then);
+}
+
+/* One weight's matmul of x, as layer_matmuls. */
+static int layer_matmul(struct model *m, bool prefill, const struct kern_tensor *w, const struct kern_tensor *x,
+                        struct kern_tensor *y)
+{
+    const struct kern_matmul mm = {w, NULL, y};
+    if (prefill && m->be->ops->matmuls_prefill)
+        return m->be->ops->matmuls_prefill(m->be, x, &mm, 1, KERN_MATMULS_PLAIN);
+    return m->be->ops->matmul(m->be, w, x, NULL, y);
+}
+
 /* The device work of one internal step: the segments' rows (at most max_batch) go through every
  * layer together, so each weight matrix is read once for all of them; RoPE takes each row's own
  * position and attention runs per segment over its own sequence's cache; then the output rows'
  * logits. */
-static int step_layers(struct model *m, const struct segment *sg, int n_sg, int n)
+static int step_layers(struct model *m, const struct segment *sg, int n_sg, int n, bool prefill)
 {
     const struct model_hparams *hp = &m->hp;
     struct kern_backend *be = m->be;
@@ -704,10 +725,10 @@ static int step_layers(struct model *m, const struct segment *sg, int n_sg, int 
         const struct kern_matmul proj[3] = {
             {&L->wq, present(&L->bq), &q}, {&L->wk, present(&L->bk), &k}, {&L->wv, present(&L->bv), &v}};
         if (L->wq.type == L->wk.type && L->wq.type == L->wv.type) {
-            SPEC_TRY(op->matmuls(be, &xb, proj, 3, KERN_MATMULS_PLAIN));
+            SPEC_TRY(layer_matmuls(m, prefill, &xb, proj, 3, KERN_MATMULS_PLAIN));
         } else { /* e.g. Q4_K_M's Q6_K attn_v */
-            SPEC_TRY(op->matmuls(be, &xb, proj, 2, KERN_MATMULS_PLAIN));
-            SPEC_TRY(op->matmuls(be, &xb, &proj[2], 1, KERN_MATMULS_PLAIN));
+            SPEC_TRY(layer_matmuls(m, prefill, &xb, proj, 2, KERN_MATMULS_PLAIN));
+            SPEC_TRY(layer_matmuls(m, prefill, &xb, &proj[2], 1, KERN_MATMULS_PLAIN));
         }
         SPEC_TRY(op->rope(be, &qk, hp->n_head + hp->n_head_kv, hp->head_dim, m->s.pos, &m->rope));
         for (int i = 0; i < n_sg; i++) {
@@ -721,19 +742,19 @@ static int step_layers(struct model *m, const struct segment *sg, int n_sg, int 
             SPEC_TRY(op->store_rows(be, &kvs, &s->kv[il], pos0));
             SPEC_TRY(op->attention(be, &qs, &s->k_cache[il], &s->v_cache[il], &ap, &as));
         }
-        SPEC_TRY(op->matmul(be, &L->wo, &att, NULL, &xb));
+        SPEC_TRY(layer_matmul(m, prefill, &L->wo, &att, &xb));
 
         /* feed-forward: x += w_down . (silu(w_gate . norm(x)) * (w_up . norm(x))) */
         SPEC_TRY(op->rms_norm(be, &x, &xb, &L->ffn_norm, hp->norm_eps, &xb));
         const struct kern_matmul gate_up[2] = {{&L->w_gate, NULL, &gate}, {&L->w_up, NULL, &up}};
         if (L->w_gate.type == L->w_up.type) {
-            SPEC_TRY(op->matmuls(be, &xb, gate_up, 2, KERN_MATMULS_SWIGLU));
+            SPEC_TRY(layer_matmuls(m, prefill, &xb, gate_up, 2, KERN_MATMULS_SWIGLU));
         } else {
-            SPEC_TRY(op->matmul(be, &L->w_gate, &xb, NULL, &gate));
-            SPEC_TRY(op->matmul(be, &L->w_up, &xb, NULL, &up));
+            SPEC_TRY(layer_matmul(m, prefill, &L->w_gate, &xb, &gate));
+            SPEC_TRY(layer_matmul(m, prefill, &L->w_up, &xb, &up));
             SPEC_TRY(op->swiglu(be, &gate, &up, &gate));
         }
-        SPEC_TRY(op->matmul(be, &L->w_down, &gate, NULL, &xb));
+        SPEC_TRY(layer_matmul(m, prefill, &L->w_down, &gate, &xb));
     }
     SPEC_TRY(op->add(be, &x, &xb, &x));
     return step_logits(m, sg, n_sg);
@@ -741,14 +762,15 @@ static int step_layers(struct model *m, const struct segment *sg, int n_sg, int 
 
 /* The device work of one internal step, bracketed by step_begin/step_end (the CUDA backend records it
  * as a graph, or replays the one recorded for its shape). *again: the backend ran none of it. */
-static int step_run(struct model *m, const struct segment *sg, int n_sg, int n, uint64_t shape, bool *again)
+static int step_run(struct model *m, const struct segment *sg, int n_sg, int n, bool prefill, uint64_t shape,
+                    bool *again)
 {
     struct kern_backend *be = m->be;
     const struct kern_backend_ops *op = be->ops;
     *again = false;
     if (op->step_begin)
         SPEC_TRY(op->step_begin(be, shape));
-    const int err = step_layers(m, sg, n_sg, n);
+    const int err = step_layers(m, sg, n_sg, n, prefill);
     const int ended = op->step_end ? op->step_end(be, again) : SPEC_OK;
     return err ? err : ended;
 }
@@ -769,9 +791,9 @@ static int forward_step(struct model *m, const struct segment *sg, int n_sg, int
         shape = (shape ^ ((uint64_t)sg[i].n | (uint64_t)k << 32)) * 0x9e3779b97f4a7c15u;
     }
     bool again;
-    int err = step_run(m, sg, n_sg, n, shape, &again);
+    int err = step_run(m, sg, n_sg, n, n_out == 0, shape, &again);
     if (again) /* a replay that found other ops: the step issued again runs (backend.h) */
-        err = step_run(m, sg, n_sg, n, shape, &again);
+        err = step_run(m, sg, n_sg, n, n_out == 0, shape, &again);
     if (err)
         return err;
     return step_deliver(m, sg, n_sg, n_out);

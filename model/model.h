@@ -129,7 +129,11 @@ struct model_batch_item {
 /* Append each item's tokens to its own sequence in one pass: every weight matrix is read once for the
  * positions of all items, attention runs per sequence over its own cache. Each position's logits are
  * bit-identical to what model_forward() on that sequence alone gives (the matmuls are batch-invariant),
- * so batching never changes a greedy choice. Items must name distinct sequences of m. Errors as
+ * so batching never changes a greedy choice. An internal step none of whose rows has outputs (every
+ * step of a batch whose items want none, as engine's prefill) may take the backend's path for prefills
+ * (kern_backend_ops.matmuls_prefill; CUDA's cuBLAS with kern_backend_config.blas_prefill): those rows'
+ * cache entries then carry that path's bits, which do not depend on the step's other rows either.
+ * Items must name distinct sequences of m. Errors as
  * model_forward(); on any error no sequence's length changes. */
 int model_forward_batch(struct model *m, const struct model_batch_item *items, int n_items);
 

@@ -28,6 +28,7 @@ static void usage(FILE *f)
             "  --device D          auto | cpu | cuda (default auto: CUDA when usable, else the CPU)\n"
             "  --cuda-graphs       CUDA: record each model step as a graph and replay it (experimental)\n"
             "  --tensor-cores      CUDA: quantised matmuls on int8 tensor cores (experimental)\n"
+            "  --blas-prefill      CUDA: the prompt's matmuls through cuBLAS (experimental)\n"
             "  --ctx N --threads N --ids\n"
             "Without --draft, drafts come from prompt lookup (n-grams of the context).\n");
 }
@@ -36,7 +37,7 @@ struct args {
     const char *target, *draft, *prompt, *device;
     int n_gen, n_ctx, n_threads, draft_max, draft_min, draft_vocab;
     float draft_min_prob;
-    bool no_spec, ab, fixed, ids, cuda_graphs, tensor_cores;
+    bool no_spec, ab, fixed, ids, cuda_graphs, tensor_cores, blas_prefill;
     struct verify_params sp;
     const char *stop[ENGINE_MAX_STOP];
     int n_stop;
@@ -57,6 +58,7 @@ static int parse_args(int argc, char **argv, struct args *a)
                      : !strcmp(o, "--ids")       ? &a->ids
                      : !strcmp(o, "--cuda-graphs") ? &a->cuda_graphs
                      : !strcmp(o, "--tensor-cores") ? &a->tensor_cores
+                     : !strcmp(o, "--blas-prefill") ? &a->blas_prefill
                                                  : NULL;
         if (flag) {
             *flag = true;
@@ -187,14 +189,14 @@ int main(int argc, char **argv)
     int rc = 1;
 
     const struct kern_backend_config be_cfg = {.n_threads = a.n_threads, .graphs = a.cuda_graphs,
-                                               .tensor_cores = a.tensor_cores};
+                                               .tensor_cores = a.tensor_cores, .blas_prefill = a.blas_prefill};
     if ((err = kern_backend_create(a.device, &be_cfg, &be))) {
         fail(a.device, err, NULL);
         goto out;
     }
-    const bool cuda = !strcmp(be->ops->name, "cuda");
-    fprintf(stderr, "backend: %s%s%s\n", be->ops->name, cuda && a.cuda_graphs ? ", steps as graphs" : "",
-            cuda && a.tensor_cores ? ", tensor cores" : "");
+    char backend[128];
+    kern_backend_describe(be, &be_cfg, backend, sizeof backend);
+    fprintf(stderr, "backend: %s\n", backend);
     if ((err = model_load_cfg(a.target, be, &(struct model_config){.why = why, .why_cap = sizeof why}, &target))) {
         fail(a.target, err, why);
         goto out;

@@ -8,8 +8,8 @@
 # (minutes: every step of their tiny models pays the GPU's launch costs, where the CPU takes
 # microseconds). Results go to $OUT (or /tmp/specd-out).
 #
-#   bench/gpu/measure.sh [STEP...]     STEP: info conformance roofline identity tensor-cores speedup
-#                                      sampled suites (default: all, in that order)
+#   bench/gpu/measure.sh [STEP...]     STEP: info conformance roofline identity tensor-cores prefill
+#                                      speedup sampled suites (default: all, in that order)
 #
 # Everything the bundle brings is kept under /tmp/specd-gpu, which outlives a call while the machine
 # stays warm: SmolLM2 travels in parts over several calls and the speedup step runs once all are there.
@@ -24,7 +24,9 @@
 # speedup step also runs adaptive γ with graphs. The tensor-cores step is the A/B of the quantised
 # matmuls on int8 tensor cores (kern_backend_config.tensor_cores, opt-in): the conformance suite with
 # them, the target's roofline and verify/decode ratios with them (op by op, with a profile, and with
-# graphs), and greedy identity with them.
+# graphs), and greedy identity with them. The prefill step times a 2048-token prompt of the target in
+# steps of 512 tokens three ways: dp4a, int8 tensor cores, and cuBLAS on F16 copies of the weights
+# (kern_backend_config.blas_prefill, opt-in), then greedy identity with cuBLAS prefills.
 #
 # With the device tool (64 MiB travel per call; the bundle's parts are sized for two calls; seen on
 # an H200 in 2026-11: ~35 s to start a machine, ~150 s for call 2's steps without the suites):
@@ -33,7 +35,7 @@
 #      .gpu/model/smollm2.sha256] (~48 MB with the tree), command
 #      "bench/gpu/measure.sh info conformance roofline identity", timeout 300
 #   3. at once (while warm): carry=[.gpu/model/smollm2.part01, .gpu/model/smollm2.part02] (~64 MB),
-#      command "bench/gpu/measure.sh tensor-cores speedup sampled suites", timeout 300
+#      command "bench/gpu/measure.sh tensor-cores prefill speedup sampled suites", timeout 300
 #   4. give_back; commit $OUT's tables as bench/results/<date>-<gpu>.md with these commands.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -48,6 +50,12 @@ fi
 [ -d .gpu/model ] && cp -f .gpu/model/* "$stash/model/" 2>/dev/null
 B=$stash/bin
 export LD_LIBRARY_PATH=$stash/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+# cuBLAS (blas_prefill) is loaded at run time: from the loader's path, the toolkit's lib64, or a wheel's
+if ! ldconfig -p 2>/dev/null | grep -q 'libcublas\.so\.' && ! ls /usr/local/cuda/lib64/libcublas.so.* >/dev/null 2>&1; then
+    cublas=$(find /usr/lib /usr/local /opt $(python3 -c 'import site; print(" ".join(site.getsitepackages()))' \
+        2>/dev/null) -name 'libcublas.so.*' 2>/dev/null | head -1)
+    [ -n "$cublas" ] && export LD_LIBRARY_PATH=$(dirname "$cublas"):$LD_LIBRARY_PATH
+fi
 [ -x "$B/bench_roofline" ] || { echo "measure: no bundle (run bench/gpu/bundle.sh and carry .gpu)" >&2; exit 2; }
 
 if [ -n "${SPECD_GPU_SMALL:-}" ]; then
@@ -71,7 +79,7 @@ models_ready() {
     [ "$models_rc" -eq 0 ] || { cat "$out/mkmodel.log"; return 1; }
 }
 
-steps=${*:-info conformance roofline identity tensor-cores speedup sampled suites}
+steps=${*:-info conformance roofline identity tensor-cores prefill speedup sampled suites}
 status=0
 for step in $steps; do
     t_step=$SECONDS
@@ -80,22 +88,25 @@ for step in $steps; do
     info)
         nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv \
             2>&1 | tee "$out/device.txt"
+        echo "libcublas: $( (ldconfig -p 2>/dev/null | grep -o '/[^ ]*libcublas\.so\.[0-9]*' ; ls /usr/local/cuda/lib64/libcublas.so.* \
+            2>/dev/null) | head -1) LD_LIBRARY_PATH=$LD_LIBRARY_PATH" | tee -a "$out/device.txt"
         ;;
     conformance | suites)
-        # graphs: steps replayed as graphs; tc: quantised matmuls on tensor cores
+        # graphs: steps replayed as graphs; tc: quantised matmuls on tensor cores; blas: prefills through cuBLAS
         tests="test_backend_conformance test_profile"
         [ "$step" = suites ] &&
             tests="test_model test_engine_batch test_engine graphs:test_model graphs:test_engine_batch
-                   graphs,tc:test_model graphs,tc:test_engine_batch"
+                   graphs,tc:test_model graphs,tc:test_engine_batch blas:test_engine_batch"
         for t in $tests; do
             echo "== $t (from $((SECONDS - t_step)) s)" | tee -a "$out/$step.txt"
             opts=
             [ "${t#*:}" != "$t" ] && opts=${t%%:*} && t=${t#*:}
-            graphs=0 tc=0
+            graphs=0 tc=0 blas=0
             case ",$opts," in *,graphs,*) graphs=1 ;; esac
             case ",$opts," in *,tc,*) tc=1 ;; esac
+            case ",$opts," in *,blas,*) blas=1 ;; esac
             SPECD_REQUIRE_CUDA=$([ "$device" = cuda ] && echo 1) SPECD_TEST_DEVICE=$device SPECD_TEST_GRAPHS=$graphs \
-                SPECD_TEST_TENSOR_CORES=$tc "$B/$t" --jobs 1 2>&1 |
+                SPECD_TEST_TENSOR_CORES=$tc SPECD_TEST_BLAS_PREFILL=$blas "$B/$t" --jobs 1 2>&1 |
                 tee -a "$out/$step.txt" |
                 grep -E 'FAIL|Synthesis|!!!'
             [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
@@ -129,6 +140,16 @@ for step in $steps; do
         "$B/bench_spec" --device "$device" --target "$target" --draft "$draft" --prompts "$stash/prompts-dev.jsonl" \
             --per-category 2 -n 64 --concurrency 8 --graphs --tensor-cores 2>"$out/identity-tc.log" |
             tee "$out/identity-tc.md" || status=1
+        ;;
+    prefill)
+        models_ready || { status=1; continue; }
+        for how in "" --tensor-cores --blas-prefill; do
+            "$B/bench_roofline" --device "$device" --model "$target" --pos 2048 --batch 512 --gamma-max 1 \
+                --copy-mib 256 $how | tee "$out/prefill-target${how:+-${how#--}}.md" || status=1
+        done
+        "$B/bench_spec" --device "$device" --target "$target" --draft "$draft" --prompts "$stash/prompts-dev.jsonl" \
+            --per-category 2 -n 64 --concurrency 8 --blas-prefill 2>"$out/identity-blas.log" |
+            tee "$out/identity-blas.md" || status=1
         ;;
     identity)
         models_ready || { status=1; continue; }

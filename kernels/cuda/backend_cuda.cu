@@ -76,6 +76,7 @@ struct cuda_backend {
     cudaStream_t stream;
     struct cuda_act act;  /* matmul: converted activations, kept until device memory is written */
     bool tensor_cores;    /* kern_backend_config.tensor_cores: quantised matmuls on int8 tensor cores */
+    struct cuda_blas *blas; /* kern_backend_config.blas_prefill: a prefill's matmuls through cuBLAS */
     struct cuda_buf part; /* attention: per-chunk partial results */
     struct cuda_buf ids;  /* get_rows: token ids */
     struct cuda_buf rope; /* rope: the (cos, sin) table of the positions below */
@@ -535,16 +536,14 @@ static int cuda_get_rows_op(struct kern_backend *be, const struct kern_tensor *t
                                 (const int32_t *)cb->ids.p, n, (float *)out->data, fstride(out)));
 }
 
-/* The matmuls of x by mm[0..n) (checked) in one launch. */
-static int matmuls_run(struct cuda_backend *cb, const struct kern_tensor *x, const struct kern_matmul *mm, int n,
-                       bool swiglu)
+/* mm[0..n)'s weights as the kernels take them; SPEC_E_UNSUPPORTED or SPEC_E_RANGE for what they cannot. */
+static int mm_parts(const struct kern_matmul *mm, int n, struct cuda_mm_part *parts)
 {
     const enum spec_dtype type = mm[0].w->type;
     if (!cuda_weight_type_ok(type))
         return SPEC_E_UNSUPPORTED;
     if (mm[0].w->ne0 % kern_dtype_info(type)->block_size)
         return SPEC_E_RANGE;
-    struct cuda_mm_part parts[CUDA_MM_PARTS];
     for (int i = 0; i < n; i++) {
         const struct kern_matmul *m = &mm[i];
         if (m->w->ne1 > INT32_MAX)
@@ -552,9 +551,13 @@ static int matmuls_run(struct cuda_backend *cb, const struct kern_tensor *x, con
         parts[i] = cuda_mm_part{(const uint8_t *)m->w->data, m->w->row_bytes, (int)m->w->ne1,
                                 m->bias ? (const float *)m->bias->data : NULL, (float *)m->y->data, fstride(m->y)};
     }
-    const int ran = err_of(cuda_matmul(cb->stream, &cb->act, type, (int)x->ne0, (const float *)x->data, fstride(x),
-                                       (int)x->ne1, parts, n, swiglu, cb->tensor_cores));
-    /* an output written over the rows whose conversion is kept makes it stale */
+    return SPEC_OK;
+}
+
+/* After matmuls wrote mm[0..n)'s outputs: one written over the rows whose conversion is kept makes it
+ * stale. */
+static void outputs_written(struct cuda_backend *cb, const struct kern_matmul *mm, int n)
+{
     const struct cuda_act *a = &cb->act;
     const char *kept = (const char *)a->x;
     const size_t kept_bytes = ((size_t)(a->n - 1) * a->x_stride + (size_t)a->k) * sizeof(float);
@@ -564,6 +567,17 @@ static int matmuls_run(struct cuda_backend *cb, const struct kern_tensor *x, con
         if (out < kept + kept_bytes && kept < out + out_bytes)
             cuda_act_forget(&cb->act);
     }
+}
+
+/* The matmuls of x by mm[0..n) (checked) in one launch. */
+static int matmuls_run(struct cuda_backend *cb, const struct kern_tensor *x, const struct kern_matmul *mm, int n,
+                       bool swiglu)
+{
+    struct cuda_mm_part parts[CUDA_MM_PARTS];
+    SPEC_TRY(mm_parts(mm, n, parts));
+    const int ran = err_of(cuda_matmul(cb->stream, &cb->act, mm[0].w->type, (int)x->ne0, (const float *)x->data,
+                                       fstride(x), (int)x->ne1, parts, n, swiglu, cb->tensor_cores));
+    outputs_written(cb, mm, n);
     return ran;
 }
 
@@ -584,6 +598,27 @@ static int cuda_matmuls_op(struct kern_backend *be, const struct kern_tensor *x,
     if (err)
         return err;
     return matmuls_run(cuda_of(be), x, mm, n, then == KERN_MATMULS_SWIGLU);
+}
+
+/* Through cuBLAS with blas_prefill. Its library launches kernels this backend cannot trace, so a
+ * recorded step ends before it (settle) and the rest of the step runs op by op: a prefill's steps are
+ * long and rarely of one shape twice, so recording them would not pay anyway. */
+static int cuda_matmuls_prefill_op(struct kern_backend *be, const struct kern_tensor *x, const struct kern_matmul *mm,
+                                   int n, enum kern_matmuls_then then)
+{
+    struct cuda_backend *cb = cuda_of(be);
+    int err = kern_matmuls_check(x, mm, n, then);
+    if (err)
+        return err;
+    if (!cb->blas)
+        return matmuls_run(cb, x, mm, n, then == KERN_MATMULS_SWIGLU);
+    struct cuda_mm_part parts[CUDA_MM_PARTS];
+    if ((err = mm_parts(mm, n, parts)) || (err = settle(cb)))
+        return err;
+    err = err_of(cuda_blas_matmul(cb->stream, cb->blas, mm[0].w->type, (int)x->ne0, (const float *)x->data,
+                                  fstride(x), (int)x->ne1, parts, n, then == KERN_MATMULS_SWIGLU));
+    outputs_written(cb, mm, n);
+    return err;
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -959,6 +994,7 @@ static void cuda_destroy(struct kern_backend *be)
     cudaFreeHost(cb->stage);
     cudaFree(cb->values);
     cuda_buf_release(&cb->act.buf);
+    cuda_blas_close(cb->blas);
     cuda_buf_release(&cb->part);
     cuda_buf_release(&cb->ids);
     cuda_buf_release(&cb->rope);
@@ -986,6 +1022,7 @@ static const struct kern_backend_ops cuda_ops = {
     .get_rows = cuda_get_rows_op,
     .matmul = cuda_matmul_op,
     .matmuls = cuda_matmuls_op,
+    .matmuls_prefill = cuda_matmuls_prefill_op,
     .rms_norm = cuda_rms_norm_op,
     .rope = cuda_rope_op,
     .store_rows = cuda_store_rows_op,
@@ -1024,6 +1061,13 @@ extern "C" int kern_cuda_backend_create(const struct kern_backend_config *cfg, s
     const char *pdl = getenv("SPECD_CUDA_PDL");
     cuda_dependent_launches = !(pdl && strcmp(pdl, "0") == 0);
     cb->tensor_cores = cfg && cfg->tensor_cores;
+    if (cfg && cfg->blas_prefill) {
+        const int err = cuda_blas_open(cb->stream, &cb->blas);
+        if (err) {
+            cuda_destroy(&cb->base);
+            return err;
+        }
+    }
     *out = &cb->base;
     return SPEC_OK;
 }

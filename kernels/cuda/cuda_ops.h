@@ -268,9 +268,24 @@ cudaError_t cuda_matmul(cudaStream_t st, struct cuda_act *act, enum spec_dtype w
                         size_t x_stride, int n, const struct cuda_mm_part *parts, int n_parts, bool swiglu,
                         bool tensor_cores);
 
+/* The same matmuls through cuBLAS (kernels/cuda/blas.cu), for a prefill's wide steps: weights dequantised
+ * to F16, activations rounded to F16, F32 accumulation, every GEMM CUDA_BLAS_ROWS rows wide so that a
+ * row's bits depend on that row alone. cuda_blas_open: SPEC_E_UNSUPPORTED when libcublas cannot be
+ * loaded or gives no handle. */
+#define CUDA_BLAS_ROWS 128
+struct cuda_blas;
+int cuda_blas_open(cudaStream_t st, struct cuda_blas **out);
+void cuda_blas_close(struct cuda_blas *b);
+cudaError_t cuda_blas_matmul(cudaStream_t st, struct cuda_blas *b, enum spec_dtype wtype, int k, const float *x,
+                             size_t x_stride, int n, const struct cuda_mm_part *parts, int n_parts, bool swiglu);
+
 /* out[i * out_stride + e] = dequant(table row ids[i])[e] for i < n, e < ne0; ids in device memory. */
 cudaError_t cuda_get_rows(cudaStream_t st, enum spec_dtype type, const void *table, size_t row_bytes, int ne0,
                           const int32_t *ids, int n, float *out, size_t out_stride);
+
+/* out[r * ne0 + e] = dequant(w row r)[e] rounded to F16, for r < rows, e < ne0 (weights for cuBLAS). */
+cudaError_t cuda_rows_to_f16(cudaStream_t st, enum spec_dtype type, const void *w, size_t row_bytes, int ne0,
+                             int rows, uint16_t *out);
 
 /* The norm alone. */
 cudaError_t cuda_rms_norm(cudaStream_t st, const struct cuda_norm *nm);

@@ -77,55 +77,70 @@ static __device__ float dequant(const uint8_t *row, int e)
     }
 }
 
-template <enum spec_dtype T>
+/* Rows ids[r] of table (rows r when ids is NULL), dequantised into F32 or (HALF) rounded to F16. */
+template <enum spec_dtype T, bool HALF>
 __global__ void get_rows_kernel(const uint8_t *table, size_t row_bytes, int ne0, const int32_t *ids, int n,
-                                float *out, size_t out_stride)
+                                void *out, size_t out_stride)
 {
     cuda_grid_wait();
     GRID_STRIDE(i, (int64_t)ne0 * n)
     {
         const int r = (int)(i / ne0), e = (int)(i % ne0);
-        out[(size_t)r * out_stride + e] = dequant<T>(table + (size_t)ids[r] * row_bytes, e);
+        const float v = dequant<T>(table + (size_t)(ids ? ids[r] : r) * row_bytes, e);
+        if (HALF)
+            ((__half *)out)[(size_t)r * out_stride + e] = __float2half_rn(v);
+        else
+            ((float *)out)[(size_t)r * out_stride + e] = v;
+    }
+}
+
+template <enum spec_dtype T, bool HALF>
+static cudaError_t launch_rows(cudaStream_t st, const void *table, size_t row_bytes, int ne0, const int32_t *ids,
+                               int n, void *out, size_t out_stride)
+{
+    CUDA_LAUNCH(elt_blocks((int64_t)ne0 * n), ELT_THREADS, st, get_rows_kernel<T, HALF>)
+    ((const uint8_t *)table, row_bytes, ne0, ids, n, out, out_stride);
+    return cudaGetLastError();
+}
+
+template <bool HALF>
+static cudaError_t dequant_rows(cudaStream_t st, enum spec_dtype type, const void *table, size_t row_bytes, int ne0,
+                                const int32_t *ids, int n, void *out, size_t out_stride)
+{
+    switch (type) {
+    case SPEC_F32:
+        return launch_rows<SPEC_F32, HALF>(st, table, row_bytes, ne0, ids, n, out, out_stride);
+    case SPEC_F16:
+        return launch_rows<SPEC_F16, HALF>(st, table, row_bytes, ne0, ids, n, out, out_stride);
+    case SPEC_BF16:
+        return launch_rows<SPEC_BF16, HALF>(st, table, row_bytes, ne0, ids, n, out, out_stride);
+    case SPEC_Q4_0:
+        return launch_rows<SPEC_Q4_0, HALF>(st, table, row_bytes, ne0, ids, n, out, out_stride);
+    case SPEC_Q4_1:
+        return launch_rows<SPEC_Q4_1, HALF>(st, table, row_bytes, ne0, ids, n, out, out_stride);
+    case SPEC_Q5_0:
+        return launch_rows<SPEC_Q5_0, HALF>(st, table, row_bytes, ne0, ids, n, out, out_stride);
+    case SPEC_Q8_0:
+        return launch_rows<SPEC_Q8_0, HALF>(st, table, row_bytes, ne0, ids, n, out, out_stride);
+    case SPEC_Q4_K:
+        return launch_rows<SPEC_Q4_K, HALF>(st, table, row_bytes, ne0, ids, n, out, out_stride);
+    case SPEC_Q6_K:
+        return launch_rows<SPEC_Q6_K, HALF>(st, table, row_bytes, ne0, ids, n, out, out_stride);
+    default:
+        return cudaErrorInvalidValue;
     }
 }
 
 cudaError_t cuda_get_rows(cudaStream_t st, enum spec_dtype type, const void *table, size_t row_bytes, int ne0,
                           const int32_t *ids, int n, float *out, size_t out_stride)
 {
-    const unsigned blocks = elt_blocks((int64_t)ne0 * n);
-    const uint8_t *t = (const uint8_t *)table;
-    switch (type) {
-    case SPEC_F32:
-        CUDA_LAUNCH(blocks, ELT_THREADS, st, get_rows_kernel<SPEC_F32>)(t, row_bytes, ne0, ids, n, out, out_stride);
-        break;
-    case SPEC_F16:
-        CUDA_LAUNCH(blocks, ELT_THREADS, st, get_rows_kernel<SPEC_F16>)(t, row_bytes, ne0, ids, n, out, out_stride);
-        break;
-    case SPEC_BF16:
-        CUDA_LAUNCH(blocks, ELT_THREADS, st, get_rows_kernel<SPEC_BF16>)(t, row_bytes, ne0, ids, n, out, out_stride);
-        break;
-    case SPEC_Q4_0:
-        CUDA_LAUNCH(blocks, ELT_THREADS, st, get_rows_kernel<SPEC_Q4_0>)(t, row_bytes, ne0, ids, n, out, out_stride);
-        break;
-    case SPEC_Q4_1:
-        CUDA_LAUNCH(blocks, ELT_THREADS, st, get_rows_kernel<SPEC_Q4_1>)(t, row_bytes, ne0, ids, n, out, out_stride);
-        break;
-    case SPEC_Q5_0:
-        CUDA_LAUNCH(blocks, ELT_THREADS, st, get_rows_kernel<SPEC_Q5_0>)(t, row_bytes, ne0, ids, n, out, out_stride);
-        break;
-    case SPEC_Q8_0:
-        CUDA_LAUNCH(blocks, ELT_THREADS, st, get_rows_kernel<SPEC_Q8_0>)(t, row_bytes, ne0, ids, n, out, out_stride);
-        break;
-    case SPEC_Q4_K:
-        CUDA_LAUNCH(blocks, ELT_THREADS, st, get_rows_kernel<SPEC_Q4_K>)(t, row_bytes, ne0, ids, n, out, out_stride);
-        break;
-    case SPEC_Q6_K:
-        CUDA_LAUNCH(blocks, ELT_THREADS, st, get_rows_kernel<SPEC_Q6_K>)(t, row_bytes, ne0, ids, n, out, out_stride);
-        break;
-    default:
-        return cudaErrorInvalidValue;
-    }
-    return cudaGetLastError();
+    return dequant_rows<false>(st, type, table, row_bytes, ne0, ids, n, out, out_stride);
+}
+
+cudaError_t cuda_rows_to_f16(cudaStream_t st, enum spec_dtype type, const void *w, size_t row_bytes, int ne0,
+                             int rows, uint16_t *out)
+{
+    return dequant_rows<true>(st, type, w, row_bytes, ne0, NULL, rows, out, (size_t)ne0);
 }
 
 /* ---------------------------------------------------------------------------------------------- */

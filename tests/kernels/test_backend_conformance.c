@@ -354,6 +354,170 @@ Test(conformance, matmuls_give_the_bits_of_one_matmul_after_the_other)
     free(bh), free(xh);
 }
 
+/* ---------------------------------------------------------------------------------------------- */
+/* matmuls_prefill through cuBLAS                                                                 */
+
+/* A second CUDA backend, with blas_prefill (after need_cuda): a GPU without libcublas fails here. */
+static struct kern_backend *blas_backend(void)
+{
+    struct kern_backend_config cfg = tsupport_backend_config(0);
+    cfg.blas_prefill = true;
+    struct kern_backend *b = NULL;
+    const int err = kern_backend_create("cuda", &cfg, &b);
+    cr_assert_eq(err, 0, "CUDA with cuBLAS for prefills: %s (libcublas missing?)", spec_errname(err));
+    return b;
+}
+
+/* The product of x (n rows) and weights wh (type t, `rows` rows of k) through matmuls_prefill on b, with
+ * a bias when bias is not NULL, as n rows of `rows` floats on the host. */
+static float *prefill_product(struct kern_backend *b, enum spec_dtype t, const void *wh, int64_t k, int64_t rows,
+                              const float *bias, const float *xh, int n)
+{
+    struct kern_tensor w = weight(b, t, k, rows, wh), x = upload(b, SPEC_F32, k, n, xh), y = poisoned(b, rows, n),
+                       bt = upload(b, SPEC_F32, rows, 1, bias ? bias : xh);
+    const struct kern_matmul mm = {&w, bias ? &bt : NULL, &y};
+    cr_assert_eq(b->ops->matmuls_prefill(b, &x, &mm, 1, KERN_MATMULS_PLAIN), 0, "%s: matmuls_prefill failed",
+                 kern_dtype_info(t)->name);
+    float *out = download(b, &y);
+    free_t(b, &w), free_t(b, &x), free_t(b, &y), free_t(b, &bt);
+    return out;
+}
+
+/* F16 operands, F32 sums: a product of x and w each rounded to F16 is within 2^-10 (plus 2^-25 per operand
+ * where F16 turns subnormal) of the exact one, the sum of k of them within k 2^-24 of its own magnitude. */
+Test(conformance, prefill_matmuls_through_cublas_are_within_f16_rounding_of_the_exact_products)
+{
+    need_cuda();
+    struct kern_backend *b = blas_backend();
+    const int64_t k = 512, rows = 67;
+    const int ns[] = {1, 130}; /* 130: a chunk of CUDA_BLAS_ROWS and a padded one */
+    float *bias = random_f32(rows, 2.0f), *xh = random_f32(k * 130, 1.0f), *wf = malloc(sizeof(float) * (size_t)(k * rows));
+    for (size_t ti = 0; ti < KT_N_CPU_TYPES; ti++) {
+        const enum spec_dtype t = kt_cpu_types[ti];
+        size_t rb;
+        void *wh = random_weights(t, k, rows, 0, &rb);
+        for (int64_t r = 0; r < rows; r++)
+            cr_assert_eq(kern_dequantize_row(t, (const uint8_t *)wh + (size_t)r * rb, wf + r * k, k), 0);
+        for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
+            const int n = ns[ni];
+            float *got = prefill_product(b, t, wh, k, rows, bias, xh, n);
+            for (int r = 0; r < n; r++)
+                for (int64_t j = 0; j < rows; j++) {
+                    double exact = 0.0, mag = 0.0, sub = 0.0;
+                    for (int64_t i = 0; i < k; i++) {
+                        const double w = wf[j * k + i], x = xh[(int64_t)r * k + i];
+                        exact += w * x;
+                        mag += fabs(w * x);
+                        sub += fabs(w) + fabs(x);
+                    }
+                    exact += bias[j];
+                    const double bound = 1.1e-3 * mag + 3e-8 * sub + 1e-7 * fabs(exact);
+                    const float g = got[r * rows + j];
+                    cr_assert(fabs((double)g - exact) <= bound, "%s n=%d: y[%d][%lld] = %.9g, exactly %.9g (bound %.3g)",
+                              kern_dtype_info(t)->name, n, r, (long long)j, g, exact, bound);
+                }
+            free(got);
+        }
+        free(wh);
+    }
+    free(bias), free(xh), free(wf);
+    kern_backend_destroy(b);
+}
+
+/* Every GEMM has one shape, so a row's bits are those of that row alone: whatever the rows beside it,
+ * its place in a chunk, or the chunks before it. */
+Test(conformance, prefill_rows_through_cublas_do_not_depend_on_the_other_rows)
+{
+    need_cuda();
+    struct kern_backend *b = blas_backend();
+    const int64_t k = 256, rows = 40;
+    const int n = 200, subsets[][2] = {{0, 1}, {127, 3}, {150, 50}, {199, 1}, {5, 140}};
+    float *bias = random_f32(rows, 2.0f), *xh = random_f32(k * n, 1.0f);
+    const enum spec_dtype types[] = {SPEC_Q4_K, SPEC_Q8_0, SPEC_F16};
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        size_t rb;
+        void *wh = random_weights(types[ti], k, rows, 0, &rb);
+        float *all = prefill_product(b, types[ti], wh, k, rows, bias, xh, n);
+        for (size_t si = 0; si < sizeof subsets / sizeof subsets[0]; si++) {
+            const int r0 = subsets[si][0], m = subsets[si][1];
+            float *part = prefill_product(b, types[ti], wh, k, rows, bias, xh + (size_t)r0 * k, m);
+            char what[64];
+            snprintf(what, sizeof what, "%s rows %d..%d alone", kern_dtype_info(types[ti])->name, r0, r0 + m - 1);
+            assert_bits(part, all + (size_t)r0 * rows, sizeof(float) * (size_t)(m * rows), what);
+            free(part);
+        }
+        free(all), free(wh);
+    }
+    free(bias), free(xh);
+    kern_backend_destroy(b);
+}
+
+/* Several parts in one call give each part's product alone; with SWIGLU, the backend's swiglu of them. */
+Test(conformance, prefill_matmuls_through_cublas_give_each_parts_product_and_their_swiglu)
+{
+    need_cuda();
+    struct kern_backend *b = blas_backend();
+    const int64_t k = 256, rows[3] = {70, 16, 33};
+    const int n = 9;
+    const enum spec_dtype t = SPEC_Q4_K;
+    float *bias = random_f32(70, 2.0f), *xh = random_f32(k * n, 1.0f);
+    void *wh[3];
+    size_t rb;
+    for (int i = 0; i < 3; i++)
+        wh[i] = random_weights(t, k, rows[i], 0, &rb);
+    struct kern_tensor x = upload(b, SPEC_F32, k, n, xh), bt = upload(b, SPEC_F32, 70, 1, bias), w[3], y[3];
+    struct kern_matmul mm[3];
+    for (int i = 0; i < 3; i++) {
+        w[i] = weight(b, t, k, rows[i], wh[i]);
+        y[i] = poisoned(b, rows[i], n);
+        mm[i] = (struct kern_matmul){&w[i], i == 0 ? &bt : NULL, &y[i]};
+    }
+    cr_assert_eq(b->ops->matmuls_prefill(b, &x, mm, 3, KERN_MATMULS_PLAIN), 0);
+    for (int i = 0; i < 3; i++) {
+        float *got = download(b, &y[i]), *alone = prefill_product(b, t, wh[i], k, rows[i], i == 0 ? bias : NULL, xh, n);
+        assert_bits(got, alone, sizeof(float) * (size_t)(rows[i] * n), "a part of three");
+        free(got), free(alone);
+    }
+    /* gate (w[0], with its bias) and an up of its shape */
+    void *wh_up = random_weights(t, k, rows[0], 0, &rb);
+    struct kern_tensor up = weight(b, t, k, rows[0], wh_up), g = poisoned(b, rows[0], n), u = poisoned(b, rows[0], n),
+                       yu = poisoned(b, rows[0], n);
+    const struct kern_matmul plain[2] = {{&w[0], &bt, &g}, {&up, NULL, &u}};
+    cr_assert_eq(b->ops->matmuls_prefill(b, &x, plain, 2, KERN_MATMULS_PLAIN), 0);
+    cr_assert_eq(b->ops->swiglu(b, &g, &u, &g), 0);
+    const struct kern_matmul gu[2] = {{&w[0], &bt, &y[0]}, {&up, NULL, &yu}};
+    cr_assert_eq(b->ops->matmuls_prefill(b, &x, gu, 2, KERN_MATMULS_SWIGLU), 0);
+    float *sw = download(b, &y[0]), *want = download(b, &g), *ug = download(b, &yu), *uw = download(b, &u);
+    assert_bits(sw, want, sizeof(float) * (size_t)(rows[0] * n), "swiglu of the products");
+    assert_bits(ug, uw, sizeof(float) * (size_t)(rows[0] * n), "up beside the swiglu");
+    free(sw), free(want), free(ug), free(uw);
+    free_t(b, &up), free_t(b, &g), free_t(b, &u), free_t(b, &yu), free_t(b, &x), free_t(b, &bt);
+    free(wh_up);
+    for (int i = 0; i < 3; i++)
+        free_t(b, &w[i]), free_t(b, &y[i]), free(wh[i]);
+    free(bias), free(xh);
+    kern_backend_destroy(b);
+}
+
+/* Without blas_prefill the CUDA backend's prefill path is its matmuls, bits and all. */
+Test(conformance, prefill_matmuls_without_cublas_are_the_matmuls)
+{
+    need_cuda();
+    const int64_t k = 512, rows = 67;
+    const int n = 33;
+    float *bias = random_f32(rows, 2.0f), *xh = random_f32(k * n, 1.0f);
+    size_t rb;
+    void *wh = random_weights(SPEC_Q4_K, k, rows, 0, &rb);
+    float *pre = prefill_product(gpu, SPEC_Q4_K, wh, k, rows, bias, xh, n);
+    struct kern_tensor w = weight(gpu, SPEC_Q4_K, k, rows, wh), x = upload(gpu, SPEC_F32, k, n, xh),
+                       bt = upload(gpu, SPEC_F32, rows, 1, bias), y = poisoned(gpu, rows, n);
+    cr_assert_eq(gpu->ops->matmul(gpu, &w, &x, &bt, &y), 0);
+    float *mm = download(gpu, &y);
+    assert_bits(pre, mm, sizeof(float) * (size_t)(rows * n), "matmuls_prefill without cuBLAS");
+    free(pre), free(mm), free(bias), free(xh), free(wh);
+    free_t(gpu, &w), free_t(gpu, &x), free_t(gpu, &bt), free_t(gpu, &y);
+}
+
 /* y must hold the bits a fresh CUDA backend computes from w (type t, host blocks wh) and x as it is
  * now: no conversion kept from an earlier matmul may stand in for x's current values. */
 static void expect_fresh(enum spec_dtype t, const void *wh, int64_t k, int64_t rows, const struct kern_tensor *x,
@@ -1089,17 +1253,24 @@ static int argmax(const float *l, int n, float *margin)
     return best;
 }
 
-/* Prompt logits within rel * max|logit| of the CPU's, then 32 greedy steps with the same tokens. */
-static void check_model(const struct model_synth_config *c, bool kv_f32, double rel)
+/* Prompt logits within rel * max|logit| of the CPU's, then 32 greedy steps with the same tokens. With
+ * `prefill` the prompt goes as the engine sends it: all but its last token without outputs (the
+ * backend's prefill path), then the last one, whose logits are compared; on the GPU side b runs it. */
+static void check_model_on(struct kern_backend *b, const struct model_synth_config *c, bool kv_f32, double rel,
+                           bool prefill)
 {
     const char *what = kern_dtype_info(c->wtype)->name;
     const struct model_config mc = {.kv_f32 = kv_f32};
-    struct mem_model mcpu = tsupport_load_synth(c, cpu, mc), mgpu = tsupport_load_synth(c, gpu, mc);
-    const int nv = model_n_vocab(mcpu.m), n = 11, steps = 32;
+    struct mem_model mcpu = tsupport_load_synth(c, cpu, mc), mgpu = tsupport_load_synth(c, b, mc);
+    const int nv = model_n_vocab(mcpu.m), steps = 32, n0 = prefill ? 10 : 0, n = 11 - n0;
     float *lc = malloc(sizeof(float) * (size_t)(n * nv)), *lg = malloc(sizeof(float) * (size_t)(n * nv));
     struct model_seq *sc = new_seq(mcpu.m, 64), *sg = new_seq(mgpu.m, 64);
-    cr_assert_eq(model_forward(mcpu.m, sc, prompt, n, lc), 0);
-    cr_assert_eq(model_forward(mgpu.m, sg, prompt, n, lg), 0);
+    if (prefill) {
+        cr_assert_eq(model_forward_last(mcpu.m, sc, prompt, n0, NULL), 0);
+        cr_assert_eq(model_forward_last(mgpu.m, sg, prompt, n0, NULL), 0);
+    }
+    cr_assert_eq(model_forward(mcpu.m, sc, prompt + n0, n, lc), 0);
+    cr_assert_eq(model_forward(mgpu.m, sg, prompt + n0, n, lg), 0);
     float lmax = 0.0f;
     for (int i = 0; i < n * nv; i++)
         lmax = fmaxf(lmax, fabsf(lc[i]));
@@ -1128,6 +1299,11 @@ static void check_model(const struct model_synth_config *c, bool kv_f32, double 
     tsupport_mem_model_free(&mgpu);
 }
 
+static void check_model(const struct model_synth_config *c, bool kv_f32, double rel)
+{
+    check_model_on(gpu, c, kv_f32, rel, false);
+}
+
 Test(conformance, model_with_float_weights_and_f32_cache_matches_the_cpu)
 {
     need_cuda();
@@ -1154,6 +1330,32 @@ Test(conformance, quantized_models_match_the_cpu_and_decode_the_same_greedy_toke
         struct model_synth_config c = qwen2_cfg(qwen_types[i]);
         check_model(&c, false, 2e-2);
     }
+}
+
+/* A prompt prefilled through cuBLAS (as the engine sends it) leaves a cache from which the last prompt
+ * token's logits are within the quantised models' bound of the CPU's, and greedy decoding picks the
+ * CPU's tokens; the prefill really took cuBLAS: its logits are not the ones without it. */
+Test(conformance, a_prompt_prefilled_through_cublas_decodes_the_cpus_greedy_tokens)
+{
+    need_cuda();
+    struct kern_backend *b = blas_backend();
+    struct model_synth_config c = qwen2_cfg(SPEC_Q4_K);
+    check_model_on(b, &c, false, 2e-2, true);
+    struct mem_model with = tsupport_load_synth(&c, b, (struct model_config){0}),
+                     without = tsupport_load_synth(&c, gpu, (struct model_config){0});
+    const int nv = model_n_vocab(with.m);
+    float *lw = malloc(sizeof(float) * (size_t)nv), *lo = malloc(sizeof(float) * (size_t)nv);
+    struct model_seq *sw = new_seq(with.m, 32), *so = new_seq(without.m, 32);
+    cr_assert_eq(model_forward_last(with.m, sw, prompt, 10, NULL), 0);
+    cr_assert_eq(model_forward_last(without.m, so, prompt, 10, NULL), 0);
+    cr_assert_eq(model_forward(with.m, sw, prompt + 10, 1, lw), 0);
+    cr_assert_eq(model_forward(without.m, so, prompt + 10, 1, lo), 0);
+    cr_assert(memcmp(lw, lo, sizeof(float) * (size_t)nv) != 0, "the prefill did not go through cuBLAS");
+    model_seq_free(sw), model_seq_free(so);
+    free(lw), free(lo);
+    tsupport_mem_model_free(&with);
+    tsupport_mem_model_free(&without);
+    kern_backend_destroy(b);
 }
 
 /* model_forward_batch's promise on the GPU: positions batched, chunked or alone, and sequences

@@ -51,7 +51,8 @@ struct kern_backend_config tsupport_backend_config(int n_threads)
 {
     return (struct kern_backend_config){.n_threads = n_threads,
                                         .graphs = env_is_1("SPECD_TEST_GRAPHS"),
-                                        .tensor_cores = env_is_1("SPECD_TEST_TENSOR_CORES")};
+                                        .tensor_cores = env_is_1("SPECD_TEST_TENSOR_CORES"),
+                                        .blas_prefill = env_is_1("SPECD_TEST_BLAS_PREFILL")};
 }
 
 struct kern_backend *tsupport_backend(int n_threads)

@@ -23,7 +23,8 @@ struct mem_model tsupport_load_synth(const struct model_synth_config *c, struct 
 void tsupport_mem_model_free(struct mem_model *mm);
 
 /* A backend's settings from the environment: steps recorded as graphs when SPECD_TEST_GRAPHS is 1,
- * quantised matmuls on tensor cores when SPECD_TEST_TENSOR_CORES is 1 (both CUDA only). */
+ * quantised matmuls on tensor cores when SPECD_TEST_TENSOR_CORES is 1, prefills through cuBLAS when
+ * SPECD_TEST_BLAS_PREFILL is 1 (all CUDA only). */
 struct kern_backend_config tsupport_backend_config(int n_threads);
 
 /* The backend a model-level suite runs on: the one SPECD_TEST_DEVICE names (cpu, cuda), else the CPU,

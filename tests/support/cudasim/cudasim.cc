@@ -16,6 +16,8 @@
 #include <new>
 #include <vector>
 
+#include "cublas_v2.h"
+#include "cuda_fp16.h"
 #include "cuda_runtime.h"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -656,4 +658,79 @@ cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t from, cudaEvent_t to)
         return cudaErrorInvalidResourceHandle;
     *ms = (float)(to->ms - from->ms);
     return cudaSuccess;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* cuBLAS (cublas_v2.h)                                                                           */
+
+struct cublasContext {
+    cudaStream_t st;
+};
+
+cublasStatus_t cublasCreate_v2(cublasHandle_t *handle)
+{
+    *handle = new (std::nothrow) cublasContext{nullptr};
+    return *handle ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_ALLOC_FAILED;
+}
+
+cublasStatus_t cublasDestroy_v2(cublasHandle_t handle)
+{
+    delete handle;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasSetStream_v2(cublasHandle_t handle, cudaStream_t st)
+{
+    if (!handle)
+        return CUBLAS_STATUS_NOT_INITIALIZED;
+    handle->st = st;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+/* Element (i, j) of op(M), M column-major with leading dimension ld, of type t. */
+static float gemm_elem(const void *m, cudaDataType t, bool trans, int ld, int i, int j)
+{
+    const size_t at = trans ? (size_t)j + (size_t)i * ld : (size_t)i + (size_t)j * ld;
+    return t == CUDA_R_16F ? __half2float(((const __half *)m)[at]) : ((const float *)m)[at];
+}
+
+/* Bytes of an operand whose op() is rows x cols: its stored columns are ld apart. */
+static size_t gemm_bytes(cudaDataType t, bool trans, int ld, int rows, int cols)
+{
+    const size_t stored_rows = trans ? cols : rows, stored_cols = trans ? rows : cols;
+    return ((stored_cols - 1) * (size_t)ld + stored_rows) * (t == CUDA_R_16F ? 2 : 4);
+}
+
+static const char gemm_node = 0;
+
+cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n,
+                            int k, const void *alpha, const void *A, cudaDataType Atype, int lda, const void *B,
+                            cudaDataType Btype, int ldb, const void *beta, void *C, cudaDataType Ctype, int ldc,
+                            cublasComputeType_t computeType, cublasGemmAlgo_t algo)
+{
+    if (!handle)
+        return CUBLAS_STATUS_NOT_INITIALIZED;
+    if (Atype != Btype || (Atype != CUDA_R_16F && Atype != CUDA_R_32F) || Ctype != CUDA_R_32F ||
+        computeType != CUBLAS_COMPUTE_32F || algo != CUBLAS_GEMM_DEFAULT)
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    const bool ta = transa == CUBLAS_OP_T, tb = transb == CUBLAS_OP_T;
+    if (m <= 0 || n <= 0 || k <= 0 || lda < (ta ? k : m) || ldb < (tb ? n : k) || ldc < m || !alpha || !beta)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    if (!is_device(A, gemm_bytes(Atype, ta, lda, m, k)) || !is_device(B, gemm_bytes(Btype, tb, ldb, k, n)) ||
+        !is_device(C, gemm_bytes(Ctype, false, ldc, m, n)))
+        die("cublasGemmEx: an operand is not device memory (or runs past its allocation)");
+    const float a = *(const float *)alpha, b = *(const float *)beta;
+    auto run = [=] {
+        for (int j = 0; j < n; j++)
+            for (int i = 0; i < m; i++) {
+                float sum = 0.0f;
+                for (int l = 0; l < k; l++)
+                    sum += gemm_elem(A, Atype, ta, lda, i, l) * gemm_elem(B, Btype, tb, ldb, l, j);
+                float *c = (float *)C + (size_t)i + (size_t)j * ldc;
+                *c = b == 0.0f ? a * sum : a * sum + b * *c;
+            }
+    };
+    if (!cudasim::record(handle->st, &gemm_node, run))
+        run();
+    return CUBLAS_STATUS_SUCCESS;
 }
