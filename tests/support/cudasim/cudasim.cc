@@ -721,11 +721,20 @@ cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa, cub
         die("cublasGemmEx: an operand is not device memory (or runs past its allocation)");
     const float a = *(const float *)alpha, b = *(const float *)beta;
     auto run = [=] {
+        /* op(A)'s rows and op(B)'s columns as contiguous floats first, so that each sum is a plain loop */
+        std::vector<float> ra((size_t)m * k), cb((size_t)n * k);
+        for (int i = 0; i < m; i++)
+            for (int l = 0; l < k; l++)
+                ra[(size_t)i * k + l] = gemm_elem(A, Atype, ta, lda, i, l);
+        for (int j = 0; j < n; j++)
+            for (int l = 0; l < k; l++)
+                cb[(size_t)j * k + l] = gemm_elem(B, Btype, tb, ldb, l, j);
         for (int j = 0; j < n; j++)
             for (int i = 0; i < m; i++) {
+                const float *x = &ra[(size_t)i * k], *y = &cb[(size_t)j * k];
                 float sum = 0.0f;
                 for (int l = 0; l < k; l++)
-                    sum += gemm_elem(A, Atype, ta, lda, i, l) * gemm_elem(B, Btype, tb, ldb, l, j);
+                    sum += x[l] * y[l];
                 float *c = (float *)C + (size_t)i + (size_t)j * ldc;
                 *c = b == 0.0f ? a * sum : a * sum + b * *c;
             }
