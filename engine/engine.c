@@ -64,6 +64,7 @@ struct engine {
     /* Decayed least-squares fit of target pass time t = a + b * n_drafts (all sequences' drafts): on a
      * CPU, scoring more positions is not free, and that is what limits a useful γ. */
     double fit_s0, fit_sx, fit_sxx, fit_sy, fit_sxy;
+    struct engine_costs costs; /* engine_config.costs' copy */
 };
 
 static double now(void)
@@ -146,7 +147,8 @@ int engine_new(const struct engine_config *cfg, struct engine **out)
 {
     if (!cfg || !cfg->target || !out || cfg->draft_max < 1 || cfg->draft_max > ENGINE_MAX_DRAFT ||
         cfg->draft_min < 0 || cfg->draft_min > cfg->draft_max || cfg->penalty_window < 0 || cfg->max_seqs < 0 ||
-        cfg->max_seqs > ENGINE_MAX_SEQS || !(cfg->draft_min_prob >= 0.0f && cfg->draft_min_prob <= 1.0f))
+        cfg->max_seqs > ENGINE_MAX_SEQS || !(cfg->draft_min_prob >= 0.0f && cfg->draft_min_prob <= 1.0f) ||
+        (cfg->costs && !(cfg->costs->target_pass > 0.0 && cfg->costs->per_draft > 0.0 && cfg->costs->draft_step > 0.0)))
         return SPEC_E_INVALID_ARG;
     const int32_t n_vocab = model_n_vocab(cfg->target);
     if (cfg->draft && model_n_vocab(cfg->draft) != n_vocab)
@@ -160,6 +162,10 @@ int engine_new(const struct engine_config *cfg, struct engine **out)
     e->cfg = *cfg;
     e->cfg.n_ctx = n_ctx;
     e->cfg.max_seqs = cfg->max_seqs > 0 ? cfg->max_seqs : 1;
+    if (cfg->costs) {
+        e->costs = *cfg->costs;
+        e->cfg.costs = &e->costs;
+    }
     e->n_vocab = n_vocab;
     e->next_id = 1;
     const struct kern_backend *be = model_backend(cfg->target);
@@ -485,6 +491,11 @@ static void prefill(struct engine *e)
  * have been seen, assume each extra position costs 10% of a pass. */
 static void pass_cost(const struct engine *e, double *a, double *b)
 {
+    if (e->cfg.costs) {
+        *a = e->costs.target_pass;
+        *b = e->costs.per_draft;
+        return;
+    }
     if (e->fit_s0 <= 0.0) {
         *a = 1.0;
         *b = 0.1;
@@ -508,7 +519,9 @@ static int choose_gamma(const struct engine *e, const struct slot *sl, int n_act
     double a, b;
     pass_cost(e, &a, &b);
     const double alpha = fmin(sl->accept_rate, 0.999);
-    const double t_tok = e->fit_s0 > 0.0 ? e->t_draft_step : 0.1 * a * (e->cfg.draft != NULL);
+    const double t_tok = e->cfg.costs ? e->costs.draft_step * (e->cfg.draft != NULL)
+                         : e->fit_s0 > 0.0 ? e->t_draft_step
+                                           : 0.1 * a * (e->cfg.draft != NULL);
     const int lo = e->cfg.draft_min < sl->draft_max ? e->cfg.draft_min : sl->draft_max;
     int best = lo;
     double best_rate = -1.0;

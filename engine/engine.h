@@ -10,13 +10,16 @@
  * by one round, drafting batched across them and ONE target pass over all their positions. Requests
  * join (engine_submit) and leave (finish, cancel) between rounds. Batching never changes a greedy
  * request's tokens (the forward pass is batch-invariant). Random draws depend only on (seed, seq_id,
- * position, purpose), so a sampled request is reproducible too when its γ is fixed (adaptive off);
- * the adaptive γ follows measured costs, and where a round ends decides which draws are used, so
- * with it the same seed gives the same distribution but not always the same sample.
+ * position, purpose), so a sampled request is reproducible too when its γ is fixed (adaptive off, or
+ * adaptive with given costs: engine_config.costs); the adaptive γ follows measured costs, and where a
+ * round ends decides which draws are used, so with it the same seed gives the same distribution but
+ * not always the same sample.
  * Prompt caching: a finished request's slot keeps its KV caches, and a later prompt starting with
  * the same tokens (the next turn of a chat, a shared system prompt) takes the slot holding the
  * longest such start and skips its prefill. A cached KV row is the one prefill would write (the
- * forward pass is batch-invariant), so caching never changes output either.
+ * forward pass is batch-invariant), so caching never changes output either; except with a backend
+ * whose prefill takes a path of its own (CUDA's blas_prefill, docs/cuda.md), where a kept row was
+ * written by a decode step and a prefilled one by that path.
  * The engine is single-threaded: call it from one thread; callbacks must not call it. */
 #ifndef SPECD_ENGINE_ENGINE_H
 #define SPECD_ENGINE_ENGINE_H
@@ -26,6 +29,12 @@
 
 #include "model/model.h"
 #include "verify/verify.h"
+
+/* What the adaptive γ weighs, in any one unit of time: a target pass costs target_pass plus
+ * per_draft for each draft token it scores, and drafting a token for all requests costs draft_step. */
+struct engine_costs {
+    double target_pass, per_draft, draft_step;
+};
 
 struct engine_config {
     struct model *target;
@@ -37,6 +46,9 @@ struct engine_config {
                           * sharing the passes), and such rounds let the acceptance estimate drift back
                           * up so that drafting is tried again now and then */
     bool adaptive;       /* choose γ each round from acceptance and cost; else always draft_max */
+    const struct engine_costs *costs; /* NULL: the adaptive γ weighs the passes' measured times; else
+                                       * these (copied by engine_new, all > 0), so that its choices, and a
+                                       * sampled request's draws with them, repeat from run to run */
     float draft_min_prob; /* stop a draft run once the draft's probability of its token falls below */
     int penalty_window;  /* tokens the repetition penalties look back over (llama.cpp: 64) */
     int max_seqs;        /* requests generating at once, batched together (1..ENGINE_MAX_SEQS); 0: 1 */

@@ -124,9 +124,12 @@ Test(engine, adaptive_draft_min_zero_stops_drafting_a_useless_draft)
     const int n_want = generate(base, prompts[1], 8, N, false, greedy, 0, want, NULL);
     engine_free(base);
     struct engine_stats st[2];
+    /* costs given, not measured (a draft step a third of a target pass, as 0.5B drafting for 1.5B), so
+     * that the choices do not follow the machine's load */
+    const struct engine_costs costs = {.target_pass = 1.0, .per_draft = 0.1, .draft_step = 0.3};
     for (int min = 0; min < 2; min++) {
         const struct engine_config cfg = {.target = t.m, .draft = d.m, .n_ctx = 256, .draft_max = 4,
-                                          .draft_min = min, .adaptive = true, .penalty_window = 64};
+                                          .draft_min = min, .adaptive = true, .costs = &costs, .penalty_window = 64};
         struct engine *e = NULL;
         cr_assert_eq(engine_new(&cfg, &e), SPEC_OK);
         const int n = generate(e, prompts[1], 8, N, true, greedy, 0, got, &st[min]);
@@ -141,6 +144,48 @@ Test(engine, adaptive_draft_min_zero_stops_drafting_a_useless_draft)
                  st[0].n_drafted, st[1].n_drafted);
     cr_assert_gt(st[0].n_drafted, 0, "the first rounds draft (the prior acceptance)");
     cr_assert_eq(n_want, N, "a long enough run to see the choice settle");
+    tsupport_mem_model_free(&d);
+    tsupport_mem_model_free(&t);
+}
+
+/* With the costs given, the adaptive γ is a function of the request alone, so a sampled request repeats
+ * its tokens exactly; costs that are not all positive are refused. */
+Test(engine, adaptive_with_given_costs_repeats_a_sampled_request)
+{
+    struct model_synth_config tc = target_cfg(MODEL_ARCH_LLAMA), dc = draft_cfg(MODEL_ARCH_LLAMA);
+    struct mem_model t = tsupport_load_synth(&tc, be, (struct model_config){0}),
+                     d = tsupport_load_synth(&dc, be, (struct model_config){0});
+    struct verify_params sp = verify_params_default();
+    sp.temperature = 0.8f;
+    sp.seed = 5;
+    const struct engine_costs costs = {.target_pass = 1.0, .per_draft = 0.1, .draft_step = 0.3};
+    struct engine_config cfg = {.target = t.m, .draft = d.m, .n_ctx = 256, .draft_max = 6, .adaptive = true,
+                                .costs = &costs, .penalty_window = 64};
+    int32_t out[2][64];
+    int n[2];
+    for (int run = 0; run < 2; run++) {
+        struct engine *e = NULL;
+        cr_assert_eq(engine_new(&cfg, &e), SPEC_OK);
+        n[run] = generate(e, prompts[0], 8, 64, true, sp, 3, out[run], NULL);
+        engine_free(e);
+    }
+    cr_assert_eq(n[0], n[1]);
+    cr_assert_arr_eq(out[0], out[1], sizeof(int32_t) * (size_t)n[0], "the same request drew other tokens");
+    /* a draft step costing a hundred target passes is never worth it: not one round drafts (measured
+     * costs would draft from the first round, on the prior acceptance) */
+    const struct engine_costs dear = {.target_pass = 1.0, .per_draft = 0.1, .draft_step = 100.0};
+    cfg.costs = &dear;
+    struct engine *e = NULL;
+    struct engine_stats st;
+    cr_assert_eq(engine_new(&cfg, &e), SPEC_OK);
+    generate(e, prompts[0], 8, 32, true, sp, 3, out[0], &st);
+    engine_free(e);
+    cr_assert_eq(st.n_drafted, 0);
+    const struct engine_costs bad[] = {{0.0, 0.1, 0.3}, {1.0, -0.1, 0.3}, {1.0, 0.1, NAN}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        cfg.costs = &bad[i];
+        cr_assert_eq(engine_new(&cfg, &e), SPEC_E_INVALID_ARG, "costs %zu", i);
+    }
     tsupport_mem_model_free(&d);
     tsupport_mem_model_free(&t);
 }
