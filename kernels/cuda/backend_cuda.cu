@@ -554,9 +554,10 @@ static int mm_parts(const struct kern_matmul *mm, int n, struct cuda_mm_part *pa
     return SPEC_OK;
 }
 
-/* After matmuls wrote mm[0..n)'s outputs: one written over the rows whose conversion is kept makes it
- * stale. */
-static void outputs_written(struct cuda_backend *cb, const struct kern_matmul *mm, int n)
+/* Before matmuls write mm[0..n)'s outputs: one written over the rows whose conversion is kept would make
+ * it stale. (The matmuls may then keep a conversion of their input, which no output overlaps, or of
+ * their swiglu's output, which is what they write.) */
+static void outputs_overwrite(struct cuda_backend *cb, const struct kern_matmul *mm, int n)
 {
     const struct cuda_act *a = &cb->act;
     const char *kept = (const char *)a->x;
@@ -575,10 +576,9 @@ static int matmuls_run(struct cuda_backend *cb, const struct kern_tensor *x, con
 {
     struct cuda_mm_part parts[CUDA_MM_PARTS];
     SPEC_TRY(mm_parts(mm, n, parts));
-    const int ran = err_of(cuda_matmul(cb->stream, &cb->act, mm[0].w->type, (int)x->ne0, (const float *)x->data,
-                                       fstride(x), (int)x->ne1, parts, n, swiglu, cb->tensor_cores));
-    outputs_written(cb, mm, n);
-    return ran;
+    outputs_overwrite(cb, mm, n);
+    return err_of(cuda_matmul(cb->stream, &cb->act, mm[0].w->type, (int)x->ne0, (const float *)x->data, fstride(x),
+                              (int)x->ne1, parts, n, swiglu, cb->tensor_cores));
 }
 
 static int cuda_matmul_op(struct kern_backend *be, const struct kern_tensor *w, const struct kern_tensor *x,
@@ -615,10 +615,9 @@ static int cuda_matmuls_prefill_op(struct kern_backend *be, const struct kern_te
     struct cuda_mm_part parts[CUDA_MM_PARTS];
     if ((err = mm_parts(mm, n, parts)) || (err = settle(cb)))
         return err;
-    err = err_of(cuda_blas_matmul(cb->stream, cb->blas, mm[0].w->type, (int)x->ne0, (const float *)x->data,
-                                  fstride(x), (int)x->ne1, parts, n, then == KERN_MATMULS_SWIGLU));
-    outputs_written(cb, mm, n);
-    return err;
+    outputs_overwrite(cb, mm, n);
+    return err_of(cuda_blas_matmul(cb->stream, cb->blas, mm[0].w->type, (int)x->ne0, (const float *)x->data,
+                                   fstride(x), (int)x->ne1, parts, n, then == KERN_MATMULS_SWIGLU));
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -994,6 +993,8 @@ static void cuda_destroy(struct kern_backend *be)
     cudaFreeHost(cb->stage);
     cudaFree(cb->values);
     cuda_buf_release(&cb->act.buf);
+    cuda_buf_release(&cb->act.next);
+    cuda_buf_release(&cb->act.count);
     cuda_blas_close(cb->blas);
     cuda_buf_release(&cb->part);
     cuda_buf_release(&cb->ids);

@@ -174,6 +174,34 @@ static inline size_t cuda_align256(size_t bytes)
 cudaError_t cuda_buf_reserve(cudaStream_t st, struct cuda_buf *b, size_t bytes);
 void cuda_buf_release(struct cuda_buf *b);
 
+/* Called by every thread of a block after its writes: true (in all of them) in the last of n blocks to
+ * arrive at *count, which it resets to zero for the next launch; that block sees the others' writes
+ * through L2 (__ldcg), each having fenced them before arriving. */
+static __device__ __forceinline__ bool cuda_last_to_arrive(int *count, int n)
+{
+    __shared__ bool last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        last = atomicAdd(count, 1) == n - 1;
+        if (last)
+            *count = 0;
+    }
+    __syncthreads();
+    return last;
+}
+
+/* A scratch buffer whose start holds such counters: zeroed whenever it is made anew, as the kernels
+ * leave them at zero after every launch. */
+static inline cudaError_t cuda_reserve_with_counters(cudaStream_t st, struct cuda_buf *b, size_t bytes)
+{
+    void *before = b->p;
+    cudaError_t err = cuda_buf_reserve(st, b, bytes);
+    if (err == cudaSuccess && b->p != before)
+        err = cudaMemsetAsync(b->p, 0, b->cap, st);
+    return err;
+}
+
 /* Which weight types the matmul and get_rows kernels take (the CPU backend's nine). */
 bool cuda_weight_type_ok(enum spec_dtype t);
 
@@ -225,9 +253,13 @@ cudaError_t cuda_rope_rows(cudaStream_t st, const struct cuda_rope *rp);
  * A norm or a rope waits here for the op after it (at most one waits): a norm when that is a matmul
  * of its output y by a quantised weight (one kernel normalises and converts, cuda_matmul), a rope
  * when it is a store of rows it rotates (cuda_rope_store); anything else launches it alone first
- * (cuda_act_flush). */
+ * (cuda_act_flush). A dp4a matmul with a swiglu leaves its output converted here for the next
+ * matmul (the form its own weights take, which a Q4_K_M model's Q6_K w_down shares). */
 struct cuda_act {
     struct cuda_buf buf;
+    struct cuda_buf next;  /* a conversion being made while buf is read: a swiglu's output, converted by
+                            * the matmul that makes it for the matmul after it, then swapped with buf */
+    struct cuda_buf count; /* that conversion's arrival counters (cuda_last_to_arrive) */
     bool valid;
     const float *x;
     size_t x_stride;

@@ -51,6 +51,12 @@ struct mm_args {
     const int *xsum;
     bool vec; /* float types: rows and unit starts are 16-byte aligned and k % 8 == 0 */
     int n;
+    /* With swiglu (dp4a): part 0's output converted for the next matmul, in quantize_act's layout and
+     * form out_form (a q8_form), when out_q is not NULL; out_count: a counter per conversion block */
+    int8_t *out_q;
+    float *out_d, *out_s;
+    int *out_sum16, *out_count;
+    int out_form;
 };
 
 /* For a recorded step's trace: the members that reach the kernel (not the padding between them). */
@@ -65,7 +71,9 @@ static inline uint64_t cuda_trace_arg(uint64_t h, const mm_args &a)
     const bool flags[2] = {a.swiglu, a.vec};
     h = cuda_hash_bytes(cuda_hash_bytes(h, ints, sizeof ints), flags, sizeof flags);
     h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, a.xq), a.q_stride), a.xd);
-    return cuda_trace_arg(cuda_trace_arg(h, a.xs), a.xsum);
+    h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, a.xs), a.xsum), a.out_q), a.out_d);
+    return cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, a.out_s), a.out_sum16), a.out_count),
+                          a.out_form);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -73,12 +81,12 @@ static inline uint64_t cuda_trace_arg(uint64_t h, const mm_args &a)
 
 /* ggml's quantize_row_q8_0_ref / q8_1_ref of one 32-element block by one warp, one element per lane:
  * its 32 values at q, its scale at *d (and for Q8_1 d * sum(q) at *s), the sums of its two halves at
- * sum16[0..1]. */
-template <bool Q8_1>
+ * sum16[0..1]. L2: x is read through L2 (other blocks of the launch wrote it). */
+template <bool Q8_1, bool L2>
 static __device__ __forceinline__ void quantize_block_q8_32(const float *x, int8_t *q, float *d, float *s, int *sum16,
                                                             int lane)
 {
-    const float v = x[lane];
+    const float v = L2 ? __ldcg(x + lane) : x[lane];
     float amax = fabsf(v);
     for (int off = 16; off > 0; off >>= 1)
         amax = fmaxf(amax, __shfl_xor_sync(CUDA_FULL_MASK, amax, off));
@@ -102,6 +110,7 @@ static __device__ __forceinline__ void quantize_block_q8_32(const float *x, int8
 /* ggml's quantize_row_q8_K_ref of one 256-element block by one warp, elements lane + 32 t: its values
  * at q, its scale at *d, the sums of its sixteen 16-element groups at sum16[0..15]. The value of
  * largest magnitude maps to -127; on ties the first one in the row wins, as in the sequential scan. */
+template <bool L2>
 static __device__ __forceinline__ void quantize_block_q8_K(const float *x, int8_t *q, float *d, int *sum16, int lane)
 {
     float v[8];
@@ -109,7 +118,7 @@ static __device__ __forceinline__ void quantize_block_q8_K(const float *x, int8_
     int idx = INT_MAX;
 #pragma unroll
     for (int t = 0; t < 8; t++) {
-        v[t] = x[lane + 32 * t];
+        v[t] = L2 ? __ldcg(x + lane + 32 * t) : x[lane + 32 * t];
         if (fabsf(v[t]) > amax) {
             amax = fabsf(v[t]);
             max = v[t];
@@ -150,7 +159,7 @@ enum q8_form {
 
 /* Block b (256 elements for Q8_K, else 32) of row r of x into the conversion's arrays: q rows of k
  * values, nb scales (and Q8_1 sums) a row, k/16 group sums a row. */
-template <q8_form F>
+template <q8_form F, bool L2 = false>
 static __device__ __forceinline__ void quantize_block(const float *x, size_t x_stride, int k, int r, int b, int8_t *q,
                                                       float *d, float *s, int *sum16, int lane)
 {
@@ -160,9 +169,9 @@ static __device__ __forceinline__ void quantize_block(const float *x, size_t x_s
     int *sb = sum16 + (size_t)r * (k / 16) + (size_t)(block / 16) * b;
     float *db = d + (size_t)r * nb + b;
     if (F == Q8_K_FORM)
-        quantize_block_q8_K(xb, qb, db, sb, lane);
+        quantize_block_q8_K<L2>(xb, qb, db, sb, lane);
     else
-        quantize_block_q8_32<F == Q8_1_FORM>(xb, qb, db, s ? s + (size_t)r * nb + b : NULL, sb, lane);
+        quantize_block_q8_32<F == Q8_1_FORM, L2>(xb, qb, db, s ? s + (size_t)r * nb + b : NULL, sb, lane);
 }
 
 /* The rows of x converted, one warp a block. */
@@ -814,6 +823,26 @@ static __device__ __forceinline__ cuda_mm_part part_of(const mm_args &a, int q)
     return q == 0 ? a.part[0] : q == 1 ? a.part[1] : a.part[2];
 }
 
+/* The end of a swiglu matmul that converts its output for the next matmul (a.out_q): a thread block's
+ * rows_per_block rows lie in one conversion block of part 0's output, and the last thread block of the
+ * launch to finish one converts it for every activation row (reading the others' outputs through L2),
+ * with quantize_rows' code: the bits of converting it in a launch of its own. */
+static __device__ __forceinline__ void convert_out(const mm_args &a, int first_row, int rows_per_block)
+{
+    const int len = a.out_form == Q8_K_FORM ? 256 : 32, b = first_row / len, lane = threadIdx.x % CUDA_WARP;
+    if (!cuda_last_to_arrive(a.out_count + b, len / rows_per_block))
+        return;
+    const cuda_mm_part &p = a.part[0];
+    for (int r = threadIdx.x / CUDA_WARP; r < a.n; r += blockDim.x / CUDA_WARP) {
+        if (a.out_form == Q8_K_FORM)
+            quantize_block<Q8_K_FORM, true>(p.y, p.y_stride, p.rows, r, b, a.out_q, a.out_d, a.out_s, a.out_sum16, lane);
+        else if (a.out_form == Q8_1_FORM)
+            quantize_block<Q8_1_FORM, true>(p.y, p.y_stride, p.rows, r, b, a.out_q, a.out_d, a.out_s, a.out_sum16, lane);
+        else
+            quantize_block<Q8_0_FORM, true>(p.y, p.y_stride, p.rows, r, b, a.out_q, a.out_d, a.out_s, a.out_sum16, lane);
+    }
+}
+
 /* RPW: weight rows per warp, each activation load serving all of them: RPW rows of one part, or with
  * SW (swiglu) RPW/2 rows of part 0 and the same rows of part 1. */
 template <class W, int RPW, bool SW>
@@ -885,6 +914,8 @@ __global__ void __launch_bounds__(MMV_THREADS) mmv(const mm_args a)
             }
         }
     }
+    if (SW && a.out_q)
+        convert_out(a, block * MMV_WARPS * per_part, MMV_WARPS * per_part);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -1048,10 +1079,15 @@ static cudaError_t launch_mmq(cudaStream_t st, mm_args a)
 /* Batches take 4 weight rows a warp (each activation load serves 4 rows: a verification pass of 8
  * positions 1.52x -> 1.45x a decode step on an H200); one row takes 2 (4 was no faster there). The
  * choice changes no result: each (weight row, activation row) pair is summed the same way. */
+static int mmv_rows_per_warp(int n)
+{
+    return n > 1 ? 4 : 2;
+}
+
 template <class W>
 static cudaError_t launch_mmv(cudaStream_t st, const mm_args &a)
 {
-    return a.n > 1 ? launch_mmv_rpw<W, 4>(st, a) : launch_mmv_rpw<W, 2>(st, a);
+    return mmv_rows_per_warp(a.n) == 4 ? launch_mmv_rpw<W, 4>(st, a) : launch_mmv_rpw<W, 2>(st, a);
 }
 
 /* A quantised type's kernel: tensor cores for every batch size, or dp4a for every batch size (each
@@ -1130,6 +1166,21 @@ cudaError_t cuda_act_flush(cudaStream_t st, struct cuda_act *act)
     return cuda_rms_norm(st, &act->norm);
 }
 
+/* How a conversion of n rows of k values to a Q8 form lies in its buffer: the quantised values, the
+ * scales, for Q8_1 the sums d * sum(q), the 16-value group sums, each part 256-byte aligned. */
+struct q8_layout {
+    size_t nb; /* conversion blocks, all rows */
+    size_t q_bytes, d_bytes, s_bytes, sum_bytes;
+};
+
+static q8_layout q8_layout_of(enum spec_dtype form, int k, int n)
+{
+    const size_t nb = (size_t)n * (size_t)(k / (form == SPEC_Q8_K ? 256 : 32)),
+                 d_bytes = cuda_align256(nb * sizeof(float));
+    return q8_layout{nb, cuda_align256((size_t)n * k), d_bytes, form == SPEC_Q8_1 ? d_bytes : 0,
+                     cuda_align256((size_t)n * (k / 16) * sizeof(int))};
+}
+
 /* Converts x to the activation type of a quantised weight type into act and fills a's x fields; when
  * x is the output of the norm waiting in act, the norm runs in the same launch. */
 static cudaError_t quantize_act(cudaStream_t st, struct cuda_act *act, enum spec_dtype wtype, int k, const float *x,
@@ -1137,10 +1188,8 @@ static cudaError_t quantize_act(cudaStream_t st, struct cuda_act *act, enum spec
 {
     const enum spec_dtype form = act_form(wtype);
     const bool q8_K = form == SPEC_Q8_K, q8_1 = form == SPEC_Q8_1;
-    const int block = q8_K ? 256 : 32;
-    const size_t nb = (size_t)n * (size_t)(k / block);
-    const size_t q_bytes = cuda_align256((size_t)n * k), d_bytes = cuda_align256(nb * sizeof(float)),
-                 s_bytes = q8_1 ? d_bytes : 0, sum_bytes = cuda_align256((size_t)n * (k / 16) * sizeof(int));
+    const q8_layout l = q8_layout_of(form, k, n);
+    const size_t nb = l.nb, q_bytes = l.q_bytes, d_bytes = l.d_bytes, s_bytes = l.s_bytes, sum_bytes = l.sum_bytes;
     const cuda_norm *nm = act->norm_pending && act->norm.y == x && act->norm.y_stride == x_stride &&
                                   act->norm.ne0 == k && act->norm.rows == n
                               ? &act->norm
@@ -1169,6 +1218,33 @@ static cudaError_t quantize_act(cudaStream_t st, struct cuda_act *act, enum spec
     a.xd = (const float *)(base + q_bytes);
     a.xs = q8_1 ? (const float *)(base + q_bytes + d_bytes) : NULL;
     a.xsum = (const int *)(base + q_bytes + d_bytes + s_bytes);
+    return cudaSuccess;
+}
+
+static cudaError_t launch_by_type(cudaStream_t st, enum spec_dtype wtype, const mm_args &a, bool tensor_cores);
+
+/* With a dp4a swiglu: makes a's kernel convert part 0's output for the next matmul into act->next
+ * (the form of its own weight type), when the rows of its thread blocks tile the conversion blocks. */
+static cudaError_t output_conversion(cudaStream_t st, struct cuda_act *act, enum spec_dtype wtype, mm_args &a)
+{
+    const enum spec_dtype form = act_form(wtype);
+    const int rows = a.part[0].rows, len = form == SPEC_Q8_K ? 256 : 32,
+              rows_per_block = MMV_WARPS * mmv_rows_per_warp(a.n) / 2;
+    if (rows % len || len % rows_per_block)
+        return cudaSuccess;
+    const q8_layout l = q8_layout_of(form, rows, a.n);
+    cudaError_t err = cuda_buf_reserve(st, &act->next, l.q_bytes + l.d_bytes + l.s_bytes + l.sum_bytes);
+    if (err == cudaSuccess)
+        err = cuda_reserve_with_counters(st, &act->count, (size_t)(rows / len) * sizeof(int));
+    if (err != cudaSuccess)
+        return err;
+    uint8_t *base = (uint8_t *)act->next.p;
+    a.out_q = (int8_t *)base;
+    a.out_d = (float *)(base + l.q_bytes);
+    a.out_s = form == SPEC_Q8_1 ? (float *)(base + l.q_bytes + l.d_bytes) : NULL;
+    a.out_sum16 = (int *)(base + l.q_bytes + l.d_bytes + l.s_bytes);
+    a.out_count = (int *)act->count.p;
+    a.out_form = form == SPEC_Q8_K ? Q8_K_FORM : form == SPEC_Q8_1 ? Q8_1_FORM : Q8_0_FORM;
     return cudaSuccess;
 }
 
@@ -1217,8 +1293,26 @@ cudaError_t cuda_matmul(cudaStream_t st, struct cuda_act *act, enum spec_dtype w
     default:
         break;
     }
-    if ((err = quantize_act(st, act, wtype, k, x, x_stride, n, a)) != cudaSuccess)
+    if ((err = quantize_act(st, act, wtype, k, x, x_stride, n, a)) != cudaSuccess ||
+        (swiglu && !tensor_cores && (err = output_conversion(st, act, wtype, a)) != cudaSuccess))
         return err;
+    err = launch_by_type(st, wtype, a, tensor_cores);
+    if (err == cudaSuccess && a.out_q) { /* the output's conversion is kept in place of the input's */
+        const struct cuda_buf made = act->next;
+        act->next = act->buf;
+        act->buf = made;
+        act->x = a.part[0].y;
+        act->x_stride = a.part[0].y_stride;
+        act->k = a.part[0].rows;
+        act->n = n;
+        act->form = act_form(wtype);
+        act->valid = true;
+    }
+    return err;
+}
+
+static cudaError_t launch_by_type(cudaStream_t st, enum spec_dtype wtype, const mm_args &a, bool tensor_cores)
+{
     switch (wtype) {
     case SPEC_Q4_0:
         return launch_quantised<w_q4_0>(st, a, tensor_cores);

@@ -310,34 +310,6 @@ cudaError_t cuda_eltwise(cudaStream_t st, enum cuda_eltwise_op op, const float *
 /* Greedy choice: a block per row. The argmax with the lowest index on ties does not depend on the
  * order of comparison, so it is the CPU's exactly; the probability's double sum runs in a fixed tree. */
 
-/* Called by every thread of a block after its writes: true (in all of them) in the last of n blocks to
- * arrive at *count, which it resets to zero for the next launch; that block sees the others' writes
- * through L2 (__ldcg), each having fenced them before arriving. */
-static __device__ __forceinline__ bool last_to_arrive(int *count, int n)
-{
-    __shared__ bool last;
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        last = atomicAdd(count, 1) == n - 1;
-        if (last)
-            *count = 0;
-    }
-    __syncthreads();
-    return last;
-}
-
-/* A scratch buffer whose start holds such counters: zeroed whenever it is made anew, as the kernels
- * leave them at zero after every launch. */
-static cudaError_t reserve_with_counters(cudaStream_t st, struct cuda_buf *b, size_t bytes)
-{
-    void *before = b->p;
-    cudaError_t err = cuda_buf_reserve(st, b, bytes);
-    if (err == cudaSuccess && b->p != before)
-        err = cudaMemsetAsync(b->p, 0, b->cap, st);
-    return err;
-}
-
 #define PICK_THREADS 256
 #define PICK_SLICE 4096     /* a row is cut into slices of at least this many logits, a block each */
 #define PICK_MAX_SLICES 256 /* at most PICK_THREADS: the combining block holds a slice a thread */
@@ -394,7 +366,7 @@ __global__ void __launch_bounds__(PICK_THREADS)
         part_i[slot] = best;
         part_s[slot] = sums[0];
     }
-    if (!last_to_arrive(&done[r], slices))
+    if (!cuda_last_to_arrive(&done[r], slices))
         return;
     const size_t slot0 = (size_t)r * slices;
     const float mv = tid < slices ? __ldcg(&part_v[slot0 + tid]) : -INFINITY;
@@ -423,7 +395,7 @@ cudaError_t cuda_argmax(cudaStream_t st, struct cuda_buf *scratch, const float *
     const size_t done_bytes = cuda_align256(n * sizeof(int)), ids_bytes = cuda_align256(n * sizeof(int32_t)),
                  probs_bytes = cuda_align256(n * sizeof(float)), v_bytes = cuda_align256(parts * sizeof(float)),
                  i_bytes = cuda_align256(parts * sizeof(int));
-    const cudaError_t err = reserve_with_counters(st, scratch, done_bytes + ids_bytes + probs_bytes + v_bytes +
+    const cudaError_t err = cuda_reserve_with_counters(st, scratch, done_bytes + ids_bytes + probs_bytes + v_bytes +
                                                                    i_bytes + parts * sizeof(double));
     if (err != cudaSuccess)
         return err;
@@ -595,7 +567,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
     /* the last of the pair's used chunks combines them (the partials of other blocks are read from L2:
      * __ldcg, after their writers' fences) */
     const int used = (n_kv + ATT_CHUNK - 1) / ATT_CHUNK;
-    if (!last_to_arrive(done + (size_t)i * n_head + h, used))
+    if (!cuda_last_to_arrive(done + (size_t)i * n_head + h, used))
         return;
     const size_t slot0 = ((size_t)i * n_head + h) * n_chunks;
     float mx = -INFINITY;
@@ -625,7 +597,7 @@ cudaError_t cuda_attention(cudaStream_t st, struct cuda_buf *part, const float *
     const size_t o_bytes = cuda_align256(slots * p->head_dim * sizeof(float)),
                  ml_bytes = cuda_align256(slots * 2 * sizeof(float));
     const size_t done_bytes = cuda_align256(pairs * sizeof(int)); /* the counters, at the start */
-    const cudaError_t err = reserve_with_counters(st, part, done_bytes + o_bytes + ml_bytes);
+    const cudaError_t err = cuda_reserve_with_counters(st, part, done_bytes + o_bytes + ml_bytes);
     if (err != cudaSuccess)
         return err;
     int *done = (int *)part->p;

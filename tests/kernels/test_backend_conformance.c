@@ -596,6 +596,56 @@ Test(conformance, matmuls_of_one_input_share_its_conversion_until_it_changes)
     free(w1h), free(w2h), free(w3h), free(wfh), free(xh), free(x2h), free(row);
 }
 
+/* A gate|up matmul with its swiglu leaves its output converted for the matmul after it (w_down): that
+ * matmul gives the bits of one converting the output itself, for every quantised type, one row
+ * (decode) or several, twice in a row (the conversion's counters start from zero again), with a w_down
+ * of another conversion, and after an op wrote the output in between. */
+Test(conformance, a_swiglus_output_converted_by_its_matmul_gives_the_next_matmul_its_bits)
+{
+    need_cuda();
+    const int64_t k = 256, n_ff = 512, rows = 32;
+    const int ns[] = {1, 9};
+    float *xh = random_f32(k * 9, 1.0f), *other = random_f32(n_ff * 9, 0.5f);
+    const enum spec_dtype quantised[] = {SPEC_Q4_0, SPEC_Q4_1, SPEC_Q5_0, SPEC_Q8_0, SPEC_Q4_K, SPEC_Q6_K};
+    for (size_t ti = 0; ti < sizeof quantised / sizeof quantised[0]; ti++) {
+        const enum spec_dtype t = quantised[ti], t_down = t == SPEC_Q4_K ? SPEC_Q6_K : SPEC_Q4_K;
+        const char *name = kern_dtype_info(t)->name;
+        size_t rb;
+        void *gh = random_weights(t, k, n_ff, 0, &rb), *uh = random_weights(t, k, n_ff, 0, &rb),
+             *dh = random_weights(t, n_ff, rows, 0, &rb), *d2h = random_weights(t_down, n_ff, rows, 0, &rb);
+        struct kern_tensor wg = weight(gpu, t, k, n_ff, gh), wu = weight(gpu, t, k, n_ff, uh),
+                           wd = weight(gpu, t, n_ff, rows, dh), wd2 = weight(gpu, t_down, n_ff, rows, d2h);
+        for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
+            const int n = ns[ni];
+            struct kern_tensor x = upload(gpu, SPEC_F32, k, n, xh), g = poisoned(gpu, n_ff, n),
+                               u = poisoned(gpu, n_ff, n), y = poisoned(gpu, rows, n), o = upload(gpu, SPEC_F32, n_ff, n, other);
+            const struct kern_matmul gu[2] = {{&wg, NULL, &g}, {&wu, NULL, &u}};
+            char what[96];
+            for (int again = 0; again < 2; again++) { /* the second time on other values */
+                if (again)
+                    cr_assert_eq(gpu->ops->rows_from_host(gpu, &x, 0, n, xh + k * 9 - k * n), 0);
+                cr_assert_eq(gpu->ops->matmuls(gpu, &x, gu, 2, KERN_MATMULS_SWIGLU), 0);
+                cr_assert_eq(gpu->ops->matmul(gpu, &wd, &g, NULL, &y), 0);
+                snprintf(what, sizeof what, "%s n=%d: w_down after the swiglu (%s time)", name, n, again ? "second" : "first");
+                expect_fresh(t, dh, n_ff, rows, &g, &y, what);
+            }
+            cr_assert_eq(gpu->ops->matmuls(gpu, &x, gu, 2, KERN_MATMULS_SWIGLU), 0);
+            cr_assert_eq(gpu->ops->matmul(gpu, &wd2, &g, NULL, &y), 0);
+            snprintf(what, sizeof what, "%s n=%d: a %s w_down after the swiglu", name, n, kern_dtype_info(t_down)->name);
+            expect_fresh(t_down, d2h, n_ff, rows, &g, &y, what);
+            cr_assert_eq(gpu->ops->matmuls(gpu, &x, gu, 2, KERN_MATMULS_SWIGLU), 0);
+            cr_assert_eq(gpu->ops->add(gpu, &g, &o, &g), 0);
+            cr_assert_eq(gpu->ops->matmul(gpu, &wd, &g, NULL, &y), 0);
+            snprintf(what, sizeof what, "%s n=%d: w_down after an op wrote the swiglu's output", name, n);
+            expect_fresh(t, dh, n_ff, rows, &g, &y, what);
+            free_t(gpu, &x), free_t(gpu, &g), free_t(gpu, &u), free_t(gpu, &y), free_t(gpu, &o);
+        }
+        free_t(gpu, &wg), free_t(gpu, &wu), free_t(gpu, &wd), free_t(gpu, &wd2);
+        free(gh), free(uh), free(dh), free(d2h);
+    }
+    free(xh), free(other);
+}
+
 /* ---------------------------------------------------------------------------------------------- */
 /* get_rows                                                                                       */
 
@@ -1458,12 +1508,14 @@ Test(conformance, steps_recorded_as_graphs_give_the_bits_of_op_by_op_steps)
     /* step 0 runs op by op, step 1 is recorded, then replays; at position 128 (step 123) the keys need
      * a second chunk: that replay is given up, the step issued again and recorded */
     assert_steps(before, step_stats(graphs), 141, 2, 137, 1, "decode");
-    /* the fusions hold in the model's own steps: 10 nodes a layer (the norm with its conversion, q|k|v,
+    /* the fusions hold in the model's own steps: 9 nodes a layer (the norm with its conversion, q|k|v,
      * rope with the store of k and v, attention, wo's conversion, wo, the norm with its conversion,
-     * gate|up with the swiglu, w_down's conversion, w_down), and 9 more: the step values, token ids
-     * and RoPE table copied in, the embedding rows, the last residual add, the output rows (their ids
-     * copied in), the output norm with its conversion and the output head */
-    cr_assert_eq(step_stats(graphs).nodes, 10 * c.n_layer + 9, "%ld nodes a decode step",
+     * gate|up with the swiglu and the conversion of its output, w_down; with tensor cores w_down's
+     * conversion is a node of its own), and 9 more: the step values, token ids and RoPE table copied
+     * in, the embedding rows, the last residual add, the output rows (their ids copied in), the output
+     * norm with its conversion and the output head */
+    const int per_layer = tsupport_backend_config(0).tensor_cores ? 10 : 9;
+    cr_assert_eq(step_stats(graphs).nodes, per_layer * c.n_layer + 9, "%ld nodes a decode step",
                  step_stats(graphs).nodes);
     before = step_stats(graphs);
     for (int round = 0; round < 3; round++) { /* verification passes of 5, rolled back but one */
