@@ -108,8 +108,8 @@ void cuda_blas_close(struct cuda_blas *b)
 __global__ void blas_x16_kernel(const float *x, size_t x_stride, int k, int n, int rows, __half *x16)
 {
     cuda_grid_wait();
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (int64_t)rows * k;
-         i += (int64_t)gridDim.x * blockDim.x) {
+    CUDA_GRID_STRIDE(i, (int64_t)rows * k)
+    {
         const int r = (int)(i / k), e = (int)(i % k);
         x16[i] = __float2half_rn(r < n ? x[(size_t)r * x_stride + e] : 0.0f);
     }
@@ -141,28 +141,21 @@ __global__ void blas_epilogue_kernel(const blas_epilogue ep)
     cuda_grid_wait();
     for (int p = 0; p < ep.n_parts; p++) {
         const int w = ep.width[p];
-        for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (int64_t)ep.n * w;
-             i += (int64_t)gridDim.x * blockDim.x) {
+        CUDA_GRID_STRIDE(i, (int64_t)ep.n * w)
+        {
             const int r = (int)(i / w), j = (int)(i % w);
             float v = ep.out[p][i];
             if (ep.bias[p])
                 v = v + ep.bias[p][j];
-            if (ep.swiglu) {
+            if (ep.swiglu && p == 0) {
                 float u = ep.out[1][i];
                 if (ep.bias[1])
                     u = u + ep.bias[1][j];
-                if (p == 0)
-                    v = v / (1.0f + expf(-v)) * u;
+                v = cuda_silu_mul(v, u);
             }
             ep.y[p][(size_t)r * ep.y_stride[p] + j] = v;
         }
     }
-}
-
-static unsigned grid_for(int64_t total)
-{
-    const int64_t b = (total + 255) / 256;
-    return (unsigned)(b < 1 ? 1 : b > 4096 ? 4096 : b);
 }
 
 static cudaError_t status_of(cublasStatus_t s)
@@ -189,7 +182,7 @@ cudaError_t cuda_blas_matmul(cudaStream_t st, struct cuda_blas *b, enum spec_dty
         (e = cuda_buf_reserve(st, &b->out, out_elems * sizeof(float))) != cudaSuccess)
         return e;
     __half *x16 = (__half *)b->x16.p, *w16 = (__half *)b->w16.p;
-    CUDA_LAUNCH(grid_for((int64_t)rows * k), 256, st, blas_x16_kernel)(x, x_stride, k, n, rows, x16);
+    CUDA_LAUNCH(cuda_elt_blocks((int64_t)rows * k), CUDA_ELT_THREADS, st, blas_x16_kernel)(x, x_stride, k, n, rows, x16);
     if ((e = cudaGetLastError()) != cudaSuccess)
         return e;
     blas_epilogue ep = {};
@@ -225,6 +218,6 @@ cudaError_t cuda_blas_matmul(cudaStream_t st, struct cuda_blas *b, enum spec_dty
     ep.n_parts = n_parts;
     ep.n = n;
     ep.swiglu = swiglu;
-    CUDA_LAUNCH(grid_for((int64_t)n * parts[0].rows), 256, st, blas_epilogue_kernel)(ep);
+    CUDA_LAUNCH(cuda_elt_blocks((int64_t)n * parts[0].rows), CUDA_ELT_THREADS, st, blas_epilogue_kernel)(ep);
     return cudaGetLastError();
 }

@@ -174,6 +174,27 @@ static inline size_t cuda_align256(size_t bytes)
 cudaError_t cuda_buf_reserve(cudaStream_t st, struct cuda_buf *b, size_t bytes);
 void cuda_buf_release(struct cuda_buf *b);
 
+/* Elementwise kernels: CUDA_ELT_THREADS threads a block, a grid of cuda_elt_blocks(total) blocks, each
+ * thread taking elements i, i + the grid's threads, ... (CUDA_GRID_STRIDE). */
+#define CUDA_ELT_THREADS 256
+#define CUDA_ELT_MAX_BLOCKS 4096
+
+static inline unsigned cuda_elt_blocks(int64_t total)
+{
+    const int64_t b = (total + CUDA_ELT_THREADS - 1) / CUDA_ELT_THREADS;
+    return (unsigned)(b < 1 ? 1 : b > CUDA_ELT_MAX_BLOCKS ? CUDA_ELT_MAX_BLOCKS : b);
+}
+
+#define CUDA_GRID_STRIDE(i, total)                                                                         \
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (total);                         \
+         i += (int64_t)gridDim.x * blockDim.x)
+
+/* ggml_silu_f32 of the gate g, times the up value u: swiglu's expression, wherever it is computed. */
+static __device__ __forceinline__ float cuda_silu_mul(float g, float u)
+{
+    return g / (1.0f + expf(-g)) * u;
+}
+
 /* Called by every thread of a block after its writes: true (in all of them) in the last of n blocks to
  * arrive at *count, which it resets to zero for the next launch; that block sees the others' writes
  * through L2 (__ldcg), each having fenced them before arriving. */

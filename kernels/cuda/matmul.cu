@@ -209,8 +209,8 @@ template <bool BF16>
 __global__ void convert_rows(const float *x, size_t x_stride, int k, int n, uint16_t *out)
 {
     cuda_grid_wait();
-    const int64_t total = (int64_t)k * n;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    CUDA_GRID_STRIDE(i, (int64_t)k * n)
+    {
         const int r = (int)(i / k), c = (int)(i % k);
         const float f = x[(size_t)r * x_stride + c];
         uint16_t h;
@@ -907,8 +907,8 @@ __global__ void __launch_bounds__(MMV_THREADS) mmv(const mm_args a)
                     if (lane != 0 || row >= rows)
                         continue;
                     float y = v[i];
-                    if (SW && i < per_part) /* ggml_silu_f32 of the gate times the up row, as swiglu does */
-                        y = v[i] / (1.0f + expf(-v[i])) * v[SW ? i + per_part : i];
+                    if (SW && i < per_part) /* the gate times the up row, as swiglu does */
+                        y = cuda_silu_mul(v[i], v[SW ? i + per_part : i]);
                     o.y[(size_t)(t0 + r) * o.y_stride + row] = y;
                 }
             }
@@ -1004,8 +1004,8 @@ __global__ void __launch_bounds__(MMQ_THREADS) mmq(const mm_args a)
                     y = y + sums[ww][q][i][j][l];
                 v[q] = o.bias ? y + o.bias[row] : y;
             }
-            if (SW) { /* ggml_silu_f32 of the gate times the up row, as swiglu does */
-                mine.y[(size_t)r * mine.y_stride + row] = v[0] / (1.0f + expf(-v[0])) * v[NW - 1];
+            if (SW) { /* the gate times the up row, as swiglu does */
+                mine.y[(size_t)r * mine.y_stride + row] = cuda_silu_mul(v[0], v[NW - 1]);
                 other.y[(size_t)r * other.y_stride + row] = v[NW - 1];
             } else {
                 mine.y[(size_t)r * mine.y_stride + row] = v[0];
@@ -1275,13 +1275,13 @@ cudaError_t cuda_matmul(cudaStream_t st, struct cuda_act *act, enum spec_dtype w
     case SPEC_F16:
     case SPEC_BF16: {
         const int64_t total = (int64_t)n * k;
-        const unsigned blocks = (unsigned)(total / 256 + 1 < 4096 ? total / 256 + 1 : 4096);
+        const unsigned blocks = cuda_elt_blocks(total);
         err = convert_act(st, act, wtype, x, x_stride, k, n, (size_t)total * sizeof(uint16_t), [&] {
             uint16_t *out = (uint16_t *)act->buf.p;
             if (wtype == SPEC_BF16)
-                CUDA_LAUNCH(blocks, 256, st, convert_rows<true>)(x, x_stride, k, n, out);
+                CUDA_LAUNCH(blocks, CUDA_ELT_THREADS, st, convert_rows<true>)(x, x_stride, k, n, out);
             else
-                CUDA_LAUNCH(blocks, 256, st, convert_rows<false>)(x, x_stride, k, n, out);
+                CUDA_LAUNCH(blocks, CUDA_ELT_THREADS, st, convert_rows<false>)(x, x_stride, k, n, out);
         });
         if (err != cudaSuccess)
             return err;

@@ -4,19 +4,6 @@
  * reduction differently the order is fixed per row, so no result depends on the batch. */
 #include "kernels/cuda/cuda_ops.h"
 
-#define ELT_THREADS 256
-#define ELT_MAX_BLOCKS 4096
-
-static unsigned elt_blocks(int64_t total)
-{
-    const int64_t b = (total + ELT_THREADS - 1) / ELT_THREADS;
-    return (unsigned)(b < 1 ? 1 : b > ELT_MAX_BLOCKS ? ELT_MAX_BLOCKS : b);
-}
-
-#define GRID_STRIDE(i, total)                                                                              \
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (total);                         \
-         i += (int64_t)gridDim.x * blockDim.x)
-
 /* ---------------------------------------------------------------------------------------------- */
 /* get_rows: dequantisation, bit-exact with kern_dequantize_row()                                 */
 
@@ -83,7 +70,7 @@ __global__ void get_rows_kernel(const uint8_t *table, size_t row_bytes, int ne0,
                                 void *out, size_t out_stride)
 {
     cuda_grid_wait();
-    GRID_STRIDE(i, (int64_t)ne0 * n)
+    CUDA_GRID_STRIDE(i, (int64_t)ne0 * n)
     {
         const int r = (int)(i / ne0), e = (int)(i % ne0);
         const float v = dequant<T>(table + (size_t)(ids ? ids[r] : r) * row_bytes, e);
@@ -98,7 +85,7 @@ template <enum spec_dtype T, bool HALF>
 static cudaError_t launch_rows(cudaStream_t st, const void *table, size_t row_bytes, int ne0, const int32_t *ids,
                                int n, void *out, size_t out_stride)
 {
-    CUDA_LAUNCH(elt_blocks((int64_t)ne0 * n), ELT_THREADS, st, get_rows_kernel<T, HALF>)
+    CUDA_LAUNCH(cuda_elt_blocks((int64_t)ne0 * n), CUDA_ELT_THREADS, st, get_rows_kernel<T, HALF>)
     ((const uint8_t *)table, row_bytes, ne0, ids, n, out, out_stride);
     return cudaGetLastError();
 }
@@ -186,14 +173,14 @@ __global__ void rope_kernel(const cuda_rope rp)
 {
     cuda_grid_wait();
     const int row_pairs = rp.n_head * (rp.n_rot / 2);
-    GRID_STRIDE(i, (int64_t)rp.rows * row_pairs)
+    CUDA_GRID_STRIDE(i, (int64_t)rp.rows * row_pairs)
     rope_pair(rp, (int)(i / row_pairs), (int)(i % row_pairs));
 }
 
 cudaError_t cuda_rope_rows(cudaStream_t st, const struct cuda_rope *rp)
 {
-    const unsigned blocks = elt_blocks((int64_t)rp->rows * rp->n_head * (rp->n_rot / 2));
-    CUDA_LAUNCH(blocks, ELT_THREADS, st, rope_kernel)(*rp);
+    const unsigned blocks = cuda_elt_blocks((int64_t)rp->rows * rp->n_head * (rp->n_rot / 2));
+    CUDA_LAUNCH(blocks, CUDA_ELT_THREADS, st, rope_kernel)(*rp);
     return cudaGetLastError();
 }
 
@@ -224,7 +211,7 @@ __global__ void store_rows_kernel(const float *src, size_t src_stride, uint8_t *
 {
     cuda_grid_wait();
     dst += (size_t)step_value(row0_at, row0) * dst_row_bytes;
-    GRID_STRIDE(i, (int64_t)ne0 * rows)
+    CUDA_GRID_STRIDE(i, (int64_t)ne0 * rows)
     store_elem(src, src_stride, dst, dst_row_bytes, f16, (int)(i / ne0), (int)(i % ne0));
 }
 
@@ -234,7 +221,7 @@ __global__ void store_rows_vec4_kernel(const float4 *src, size_t src_stride4, fl
 {
     cuda_grid_wait();
     dst += (size_t)step_value(row0_at, row0) * dst_stride4;
-    GRID_STRIDE(i, (int64_t)ne0_4 * rows)
+    CUDA_GRID_STRIDE(i, (int64_t)ne0_4 * rows)
     {
         const int r = (int)(i / ne0_4), e = (int)(i % ne0_4);
         dst[(size_t)r * dst_stride4 + e] = src[(size_t)r * src_stride4 + e];
@@ -246,14 +233,14 @@ cudaError_t cuda_store_rows(cudaStream_t st, const float *src, size_t src_stride
 {
     if (dst_type == SPEC_F32 && ne0 % 4 == 0 && src_stride % 4 == 0 && dst_row_bytes % 16 == 0 &&
         (uintptr_t)src % 16 == 0 && (uintptr_t)dst % 16 == 0) {
-        const unsigned blocks = elt_blocks((int64_t)ne0 / 4 * rows);
-        CUDA_LAUNCH(blocks, ELT_THREADS, st, store_rows_vec4_kernel)((const float4 *)src, src_stride / 4,
+        const unsigned blocks = cuda_elt_blocks((int64_t)ne0 / 4 * rows);
+        CUDA_LAUNCH(blocks, CUDA_ELT_THREADS, st, store_rows_vec4_kernel)((const float4 *)src, src_stride / 4,
                                                                      (float4 *)dst, dst_row_bytes / 16, row0_at,
                                                                      row0, ne0 / 4, rows);
         return cudaGetLastError();
     }
-    const unsigned blocks = elt_blocks((int64_t)ne0 * rows);
-    CUDA_LAUNCH(blocks, ELT_THREADS, st, store_rows_kernel)(src, src_stride, (uint8_t *)dst, dst_row_bytes, row0_at,
+    const unsigned blocks = cuda_elt_blocks((int64_t)ne0 * rows);
+    CUDA_LAUNCH(blocks, CUDA_ELT_THREADS, st, store_rows_kernel)(src, src_stride, (uint8_t *)dst, dst_row_bytes, row0_at,
                                                             row0, dst_type == SPEC_F16, ne0, rows);
     return cudaGetLastError();
 }
@@ -278,7 +265,7 @@ __global__ void rope_store_kernel(const cuda_rope rp, const cuda_store sp)
 
 cudaError_t cuda_rope_store(cudaStream_t st, const struct cuda_rope *rp, const struct cuda_store *sp)
 {
-    CUDA_LAUNCH((unsigned)(rp->rows < 65535 ? rp->rows : 65535), ELT_THREADS, st, rope_store_kernel)(*rp, *sp);
+    CUDA_LAUNCH((unsigned)(rp->rows < 65535 ? rp->rows : 65535), CUDA_ELT_THREADS, st, rope_store_kernel)(*rp, *sp);
     return cudaGetLastError();
 }
 
@@ -289,20 +276,19 @@ __global__ void eltwise_kernel(enum cuda_eltwise_op op, const float *a, size_t a
                                size_t b_stride, float *out, size_t out_stride, int ne0, int rows)
 {
     cuda_grid_wait();
-    GRID_STRIDE(i, (int64_t)ne0 * rows)
+    CUDA_GRID_STRIDE(i, (int64_t)ne0 * rows)
     {
         const int r = (int)(i / ne0), e = (int)(i % ne0);
         const float av = a[(size_t)r * a_stride + e], bv = b[(size_t)r * b_stride + e];
-        /* ggml_silu_f32: x / (1 + e^-x) */
-        out[(size_t)r * out_stride + e] = op == CUDA_ADD ? av + bv : av / (1.0f + expf(-av)) * bv;
+        out[(size_t)r * out_stride + e] = op == CUDA_ADD ? av + bv : cuda_silu_mul(av, bv);
     }
 }
 
 cudaError_t cuda_eltwise(cudaStream_t st, enum cuda_eltwise_op op, const float *a, size_t a_stride, const float *b,
                          size_t b_stride, float *out, size_t out_stride, int ne0, int rows)
 {
-    const unsigned blocks = elt_blocks((int64_t)ne0 * rows);
-    CUDA_LAUNCH(blocks, ELT_THREADS, st, eltwise_kernel)(op, a, a_stride, b, b_stride, out, out_stride, ne0, rows);
+    const unsigned blocks = cuda_elt_blocks((int64_t)ne0 * rows);
+    CUDA_LAUNCH(blocks, CUDA_ELT_THREADS, st, eltwise_kernel)(op, a, a_stride, b, b_stride, out, out_stride, ne0, rows);
     return cudaGetLastError();
 }
 
