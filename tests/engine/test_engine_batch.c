@@ -309,18 +309,21 @@ Test(engine_batch, text_is_the_detokenized_tokens_in_whole_characters)
 }
 
 /* A generation that the end-of-generation token ends in the middle of a character: the bytes held
- * back come out as U+FFFD, as when max_tokens ends it. Such requests are found by trying seeds (the
- * first two of 400), and the test fails if none is. */
+ * back come out as U+FFFD, as when max_tokens ends it. Such a request is found by trying seeds (the
+ * first of 400; prompt lookup drafts for half of them), and the test fails if none is. The engine's
+ * text is the same on every device: the search runs on the CPU (minutes on the simulated GPU). */
 Test(engine_batch, an_end_of_generation_inside_a_character_keeps_its_bytes)
 {
+    if (strcmp(be->ops->name, "cpu") != 0)
+        cr_skip_test("the engine's text is checked on the CPU backend");
     const struct tok *tok = model_tokenizer(target.m);
     int found = 0;
-    for (uint64_t seed = 1; seed <= 400 && found < 2; seed++) {
+    for (uint64_t seed = 1; seed <= 400 && found == 0; seed++) {
         struct engine_request req = request((int)(seed % 8), seed % 2 == 0, 1.0f);
         req.sampling.seed = seed;
         req.sampling.top_k = 0;
         struct result r;
-        solo(draft.m, &req, &r);
+        solo(NULL, &req, &r);
         char before[4096], want[4096];
         size_t cut, flushed;
         if (r.finish != ENGINE_FINISH_STOP || r.n_tokens < 2 || !tok_is_eog(tok, r.tokens[r.n_tokens - 1]) ||
