@@ -790,7 +790,7 @@ static int cuda_attention_op(struct kern_backend *be, const struct kern_tensor *
     if ((err = writing(cb)))
         return err;
     const int *pos0_at = step_value(cb, p->pos0);
-    return err_of(cuda_attention(cb->stream, &cb->part, (const float *)q->data, fstride(q), k_cache->data,
+    return err_of(cuda_attention(cb->stream, &cb->part, &cb->act, (const float *)q->data, fstride(q), k_cache->data,
                                  k_cache->row_bytes, k_cache->type, v_cache->data, v_cache->row_bytes, v_cache->type, p,
                                  pos0_at, (int)q->ne1, (float *)out->data, fstride(out)));
 }

@@ -9,6 +9,7 @@
 
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <limits.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -274,8 +275,10 @@ cudaError_t cuda_rope_rows(cudaStream_t st, const struct cuda_rope *rp);
  * A norm or a rope waits here for the op after it (at most one waits): a norm when that is a matmul
  * of its output y by a quantised weight (one kernel normalises and converts, cuda_matmul), a rope
  * when it is a store of rows it rotates (cuda_rope_store); anything else launches it alone first
- * (cuda_act_flush). A dp4a matmul with a swiglu leaves its output converted here for the next
- * matmul (the form its own weights take, which a Q4_K_M model's Q6_K w_down shares). */
+ * (cuda_act_flush). Two kernels leave their output converted here for the matmul after them: a
+ * matmul with a swiglu (for w_down, in the form its own weights take, which a Q4_K_M model's Q6_K
+ * w_down shares), and attention (for wo, in the form of the conversion before it, q|k|v's, which wo
+ * shares in the models this runs). A matmul of another form converts anew. */
 struct cuda_act {
     struct cuda_buf buf;
     struct cuda_buf next;  /* a conversion being made while buf is read: a swiglu's output, converted by
@@ -285,7 +288,7 @@ struct cuda_act {
     const float *x;
     size_t x_stride;
     int k, n;
-    int form; /* the conversion: which activation type */
+    int form; /* the conversion: which activation type (kept when it is forgotten, for attention) */
     struct cuda_norm norm;
     bool norm_pending;
     struct cuda_rope rope;
@@ -299,6 +302,40 @@ static inline void cuda_act_forget(struct cuda_act *a)
 {
     a->valid = false;
 }
+
+/* Which Q8 form a conversion makes (in kernels; cuda_act.form names it as an activation type). */
+enum q8_form {
+    Q8_0_FORM,
+    Q8_1_FORM,
+    Q8_K_FORM,
+};
+
+/* A conversion that a kernel makes of its own output for the matmul after it, into cuda_act.next, in
+ * the layout the matmul's own conversion takes; count: the arrival counters of the blocks that write
+ * the output (cuda_last_to_arrive), the last of which converts. q NULL: no conversion. */
+struct cuda_q8_out {
+    int8_t *q;
+    float *d, *s; /* s: Q8_1 only */
+    int *sum16, *count;
+    int form; /* enum q8_form */
+};
+
+static inline uint64_t cuda_trace_arg(uint64_t h, const cuda_q8_out &o)
+{
+    h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, o.q), o.d), o.s);
+    return cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, o.sum16), o.count), o.form);
+}
+
+/* Elements in a conversion block of the activation type `form` (Q8_0, Q8_1, Q8_K); 0 for any other. */
+int cuda_q8_block_len(enum spec_dtype form);
+
+/* Readies *out for a kernel converting its output (n rows of k values, k a multiple of the block) into
+ * act->next in `form`, with `counters` zeroed counters. */
+cudaError_t cuda_act_out_prepare(cudaStream_t st, struct cuda_act *act, enum spec_dtype form, int k, int n,
+                                 size_t counters, struct cuda_q8_out *out);
+
+/* After that kernel's launch: its output's conversion becomes the kept one (act->next and act->buf swap). */
+void cuda_act_out_keep(struct cuda_act *act, const float *y, size_t y_stride, int k, int n, enum spec_dtype form);
 
 /* One weight matrix of a matmul and its output: y[r * y_stride + j] = dot(w row j, x row r) (+ bias[j]
  * when bias is not NULL) for r < n, j < rows. */
@@ -389,11 +426,12 @@ cudaError_t cuda_eltwise(cudaStream_t st, enum cuda_eltwise_op op, const float *
  * scratch for the per-chunk partial results and the counters that find each (head, query)'s last chunk
  * to finish. With pos0_at (device memory, holding p->pos0) the kernels read the position there, and the
  * grid covers a power of two of chunks (the unused leave at once): a recorded step's launches then stay
- * those of the next positions, up to the next power. */
-cudaError_t cuda_attention(cudaStream_t st, struct cuda_buf *part, const float *q, size_t q_stride, const void *k,
-                           size_t k_row_bytes, enum spec_dtype k_type, const void *v, size_t v_row_bytes,
-                           enum spec_dtype v_type, const struct kern_attn_params *p, const int *pos0_at,
-                           int n, float *out, size_t out_stride);
+ * those of the next positions, up to the next power. The output is left converted in act (forgotten:
+ * nothing waits in it) in act->form when that is a Q8 form whose blocks the heads tile. */
+cudaError_t cuda_attention(cudaStream_t st, struct cuda_buf *part, struct cuda_act *act, const float *q,
+                           size_t q_stride, const void *k, size_t k_row_bytes, enum spec_dtype k_type, const void *v,
+                           size_t v_row_bytes, enum spec_dtype v_type, const struct kern_attn_params *p,
+                           const int *pos0_at, int n, float *out, size_t out_stride);
 
 /* kern_backend.h's argmax of `rows` rows of ne0 logits into scratch (grown as needed): *ids the ids,
  * *probs (with_probs, else NULL) the probabilities, both in device memory. */
@@ -570,6 +608,107 @@ static __device__ __forceinline__ uint32_t ld_u32_a2(const uint8_t *p)
 {
     const uint16_t *h = (const uint16_t *)p;
     return (uint32_t)h[0] | ((uint32_t)h[1] << 16);
+}
+
+/* ggml's quantize_row_q8_0_ref / q8_1_ref of one 32-element block by one warp, one element per lane:
+ * its 32 values at q, its scale at *d (and for Q8_1 d * sum(q) at *s), the sums of its two halves at
+ * sum16[0..1]. L2: x is read through L2 (other blocks of the launch wrote it). */
+template <bool Q8_1, bool L2>
+static __device__ __forceinline__ void quantize_block_q8_32(const float *x, int8_t *q, float *d, float *s, int *sum16,
+                                                            int lane)
+{
+    const float v = L2 ? __ldcg(x + lane) : x[lane];
+    float amax = fabsf(v);
+    for (int off = 16; off > 0; off >>= 1)
+        amax = fmaxf(amax, __shfl_xor_sync(CUDA_FULL_MASK, amax, off));
+    const float dd = amax / 127;
+    const float id = dd != 0.0f ? 1.0f / dd : 0.0f;
+    const int qv = (int)roundf(v * id);
+    q[lane] = (int8_t)qv;
+    int half_sum = qv; /* lanes 0-15 and 16-31 sum separately */
+    for (int off = 8; off > 0; off >>= 1)
+        half_sum += __shfl_xor_sync(CUDA_FULL_MASK, half_sum, off);
+    const int sum = half_sum + __shfl_xor_sync(CUDA_FULL_MASK, half_sum, 16);
+    if (lane % 16 == 0)
+        sum16[lane / 16] = half_sum;
+    if (lane == 0) {
+        *d = __half2float(__float2half_rn(dd));
+        if (Q8_1)
+            *s = __half2float(__float2half_rn((float)sum * dd));
+    }
+}
+
+/* ggml's quantize_row_q8_K_ref of one 256-element block by one warp, elements lane + 32 t: its values
+ * at q, its scale at *d, the sums of its sixteen 16-element groups at sum16[0..15]. The value of
+ * largest magnitude maps to -127; on ties the first one in the row wins, as in the sequential scan. */
+template <bool L2>
+static __device__ __forceinline__ void quantize_block_q8_K(const float *x, int8_t *q, float *d, int *sum16, int lane)
+{
+    float v[8];
+    float amax = 0.0f, max = 0.0f;
+    int idx = INT_MAX;
+#pragma unroll
+    for (int t = 0; t < 8; t++) {
+        v[t] = L2 ? __ldcg(x + lane + 32 * t) : x[lane + 32 * t];
+        if (fabsf(v[t]) > amax) {
+            amax = fabsf(v[t]);
+            max = v[t];
+            idx = lane + 32 * t;
+        }
+    }
+    for (int off = 16; off > 0; off >>= 1) {
+        const float oa = __shfl_xor_sync(CUDA_FULL_MASK, amax, off);
+        const float om = __shfl_xor_sync(CUDA_FULL_MASK, max, off);
+        const int oi = __shfl_xor_sync(CUDA_FULL_MASK, idx, off);
+        if (oa > amax || (oa == amax && oi < idx)) {
+            amax = oa;
+            max = om;
+            idx = oi;
+        }
+    }
+    const float iscale = amax != 0.0f ? -127.f / max : 0.0f;
+#pragma unroll
+    for (int t = 0; t < 8; t++) {
+        const int qv = amax != 0.0f ? min(127, __float2int_rn(iscale * v[t])) : 0;
+        q[lane + 32 * t] = (int8_t)qv;
+        int half_sum = qv;
+        for (int off = 8; off > 0; off >>= 1)
+            half_sum += __shfl_xor_sync(CUDA_FULL_MASK, half_sum, off);
+        if (lane % 16 == 0)
+            sum16[2 * t + lane / 16] = half_sum;
+    }
+    if (lane == 0)
+        *d = amax != 0.0f ? 1 / iscale : 0.0f;
+}
+
+/* Block b (256 elements for Q8_K, else 32) of row r of x into the conversion's arrays: q rows of k
+ * values, nb scales (and Q8_1 sums) a row, k/16 group sums a row. */
+template <q8_form F, bool L2 = false>
+static __device__ __forceinline__ void quantize_block(const float *x, size_t x_stride, int k, int r, int b, int8_t *q,
+                                                      float *d, float *s, int *sum16, int lane)
+{
+    const int block = F == Q8_K_FORM ? 256 : 32, nb = k / block;
+    const float *xb = x + (size_t)r * x_stride + (size_t)block * b;
+    int8_t *qb = q + (size_t)r * k + (size_t)block * b;
+    int *sb = sum16 + (size_t)r * (k / 16) + (size_t)(block / 16) * b;
+    float *db = d + (size_t)r * nb + b;
+    if (F == Q8_K_FORM)
+        quantize_block_q8_K<L2>(xb, qb, db, sb, lane);
+    else
+        quantize_block_q8_32<F == Q8_1_FORM, L2>(xb, qb, db, s ? s + (size_t)r * nb + b : NULL, sb, lane);
+}
+
+/* Block b of row r of y (k values a row), which other blocks of the launch wrote, into the conversion o
+ * by one warp: quantize_rows' code, so the bits of converting it in a launch of its own. */
+static __device__ __forceinline__ void cuda_convert_out_block(const cuda_q8_out &o, const float *y, size_t y_stride,
+                                                              int k, int r, int b, int lane)
+{
+    if (o.form == Q8_K_FORM)
+        quantize_block<Q8_K_FORM, true>(y, y_stride, k, r, b, o.q, o.d, o.s, o.sum16, lane);
+    else if (o.form == Q8_1_FORM)
+        quantize_block<Q8_1_FORM, true>(y, y_stride, k, r, b, o.q, o.d, o.s, o.sum16, lane);
+    else
+        quantize_block<Q8_0_FORM, true>(y, y_stride, k, r, b, o.q, o.d, o.s, o.sum16, lane);
 }
 
 #endif

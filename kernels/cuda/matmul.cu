@@ -26,8 +26,6 @@
  * k alone (per warp over its units, then the warps in order), so it too is batch-invariant.
  *
  * All files in kernels/cuda are compiled with -fmad=false: no multiply-add is fused unless written. */
-#include <limits.h>
-
 #include "kernels/cuda/cuda_ops.h"
 
 #define MMV_WARPS 4 /* warps per thread block */
@@ -51,12 +49,8 @@ struct mm_args {
     const int *xsum;
     bool vec; /* float types: rows and unit starts are 16-byte aligned and k % 8 == 0 */
     int n;
-    /* With swiglu (dp4a): part 0's output converted for the next matmul, in quantize_act's layout and
-     * form out_form (a q8_form), when out_q is not NULL; out_count: a counter per conversion block */
-    int8_t *out_q;
-    float *out_d, *out_s;
-    int *out_sum16, *out_count;
-    int out_form;
+    /* With swiglu: part 0's output converted for the next matmul (a counter per conversion block) */
+    cuda_q8_out out;
 };
 
 /* For a recorded step's trace: the members that reach the kernel (not the padding between them). */
@@ -71,108 +65,11 @@ static inline uint64_t cuda_trace_arg(uint64_t h, const mm_args &a)
     const bool flags[2] = {a.swiglu, a.vec};
     h = cuda_hash_bytes(cuda_hash_bytes(h, ints, sizeof ints), flags, sizeof flags);
     h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, a.xq), a.q_stride), a.xd);
-    h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, a.xs), a.xsum), a.out_q), a.out_d);
-    return cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, a.out_s), a.out_sum16), a.out_count),
-                          a.out_form);
+    return cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, a.xs), a.xsum), a.out);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Activation conversion                                                                          */
-
-/* ggml's quantize_row_q8_0_ref / q8_1_ref of one 32-element block by one warp, one element per lane:
- * its 32 values at q, its scale at *d (and for Q8_1 d * sum(q) at *s), the sums of its two halves at
- * sum16[0..1]. L2: x is read through L2 (other blocks of the launch wrote it). */
-template <bool Q8_1, bool L2>
-static __device__ __forceinline__ void quantize_block_q8_32(const float *x, int8_t *q, float *d, float *s, int *sum16,
-                                                            int lane)
-{
-    const float v = L2 ? __ldcg(x + lane) : x[lane];
-    float amax = fabsf(v);
-    for (int off = 16; off > 0; off >>= 1)
-        amax = fmaxf(amax, __shfl_xor_sync(CUDA_FULL_MASK, amax, off));
-    const float dd = amax / 127;
-    const float id = dd != 0.0f ? 1.0f / dd : 0.0f;
-    const int qv = (int)roundf(v * id);
-    q[lane] = (int8_t)qv;
-    int half_sum = qv; /* lanes 0-15 and 16-31 sum separately */
-    for (int off = 8; off > 0; off >>= 1)
-        half_sum += __shfl_xor_sync(CUDA_FULL_MASK, half_sum, off);
-    const int sum = half_sum + __shfl_xor_sync(CUDA_FULL_MASK, half_sum, 16);
-    if (lane % 16 == 0)
-        sum16[lane / 16] = half_sum;
-    if (lane == 0) {
-        *d = __half2float(__float2half_rn(dd));
-        if (Q8_1)
-            *s = __half2float(__float2half_rn((float)sum * dd));
-    }
-}
-
-/* ggml's quantize_row_q8_K_ref of one 256-element block by one warp, elements lane + 32 t: its values
- * at q, its scale at *d, the sums of its sixteen 16-element groups at sum16[0..15]. The value of
- * largest magnitude maps to -127; on ties the first one in the row wins, as in the sequential scan. */
-template <bool L2>
-static __device__ __forceinline__ void quantize_block_q8_K(const float *x, int8_t *q, float *d, int *sum16, int lane)
-{
-    float v[8];
-    float amax = 0.0f, max = 0.0f;
-    int idx = INT_MAX;
-#pragma unroll
-    for (int t = 0; t < 8; t++) {
-        v[t] = L2 ? __ldcg(x + lane + 32 * t) : x[lane + 32 * t];
-        if (fabsf(v[t]) > amax) {
-            amax = fabsf(v[t]);
-            max = v[t];
-            idx = lane + 32 * t;
-        }
-    }
-    for (int off = 16; off > 0; off >>= 1) {
-        const float oa = __shfl_xor_sync(CUDA_FULL_MASK, amax, off);
-        const float om = __shfl_xor_sync(CUDA_FULL_MASK, max, off);
-        const int oi = __shfl_xor_sync(CUDA_FULL_MASK, idx, off);
-        if (oa > amax || (oa == amax && oi < idx)) {
-            amax = oa;
-            max = om;
-            idx = oi;
-        }
-    }
-    const float iscale = amax != 0.0f ? -127.f / max : 0.0f;
-#pragma unroll
-    for (int t = 0; t < 8; t++) {
-        const int qv = amax != 0.0f ? min(127, __float2int_rn(iscale * v[t])) : 0;
-        q[lane + 32 * t] = (int8_t)qv;
-        int half_sum = qv;
-        for (int off = 8; off > 0; off >>= 1)
-            half_sum += __shfl_xor_sync(CUDA_FULL_MASK, half_sum, off);
-        if (lane % 16 == 0)
-            sum16[2 * t + lane / 16] = half_sum;
-    }
-    if (lane == 0)
-        *d = amax != 0.0f ? 1 / iscale : 0.0f;
-}
-
-/* Which Q8 form a conversion makes. */
-enum q8_form {
-    Q8_0_FORM,
-    Q8_1_FORM,
-    Q8_K_FORM,
-};
-
-/* Block b (256 elements for Q8_K, else 32) of row r of x into the conversion's arrays: q rows of k
- * values, nb scales (and Q8_1 sums) a row, k/16 group sums a row. */
-template <q8_form F, bool L2 = false>
-static __device__ __forceinline__ void quantize_block(const float *x, size_t x_stride, int k, int r, int b, int8_t *q,
-                                                      float *d, float *s, int *sum16, int lane)
-{
-    const int block = F == Q8_K_FORM ? 256 : 32, nb = k / block;
-    const float *xb = x + (size_t)r * x_stride + (size_t)block * b;
-    int8_t *qb = q + (size_t)r * k + (size_t)block * b;
-    int *sb = sum16 + (size_t)r * (k / 16) + (size_t)(block / 16) * b;
-    float *db = d + (size_t)r * nb + b;
-    if (F == Q8_K_FORM)
-        quantize_block_q8_K<L2>(xb, qb, db, sb, lane);
-    else
-        quantize_block_q8_32<F == Q8_1_FORM, L2>(xb, qb, db, s ? s + (size_t)r * nb + b : NULL, sb, lane);
-}
 
 /* The rows of x converted, one warp a block. */
 template <q8_form F>
@@ -823,24 +720,17 @@ static __device__ __forceinline__ cuda_mm_part part_of(const mm_args &a, int q)
     return q == 0 ? a.part[0] : q == 1 ? a.part[1] : a.part[2];
 }
 
-/* The end of a swiglu matmul that converts its output for the next matmul (a.out_q): a thread block's
+/* The end of a swiglu matmul that converts its output for the next matmul (a.out.q): a thread block's
  * rows_per_block rows lie in one conversion block of part 0's output, and the last thread block of the
- * launch to finish one converts it for every activation row (reading the others' outputs through L2),
- * with quantize_rows' code: the bits of converting it in a launch of its own. */
+ * launch to finish one converts it for every activation row. Every thread of the block calls it. */
 static __device__ __forceinline__ void convert_out(const mm_args &a, int first_row, int rows_per_block)
 {
-    const int len = a.out_form == Q8_K_FORM ? 256 : 32, b = first_row / len, lane = threadIdx.x % CUDA_WARP;
-    if (!cuda_last_to_arrive(a.out_count + b, len / rows_per_block))
+    const int len = a.out.form == Q8_K_FORM ? 256 : 32, b = first_row / len;
+    if (!cuda_last_to_arrive(a.out.count + b, len / rows_per_block))
         return;
     const cuda_mm_part &p = a.part[0];
-    for (int r = threadIdx.x / CUDA_WARP; r < a.n; r += blockDim.x / CUDA_WARP) {
-        if (a.out_form == Q8_K_FORM)
-            quantize_block<Q8_K_FORM, true>(p.y, p.y_stride, p.rows, r, b, a.out_q, a.out_d, a.out_s, a.out_sum16, lane);
-        else if (a.out_form == Q8_1_FORM)
-            quantize_block<Q8_1_FORM, true>(p.y, p.y_stride, p.rows, r, b, a.out_q, a.out_d, a.out_s, a.out_sum16, lane);
-        else
-            quantize_block<Q8_0_FORM, true>(p.y, p.y_stride, p.rows, r, b, a.out_q, a.out_d, a.out_s, a.out_sum16, lane);
-    }
+    for (int r = threadIdx.x / CUDA_WARP; r < a.n; r += blockDim.x / CUDA_WARP)
+        cuda_convert_out_block(a.out, p.y, p.y_stride, p.rows, r, b, threadIdx.x % CUDA_WARP);
 }
 
 /* RPW: weight rows per warp, each activation load serving all of them: RPW rows of one part, or with
@@ -914,7 +804,7 @@ __global__ void __launch_bounds__(MMV_THREADS) mmv(const mm_args a)
             }
         }
     }
-    if (SW && a.out_q)
+    if (SW && a.out.q)
         convert_out(a, block * MMV_WARPS * per_part, MMV_WARPS * per_part);
 }
 
@@ -1013,6 +903,8 @@ __global__ void __launch_bounds__(MMQ_THREADS) mmq(const mm_args a)
         }
         __syncthreads(); /* sums is written again by the next pass */
     }
+    if (SW && a.out.q)
+        convert_out(a, row0, MMQ_ROWS);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -1115,6 +1007,17 @@ static enum spec_dtype act_form(enum spec_dtype wtype)
     }
 }
 
+/* act's buffer now holds the conversion of x (n rows of k values, x_stride apart) to `form`. */
+static void act_holds(struct cuda_act *act, const float *x, size_t x_stride, int k, int n, enum spec_dtype form)
+{
+    act->x = x;
+    act->x_stride = x_stride;
+    act->k = k;
+    act->n = n;
+    act->form = form;
+    act->valid = true;
+}
+
 /* Makes act hold x in `form`, `bytes` long: kept from the last matmul when it converted the same
  * rows the same way (nothing has written device memory since: cuda_act_forget), else converted by
  * `convert` (which enqueues the conversion into act->buf.p). */
@@ -1132,12 +1035,7 @@ static cudaError_t convert_act(cudaStream_t st, struct cuda_act *act, enum spec_
     }
     if (err != cudaSuccess)
         return err;
-    act->x = x;
-    act->x_stride = x_stride;
-    act->k = k;
-    act->n = n;
-    act->form = form;
-    act->valid = true;
+    act_holds(act, x, x_stride, k, n, form);
     return cudaSuccess;
 }
 
@@ -1223,29 +1121,49 @@ static cudaError_t quantize_act(cudaStream_t st, struct cuda_act *act, enum spec
 
 static cudaError_t launch_by_type(cudaStream_t st, enum spec_dtype wtype, const mm_args &a, bool tensor_cores);
 
-/* With a dp4a swiglu: makes a's kernel convert part 0's output for the next matmul into act->next
- * (the form of its own weight type), when the rows of its thread blocks tile the conversion blocks. */
-static cudaError_t output_conversion(cudaStream_t st, struct cuda_act *act, enum spec_dtype wtype, mm_args &a)
+int cuda_q8_block_len(enum spec_dtype form)
 {
-    const enum spec_dtype form = act_form(wtype);
-    const int rows = a.part[0].rows, len = form == SPEC_Q8_K ? 256 : 32,
-              rows_per_block = MMV_WARPS * mmv_rows_per_warp(a.n) / 2;
-    if (rows % len || len % rows_per_block)
-        return cudaSuccess;
-    const q8_layout l = q8_layout_of(form, rows, a.n);
+    return form == SPEC_Q8_K ? 256 : form == SPEC_Q8_0 || form == SPEC_Q8_1 ? 32 : 0;
+}
+
+cudaError_t cuda_act_out_prepare(cudaStream_t st, struct cuda_act *act, enum spec_dtype form, int k, int n,
+                                 size_t counters, struct cuda_q8_out *out)
+{
+    const q8_layout l = q8_layout_of(form, k, n);
     cudaError_t err = cuda_buf_reserve(st, &act->next, l.q_bytes + l.d_bytes + l.s_bytes + l.sum_bytes);
     if (err == cudaSuccess)
-        err = cuda_reserve_with_counters(st, &act->count, (size_t)(rows / len) * sizeof(int));
+        err = cuda_reserve_with_counters(st, &act->count, counters * sizeof(int));
     if (err != cudaSuccess)
         return err;
     uint8_t *base = (uint8_t *)act->next.p;
-    a.out_q = (int8_t *)base;
-    a.out_d = (float *)(base + l.q_bytes);
-    a.out_s = form == SPEC_Q8_1 ? (float *)(base + l.q_bytes + l.d_bytes) : NULL;
-    a.out_sum16 = (int *)(base + l.q_bytes + l.d_bytes + l.s_bytes);
-    a.out_count = (int *)act->count.p;
-    a.out_form = form == SPEC_Q8_K ? Q8_K_FORM : form == SPEC_Q8_1 ? Q8_1_FORM : Q8_0_FORM;
+    out->q = (int8_t *)base;
+    out->d = (float *)(base + l.q_bytes);
+    out->s = form == SPEC_Q8_1 ? (float *)(base + l.q_bytes + l.d_bytes) : NULL;
+    out->sum16 = (int *)(base + l.q_bytes + l.d_bytes + l.s_bytes);
+    out->count = (int *)act->count.p;
+    out->form = form == SPEC_Q8_K ? Q8_K_FORM : form == SPEC_Q8_1 ? Q8_1_FORM : Q8_0_FORM;
     return cudaSuccess;
+}
+
+void cuda_act_out_keep(struct cuda_act *act, const float *y, size_t y_stride, int k, int n, enum spec_dtype form)
+{
+    const struct cuda_buf made = act->next;
+    act->next = act->buf;
+    act->buf = made;
+    act_holds(act, y, y_stride, k, n, form);
+}
+
+/* With a swiglu: makes a's kernel convert part 0's output for the next matmul (in the form of its own
+ * weight type), when the rows of its thread blocks tile the conversion blocks. */
+static cudaError_t output_conversion(cudaStream_t st, struct cuda_act *act, enum spec_dtype wtype, bool tensor_cores,
+                                     mm_args &a)
+{
+    const enum spec_dtype form = act_form(wtype);
+    const int rows = a.part[0].rows, len = cuda_q8_block_len(form),
+              rows_per_block = tensor_cores ? MMQ_ROWS : MMV_WARPS * mmv_rows_per_warp(a.n) / 2;
+    if (rows % len || len % rows_per_block)
+        return cudaSuccess;
+    return cuda_act_out_prepare(st, act, form, rows, a.n, (size_t)(rows / len), &a.out);
 }
 
 cudaError_t cuda_matmul(cudaStream_t st, struct cuda_act *act, enum spec_dtype wtype, int k, const float *x,
@@ -1294,20 +1212,11 @@ cudaError_t cuda_matmul(cudaStream_t st, struct cuda_act *act, enum spec_dtype w
         break;
     }
     if ((err = quantize_act(st, act, wtype, k, x, x_stride, n, a)) != cudaSuccess ||
-        (swiglu && !tensor_cores && (err = output_conversion(st, act, wtype, a)) != cudaSuccess))
+        (swiglu && (err = output_conversion(st, act, wtype, tensor_cores, a)) != cudaSuccess))
         return err;
     err = launch_by_type(st, wtype, a, tensor_cores);
-    if (err == cudaSuccess && a.out_q) { /* the output's conversion is kept in place of the input's */
-        const struct cuda_buf made = act->next;
-        act->next = act->buf;
-        act->buf = made;
-        act->x = a.part[0].y;
-        act->x_stride = a.part[0].y_stride;
-        act->k = a.part[0].rows;
-        act->n = n;
-        act->form = act_form(wtype);
-        act->valid = true;
-    }
+    if (err == cudaSuccess && a.out.q) /* the output's conversion is kept in place of the input's */
+        cuda_act_out_keep(act, a.part[0].y, a.part[0].y_stride, a.part[0].rows, n, act_form(wtype));
     return err;
 }
 

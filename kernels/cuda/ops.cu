@@ -445,6 +445,22 @@ static __device__ __forceinline__ void cache_load8(const uint8_t *row, bool f16,
     }
 }
 
+/* After head h of query i is written: the conversion of the query's output for wo. A conversion
+ * block spans heads_per_group heads (Q8_K's 256 values, two heads of 128) or a head spans blocks (Q8_0's
+ * 32); the last of a group's heads to be written (a counter per group and query) converts the group's
+ * blocks, a warp a block. Every thread of the block calls it. */
+static __device__ __forceinline__ void convert_heads(const cuda_q8_out &conv, const float *out, size_t out_stride,
+                                                     int n_head, int head_dim, int h, int i)
+{
+    const int len = conv.form == Q8_K_FORM ? 256 : 32, heads_per_group = max(1, len / head_dim);
+    const int group = h / heads_per_group, groups = n_head / heads_per_group;
+    if (!cuda_last_to_arrive(conv.count + (size_t)i * groups + group, heads_per_group))
+        return;
+    const int b0 = group * heads_per_group * head_dim / len, blocks = max(1, head_dim / len);
+    for (int b = b0 + (int)threadIdx.x / CUDA_WARP; b < b0 + blocks; b += ATT_WARPS)
+        cuda_convert_out_block(conv, out, out_stride, n_head * head_dim, i, b, threadIdx.x % CUDA_WARP);
+}
+
 /* Thread t scores key j0 + t against q (a chain of fmaf over the dimensions, in order; the loads of
  * ATT_LOADS units issued before the first is used, as a loop would wait for each). The chunk's
  * max and sum come from fixed butterflies and the warps in order; for o, the head's dimensions are cut
@@ -455,7 +471,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
     attn_chunk_kernel(const float *q, size_t q_stride, const uint8_t *k, size_t k_row_bytes, bool k_f16, bool k_vec,
                       const uint8_t *v, size_t v_row_bytes, bool v_f16, bool v_vec, int n_head, int group,
                       int head_dim, const int *pos0_at, int pos0, float scale, int n_chunks, float *part_o,
-                      float *part_ml, int *done, float *out, size_t out_stride)
+                      float *part_ml, int *done, float *out, size_t out_stride, const cuda_q8_out conv)
 {
     cuda_grid_wait();
     __shared__ float qs[CUDA_ATTN_MAX_HEAD_DIM];
@@ -569,12 +585,14 @@ __global__ void __launch_bounds__(ATT_THREADS)
                           o);
         out[(size_t)i * out_stride + (size_t)h * head_dim + d] = o / lsum;
     }
+    if (conv.q)
+        convert_heads(conv, out, out_stride, n_head, head_dim, h, i);
 }
 
-cudaError_t cuda_attention(cudaStream_t st, struct cuda_buf *part, const float *q, size_t q_stride, const void *k,
-                           size_t k_row_bytes, enum spec_dtype k_type, const void *v, size_t v_row_bytes,
-                           enum spec_dtype v_type, const struct kern_attn_params *p, const int *pos0_at,
-                           int n, float *out, size_t out_stride)
+cudaError_t cuda_attention(cudaStream_t st, struct cuda_buf *part, struct cuda_act *act, const float *q,
+                           size_t q_stride, const void *k, size_t k_row_bytes, enum spec_dtype k_type, const void *v,
+                           size_t v_row_bytes, enum spec_dtype v_type, const struct kern_attn_params *p,
+                           const int *pos0_at, int n, float *out, size_t out_stride)
 {
     int n_chunks = (p->pos0 + n + ATT_CHUNK - 1) / ATT_CHUNK;
     while (pos0_at && (n_chunks & (n_chunks - 1)))
@@ -596,10 +614,25 @@ cudaError_t cuda_attention(cudaStream_t st, struct cuda_buf *part, const float *
     /* 16-byte loads when every head's slice of every row starts 16-byte aligned */
     const bool k_vec = p->head_dim % 8 == 0 && (uintptr_t)k % 16 == 0 && k_row_bytes % 16 == 0,
                v_vec = p->head_dim % 8 == 0 && (uintptr_t)v % 16 == 0 && v_row_bytes % 16 == 0;
+    /* wo's conversion, in the form of the one before (q|k|v's) */
+    const enum spec_dtype form = (enum spec_dtype)act->form;
+    const int len = cuda_q8_block_len(form), width = p->n_head * p->head_dim;
+    cuda_q8_out conv = {};
+    if (len && width % len == 0 && (len % p->head_dim == 0 || p->head_dim % len == 0)) {
+        const int heads_per_group = len > p->head_dim ? len / p->head_dim : 1;
+        const cudaError_t cerr = cuda_act_out_prepare(st, act, form, width, n,
+                                                      (size_t)n * (size_t)(p->n_head / heads_per_group), &conv);
+        if (cerr != cudaSuccess)
+            return cerr;
+    }
     CUDA_LAUNCH(grid, ATT_THREADS, st, attn_chunk_kernel)(q, q_stride, (const uint8_t *)k, k_row_bytes,
                                                           k_type == SPEC_F16, k_vec, (const uint8_t *)v,
                                                           v_row_bytes, v_type == SPEC_F16, v_vec, p->n_head,
                                                           p->n_head / p->n_head_kv, p->head_dim, pos0_at, pos0,
-                                                          p->scale, n_chunks, part_o, part_ml, done, out, out_stride);
-    return cudaGetLastError();
+                                                          p->scale, n_chunks, part_o, part_ml, done, out, out_stride,
+                                                          conv);
+    const cudaError_t lerr = cudaGetLastError();
+    if (lerr == cudaSuccess && conv.q)
+        cuda_act_out_keep(act, out, out_stride, width, n, form);
+    return lerr;
 }

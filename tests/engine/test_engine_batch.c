@@ -293,10 +293,13 @@ static size_t detokenize(const struct tok *tok, const int32_t *tokens, int n, ch
     return at + *flushed;
 }
 
+/* Sixteen requests on the CPU; on another device (the simulated GPU takes minutes for sixteen), every
+ * fourth: their tokens differ from the CPU's by rounding, so the text meets other token sequences. */
 Test(engine_batch, text_is_the_detokenized_tokens_in_whole_characters)
 {
     const struct tok *tok = model_tokenizer(target.m);
-    for (int i = 0; i < 16; i++) {
+    const int every = strcmp(be->ops->name, "cpu") == 0 ? 1 : 4;
+    for (int i = 0; i < 16; i += every) {
         struct result r;
         const struct engine_request req = request(i, true, i < 8 ? 0.7f : 0.0f);
         solo(draft.m, &req, &r);

@@ -1263,6 +1263,70 @@ Test(conformance, attention_matches_the_cpu_and_is_batch_invariant)
         check_attention(&cases[i]);
 }
 
+/* Attention converts its output for wo, in the form of the conversion before it (q's matmul here, as
+ * q|k|v's in a model): heads of 128 that share a Q8_K block, heads of 64 spanning two Q8_0 blocks, heads
+ * of 32 one Q8_1 block each, and heads of 96 (no whole Q8_K block to a head or heads to a block: no
+ * conversion).
+ * wo gets the bits of converting anew, also when it takes another form or an op writes the output first. */
+Test(conformance, attentions_output_converted_for_wo_gives_the_next_matmul_its_bits)
+{
+    need_cuda();
+    const struct {
+        enum spec_dtype w;
+        int n_head, head_dim;
+    } cases[] = {{SPEC_Q4_K, 4, 128}, {SPEC_Q4_0, 6, 64}, {SPEC_Q4_1, 8, 32}, {SPEC_Q6_K, 8, 96}};
+    const int ns[] = {1, 5}, rows = 24, pos0 = 140;
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const enum spec_dtype t = cases[ci].w, t_other = t == SPEC_Q4_0 ? SPEC_Q4_1 : SPEC_Q4_0;
+        const int n_head = cases[ci].n_head, head_dim = cases[ci].head_dim, width = n_head * head_dim;
+        const struct attn_case c = {.n_head = n_head, .n_head_kv = 1, .head_dim = head_dim, .pos0 = pos0, .n = 5,
+                                    .rows = pos0 + 5, .kv = SPEC_F16};
+        float *qh, *kh, *vh, *xh = random_f32((int64_t)width * 5, 1.0f), *other = random_f32((int64_t)width * 5, 0.5f);
+        attn_inputs(&c, &qh, &kh, &vh);
+        size_t rb;
+        void *wqh = random_weights(t, width, width, 0, &rb), *woh = random_weights(t, width, rows, 0, &rb),
+             *wo2h = random_weights(t_other, width, rows, 0, &rb);
+        struct kern_tensor wq = weight(gpu, t, width, width, wqh), wo = weight(gpu, t, width, rows, woh),
+                           wo2 = weight(gpu, t_other, width, rows, wo2h), kg = cache_on(gpu, &c, kh),
+                           vg = cache_on(gpu, &c, vh);
+        const struct kern_attn_params p = {.n_head = n_head, .n_head_kv = 1, .head_dim = head_dim, .pos0 = pos0,
+                                           .scale = 1.0f / sqrtf((float)head_dim)};
+        for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
+            const int n = ns[ni];
+            struct kern_tensor x = upload(gpu, SPEC_F32, width, n, xh), q = poisoned(gpu, width, n),
+                               o = poisoned(gpu, width, n), y = poisoned(gpu, rows, n),
+                               ob = upload(gpu, SPEC_F32, width, n, other);
+            char what[96];
+            const char *name = kern_dtype_info(t)->name;
+            for (int again = 0; again < 2; again++) { /* the second time on other values */
+                if (again)
+                    cr_assert_eq(gpu->ops->rows_from_host(gpu, &x, 0, n, xh + (int64_t)width * (5 - n)), 0);
+                cr_assert_eq(gpu->ops->matmul(gpu, &wq, &x, NULL, &q), 0);
+                cr_assert_eq(gpu->ops->attention(gpu, &q, &kg, &vg, &p, &o), 0);
+                cr_assert_eq(gpu->ops->matmul(gpu, &wo, &o, NULL, &y), 0);
+                snprintf(what, sizeof what, "%s, heads of %d, n=%d: wo after attention (%s time)", name, head_dim, n,
+                         again ? "second" : "first");
+                expect_fresh(t, woh, width, rows, &o, &y, what);
+            }
+            cr_assert_eq(gpu->ops->matmul(gpu, &wq, &x, NULL, &q), 0);
+            cr_assert_eq(gpu->ops->attention(gpu, &q, &kg, &vg, &p, &o), 0);
+            cr_assert_eq(gpu->ops->matmul(gpu, &wo2, &o, NULL, &y), 0);
+            snprintf(what, sizeof what, "%s, heads of %d, n=%d: a %s wo", name, head_dim, n,
+                     kern_dtype_info(t_other)->name);
+            expect_fresh(t_other, wo2h, width, rows, &o, &y, what);
+            cr_assert_eq(gpu->ops->matmul(gpu, &wq, &x, NULL, &q), 0);
+            cr_assert_eq(gpu->ops->attention(gpu, &q, &kg, &vg, &p, &o), 0);
+            cr_assert_eq(gpu->ops->add(gpu, &o, &ob, &o), 0);
+            cr_assert_eq(gpu->ops->matmul(gpu, &wo, &o, NULL, &y), 0);
+            snprintf(what, sizeof what, "%s, heads of %d, n=%d: wo after an op wrote the output", name, head_dim, n);
+            expect_fresh(t, woh, width, rows, &o, &y, what);
+            free_t(gpu, &x), free_t(gpu, &q), free_t(gpu, &o), free_t(gpu, &y), free_t(gpu, &ob);
+        }
+        free_t(gpu, &wq), free_t(gpu, &wo), free_t(gpu, &wo2), free_t(gpu, &kg), free_t(gpu, &vg);
+        free(qh), free(kh), free(vh), free(xh), free(other), free(wqh), free(woh), free(wo2h);
+    }
+}
+
 /* ---------------------------------------------------------------------------------------------- */
 /* Whole models                                                                                   */
 
@@ -1508,15 +1572,12 @@ Test(conformance, steps_recorded_as_graphs_give_the_bits_of_op_by_op_steps)
     /* step 0 runs op by op, step 1 is recorded, then replays; at position 128 (step 123) the keys need
      * a second chunk: that replay is given up, the step issued again and recorded */
     assert_steps(before, step_stats(graphs), 141, 2, 137, 1, "decode");
-    /* the fusions hold in the model's own steps: 9 nodes a layer (the norm with its conversion, q|k|v,
-     * rope with the store of k and v, attention, wo's conversion, wo, the norm with its conversion,
-     * gate|up with the swiglu and the conversion of its output, w_down; with tensor cores w_down's
-     * conversion is a node of its own), and 9 more: the step values, token ids and RoPE table copied
-     * in, the embedding rows, the last residual add, the output rows (their ids copied in), the output
-     * norm with its conversion and the output head */
-    const int per_layer = tsupport_backend_config(0).tensor_cores ? 10 : 9;
-    cr_assert_eq(step_stats(graphs).nodes, per_layer * c.n_layer + 9, "%ld nodes a decode step",
-                 step_stats(graphs).nodes);
+    /* the fusions hold in the model's own steps: 8 nodes a layer (the norm with its conversion, q|k|v,
+     * rope with the store of k and v, attention with wo's conversion, wo, the norm with its conversion,
+     * gate|up with the swiglu and w_down's conversion, w_down), and 9 more: the step values, token ids
+     * and RoPE table copied in, the embedding rows, the last residual add, the output rows (their ids
+     * copied in), the output norm with its conversion and the output head */
+    cr_assert_eq(step_stats(graphs).nodes, 8 * c.n_layer + 9, "%ld nodes a decode step", step_stats(graphs).nodes);
     before = step_stats(graphs);
     for (int round = 0; round < 3; round++) { /* verification passes of 5, rolled back but one */
         const int32_t draft[5] = {tok, 17, 250, (int32_t)(round + 3), 99};
