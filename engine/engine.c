@@ -32,7 +32,8 @@ struct slot {
     float *q;           /* draft_max x n_vocab draft distributions */
     float *p;           /* (draft_max + 1) x n_vocab target distributions */
     float *dlogits;     /* n_vocab: the draft's latest logits */
-    /* Sampled on the backend (on_backend): p and q stay there, kept with the caches for later requests */
+    /* Processed and verified on the backend (on_backend): p and q stay there, kept with the caches for
+     * later requests */
     bool on_backend;
     struct kern_backend *be; /* the tensors' backend, NULL until they exist */
     struct kern_tensor pd, qd;
@@ -59,7 +60,8 @@ struct engine {
     struct target_scratch tsc;
     struct verify_scratch *vs;
     float *residual; /* n_vocab */
-    bool on_backend; /* sampled requests are processed and verified on the backend (engine_config.host_sampling) */
+    bool on_backend; /* requests other than raw greedy are processed and verified on the backend
+                      * (engine_config.host_sampling) */
     double t_draft_step; /* running estimate of seconds per batched draft step */
     /* Decayed least-squares fit of target pass time t = a + b * n_drafts (all sequences' drafts): on a
      * CPU, scoring more positions is not free, and that is what limits a useful γ. */
@@ -250,6 +252,14 @@ static int reusable(const struct slot *sl, const struct engine_request *req)
     return (int)n;
 }
 
+/* Whether a request's draft rows (q) are made and sampled on the backend: when it is sampled there. A
+ * greedy request with penalties drafts on the host (draft/: its early stop weighs the raw probability of
+ * its token), and its rounds take q one-hot on the drafts. */
+static bool q_on_backend(const struct slot *sl)
+{
+    return sl->on_backend && sl->sp.temperature > 0.0f;
+}
+
 /* A slot's p and q rows on the backend, for any request (the engine's largest γ). */
 static int backend_rows(struct engine *e, struct slot *sl)
 {
@@ -305,7 +315,8 @@ int engine_submit(struct engine *e, const struct engine_request *req, engine_upd
     *sl = (struct slot){.used = true, .last_use = ++e->n_submitted, .id = e->next_id, .fn = fn, .user = user,
                         .max_tokens = req->max_tokens, .draft_max = draft_max, .speculative = req->speculative,
                         .sp = req->sampling, .seq_id = req->seq_id, .tseq = tseq, .dseq = dseq, .hist = hist,
-                        .on_backend = e->on_backend && req->sampling.temperature > 0.0f, .be = be, .pd = pd, .qd = qd,
+                        .on_backend = e->on_backend && !verify_params_raw_greedy(&req->sampling), .be = be, .pd = pd,
+                        .qd = qd,
                         .n_prompt = req->n_prompt, .accept_rate = ACCEPT_PRIOR,
                         .st = {.n_prompt = req->n_prompt, .n_prompt_cached = n_reuse}, .n_stop = req->n_stop};
     sl->cap_text = ENGINE_MAX_STOP_LEN + (size_t)(ENGINE_MAX_DRAFT + 1) * tok_stream_max_out(tok) + 8;
@@ -321,8 +332,8 @@ int engine_submit(struct engine *e, const struct engine_request *req, engine_upd
     if (!rc && sl->dseq && model_seq_len(sl->dseq) > n_reuse)
         rc = model_seq_truncate(sl->dseq, n_reuse);
     if (!rc && req->speculative) {
-        sl->q = sl->on_backend ? NULL : malloc((size_t)draft_max * v * sizeof *sl->q);
-        if (!sl->q && !sl->on_backend)
+        sl->q = q_on_backend(sl) ? NULL : malloc((size_t)draft_max * v * sizeof *sl->q);
+        if (!sl->q && !q_on_backend(sl))
             rc = SPEC_E_NOMEM;
         else if (e->cfg.draft) {
             sl->dlogits = malloc(v * sizeof *sl->dlogits);
@@ -553,7 +564,7 @@ static double propose(struct engine *e, struct slot **act, int n_act)
             runs[n_runs++] = (struct draft_model_run){.s = sl->dseq, .sp = &sl->sp, .seq_id = sl->seq_id,
                                                       .ctx = sl->hist, .n_ctx = sl->n_hist, .max_out = sl->gamma,
                                                       .out = sl->drafts, .q = sl->q, .logits = sl->dlogits,
-                                                      .q_dev = sl->on_backend ? &sl->qd : NULL};
+                                                      .q_dev = q_on_backend(sl) ? &sl->qd : NULL};
             continue;
         }
         const struct draft_ngram_params np = {.ngram_max = 4, .ngram_min = 1};
@@ -613,8 +624,10 @@ static int verify_on_backend(struct engine *e, struct slot *const *who, const st
         if (!sl->on_backend || items[i].err)
             continue;
         verify_round_draws(sl->sp.seed, sl->seq_id, sl->n_hist, sl->n_drafts, u[n], u[n] + ENGINE_MAX_DRAFT);
+        /* greedy (with penalties): p is one-hot on the target's choice, and with q one-hot on the drafts
+         * the round accepts while they agree and then takes the target's token, as verify_round_greedy */
         rounds[n] = (struct kern_choose){.p = &sl->pd,
-                                         .q = e->cfg.draft ? &sl->qd : NULL,
+                                         .q = e->cfg.draft && q_on_backend(sl) ? &sl->qd : NULL,
                                          .draft = sl->drafts,
                                          .n_draft = sl->n_drafts,
                                          .u_accept = u[n],

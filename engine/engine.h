@@ -52,9 +52,9 @@ struct engine_config {
     float draft_min_prob; /* stop a draft run once the draft's probability of its token falls below */
     int penalty_window;  /* tokens the repetition penalties look back over (llama.cpp: 64) */
     int max_seqs;        /* requests generating at once, batched together (1..ENGINE_MAX_SEQS); 0: 1 */
-    bool host_sampling;  /* process and verify sampled requests' rows on the host even where the backend
-                          * can do it without moving logits (kern_backend_ops.sample_process/choose, the
-                          * CUDA backend): for A/B comparisons */
+    bool host_sampling;  /* process and verify the rows of sampled requests and of greedy ones with
+                          * penalties on the host even where the backend can do it without moving logits
+                          * (kern_backend_ops.sample_process/choose, the CUDA backend): for A/B comparisons */
 };
 
 #define ENGINE_MAX_DRAFT 32

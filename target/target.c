@@ -30,8 +30,8 @@ int target_score(struct model *m, struct target_item *items, int n_items, size_t
     size_t rows = 0; /* rows whose logits come to the host */
     for (int i = 0; i < n_items; i++) {
         const struct target_item *it = &items[i];
-        if (it->n <= 0 || !it->ctx || !it->sp || (it->sp->temperature == 0.0f && !it->choice) ||
-            (it->p_dev && it->sp->temperature == 0.0f) || (!it->p && !it->p_dev))
+        if (it->n <= 0 || !it->ctx || !it->sp || (it->sp->temperature == 0.0f && !it->choice && !it->p_dev) ||
+            (it->p_dev && verify_params_raw_greedy(it->sp)) || (!it->p && !it->p_dev))
             return SPEC_E_INVALID_ARG;
         if (!verify_params_raw_greedy(it->sp) && !it->p_dev)
             rows += (size_t)it->n;

@@ -21,9 +21,10 @@ struct target_item {
     const struct verify_params *sp;
     float *p;                 /* out: n x n_vocab processed rows; row i predicts the token after ctx[n_ctx_before + i].
                                * Not written for raw greedy requests (verify_params_raw_greedy), nor with p_dev */
-    struct kern_tensor *p_dev; /* NULL, or for a sampled request (temperature > 0) at least n rows of n_vocab on the
-                                * model's backend: the rows are made there (kern_backend_ops.sample_process) */
-    int32_t *choice;          /* out, greedy requests only: the n greedy tokens, choice[i] from row i */
+    struct kern_tensor *p_dev; /* NULL, or for a request that is not raw greedy (verify_params_raw_greedy) at least
+                                * n rows of n_vocab on the model's backend: the rows are made there
+                                * (kern_backend_ops.sample_process; one-hot on the choice when greedy) */
+    int32_t *choice;          /* out, greedy requests without p_dev: the n greedy tokens, choice[i] from row i */
     int err;                  /* out: a named error in this item's rows (the others are still valid) */
 };
 

@@ -174,10 +174,11 @@ Test(engine_batch, sampled_batched_requests_equal_each_alone)
     check_batched_equals_solo(draft.m, 0.9f);
 }
 
-/* Sampled requests whose rows the backend processes and verifies itself (CUDA) against the same requests
- * sampled on the host: every setting, drafted by a model, by prompt lookup and not at all, batched. The
- * two compute the same distributions up to rounding and draw with the same uniforms, so the tokens
- * agree unless a draw falls within rounding of a boundary (not with these seeds). */
+/* Requests whose rows the backend processes and verifies itself (CUDA) against the same requests made on
+ * the host: every sampling setting, and greedy ones with penalties (2 and 6), drafted by a model, by
+ * prompt lookup and not at all, batched. The two compute the same distributions up to rounding and draw
+ * with the same uniforms, so the tokens agree unless a draw falls within rounding of a boundary (not
+ * with these seeds); greedy choices are the argmax of the same penalised logits. */
 static void check_backend_sampling_equals_host(struct model *d)
 {
     if (!be->ops->sample_process) {
@@ -189,12 +190,12 @@ static void check_backend_sampling_equals_host(struct model *d)
     struct engine_request req[N];
     struct engine *dev = engine_sampling(d, N, false, false), *host = engine_sampling(d, N, false, true);
     for (int i = 0; i < N; i++) {
-        req[i] = request(i, i % 4 != 3, 0.6f + 0.15f * (float)i);
+        req[i] = request(i, i % 4 != 3, i == 2 || i == 6 ? 0.0f : 0.6f + 0.15f * (float)i);
         struct verify_params *sp = &req[i].sampling;
         sp->top_k = i % 3 == 0 ? 0 : 20 * i;
         sp->top_p = i % 2 ? 0.85f : 1.0f;
         sp->min_p = i == 4 || i == 7 ? 0.05f : 0.0f;
-        sp->repeat_penalty = i >= 5 ? 1.3f : 1.0f;
+        sp->repeat_penalty = i >= 5 || i == 2 ? 1.3f : 1.0f;
         sp->presence_penalty = i == 6 ? 0.5f : 0.0f;
         sp->frequency_penalty = i == 7 ? 0.25f : 0.0f;
         got[i] = want[i] = (struct result){0};
