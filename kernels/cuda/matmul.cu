@@ -20,10 +20,11 @@
  * so results differ from the CPU backend by float rounding of the sum only
  * (tests/kernels/test_backend_conformance.c holds the bound).
  *
- * With tensor cores (kern_backend_config.tensor_cores), the quantised types go through mmq instead,
- * for every batch size: int8 mma gives the same exact integer dots of a unit for 16 weight rows and 8
- * activation rows at once, and each (weight row, activation row) pair is summed in an order fixed by
- * k alone (per warp over its units, then the warps in order), so it too is batch-invariant.
+ * With tensor cores (kern_backend_config.tensor_cores), the quantised types go through mmq instead:
+ * int8 mma gives the same exact integer dots of a unit for 16 weight rows and 8 activation rows at
+ * once, and each (weight row, activation row) pair is summed in an order fixed by k alone (per warp
+ * over its units, then the warps in order), so it too is batch-invariant. One activation row takes
+ * mmv_ordered, dp4a in mmq's order, with mmq's bits.
  *
  * All files in kernels/cuda are compiled with -fmad=false: no multiply-add is fused unless written. */
 #include "kernels/cuda/cuda_ops.h"
@@ -733,6 +734,36 @@ static __device__ __forceinline__ void convert_out(const mm_args &a, int first_r
         cuda_convert_out_block(a.out, p.y, p.y_stride, p.rows, r, b, threadIdx.x % CUDA_WARP);
 }
 
+/* acc[i][r] = the sum over units u0, u0 + stride, ... (in that order, with dot()) of weight row wrow[i]
+ * times activation row t0 + r, for r < nt: each unit's weights unpacked once for all the rows. */
+template <class W, int NR>
+static __device__ __forceinline__ void mmv_units(const mm_args &a, const uint8_t *const wrow[NR], int t0, int nt,
+                                                 int u0, int stride, float acc[NR][MMV_TILE])
+{
+#pragma unroll
+    for (int i = 0; i < NR; i++)
+#pragma unroll
+        for (int r = 0; r < MMV_TILE; r++)
+            acc[i][r] = 0.0f;
+    const int n_units = W::units(a.k);
+    for (int u = u0; u < n_units; u += stride) {
+        typename W::U wu[NR];
+#pragma unroll
+        for (int i = 0; i < NR; i++)
+            W::load(a, wrow[i], u, wu[i]);
+#pragma unroll
+        for (int r = 0; r < MMV_TILE; r++) {
+            if (r < nt) {
+                typename W::X xu;
+                W::load_x(a, t0 + r, u, xu);
+#pragma unroll
+                for (int i = 0; i < NR; i++)
+                    acc[i][r] = W::dot(wu[i], xu, acc[i][r]);
+            }
+        }
+    }
+}
+
 /* RPW: weight rows per warp, each activation load serving all of them: RPW rows of one part, or with
  * SW (swiglu) RPW/2 rows of part 0 and the same rows of part 1. */
 template <class W, int RPW, bool SW>
@@ -753,31 +784,10 @@ __global__ void __launch_bounds__(MMV_THREADS) mmv(const mm_args a)
         const cuda_mm_part &o = i < per_part ? mine : other;
         wrow[i] = o.w + (size_t)row * o.w_row_bytes;
     }
-    const int n_units = W::units(a.k);
     for (int t0 = 0; t0 < a.n; t0 += MMV_TILE) {
         const int nt = min(MMV_TILE, a.n - t0);
         float acc[RPW][MMV_TILE];
-#pragma unroll
-        for (int i = 0; i < RPW; i++)
-#pragma unroll
-            for (int r = 0; r < MMV_TILE; r++)
-                acc[i][r] = 0.0f;
-        for (int u = lane; u < n_units; u += CUDA_WARP) {
-            typename W::U wu[RPW];
-#pragma unroll
-            for (int i = 0; i < RPW; i++)
-                W::load(a, wrow[i], u, wu[i]);
-#pragma unroll
-            for (int r = 0; r < MMV_TILE; r++) {
-                if (r < nt) {
-                    typename W::X xu;
-                    W::load_x(a, t0 + r, u, xu);
-#pragma unroll
-                    for (int i = 0; i < RPW; i++)
-                        acc[i][r] = W::dot(wu[i], xu, acc[i][r]);
-                }
-            }
-        }
+        mmv_units<W, RPW>(a, wrow, t0, nt, lane, CUDA_WARP, acc);
 #pragma unroll
         for (int r = 0; r < MMV_TILE; r++) {
             if (r < nt) {
@@ -806,6 +816,66 @@ __global__ void __launch_bounds__(MMV_THREADS) mmv(const mm_args a)
     }
     if (SW && a.out.q)
         convert_out(a, block * MMV_WARPS * per_part, MMV_WARPS * per_part);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* The mat-vec kernel in mmq's order                                                              */
+
+#define MMO_LANES 8 /* lanes a weight row: lane w adds units w, w + 8, ... as mmq's warp w does */
+#define MMO_ROWS (MMV_WARPS * CUDA_WARP / MMO_LANES) /* weight rows a block (each of both parts with SW) */
+
+/* dp4a with mmq's order of float operations: lane w of a row's 8 adds the units w, w + 8, ... in that
+ * order, each with mmv's dot() (the same operations as mmq's mma_acc() on the same unit), and the 8
+ * sums are added in lane order, then the bias, as mmq adds its warps' sums: the bits of mmq, so that
+ * with tensor cores one activation row (a decode step) need not pay for a whole mma tile. With SW each
+ * lane holds the same row of both parts. */
+template <class W, bool SW>
+__global__ void __launch_bounds__(MMV_THREADS) mmv_ordered(const mm_args a)
+{
+    cuda_grid_wait();
+    constexpr int NW = SW ? 2 : 1;
+    const int lane = threadIdx.x % CUDA_WARP, w = lane % MMO_LANES, first = lane - w;
+    const int p = blockIdx.x >= (unsigned)a.block2 ? 2 : blockIdx.x >= (unsigned)a.block1 ? 1 : 0;
+    const int block = (int)blockIdx.x - (p == 2 ? a.block2 : p == 1 ? a.block1 : 0);
+    const int row = block * MMO_ROWS + (int)threadIdx.x / MMO_LANES;
+    const cuda_mm_part mine = part_of(a, p), other = a.part[1];
+    const int rows = mine.rows;
+    const uint8_t *wrow[NW]; /* a row past the end repeats the last one, unused */
+#pragma unroll
+    for (int q = 0; q < NW; q++) {
+        const cuda_mm_part &o = q == 0 ? mine : other;
+        wrow[q] = o.w + (size_t)min(row, rows - 1) * o.w_row_bytes;
+    }
+    for (int t0 = 0; t0 < a.n; t0 += MMV_TILE) {
+        const int nt = min(MMV_TILE, a.n - t0);
+        float acc[NW][MMV_TILE];
+        mmv_units<W, NW>(a, wrow, t0, nt, w, MMO_LANES, acc);
+#pragma unroll
+        for (int r = 0; r < MMV_TILE; r++) {
+            if (r < nt) {
+                float v[NW];
+#pragma unroll
+                for (int q = 0; q < NW; q++) {
+                    const cuda_mm_part &o = q == 0 ? mine : other;
+                    float y = __shfl_sync(CUDA_FULL_MASK, acc[q][r], first);
+                    for (int j = 1; j < MMO_LANES; j++)
+                        y = y + __shfl_sync(CUDA_FULL_MASK, acc[q][r], first + j);
+                    v[q] = o.bias && row < rows ? y + o.bias[row] : y;
+                }
+                if (w != 0 || row >= rows)
+                    continue;
+                const size_t at = (size_t)(t0 + r);
+                if (SW) { /* the gate times the up row, as swiglu does */
+                    mine.y[at * mine.y_stride + row] = cuda_silu_mul(v[0], v[NW - 1]);
+                    other.y[at * other.y_stride + row] = v[NW - 1];
+                } else {
+                    mine.y[at * mine.y_stride + row] = v[0];
+                }
+            }
+        }
+    }
+    if (SW && a.out.q)
+        convert_out(a, block * MMO_ROWS, MMO_ROWS);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -958,6 +1028,17 @@ static cudaError_t launch_mmv_rpw(cudaStream_t st, mm_args a)
 }
 
 template <class W>
+static cudaError_t launch_mmv_ordered(cudaStream_t st, mm_args a)
+{
+    const unsigned blocks = part_blocks(a, MMO_ROWS);
+    if (a.swiglu)
+        CUDA_LAUNCH(blocks, MMV_THREADS, st, mmv_ordered<W, true>)(a);
+    else
+        CUDA_LAUNCH(blocks, MMV_THREADS, st, mmv_ordered<W, false>)(a);
+    return cudaGetLastError();
+}
+
+template <class W>
 static cudaError_t launch_mmq(cudaStream_t st, mm_args a)
 {
     const unsigned blocks = part_blocks(a, MMQ_ROWS);
@@ -982,12 +1063,16 @@ static cudaError_t launch_mmv(cudaStream_t st, const mm_args &a)
     return mmv_rows_per_warp(a.n) == 4 ? launch_mmv_rpw<W, 4>(st, a) : launch_mmv_rpw<W, 2>(st, a);
 }
 
-/* A quantised type's kernel: tensor cores for every batch size, or dp4a for every batch size (each
- * adds a row's units in its own order, so a model's steps never mix the two). */
+/* A quantised type's kernel. dp4a (mmv) for every batch size, or with tensor cores mmq's order for
+ * every batch size: mmq, and for one activation row (a decode step, where an mma would use one of its
+ * 8 columns) mmv_ordered, which gives mmq's bits. mmv and mmq add a row's units in orders of their
+ * own, so a model's steps never mix the two. */
 template <class W>
 static cudaError_t launch_quantised(cudaStream_t st, const mm_args &a, bool tensor_cores)
 {
-    return tensor_cores ? launch_mmq<W>(st, a) : launch_mmv<W>(st, a);
+    if (!tensor_cores)
+        return launch_mmv<W>(st, a);
+    return a.n == 1 ? launch_mmv_ordered<W>(st, a) : launch_mmq<W>(st, a);
 }
 
 /* The activation type a weight type multiplies with (its conversion's name in cuda_act.form). */
@@ -1160,7 +1245,9 @@ static cudaError_t output_conversion(cudaStream_t st, struct cuda_act *act, enum
 {
     const enum spec_dtype form = act_form(wtype);
     const int rows = a.part[0].rows, len = cuda_q8_block_len(form),
-              rows_per_block = tensor_cores ? MMQ_ROWS : MMV_WARPS * mmv_rows_per_warp(a.n) / 2;
+              rows_per_block = !tensor_cores ? MMV_WARPS * mmv_rows_per_warp(a.n) / 2
+                               : a.n == 1   ? MMO_ROWS
+                                            : MMQ_ROWS;
     if (rows % len || len % rows_per_block)
         return cudaSuccess;
     return cuda_act_out_prepare(st, act, form, rows, a.n, (size_t)(rows / len), &a.out);

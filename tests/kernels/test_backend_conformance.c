@@ -260,6 +260,58 @@ Test(conformance, matmul_rows_are_bit_identical_whatever_the_batch)
     }
 }
 
+/* A row alone gives its bits in a batch for weights of 4 to 88 units a row (chains of several units a
+ * lane, counts that are no multiple of the lanes), with a bias and in a swiglu pair: with tensor cores
+ * one row takes dp4a in mmq's order (mmv_ordered) and a batch takes mmq, and their bits must agree. */
+Test(conformance, one_row_gives_its_bits_in_a_batch_at_every_width_with_bias_and_swiglu)
+{
+    need_cuda();
+    const int64_t widths[] = {256, 1536, 2816}, rows = 40;
+    const int n = 5;
+    const enum spec_dtype quantised[] = {SPEC_Q4_0, SPEC_Q4_1, SPEC_Q5_0, SPEC_Q8_0, SPEC_Q4_K, SPEC_Q6_K};
+    float *bh = random_f32(rows, 2.0f);
+    for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++) {
+        const int64_t k = widths[wi];
+        float *xh = random_f32(k * n, 1.0f);
+        for (size_t ti = 0; ti < sizeof quantised / sizeof quantised[0]; ti++) {
+            const enum spec_dtype t = quantised[ti];
+            size_t rb;
+            void *gh = random_weights(t, k, rows, 0, &rb), *uh = random_weights(t, k, rows, 0, &rb);
+            struct kern_tensor wg = weight(gpu, t, k, rows, gh), wu = weight(gpu, t, k, rows, uh),
+                               bias = upload(gpu, SPEC_F32, rows, 1, bh), x = upload(gpu, SPEC_F32, k, n, xh),
+                               y = poisoned(gpu, rows, n), g = poisoned(gpu, rows, n), u = poisoned(gpu, rows, n),
+                               y1 = poisoned(gpu, rows, 1), g1 = poisoned(gpu, rows, 1), u1 = poisoned(gpu, rows, 1);
+            const struct kern_matmul gu[2] = {{&wg, NULL, &g}, {&wu, &bias, &u}},
+                                     gu1[2] = {{&wg, NULL, &g1}, {&wu, &bias, &u1}};
+            cr_assert_eq(gpu->ops->matmul(gpu, &wg, &x, &bias, &y), 0);
+            cr_assert_eq(gpu->ops->matmuls(gpu, &x, gu, 2, KERN_MATMULS_SWIGLU), 0);
+            float *ya = download(gpu, &y), *ga = download(gpu, &g), *ua = download(gpu, &u);
+            for (int r = 0; r < n; r++) {
+                struct kern_tensor xr = x;
+                xr.data = (char *)x.data + (size_t)r * x.row_bytes;
+                xr.ne1 = 1;
+                xr.owned = false;
+                cr_assert_eq(gpu->ops->matmul(gpu, &wg, &xr, &bias, &y1), 0);
+                cr_assert_eq(gpu->ops->matmuls(gpu, &xr, gu1, 2, KERN_MATMULS_SWIGLU), 0);
+                float *yo = download(gpu, &y1), *go = download(gpu, &g1), *uo = download(gpu, &u1);
+                char what[96];
+                snprintf(what, sizeof what, "%s k=%lld row %d: matmul with a bias", kern_dtype_info(t)->name,
+                         (long long)k, r);
+                assert_bits(yo, ya + r * rows, (size_t)rows * sizeof(float), what);
+                snprintf(what, sizeof what, "%s k=%lld row %d: swiglu", kern_dtype_info(t)->name, (long long)k, r);
+                assert_bits(go, ga + r * rows, (size_t)rows * sizeof(float), what);
+                assert_bits(uo, ua + r * rows, (size_t)rows * sizeof(float), what);
+                free(yo), free(go), free(uo);
+            }
+            free(ya), free(ga), free(ua), free(gh), free(uh);
+            free_t(gpu, &wg), free_t(gpu, &wu), free_t(gpu, &bias), free_t(gpu, &x), free_t(gpu, &y);
+            free_t(gpu, &g), free_t(gpu, &u), free_t(gpu, &y1), free_t(gpu, &g1), free_t(gpu, &u1);
+        }
+        free(xh);
+    }
+    free(bh);
+}
+
 /* On both backends a matmul with a bias gives the bits of the same matmul without it plus the bias
  * in float (the add qwen2's q, k and v projections used to run as an op of their own). */
 Test(conformance, matmul_adds_its_bias_to_the_finished_sums)

@@ -191,8 +191,10 @@ namespace cudasim {
 /* Aborts with a message unless p is NULL or points into (or just past) memory from cudaMalloc: a
  * kernel handed a host pointer faults on a GPU. `arg` numbers the kernel's parameter. */
 void check_device_arg(const void *p, int arg);
-/* A warp's exchange: every lane of the running thread's warp gives `bits` and gets lane ^ lane_mask's. */
+/* A warp's exchange: every lane of the running thread's warp gives `bits` and gets lane ^ lane_mask's
+ * (shfl_xor) or src_lane's (shfl). */
 uint64_t shfl_xor(unsigned mask, uint64_t bits, int lane_mask);
+uint64_t shfl(unsigned mask, uint64_t bits, int src_lane);
 /* The warp's int8 tensor-core product d = A B (k 32 or 16), from the fragments every lane holds in the
  * layout of PTX's mma.m16n8k32 / m16n8k16 with s8 inputs (kernels/cuda/cuda_ops.h: cuda_mma_s8). */
 void mma_s8(int k, int d[4], const uint32_t *a, const uint32_t *b);
@@ -233,15 +235,29 @@ void launch(bool dependent, dim3 grid, dim3 block, cudaStream_t st, void (*kerne
 }
 } // namespace cudasim
 
-template <class T>
-static inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask)
+namespace cudasim {
+template <class T, class F>
+static inline T shuffled(T v, F exchange)
 {
     static_assert(sizeof(T) <= sizeof(uint64_t), "shuffle of a value wider than 64 bits");
     uint64_t bits = 0;
     memcpy(&bits, &v, sizeof v);
-    bits = cudasim::shfl_xor(mask, bits, lane_mask);
+    bits = exchange(bits);
     memcpy(&v, &bits, sizeof v);
     return v;
+}
+} // namespace cudasim
+
+template <class T>
+static inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask)
+{
+    return cudasim::shuffled(v, [&](uint64_t bits) { return cudasim::shfl_xor(mask, bits, lane_mask); });
+}
+
+template <class T>
+static inline T __shfl_sync(unsigned mask, T v, int src_lane)
+{
+    return cudasim::shuffled(v, [&](uint64_t bits) { return cudasim::shfl(mask, bits, src_lane); });
 }
 
 static inline int min(int a, int b) { return a < b ? a : b; }

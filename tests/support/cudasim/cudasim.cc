@@ -293,23 +293,37 @@ void grid_wait()
     sim.threads[sim.cur].waited = true;
 }
 
-uint64_t shfl_xor(unsigned mask, uint64_t bits, int lane_mask)
+/* A warp's exchange: the running thread gives bits and, once every lane of its warp has, gets the row
+ * of the 32 values given (valid until the warp's next exchange but one). */
+static const uint64_t *exchange(unsigned mask, uint64_t bits, const char *what)
 {
     if (sim.cur < 0)
-        die("__shfl_xor_sync outside a kernel");
+        die(what);
     check_waited("a shuffle before cuda_grid_wait in a programmatic dependent");
     if (mask != 0xffffffffu || sim.n_threads % WARP)
         die("only full-mask shuffles of whole warps are simulated");
-    if (lane_mask < 0 || lane_mask >= WARP)
-        die("__shfl_xor_sync lane mask out of range");
-    const int i = sim.cur, lane = i % WARP;
+    const int i = sim.cur;
     sim_thread &t = sim.threads[i];
     sim_warp &w = sim.warps[i / WARP];
     const unsigned row = t.shfl_count++ & 1u;
-    w.xch[row][lane] = bits;
+    w.xch[row][i % WARP] = bits;
     t.state = AT_SHFL;
     yield_to_scheduler(false);
-    return w.xch[row][lane ^ lane_mask];
+    return w.xch[row];
+}
+
+uint64_t shfl_xor(unsigned mask, uint64_t bits, int lane_mask)
+{
+    if (lane_mask < 0 || lane_mask >= WARP)
+        die("__shfl_xor_sync lane mask out of range");
+    return exchange(mask, bits, "__shfl_xor_sync outside a kernel")[(sim.cur % WARP) ^ lane_mask];
+}
+
+uint64_t shfl(unsigned mask, uint64_t bits, int src_lane)
+{
+    if (src_lane < 0 || src_lane >= WARP)
+        die("__shfl_sync source lane out of range");
+    return exchange(mask, bits, "__shfl_sync outside a kernel")[src_lane];
 }
 
 /* Byte i % 4 of register r of lane l, as a signed value. */
