@@ -735,8 +735,9 @@ static __device__ __forceinline__ void convert_out(const mm_args &a, int first_r
 }
 
 /* acc[i][r] = the sum over units u0, u0 + stride, ... (in that order, with dot()) of weight row wrow[i]
- * times activation row t0 + r, for r < nt: each unit's weights unpacked once for all the rows. */
-template <class W, int NR>
+ * times activation row t0 + r, for r < nt: each unit's weights unpacked once for all the rows, AHEAD
+ * units loaded before the first of them is used (more bytes in flight where a lane has many units). */
+template <class W, int NR, int AHEAD>
 static __device__ __forceinline__ void mmv_units(const mm_args &a, const uint8_t *const wrow[NR], int t0, int nt,
                                                  int u0, int stride, float acc[NR][MMV_TILE])
 {
@@ -746,19 +747,28 @@ static __device__ __forceinline__ void mmv_units(const mm_args &a, const uint8_t
         for (int r = 0; r < MMV_TILE; r++)
             acc[i][r] = 0.0f;
     const int n_units = W::units(a.k);
-    for (int u = u0; u < n_units; u += stride) {
-        typename W::U wu[NR];
+    for (int ub = u0; ub < n_units; ub += AHEAD * stride) {
+        typename W::U wu[AHEAD][NR];
 #pragma unroll
-        for (int i = 0; i < NR; i++)
-            W::load(a, wrow[i], u, wu[i]);
-#pragma unroll
-        for (int r = 0; r < MMV_TILE; r++) {
-            if (r < nt) {
-                typename W::X xu;
-                W::load_x(a, t0 + r, u, xu);
+        for (int s = 0; s < AHEAD; s++)
+            if (ub + s * stride < n_units)
 #pragma unroll
                 for (int i = 0; i < NR; i++)
-                    acc[i][r] = W::dot(wu[i], xu, acc[i][r]);
+                    W::load(a, wrow[i], ub + s * stride, wu[s][i]);
+#pragma unroll
+        for (int s = 0; s < AHEAD; s++) {
+            const int u = ub + s * stride;
+            if (u >= n_units)
+                break;
+#pragma unroll
+            for (int r = 0; r < MMV_TILE; r++) {
+                if (r < nt) {
+                    typename W::X xu;
+                    W::load_x(a, t0 + r, u, xu);
+#pragma unroll
+                    for (int i = 0; i < NR; i++)
+                        acc[i][r] = W::dot(wu[s][i], xu, acc[i][r]);
+                }
             }
         }
     }
@@ -787,7 +797,7 @@ __global__ void __launch_bounds__(MMV_THREADS) mmv(const mm_args a)
     for (int t0 = 0; t0 < a.n; t0 += MMV_TILE) {
         const int nt = min(MMV_TILE, a.n - t0);
         float acc[RPW][MMV_TILE];
-        mmv_units<W, RPW>(a, wrow, t0, nt, lane, CUDA_WARP, acc);
+        mmv_units<W, RPW, 1>(a, wrow, t0, nt, lane, CUDA_WARP, acc);
 #pragma unroll
         for (int r = 0; r < MMV_TILE; r++) {
             if (r < nt) {
@@ -823,6 +833,10 @@ __global__ void __launch_bounds__(MMV_THREADS) mmv(const mm_args a)
 
 #define MMO_LANES 8 /* lanes a weight row: lane w adds units w, w + 8, ... as mmq's warp w does */
 #define MMO_ROWS (MMV_WARPS * CUDA_WARP / MMO_LANES) /* weight rows a block (each of both parts with SW) */
+/* Units a lane loads before using the first: w_down's 140 units a row (k = 8960) are 17-18 a lane, and
+ * its 1536 rows only 12,288 lanes, each of which would otherwise wait for one unit at a time. (A swiglu
+ * pair, with both parts' units in registers, loads one at a time: gate|up has rows enough.) */
+#define MMO_AHEAD 4
 
 /* dp4a with mmq's order of float operations: lane w of a row's 8 adds the units w, w + 8, ... in that
  * order, each with mmv's dot() (the same operations as mmq's mma_acc() on the same unit), and the 8
@@ -849,7 +863,7 @@ __global__ void __launch_bounds__(MMV_THREADS) mmv_ordered(const mm_args a)
     for (int t0 = 0; t0 < a.n; t0 += MMV_TILE) {
         const int nt = min(MMV_TILE, a.n - t0);
         float acc[NW][MMV_TILE];
-        mmv_units<W, NW>(a, wrow, t0, nt, w, MMO_LANES, acc);
+        mmv_units<W, NW, SW ? 1 : MMO_AHEAD>(a, wrow, t0, nt, w, MMO_LANES, acc);
 #pragma unroll
         for (int r = 0; r < MMV_TILE; r++) {
             if (r < nt) {
