@@ -281,8 +281,8 @@ cudaError_t cuda_rope_rows(cudaStream_t st, const struct cuda_rope *rp);
  * shares in the models this runs). A matmul of another form converts anew. */
 struct cuda_act {
     struct cuda_buf buf;
-    struct cuda_buf next;  /* a conversion being made while buf is read: a swiglu's output, converted by
-                            * the matmul that makes it for the matmul after it, then swapped with buf */
+    struct cuda_buf next;  /* a conversion being made while buf is read: an output converted by the
+                            * kernel that makes it (cuda_q8_out), then swapped with buf */
     struct cuda_buf count; /* that conversion's arrival counters (cuda_last_to_arrive) */
     bool valid;
     const float *x;
