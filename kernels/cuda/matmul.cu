@@ -1029,38 +1029,33 @@ static unsigned part_blocks(mm_args &a, int rows_per_block)
     return (unsigned)(a.block2 + blocks[2]);
 }
 
-/* One launch for every part. */
+/* One launch for every part, rows_per_block rows of a part (with a swiglu, of both) a block of
+ * `threads`: the kernel with the swiglu or the plain one. */
+static cudaError_t launch_parts(cudaStream_t st, mm_args a, int rows_per_block, unsigned threads,
+                                void (*with_swiglu)(const mm_args), void (*plain)(const mm_args))
+{
+    const unsigned blocks = part_blocks(a, rows_per_block);
+    CUDA_LAUNCH(blocks, threads, st, *(a.swiglu ? with_swiglu : plain))(a);
+    return cudaGetLastError();
+}
+
 template <class W, int RPW>
-static cudaError_t launch_mmv_rpw(cudaStream_t st, mm_args a)
+static cudaError_t launch_mmv_rpw(cudaStream_t st, const mm_args &a)
 {
-    const unsigned blocks = part_blocks(a, MMV_WARPS * (a.swiglu ? RPW / 2 : RPW));
-    if (a.swiglu)
-        CUDA_LAUNCH(blocks, MMV_THREADS, st, mmv<W, RPW, true>)(a);
-    else
-        CUDA_LAUNCH(blocks, MMV_THREADS, st, mmv<W, RPW, false>)(a);
-    return cudaGetLastError();
+    return launch_parts(st, a, MMV_WARPS * (a.swiglu ? RPW / 2 : RPW), MMV_THREADS, mmv<W, RPW, true>,
+                        mmv<W, RPW, false>);
 }
 
 template <class W>
-static cudaError_t launch_mmv_ordered(cudaStream_t st, mm_args a)
+static cudaError_t launch_mmv_ordered(cudaStream_t st, const mm_args &a)
 {
-    const unsigned blocks = part_blocks(a, MMO_ROWS);
-    if (a.swiglu)
-        CUDA_LAUNCH(blocks, MMV_THREADS, st, mmv_ordered<W, true>)(a);
-    else
-        CUDA_LAUNCH(blocks, MMV_THREADS, st, mmv_ordered<W, false>)(a);
-    return cudaGetLastError();
+    return launch_parts(st, a, MMO_ROWS, MMV_THREADS, mmv_ordered<W, true>, mmv_ordered<W, false>);
 }
 
 template <class W>
-static cudaError_t launch_mmq(cudaStream_t st, mm_args a)
+static cudaError_t launch_mmq(cudaStream_t st, const mm_args &a)
 {
-    const unsigned blocks = part_blocks(a, MMQ_ROWS);
-    if (a.swiglu)
-        CUDA_LAUNCH(blocks, MMQ_THREADS, st, mmq<W, true>)(a);
-    else
-        CUDA_LAUNCH(blocks, MMQ_THREADS, st, mmq<W, false>)(a);
-    return cudaGetLastError();
+    return launch_parts(st, a, MMQ_ROWS, MMQ_THREADS, mmq<W, true>, mmq<W, false>);
 }
 
 /* Batches take 4 weight rows a warp (each activation load serves 4 rows: a verification pass of 8
