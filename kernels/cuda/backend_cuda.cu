@@ -78,9 +78,10 @@ struct cuda_backend {
     bool tensor_cores;    /* kern_backend_config.tensor_cores: quantised matmuls on int8 tensor cores */
     struct cuda_blas *blas; /* kern_backend_config.blas_prefill: a prefill's matmuls through cuBLAS */
     struct cuda_buf part; /* attention: per-chunk partial results */
+    struct cuda_buf counters; /* attention and argmax: their blocks' arrival counters (cuda_reserve_counters) */
     struct cuda_buf ids;  /* get_rows: token ids */
     struct cuda_buf rope; /* rope: the (cos, sin) table of the positions below */
-    struct cuda_buf pick; /* argmax: counters, each row's id and probability, the slices' partials */
+    struct cuda_buf pick; /* argmax: each row's id and probability, the slices' partials */
     struct cuda_buf sample; /* sampling: the descriptors, tokens and uniforms of a call, then its results */
     uint8_t *sample_host;   /* their host copy */
     size_t sample_host_cap;
@@ -790,9 +791,9 @@ static int cuda_attention_op(struct kern_backend *be, const struct kern_tensor *
     if ((err = writing(cb)))
         return err;
     const int *pos0_at = step_value(cb, p->pos0);
-    return err_of(cuda_attention(cb->stream, &cb->part, &cb->act, (const float *)q->data, fstride(q), k_cache->data,
-                                 k_cache->row_bytes, k_cache->type, v_cache->data, v_cache->row_bytes, v_cache->type, p,
-                                 pos0_at, (int)q->ne1, (float *)out->data, fstride(out)));
+    return err_of(cuda_attention(cb->stream, &cb->part, &cb->counters, &cb->act, (const float *)q->data, fstride(q),
+                                 k_cache->data, k_cache->row_bytes, k_cache->type, v_cache->data, v_cache->row_bytes,
+                                 v_cache->type, p, pos0_at, (int)q->ne1, (float *)out->data, fstride(out)));
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -807,8 +808,8 @@ static int cuda_argmax_op(struct kern_backend *be, const struct kern_tensor *x, 
     const size_t rows = (size_t)x->ne1;
     int32_t *d_ids;
     float *d_probs;
-    if ((err = err_of(cuda_argmax(cb->stream, &cb->pick, (const float *)x->data, fstride(x), (int)x->ne0, (int)rows,
-                                  probs != NULL, &d_ids, &d_probs))) ||
+    if ((err = err_of(cuda_argmax(cb->stream, &cb->pick, &cb->counters, (const float *)x->data, fstride(x),
+                                  (int)x->ne0, (int)rows, probs != NULL, &d_ids, &d_probs))) ||
         (err = err_of(cudaMemcpyAsync(ids, d_ids, rows * sizeof(int32_t), cudaMemcpyDeviceToHost, cb->stream))))
         return err;
     if (probs &&
@@ -997,6 +998,7 @@ static void cuda_destroy(struct kern_backend *be)
     cuda_buf_release(&cb->act.count);
     cuda_blas_close(cb->blas);
     cuda_buf_release(&cb->part);
+    cuda_buf_release(&cb->counters);
     cuda_buf_release(&cb->ids);
     cuda_buf_release(&cb->rope);
     cuda_buf_release(&cb->pick);

@@ -213,9 +213,10 @@ static __device__ __forceinline__ bool cuda_last_to_arrive(int *count, int n)
     return last;
 }
 
-/* A scratch buffer whose start holds such counters: zeroed whenever it is made anew, as the kernels
- * leave them at zero after every launch. */
-static inline cudaError_t cuda_reserve_with_counters(cudaStream_t st, struct cuda_buf *b, size_t bytes)
+/* A buffer of such counters and nothing else: zeroed whenever it is made anew, as the kernels leave
+ * them at zero after every launch. (Counters beside other data would be that data's bytes wherever a
+ * later launch needs more counters than an earlier one did.) */
+static inline cudaError_t cuda_reserve_counters(cudaStream_t st, struct cuda_buf *b, size_t bytes)
 {
     void *before = b->p;
     cudaError_t err = cuda_buf_reserve(st, b, bytes);
@@ -423,20 +424,22 @@ cudaError_t cuda_eltwise(cudaStream_t st, enum cuda_eltwise_op op, const float *
 
 /* kern_backend.h's attention: n queries (rows of q, q_stride floats apart) over cache rows
  * 0 .. pos0 + n - 1 of k and v (F16 or F32, k_row_bytes / v_row_bytes apart), in one launch. `part` is
- * scratch for the per-chunk partial results and the counters that find each (head, query)'s last chunk
- * to finish. With pos0_at (device memory, holding p->pos0) the kernels read the position there, and the
- * grid covers a power of two of chunks (the unused leave at once): a recorded step's launches then stay
- * those of the next positions, up to the next power. The output is left converted in act (forgotten:
- * nothing waits in it) in act->form when that is a Q8 form whose blocks the heads tile. */
-cudaError_t cuda_attention(cudaStream_t st, struct cuda_buf *part, struct cuda_act *act, const float *q,
-                           size_t q_stride, const void *k, size_t k_row_bytes, enum spec_dtype k_type, const void *v,
-                           size_t v_row_bytes, enum spec_dtype v_type, const struct kern_attn_params *p,
-                           const int *pos0_at, int n, float *out, size_t out_stride);
+ * scratch for the per-chunk partial results, `counters` (cuda_reserve_counters) for the counters that
+ * find each (head, query)'s last chunk to finish. With pos0_at (device memory, holding p->pos0) the
+ * kernels read the position there, and the grid covers a power of two of chunks (the unused leave at
+ * once): a recorded step's launches then stay those of the next positions, up to the next power. The
+ * output is left converted in act (forgotten: nothing waits in it) in act->form when that is a Q8 form
+ * whose blocks the heads tile. */
+cudaError_t cuda_attention(cudaStream_t st, struct cuda_buf *part, struct cuda_buf *counters, struct cuda_act *act,
+                           const float *q, size_t q_stride, const void *k, size_t k_row_bytes, enum spec_dtype k_type,
+                           const void *v, size_t v_row_bytes, enum spec_dtype v_type,
+                           const struct kern_attn_params *p, const int *pos0_at, int n, float *out, size_t out_stride);
 
 /* kern_backend.h's argmax of `rows` rows of ne0 logits into scratch (grown as needed): *ids the ids,
- * *probs (with_probs, else NULL) the probabilities, both in device memory. */
-cudaError_t cuda_argmax(cudaStream_t st, struct cuda_buf *scratch, const float *x, size_t x_stride, int ne0,
-                        int rows, bool with_probs, int32_t **ids, float **probs);
+ * *probs (with_probs, else NULL) the probabilities, both in device memory; `counters`
+ * (cuda_reserve_counters) finds each row's last slice to finish. */
+cudaError_t cuda_argmax(cudaStream_t st, struct cuda_buf *scratch, struct cuda_buf *counters, const float *x,
+                        size_t x_stride, int ne0, int rows, bool with_probs, int32_t **ids, float **probs);
 
 /* Sampling (sample.cu). A row to process: logits `in` into the distribution `out`, with the penalty
  * window recent[recent_off .. recent_off + n_recent) of the launch's token array. */

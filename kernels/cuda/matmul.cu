@@ -1226,7 +1226,7 @@ cudaError_t cuda_act_out_prepare(cudaStream_t st, struct cuda_act *act, enum spe
     const q8_layout l = q8_layout_of(form, k, n);
     cudaError_t err = cuda_buf_reserve(st, &act->next, l.q_bytes + l.d_bytes + l.s_bytes + l.sum_bytes);
     if (err == cudaSuccess)
-        err = cuda_reserve_with_counters(st, &act->count, counters * sizeof(int));
+        err = cuda_reserve_counters(st, &act->count, counters * sizeof(int));
     if (err != cudaSuccess)
         return err;
     uint8_t *base = (uint8_t *)act->next.p;

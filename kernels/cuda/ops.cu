@@ -373,23 +373,23 @@ __global__ void __launch_bounds__(PICK_THREADS)
         probs[r] = row_best < 0 ? 0.0f : row_max == INFINITY ? 1.0f : (float)(1.0 / sums[0]);
 }
 
-cudaError_t cuda_argmax(cudaStream_t st, struct cuda_buf *scratch, const float *x, size_t x_stride, int ne0,
-                        int rows, bool with_probs, int32_t **ids, float **probs)
+cudaError_t cuda_argmax(cudaStream_t st, struct cuda_buf *scratch, struct cuda_buf *counters, const float *x,
+                        size_t x_stride, int ne0, int rows, bool with_probs, int32_t **ids, float **probs)
 {
     const int slices = pick_slices(ne0);
     const size_t n = (size_t)rows, parts = n * (size_t)slices;
-    const size_t done_bytes = cuda_align256(n * sizeof(int)), ids_bytes = cuda_align256(n * sizeof(int32_t)),
-                 probs_bytes = cuda_align256(n * sizeof(float)), v_bytes = cuda_align256(parts * sizeof(float)),
-                 i_bytes = cuda_align256(parts * sizeof(int));
-    const cudaError_t err = cuda_reserve_with_counters(st, scratch, done_bytes + ids_bytes + probs_bytes + v_bytes +
-                                                                   i_bytes + parts * sizeof(double));
+    const size_t ids_bytes = cuda_align256(n * sizeof(int32_t)), probs_bytes = cuda_align256(n * sizeof(float)),
+                 v_bytes = cuda_align256(parts * sizeof(float)), i_bytes = cuda_align256(parts * sizeof(int));
+    cudaError_t err = cuda_reserve_counters(st, counters, n * sizeof(int));
+    if (err == cudaSuccess)
+        err = cuda_buf_reserve(st, scratch, ids_bytes + probs_bytes + v_bytes + i_bytes + parts * sizeof(double));
     if (err != cudaSuccess)
         return err;
     uint8_t *base = (uint8_t *)scratch->p;
-    int *done = (int *)base;
-    *ids = (int32_t *)(base + done_bytes);
-    *probs = with_probs ? (float *)(base + done_bytes + ids_bytes) : NULL;
-    float *part_v = (float *)(base + done_bytes + ids_bytes + probs_bytes);
+    int *done = (int *)counters->p;
+    *ids = (int32_t *)base;
+    *probs = with_probs ? (float *)(base + ids_bytes) : NULL;
+    float *part_v = (float *)(base + ids_bytes + probs_bytes);
     int *part_i = (int *)((uint8_t *)part_v + v_bytes);
     double *part_s = (double *)((uint8_t *)part_i + i_bytes);
     CUDA_LAUNCH(dim3((unsigned)slices, (unsigned)rows), PICK_THREADS, st, argmax_kernel)(
@@ -589,10 +589,10 @@ __global__ void __launch_bounds__(ATT_THREADS)
         convert_heads(conv, out, out_stride, n_head, head_dim, h, i);
 }
 
-cudaError_t cuda_attention(cudaStream_t st, struct cuda_buf *part, struct cuda_act *act, const float *q,
-                           size_t q_stride, const void *k, size_t k_row_bytes, enum spec_dtype k_type, const void *v,
-                           size_t v_row_bytes, enum spec_dtype v_type, const struct kern_attn_params *p,
-                           const int *pos0_at, int n, float *out, size_t out_stride)
+cudaError_t cuda_attention(cudaStream_t st, struct cuda_buf *part, struct cuda_buf *counters, struct cuda_act *act,
+                           const float *q, size_t q_stride, const void *k, size_t k_row_bytes, enum spec_dtype k_type,
+                           const void *v, size_t v_row_bytes, enum spec_dtype v_type,
+                           const struct kern_attn_params *p, const int *pos0_at, int n, float *out, size_t out_stride)
 {
     int n_chunks = (p->pos0 + n + ATT_CHUNK - 1) / ATT_CHUNK;
     while (pos0_at && (n_chunks & (n_chunks - 1)))
@@ -600,13 +600,13 @@ cudaError_t cuda_attention(cudaStream_t st, struct cuda_buf *part, struct cuda_a
     const size_t pairs = (size_t)n * p->n_head, slots = pairs * n_chunks;
     const size_t o_bytes = cuda_align256(slots * p->head_dim * sizeof(float)),
                  ml_bytes = cuda_align256(slots * 2 * sizeof(float));
-    const size_t done_bytes = cuda_align256(pairs * sizeof(int)); /* the counters, at the start */
-    const cudaError_t err = cuda_reserve_with_counters(st, part, done_bytes + o_bytes + ml_bytes);
+    cudaError_t err = cuda_reserve_counters(st, counters, pairs * sizeof(int));
+    if (err == cudaSuccess)
+        err = cuda_buf_reserve(st, part, o_bytes + ml_bytes);
     if (err != cudaSuccess)
         return err;
-    int *done = (int *)part->p;
-    float *part_o = (float *)((uint8_t *)part->p + done_bytes),
-          *part_ml = (float *)((uint8_t *)part->p + done_bytes + o_bytes);
+    int *done = (int *)counters->p;
+    float *part_o = (float *)part->p, *part_ml = (float *)((uint8_t *)part->p + o_bytes);
     /* the position itself only when it is not read from device memory, so that a replayed step's
      * launches are the recorded ones */
     const int pos0 = pos0_at ? 0 : p->pos0;

@@ -1379,6 +1379,33 @@ Test(conformance, attentions_output_converted_for_wo_gives_the_next_matmul_its_b
     }
 }
 
+/* The arrival counters of attention and argmax stay zero between calls: a call that needs more of them
+ * than an earlier, larger call did (its scratch not grown) still combines every (head, query) and every
+ * row. Counters kept beside the partial results read the earlier call's results as counts. */
+Test(conformance, calls_needing_more_counters_than_before_still_combine_every_part)
+{
+    need_cuda();
+    const struct attn_case wide = {.n_head = 4, .n_head_kv = 2, .head_dim = 16, .pos0 = 8000, .n = 1, .rows = 8001,
+                                   .kv = SPEC_F16},
+                           many = {.n_head = 4, .n_head_kv = 2, .head_dim = 16, .pos0 = 0, .n = 30, .rows = 30,
+                                   .kv = SPEC_F16};
+    check_attention(&wide);
+    check_attention(&many);
+
+    const int64_t wide_ne0 = 151936, few = 20, ne0 = 64, rows = 80;
+    float *wh = random_f32(wide_ne0 * few, 4.0f), *xh = random_f32(ne0 * rows, 4.0f);
+    struct kern_tensor wg = upload(gpu, SPEC_F32, wide_ne0, few, wh), xg = upload(gpu, SPEC_F32, ne0, rows, xh),
+                       xc = upload(cpu, SPEC_F32, ne0, rows, xh);
+    int32_t ids_few[20], want[80], got[80];
+    float p_few[20];
+    cr_assert_eq(gpu->ops->argmax(gpu, &wg, ids_few, p_few), 0);
+    cr_assert_eq(cpu->ops->argmax(cpu, &xc, want, NULL), 0);
+    cr_assert_eq(gpu->ops->argmax(gpu, &xg, got, NULL), 0);
+    assert_bits(got, want, sizeof want, "argmax of 80 rows after 20 wide ones");
+    free(wh), free(xh);
+    free_t(gpu, &wg), free_t(gpu, &xg), free_t(cpu, &xc);
+}
+
 /* ---------------------------------------------------------------------------------------------- */
 /* Whole models                                                                                   */
 
