@@ -177,13 +177,15 @@ test-cuda: $(BUILD)/tests/kernels/test_backend_conformance $(BUILD)/tests/kernel
 # cores), then the model and batching suites with the CUDA backend as their device
 # (SPECD_TEST_DEVICE), and the greedy batching test of two models on one backend once more with steps
 # recorded and replayed as graphs, the matmuls on tensor cores and prefills through cuBLAS (cudasim's
-# own GEMM: the calls' shapes and layouts, not the library's sums). It checks the kernels' logic
-# (indexing, barriers, shuffles, mma fragments, alignment, launch shapes) and the graphs'
-# bookkeeping, not the GPU's float library or speed.
+# own GEMM: the calls' shapes and layouts, not the library's sums), and the engine's prompt-cache
+# tests (a prefill after decode steps; the rest of test_engine takes minutes a test here). It checks
+# the kernels' logic (indexing, barriers, shuffles, mma fragments, alignment, launch shapes) and the
+# graphs' bookkeeping, not the GPU's float library or speed.
 CUDASIM_TESTS := $(addprefix build-cudasim/tests/kernels/,test_backend_conformance test_profile)
 CUDASIM_DEVICE_TESTS := build-cudasim/tests/model/test_model build-cudasim/tests/engine/test_engine_batch
 test-cudasim:
-	$(MAKE) SAN=1 CUDASIM=1 BUILD=build-cudasim $(CUDASIM_TESTS) $(CUDASIM_DEVICE_TESTS)
+	$(MAKE) SAN=1 CUDASIM=1 BUILD=build-cudasim $(CUDASIM_TESTS) $(CUDASIM_DEVICE_TESTS) \
+		build-cudasim/tests/engine/test_engine
 	SPECD_REQUIRE_CUDA=1 ./tools/run-tests.sh $(CUDASIM_TESTS)
 	SPECD_REQUIRE_CUDA=1 SPECD_TEST_TENSOR_CORES=1 \
 		./tools/run-tests.sh build-cudasim/tests/kernels/test_backend_conformance
@@ -191,6 +193,8 @@ test-cudasim:
 	SPECD_TEST_DEVICE=cuda SPECD_TEST_GRAPHS=1 SPECD_TEST_TENSOR_CORES=1 SPECD_TEST_BLAS_PREFILL=1 \
 		CRITERION_TEST_PATTERN='*/greedy*draft_model' \
 		./tools/run-tests.sh build-cudasim/tests/engine/test_engine_batch
+	SPECD_TEST_DEVICE=cuda CRITERION_TEST_PATTERN='engine/a_prompt*' \
+		./tools/run-tests.sh build-cudasim/tests/engine/test_engine
 
 # Fetches the real models, then makes their float conversions (the lines of tools/models.sha256 with a
 # third field) with specd-quantize; every file is checked against its sha256.
