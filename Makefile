@@ -177,8 +177,9 @@ test-cuda: $(BUILD)/tests/kernels/test_backend_conformance $(BUILD)/tests/kernel
 # cores), then the model and batching suites with the CUDA backend as their device
 # (SPECD_TEST_DEVICE), and the greedy batching test of two models on one backend once more with steps
 # recorded and replayed as graphs, the matmuls on tensor cores and prefills through cuBLAS (cudasim's
-# own GEMM: the calls' shapes and layouts, not the library's sums), and the engine's prompt-cache
-# tests (a prefill after decode steps; the rest of test_engine takes minutes a test here). It checks
+# own GEMM: the calls' shapes and layouts, not the library's sums), and the engine's greedy
+# prompt-cache test (a prefill after decode steps; the rest of test_engine takes minutes a test here,
+# its sampled twin included). It checks
 # the kernels' logic (indexing, barriers, shuffles, mma fragments, alignment, launch shapes) and the
 # graphs' bookkeeping, not the GPU's float library or speed.
 CUDASIM_TESTS := $(addprefix build-cudasim/tests/kernels/,test_backend_conformance test_profile)
@@ -193,7 +194,7 @@ test-cudasim:
 	SPECD_TEST_DEVICE=cuda SPECD_TEST_GRAPHS=1 SPECD_TEST_TENSOR_CORES=1 SPECD_TEST_BLAS_PREFILL=1 \
 		CRITERION_TEST_PATTERN='*/greedy*draft_model' \
 		./tools/run-tests.sh build-cudasim/tests/engine/test_engine_batch
-	SPECD_TEST_DEVICE=cuda CRITERION_TEST_PATTERN='engine/a_prompt*' \
+	SPECD_TEST_DEVICE=cuda CRITERION_TEST_PATTERN='engine/a_prompt*greedy*' \
 		./tools/run-tests.sh build-cudasim/tests/engine/test_engine
 
 # Fetches the real models, then makes their float conversions (the lines of tools/models.sha256 with a

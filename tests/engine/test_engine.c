@@ -371,49 +371,57 @@ static int fresh_generate(struct model *t, struct model *d, const int32_t *promp
 /* A chat's turns: each prompt repeats the conversation so far and adds to it. The second turn finds
  * the first's caches (all of its tokens but the last generated one, which was never fed), the same
  * prompt again finds all but its own last token, a prompt that leaves the conversation after four
- * tokens finds those four; every output is a fresh engine's. Target-only and speculative, greedy and
- * sampled (fixed γ, so that a seed reproduces its sample). */
-Test(engine, a_prompt_continuing_a_finished_request_reuses_its_caches)
+ * tokens finds those four; every output is a fresh engine's. Target-only and speculative, with a fixed
+ * γ (so that a seed reproduces its sample). */
+static void check_prompt_continuation(struct verify_params sp)
 {
     struct model_synth_config tc = target_cfg(MODEL_ARCH_QWEN2), dc = draft_cfg(MODEL_ARCH_QWEN2);
     struct mem_model t = tsupport_load_synth(&tc, be, (struct model_config){0}),
                      d = tsupport_load_synth(&dc, be, (struct model_config){0});
-    struct verify_params sps[2] = {verify_params_default(), verify_params_default()};
-    sps[1].temperature = 0.9f;
-    sps[1].seed = 9;
     for (int spec = 0; spec < 2; spec++) {
-        for (int k = 0; k < 2; k++) {
-            struct model *dm = spec ? d.m : NULL;
-            struct engine *e = new_engine(t.m, dm, 4, false);
-            int32_t turn[64], out[24], want[24];
-            struct engine_stats st;
-            memcpy(turn, prompts[0], sizeof prompts[0]);
-            const int n1 = generate(e, turn, 8, 24, spec, sps[k], 0, out, &st);
-            cr_assert_eq(st.n_prompt_cached, 0, "nothing is kept before the first request");
-            memcpy(turn + 8, out, sizeof(int32_t) * (size_t)n1);
-            const int32_t more[3] = {5, 6, 7};
-            memcpy(turn + 8 + n1, more, sizeof more);
-            const int n_turn = 8 + n1 + 3;
+        struct model *dm = spec ? d.m : NULL;
+        struct engine *e = new_engine(t.m, dm, 4, false);
+        int32_t turn[64], out[24], want[24];
+        struct engine_stats st;
+        memcpy(turn, prompts[0], sizeof prompts[0]);
+        const int n1 = generate(e, turn, 8, 24, spec, sp, 0, out, &st);
+        cr_assert_eq(st.n_prompt_cached, 0, "nothing is kept before the first request");
+        memcpy(turn + 8, out, sizeof(int32_t) * (size_t)n1);
+        const int32_t more[3] = {5, 6, 7};
+        memcpy(turn + 8 + n1, more, sizeof more);
+        const int n_turn = 8 + n1 + 3;
 
-            const int n2 = generate(e, turn, n_turn, 16, spec, sps[k], 0, out, &st);
-            cr_assert_eq(st.n_prompt_cached, 8 + n1 - 1, "spec %d sampling %d: %d cached", spec, k, st.n_prompt_cached);
-            cr_assert_eq(fresh_generate(t.m, dm, turn, n_turn, 16, sps[k], want), n2);
-            cr_assert_arr_eq(out, want, sizeof(int32_t) * (size_t)n2, "spec %d sampling %d: second turn", spec, k);
+        const int n2 = generate(e, turn, n_turn, 16, spec, sp, 0, out, &st);
+        cr_assert_eq(st.n_prompt_cached, 8 + n1 - 1, "spec %d: %d cached", spec, st.n_prompt_cached);
+        cr_assert_eq(fresh_generate(t.m, dm, turn, n_turn, 16, sp, want), n2);
+        cr_assert_arr_eq(out, want, sizeof(int32_t) * (size_t)n2, "spec %d: second turn", spec);
 
-            cr_assert_eq(generate(e, turn, n_turn, 16, spec, sps[k], 0, out, &st), n2);
-            cr_assert_eq(st.n_prompt_cached, n_turn - 1, "the same prompt again");
-            cr_assert_arr_eq(out, want, sizeof(int32_t) * (size_t)n2, "spec %d sampling %d: repeated", spec, k);
+        cr_assert_eq(generate(e, turn, n_turn, 16, spec, sp, 0, out, &st), n2);
+        cr_assert_eq(st.n_prompt_cached, n_turn - 1, "the same prompt again");
+        cr_assert_arr_eq(out, want, sizeof(int32_t) * (size_t)n2, "spec %d: repeated", spec);
 
-            turn[4] = (turn[4] + 1) % 300;
-            const int n3 = generate(e, turn, n_turn, 16, spec, sps[k], 0, out, &st);
-            cr_assert_eq(st.n_prompt_cached, 4, "a prompt that leaves the history after 4 tokens");
-            cr_assert_eq(fresh_generate(t.m, dm, turn, n_turn, 16, sps[k], want), n3);
-            cr_assert_arr_eq(out, want, sizeof(int32_t) * (size_t)n3, "spec %d sampling %d: diverged", spec, k);
-            engine_free(e);
-        }
+        turn[4] = (turn[4] + 1) % 300;
+        const int n3 = generate(e, turn, n_turn, 16, spec, sp, 0, out, &st);
+        cr_assert_eq(st.n_prompt_cached, 4, "a prompt that leaves the history after 4 tokens");
+        cr_assert_eq(fresh_generate(t.m, dm, turn, n_turn, 16, sp, want), n3);
+        cr_assert_arr_eq(out, want, sizeof(int32_t) * (size_t)n3, "spec %d: diverged", spec);
+        engine_free(e);
     }
     tsupport_mem_model_free(&d);
     tsupport_mem_model_free(&t);
+}
+
+Test(engine, a_prompt_continuing_a_finished_greedy_request_reuses_its_caches)
+{
+    check_prompt_continuation(verify_params_default());
+}
+
+Test(engine, a_prompt_continuing_a_finished_sampled_request_reuses_its_caches)
+{
+    struct verify_params sp = verify_params_default();
+    sp.temperature = 0.9f;
+    sp.seed = 9;
+    check_prompt_continuation(sp);
 }
 
 /* With two slots: a new prompt takes an empty slot rather than another prompt's caches, a repeated
