@@ -175,6 +175,7 @@ void cuda_buf_release(struct cuda_buf *b)
 
 thread_local struct cuda_trace *cuda_tracing;
 bool cuda_dependent_launches = true;
+bool cuda_prefetch_weights = true;
 
 bool cuda_trace_node(cudaStream_t st, uint64_t hash)
 {
@@ -1063,6 +1064,8 @@ extern "C" int kern_cuda_backend_create(const struct kern_backend_config *cfg, s
     cb->graphs = cfg && cfg->graphs;
     const char *pdl = getenv("SPECD_CUDA_PDL");
     cuda_dependent_launches = !(pdl && strcmp(pdl, "0") == 0);
+    const char *prefetch = getenv("SPECD_CUDA_PREFETCH");
+    cuda_prefetch_weights = !(prefetch && strcmp(prefetch, "0") == 0);
     cb->tensor_cores = cfg && cfg->tensor_cores;
     if (cfg && cfg->blas_prefill) {
         const int err = cuda_blas_open(cb->stream, &cb->blas);

@@ -33,6 +33,9 @@ struct cuda_trace;
 extern thread_local struct cuda_trace *cuda_tracing; /* the backend's trace during such a step, else NULL */
 /* Recorded kernels launch as programmatic dependents (below) unless SPECD_CUDA_PDL=0 (for the A/B). */
 extern bool cuda_dependent_launches;
+/* The matmuls prefetch their weights before they wait (cuda_prefetch_l2) unless SPECD_CUDA_PREFETCH=0
+ * (for the A/B). */
+extern bool cuda_prefetch_weights;
 
 /* Adds a node to the trace when st is the traced stream. true: make the launch or copy (not traced,
  * or recording); false: replaying, the graph will run it. */
@@ -78,7 +81,8 @@ static inline uint64_t cuda_trace_arg(uint64_t h, const T &v)
  * (tests/support/cudasim) defines its own, as a host compiler has none. A recorded step's kernels
  * launch as programmatic dependents of the kernel before them (the graph's edges between kernels
  * become programmatic): each may be scheduled while the one before finishes, and waits for it in
- * cuda_grid_wait, its first statement, so only the launch latency overlaps. */
+ * cuda_grid_wait, before it reads anything a kernel writes, so only its launch and what it does before
+ * (the matmuls' prefetch of their weights) overlap. */
 #ifndef CUDA_KERNEL_LAUNCH
 #define CUDA_KERNEL_LAUNCH(grid, block, st, kernel, ...) kernel<<<grid, block, 0, st>>>(__VA_ARGS__)
 
@@ -100,9 +104,9 @@ static inline void cuda_launch_dependent(dim3 grid, dim3 block, cudaStream_t st,
     cuda_launch_dependent(grid, block, st, kernel, __VA_ARGS__)
 #endif
 
-/* The first statement of every kernel: lets the next kernel of a recorded step be scheduled, then
- * waits until the grids before this one have finished and their writes are visible (PTX
- * griddepcontrol; nothing to wait for when the kernel was launched plainly). */
+/* Every kernel calls it before it reads what a kernel writes (most, first): lets the next kernel of a
+ * recorded step be scheduled, then waits until the grids before this one have finished and their
+ * writes are visible (PTX griddepcontrol; nothing to wait for when the kernel was launched plainly). */
 static __device__ __forceinline__ void cuda_grid_wait(void)
 {
 #if defined(__CUDA_ARCH__)
@@ -111,6 +115,23 @@ static __device__ __forceinline__ void cuda_grid_wait(void)
 #elif defined(CUDASIM)
     cudasim::grid_wait();
 #endif
+}
+
+/* A hint that the block reads [p, p + bytes) soon: its threads bring the range's 128-byte lines into
+ * L2. Issued before cuda_grid_wait for what no kernel of a step writes (weights), it lets a recorded
+ * step's memory traffic overlap the end of the kernel before, whose last blocks leave the memory idle.
+ * L2 is where global memory is coherent, so the hint can never make a load see stale values. */
+static __device__ __forceinline__ void cuda_prefetch_l2(const void *p, size_t bytes)
+{
+    const uintptr_t start = (uintptr_t)p, end = start + bytes;
+    for (uintptr_t line = (start & ~(uintptr_t)127) + 128u * threadIdx.x; line < end; line += 128u * blockDim.x) {
+        const uintptr_t at = line < start ? start : line;
+#if defined(__CUDA_ARCH__)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(at));
+#elif defined(CUDASIM)
+        cudasim::prefetch((const void *)at);
+#endif
+    }
 }
 
 template <class... P>

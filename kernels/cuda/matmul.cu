@@ -48,7 +48,8 @@ struct mm_args {
     const float *xd;
     const float *xs;
     const int *xsum;
-    bool vec; /* float types: rows and unit starts are 16-byte aligned and k % 8 == 0 */
+    bool vec;      /* float types: rows and unit starts are 16-byte aligned and k % 8 == 0 */
+    bool prefetch; /* each block prefetches its weight rows before it waits (cuda_prefetch_weights) */
     int n;
     /* With swiglu: part 0's output converted for the next matmul (a counter per conversion block) */
     cuda_q8_out out;
@@ -63,7 +64,7 @@ static inline uint64_t cuda_trace_arg(uint64_t h, const mm_args &a)
         h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, p.bias), p.y), p.y_stride);
     }
     const int ints[5] = {a.n_parts, a.block1, a.block2, a.k, a.n};
-    const bool flags[2] = {a.swiglu, a.vec};
+    const bool flags[3] = {a.swiglu, a.vec, a.prefetch};
     h = cuda_hash_bytes(cuda_hash_bytes(h, ints, sizeof ints), flags, sizeof flags);
     h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, a.xq), a.q_stride), a.xd);
     return cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, a.xs), a.xsum), a.out);
@@ -721,6 +722,28 @@ static __device__ __forceinline__ cuda_mm_part part_of(const mm_args &a, int q)
     return q == 0 ? a.part[0] : q == 1 ? a.part[1] : a.part[2];
 }
 
+/* Every matmul kernel's start: the thread block's part of a (*part) and its index among that part's
+ * blocks. The block's weight rows (rows_per_block from its first, clipped to the matrix; with SW
+ * swiglu's up rows too) are prefetched into L2 before the kernel waits for the one before it: a
+ * step's weights are never written, and their fetch is what the wait would otherwise hold back. */
+template <bool SW>
+static __device__ __forceinline__ int block_start(const mm_args &a, int rows_per_block, int *part)
+{
+    const int p = blockIdx.x >= (unsigned)a.block2 ? 2 : blockIdx.x >= (unsigned)a.block1 ? 1 : 0;
+    const int block = (int)blockIdx.x - (p == 2 ? a.block2 : p == 1 ? a.block1 : 0);
+    const cuda_mm_part mine = part_of(a, p);
+    const int row0 = block * rows_per_block, end = min(row0 + rows_per_block, mine.rows);
+    if (a.prefetch && row0 < end) {
+        cuda_prefetch_l2(mine.w + (size_t)row0 * mine.w_row_bytes, (size_t)(end - row0) * mine.w_row_bytes);
+        if (SW)
+            cuda_prefetch_l2(a.part[1].w + (size_t)row0 * a.part[1].w_row_bytes,
+                             (size_t)(end - row0) * a.part[1].w_row_bytes);
+    }
+    cuda_grid_wait();
+    *part = p;
+    return block;
+}
+
 /* The end of a swiglu matmul that converts its output for the next matmul (a.out.q): a thread block's
  * rows_per_block rows lie in one conversion block of part 0's output, and the last thread block of the
  * launch to finish one converts it for every activation row. Every thread of the block calls it. */
@@ -779,11 +802,10 @@ static __device__ __forceinline__ void mmv_units(const mm_args &a, const uint8_t
 template <class W, int RPW, bool SW>
 __global__ void __launch_bounds__(MMV_THREADS) mmv(const mm_args a)
 {
-    cuda_grid_wait();
     constexpr int per_part = SW ? RPW / 2 : RPW;
+    int p;
+    const int block = block_start<SW>(a, MMV_WARPS * per_part, &p);
     const int lane = threadIdx.x % CUDA_WARP;
-    const int p = blockIdx.x >= (unsigned)a.block2 ? 2 : blockIdx.x >= (unsigned)a.block1 ? 1 : 0;
-    const int block = (int)blockIdx.x - (p == 2 ? a.block2 : p == 1 ? a.block1 : 0);
     const int row0 = (block * MMV_WARPS + threadIdx.x / CUDA_WARP) * per_part;
     const cuda_mm_part mine = part_of(a, p), other = a.part[1]; /* other: swiglu's up rows */
     const int rows = mine.rows;
@@ -846,11 +868,10 @@ __global__ void __launch_bounds__(MMV_THREADS) mmv(const mm_args a)
 template <class W, bool SW>
 __global__ void __launch_bounds__(MMV_THREADS) mmv_ordered(const mm_args a)
 {
-    cuda_grid_wait();
     constexpr int NW = SW ? 2 : 1;
+    int p;
+    const int block = block_start<SW>(a, MMO_ROWS, &p);
     const int lane = threadIdx.x % CUDA_WARP, w = lane % MMO_LANES, first = lane - w;
-    const int p = blockIdx.x >= (unsigned)a.block2 ? 2 : blockIdx.x >= (unsigned)a.block1 ? 1 : 0;
-    const int block = (int)blockIdx.x - (p == 2 ? a.block2 : p == 1 ? a.block1 : 0);
     const int row = block * MMO_ROWS + (int)threadIdx.x / MMO_LANES;
     const cuda_mm_part mine = part_of(a, p), other = a.part[1];
     const int rows = mine.rows;
@@ -909,12 +930,11 @@ __global__ void __launch_bounds__(MMV_THREADS) mmv_ordered(const mm_args a)
 template <class W, bool SW>
 __global__ void __launch_bounds__(MMQ_THREADS) mmq(const mm_args a)
 {
-    cuda_grid_wait();
     constexpr int NW = SW ? 2 : 1; /* weight matrices a warp multiplies */
     __shared__ float sums[MMQ_WARPS][NW][MMQ_TILES][4][CUDA_WARP];
+    int p;
+    const int row0 = block_start<SW>(a, MMQ_ROWS, &p) * MMQ_ROWS;
     const int lane = threadIdx.x % CUDA_WARP, warp = threadIdx.x / CUDA_WARP, g = lane / 4, t = lane % 4;
-    const int p = blockIdx.x >= (unsigned)a.block2 ? 2 : blockIdx.x >= (unsigned)a.block1 ? 1 : 0;
-    const int row0 = ((int)blockIdx.x - (p == 2 ? a.block2 : p == 1 ? a.block1 : 0)) * MMQ_ROWS;
     const cuda_mm_part mine = part_of(a, p), other = a.part[1];
     const int rows = mine.rows;
     const uint8_t *w[NW][2]; /* rows g and g + 8; rows past the end repeat the last one, unused */
@@ -1274,6 +1294,7 @@ cudaError_t cuda_matmul(cudaStream_t st, struct cuda_act *act, enum spec_dtype w
     }
     a.n_parts = n_parts;
     a.swiglu = swiglu;
+    a.prefetch = cuda_prefetch_weights;
     a.k = k;
     a.n = n;
     const bool quantised = wtype != SPEC_F32 && wtype != SPEC_F16 && wtype != SPEC_BF16;

@@ -203,6 +203,9 @@ void mma_s8(int k, int d[4], const uint32_t *a, const uint32_t *b);
 void run(dim3 grid, dim3 block, void (*body)(void *), void *ctx, bool dependent);
 /* cuda_grid_wait: the grids before have finished (here always; the call is checked for). */
 void grid_wait();
+/* cuda_prefetch_l2's hint for the byte at p: nothing to fetch here, but it must be device memory (a
+ * prefetch past a tensor's end reads what the kernel does not own). */
+void prefetch(const void *p);
 /* When st is capturing: appends a node (kind: the kernel, or what a copy is) and returns true. */
 bool record(cudaStream_t st, const void *kind, std::function<void()> node);
 

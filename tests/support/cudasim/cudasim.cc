@@ -413,6 +413,14 @@ static bool is_device(const void *p, size_t bytes)
     return in_registry(allocations, p, bytes);
 }
 
+void cudasim::prefetch(const void *p)
+{
+    if (sim.cur < 0)
+        die("cuda_prefetch_l2 outside a kernel");
+    if (!is_device(p, 1))
+        die("cuda_prefetch_l2 of a byte outside device memory");
+}
+
 static bool is_pinned(const void *p, size_t bytes)
 {
     return in_registry(pinned, p, bytes);
