@@ -177,9 +177,10 @@ test-cuda: $(BUILD)/tests/kernels/test_backend_conformance $(BUILD)/tests/kernel
 # cores), then the model and batching suites with the CUDA backend as their device
 # (SPECD_TEST_DEVICE), and the greedy batching test of two models on one backend once more with steps
 # recorded and replayed as graphs, the matmuls on tensor cores and prefills through cuBLAS (cudasim's
-# own GEMM: the calls' shapes and layouts, not the library's sums), and the engine's greedy
-# prompt-cache test (a prefill after decode steps; the rest of test_engine takes minutes a test here,
-# its sampled twin included). It checks
+# own GEMM: the calls' shapes and layouts, not the library's sums), and two tests of the engine: the
+# greedy prompt-cache test (a prefill after decode steps) and a penalised greedy self-draft (drafts
+# processed on the device as the target's rows are); the rest of test_engine takes minutes a test here,
+# the prompt-cache test's sampled twin included. It checks
 # the kernels' logic (indexing, barriers, shuffles, mma fragments, alignment, launch shapes) and the
 # graphs' bookkeeping, not the GPU's float library or speed.
 CUDASIM_TESTS := $(addprefix build-cudasim/tests/kernels/,test_backend_conformance test_profile)
@@ -194,7 +195,7 @@ test-cudasim:
 	SPECD_TEST_DEVICE=cuda SPECD_TEST_GRAPHS=1 SPECD_TEST_TENSOR_CORES=1 SPECD_TEST_BLAS_PREFILL=1 \
 		CRITERION_TEST_PATTERN='*/greedy*draft_model' \
 		./tools/run-tests.sh build-cudasim/tests/engine/test_engine_batch
-	SPECD_TEST_DEVICE=cuda CRITERION_TEST_PATTERN='engine/a_prompt*greedy*' \
+	SPECD_TEST_DEVICE=cuda CRITERION_TEST_PATTERN='engine/+(a_prompt*greedy*|penalised_greedy_self_draft*)' \
 		./tools/run-tests.sh build-cudasim/tests/engine/test_engine
 
 # Fetches the real models, then makes their float conversions (the lines of tools/models.sha256 with a

@@ -39,9 +39,11 @@ struct draft_model_run {
                                      * greedy runs (verify_params_raw_greedy): greedy verification compares
                                      * tokens, and the backend picks them without moving logits to the host */
     float *logits;                  /* n_vocab floats of scratch */
-    struct kern_tensor *q_dev;      /* NULL, or for a sampled run (temperature > 0) max_out rows of n_vocab on the
+    struct kern_tensor *q_dev;      /* NULL, or for a run that is not raw greedy max_out rows of n_vocab on the
                                      * model's backend: q is made there (kern_backend_ops.sample_process) and
-                                     * the token drawn there (sample_choose), and q is not written */
+                                     * the token drawn there (sample_choose), and q is not written. A greedy
+                                     * run's rows there are one-hot, so it takes them only when min_prob is 0
+                                     * (its early stop weighs the raw probability of its token) */
     int n_out;                      /* result: tokens proposed (>= 1 unless err) */
     int err;                        /* result: a named error that ended this run's drafting */
 };

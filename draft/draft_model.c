@@ -27,7 +27,7 @@ static double draft_uniform(const struct draft_model_run *r)
 /* A run whose q rows are made and sampled on the backend. */
 static bool on_backend(const struct draft_model_run *r)
 {
-    return r->q_dev && r->sp->temperature > 0.0f;
+    return r->q_dev && !verify_params_raw_greedy(r->sp);
 }
 
 /* One draft step for run r: its token comes from the backend (the argmax of a raw greedy run, the draw
@@ -132,7 +132,8 @@ int draft_model_propose(struct model *m, struct draft_model_run *runs, int n_run
         r->err = SPEC_OK;
         const size_t len = (size_t)model_seq_len(r->s);
         if (!r->sp || !r->ctx || !r->out || !r->logits || r->max_out <= 0 || len >= r->n_ctx ||
-            (!r->q && !verify_params_raw_greedy(r->sp) && !on_backend(r)))
+            (!r->q && !verify_params_raw_greedy(r->sp) && !on_backend(r)) ||
+            (on_backend(r) && r->sp->temperature <= 0.0f && min_prob > 0.0f))
             return SPEC_E_INVALID_ARG; /* the caller truncates the cache to a strict prefix */
         ks[i] = verify_sampler(r->sp);
         items[n_items++] = draft_item(r, &ks[i], len, (int)(r->n_ctx - len), r->ctx + len, penalty_window, min_prob,

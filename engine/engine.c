@@ -252,12 +252,13 @@ static int reusable(const struct slot *sl, const struct engine_request *req)
     return (int)n;
 }
 
-/* Whether a request's draft rows (q) are made and sampled on the backend: when it is sampled there. A
- * greedy request with penalties drafts on the host (draft/: its early stop weighs the raw probability of
- * its token), and its rounds take q one-hot on the drafts. */
-static bool q_on_backend(const struct slot *sl)
+/* Whether a request's draft rows (q) are made and sampled on the backend: when it is processed there,
+ * except a greedy request with penalties whose draft runs stop early (draft_min_prob weighs the raw
+ * probability of its token, which its one-hot q row does not keep): that one drafts on the host, and its
+ * rounds take q one-hot on the drafts. */
+static bool q_on_backend(const struct engine *e, const struct slot *sl)
 {
-    return sl->on_backend && sl->sp.temperature > 0.0f;
+    return sl->on_backend && (sl->sp.temperature > 0.0f || e->cfg.draft_min_prob == 0.0f);
 }
 
 /* A slot's p and q rows on the backend, for any request (the engine's largest γ). */
@@ -332,8 +333,8 @@ int engine_submit(struct engine *e, const struct engine_request *req, engine_upd
     if (!rc && sl->dseq && model_seq_len(sl->dseq) > n_reuse)
         rc = model_seq_truncate(sl->dseq, n_reuse);
     if (!rc && req->speculative) {
-        sl->q = q_on_backend(sl) ? NULL : malloc((size_t)draft_max * v * sizeof *sl->q);
-        if (!sl->q && !q_on_backend(sl))
+        sl->q = q_on_backend(e, sl) ? NULL : malloc((size_t)draft_max * v * sizeof *sl->q);
+        if (!sl->q && !q_on_backend(e, sl))
             rc = SPEC_E_NOMEM;
         else if (e->cfg.draft) {
             sl->dlogits = malloc(v * sizeof *sl->dlogits);
@@ -564,7 +565,7 @@ static double propose(struct engine *e, struct slot **act, int n_act)
             runs[n_runs++] = (struct draft_model_run){.s = sl->dseq, .sp = &sl->sp, .seq_id = sl->seq_id,
                                                       .ctx = sl->hist, .n_ctx = sl->n_hist, .max_out = sl->gamma,
                                                       .out = sl->drafts, .q = sl->q, .logits = sl->dlogits,
-                                                      .q_dev = q_on_backend(sl) ? &sl->qd : NULL};
+                                                      .q_dev = q_on_backend(e, sl) ? &sl->qd : NULL};
             continue;
         }
         const struct draft_ngram_params np = {.ngram_max = 4, .ngram_min = 1};
@@ -627,7 +628,7 @@ static int verify_on_backend(struct engine *e, struct slot *const *who, const st
         /* greedy (with penalties): p is one-hot on the target's choice, and with q one-hot on the drafts
          * the round accepts while they agree and then takes the target's token, as verify_round_greedy */
         rounds[n] = (struct kern_choose){.p = &sl->pd,
-                                         .q = e->cfg.draft && q_on_backend(sl) ? &sl->qd : NULL,
+                                         .q = e->cfg.draft && q_on_backend(e, sl) ? &sl->qd : NULL,
                                          .draft = sl->drafts,
                                          .n_draft = sl->n_drafts,
                                          .u_accept = u[n],

@@ -346,6 +346,16 @@ Test(engine, greedy_self_draft_accepts_every_draft_and_adds_the_bonus)
     check_self_draft(verify_params_default());
 }
 
+/* The draft penalises its tokens as the target does: on a backend that processes rows itself, through
+ * the same ops (one-hot rows on the penalised argmax) for both. */
+Test(engine, penalised_greedy_self_draft_accepts_every_draft_and_adds_the_bonus)
+{
+    struct verify_params sp = verify_params_default();
+    sp.repeat_penalty = 1.3f;
+    sp.presence_penalty = 0.5f;
+    check_self_draft(sp);
+}
+
 Test(engine, sampled_self_draft_accepts_every_draft_and_adds_the_bonus)
 {
     struct verify_params sp = verify_params_default();

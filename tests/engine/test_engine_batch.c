@@ -211,6 +211,9 @@ static void check_backend_sampling_equals_host(struct model *d)
     int drafted = 0, accepted = 0;
     for (int i = 0; i < N; i++) {
         assert_same(&got[i], &want[i], i);
+        /* the same drafts too: greedy output would hide a draft the host would not have made */
+        cr_assert_eq(got[i].stats.n_drafted, want[i].stats.n_drafted, "request %d: drafted", i);
+        cr_assert_eq(got[i].stats.n_accepted, want[i].stats.n_accepted, "request %d: accepted", i);
         drafted += got[i].stats.n_drafted;
         accepted += got[i].stats.n_accepted;
     }
