@@ -400,12 +400,18 @@ cudaError_t cuda_argmax(cudaStream_t st, struct cuda_buf *scratch, struct cuda_b
 /* ---------------------------------------------------------------------------------------------- */
 /* Attention, split over the cache (flash-decoding).
  *
- * Query i sees keys 0 .. pos0 + i. The keys are cut into chunks of ATT_CHUNK at fixed boundaries;
- * one block per (chunk, head, query) computes the chunk's scores, their max m, the sum l of
- * exp(s - m) and o = sum exp(s - m) v, in a fixed order. The last block of a (head, query) to finish
- * (a counter per pair) combines its chunks in chunk order: o = sum_c e^(m_c - M) o_c / sum_c
- * e^(m_c - M) l_c, so one launch does it all. Everything depends on the query's own key count only,
- * never on how many queries share the call or which block finishes last.
+ * Query i sees keys 0 .. pos0 + i. The keys are cut into chunks of ATT_CHUNK at fixed boundaries; for
+ * each (query, head) pair and chunk a block computes the chunk's scores, their max m, the sum l of
+ * exp(s - m) and o = sum exp(s - m) v, in a fixed order. The last block of a pair to finish (a counter
+ * per pair) combines its chunks in chunk order: o = sum_c e^(m_c - M) o_c / sum_c e^(m_c - M) l_c, so
+ * one launch does it all. Everything depends on the query's own key count only, never on how many
+ * queries share the call, how many pairs a block takes or which block finishes last.
+ *
+ * A block takes one pair (decode steps and verification passes: the most blocks, the shortest
+ * chains) or, for a prompt's prefill, ATT_TILE pairs of one KV head (its query heads, queries in
+ * order): each key and value the block loads then serves all of them, where a pair a block would
+ * read the chunk from L2 once a pair (a 2048-token prompt: ~13 GB a layer on Qwen2.5 1.5B). Each
+ * pair's operations are the same in both.
  *
  * As on the CPU, q is rounded to F16 when the key cache is F16 (the products are then exact). The
  * CPU also rounds the normalised weights to F16 before they weight V (llama.cpp's mul_mat); a split
@@ -416,6 +422,10 @@ cudaError_t cuda_argmax(cudaStream_t st, struct cuda_buf *scratch, struct cuda_b
 #define ATT_THREADS ATT_CHUNK
 #define ATT_WARPS (ATT_THREADS / CUDA_WARP)
 #define ATT_LOADS 8 /* cache loads a thread issues before using the first: their latencies overlap */
+#define ATT_TILE 8  /* (query, head) pairs a block of a prefill takes */
+/* Queries from which a call is a prefill: verification passes (at most 33 queries) and decode steps keep
+ * a pair a block, the most blocks for the latency-bound shapes. */
+#define ATT_TILE_MIN_QUERIES 48
 
 static __device__ __forceinline__ float cache_elem(const uint8_t *row, bool f16, int e)
 {
@@ -461,40 +471,56 @@ static __device__ __forceinline__ void convert_heads(const cuda_q8_out &conv, co
         cuda_convert_out_block(conv, out, out_stride, n_head * head_dim, i, b, threadIdx.x % CUDA_WARP);
 }
 
-/* Thread t scores key j0 + t against q (a chain of fmaf over the dimensions, in order; the loads of
- * ATT_LOADS units issued before the first is used, as a loop would wait for each). The chunk's
- * max and sum come from fixed butterflies and the warps in order; for o, the head's dimensions are cut
- * into units of 8, and each of `sets` groups of threads adds every sets-th key (keys s, s + sets, ...)
- * into one unit (ATT_LOADS keys loaded at a time), the sets then summed in order: every step is fixed
- * by the chunk's length alone. */
+/* R pairs a block: pair r of block z is f = z R + r of the KV head's n x group pairs, query f / group
+ * and query head g group + f % group. Thread t scores key j0 + t against each pair's q (a chain of fmaf
+ * over the dimensions, in order; the loads of ATT_LOADS units issued before the first is used, as a
+ * loop would wait for each). Each pair's max and sum come from fixed butterflies and the warps in
+ * order; for o, the head's dimensions are cut into units of 8, and each of `sets` groups of threads
+ * adds every sets-th key (keys s, s + sets, ...) into one unit, the sets then summed in order: every
+ * step is fixed by the query's key count alone. */
+template <int R>
 __global__ void __launch_bounds__(ATT_THREADS)
     attn_chunk_kernel(const float *q, size_t q_stride, const uint8_t *k, size_t k_row_bytes, bool k_f16, bool k_vec,
-                      const uint8_t *v, size_t v_row_bytes, bool v_f16, bool v_vec, int n_head, int group,
+                      const uint8_t *v, size_t v_row_bytes, bool v_f16, bool v_vec, int n, int n_head, int group,
                       int head_dim, const int *pos0_at, int pos0, float scale, int n_chunks, float *part_o,
                       float *part_ml, int *done, float *out, size_t out_stride, const cuda_q8_out conv)
 {
     cuda_grid_wait();
-    __shared__ float qs[CUDA_ATTN_MAX_HEAD_DIM];
-    __shared__ float p[ATT_CHUNK];
-    __shared__ float red[2][ATT_WARPS];
+    constexpr int V_LOADS = R == 1 ? ATT_LOADS : 4; /* value loads ahead: R pairs' o[8] share the registers */
+    __shared__ float qs[R][CUDA_ATTN_MAX_HEAD_DIM];
+    __shared__ float p[R][ATT_CHUNK];
+    __shared__ float red[2][R][ATT_WARPS];
     __shared__ float os[ATT_THREADS * 8];
-    const int c = blockIdx.x, h = blockIdx.y, i = blockIdx.z;
-    const int n_kv = step_value(pos0_at, pos0) + i + 1, j0 = c * ATT_CHUNK;
-    if (j0 >= n_kv)
-        return; /* past this query's keys: the whole block leaves, before any barrier */
-    const int len = min(ATT_CHUNK, n_kv - j0);
+    const int c = blockIdx.x, g = blockIdx.y, f0 = (int)blockIdx.z * R, pairs = min(R, n * group - f0);
+    const int first_kv = step_value(pos0_at, pos0) + 1, j0 = c * ATT_CHUNK; /* query i sees first_kv + i keys */
+    /* the chunk's keys each pair sees (none past its query's): more for later queries */
+    int len[R];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        len[r] = r < pairs ? min(ATT_CHUNK, first_kv + (f0 + r) / group - j0) : 0;
+    const int len_max = min(ATT_CHUNK, first_kv + (f0 + pairs - 1) / group - j0);
+    if (len_max <= 0)
+        return; /* past every pair's keys: the whole block leaves, before any barrier */
     const int tid = threadIdx.x, lane = tid % CUDA_WARP, warp = tid / CUDA_WARP;
-    const int g = h / group, n_units = (head_dim + 7) / 8;
+    const int n_units = (head_dim + 7) / 8, row_len = 8 * n_units;
 
-    const float *qh = q + (size_t)i * q_stride + (size_t)h * head_dim;
-    for (int d = tid; d < 8 * n_units; d += ATT_THREADS)
-        qs[d] = d >= head_dim ? 0.0f : k_f16 ? __half2float(__float2half_rn(qh[d])) : qh[d];
+    for (int d = tid; d < R * row_len; d += ATT_THREADS) {
+        const int r = d / row_len, e = d % row_len, f = f0 + r;
+        const float *qh = q + (size_t)(f / group) * q_stride + (size_t)(g * group + f % group) * head_dim;
+        qs[r][e] = r >= pairs || e >= head_dim ? 0.0f : k_f16 ? __half2float(__float2half_rn(qh[e])) : qh[e];
+    }
     __syncthreads();
 
-    float s = -INFINITY;
-    if (tid < len) {
+    float s[R];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        s[r] = -INFINITY;
+    if (tid < len_max) {
         const uint8_t *kr = k + (size_t)(j0 + tid) * k_row_bytes + (size_t)g * head_dim * (k_f16 ? 2 : 4);
-        float dot = 0.0f;
+        float dot[R];
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            dot[r] = 0.0f;
         for (int u0 = 0; u0 < n_units; u0 += ATT_LOADS) {
             float kv[ATT_LOADS][8];
 #pragma unroll
@@ -505,88 +531,122 @@ __global__ void __launch_bounds__(ATT_THREADS)
             for (int b = 0; b < ATT_LOADS; b++)
                 if (u0 + b < n_units)
 #pragma unroll
-                    for (int e = 0; e < 8; e++)
-                        dot = __fmaf_rn(qs[8 * (u0 + b) + e], kv[b][e], dot);
+                    for (int r = 0; r < R; r++)
+#pragma unroll
+                        for (int e = 0; e < 8; e++)
+                            dot[r] = __fmaf_rn(qs[r][8 * (u0 + b) + e], kv[b][e], dot[r]);
         }
-        s = dot * scale;
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            if (tid < len[r])
+                s[r] = dot[r] * scale;
     }
-    float m = s;
-    for (int off = CUDA_WARP / 2; off > 0; off >>= 1)
-        m = fmaxf(m, __shfl_xor_sync(CUDA_FULL_MASK, m, off));
-    if (lane == 0)
-        red[0][warp] = m;
+    float m[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        float x = s[r];
+        for (int off = CUDA_WARP / 2; off > 0; off >>= 1)
+            x = fmaxf(x, __shfl_xor_sync(CUDA_FULL_MASK, x, off));
+        if (lane == 0)
+            red[0][r][warp] = x;
+    }
     __syncthreads();
-    m = red[0][0];
-    for (int w = 1; w < ATT_WARPS; w++)
-        m = fmaxf(m, red[0][w]);
-    const float e = tid < len ? expf(s - m) : 0.0f;
-    p[tid] = e;
-    const float wsum = warp_sum(e);
-    if (lane == 0)
-        red[1][warp] = wsum;
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        m[r] = red[0][r][0];
+        for (int w = 1; w < ATT_WARPS; w++)
+            m[r] = fmaxf(m[r], red[0][r][w]);
+        const float e = tid < len[r] ? expf(s[r] - m[r]) : 0.0f;
+        p[r][tid] = e;
+        const float wsum = warp_sum(e);
+        if (lane == 0)
+            red[1][r][warp] = wsum;
+    }
     __syncthreads();
 
     const int sets = ATT_THREADS / n_units, set = tid / n_units, unit = tid % n_units;
+    float o[R][8];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int e8 = 0; e8 < 8; e8++)
+            o[r][e8] = 0.0f;
     if (set < sets) {
         const uint8_t *vg = v + (size_t)g * head_dim * (v_f16 ? 2 : 4);
-        float o[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-        for (int js = set; js < len; js += ATT_LOADS * sets) {
-            float vv[ATT_LOADS][8];
+        for (int js = set; js < len_max; js += V_LOADS * sets) {
+            float vv[V_LOADS][8];
 #pragma unroll
-            for (int b = 0; b < ATT_LOADS; b++)
-                if (js + b * sets < len)
+            for (int b = 0; b < V_LOADS; b++)
+                if (js + b * sets < len_max)
                     cache_load8(vg + (size_t)(j0 + js + b * sets) * v_row_bytes, v_f16, v_vec, 8 * unit, head_dim,
                                 vv[b]);
 #pragma unroll
-            for (int b = 0; b < ATT_LOADS; b++)
-                if (js + b * sets < len) {
-                    const float pj = p[js + b * sets];
+            for (int b = 0; b < V_LOADS; b++)
 #pragma unroll
-                    for (int e8 = 0; e8 < 8; e8++)
-                        o[e8] = __fmaf_rn(pj, vv[b][e8], o[e8]);
-                }
+                for (int r = 0; r < R; r++)
+                    if (js + b * sets < len[r]) {
+                        const float pj = p[r][js + b * sets];
+#pragma unroll
+                        for (int e8 = 0; e8 < 8; e8++)
+                            o[r][e8] = __fmaf_rn(pj, vv[b][e8], o[r][e8]);
+                    }
         }
+    }
 #pragma unroll
-        for (int e8 = 0; e8 < 8; e8++)
-            os[set * 8 * n_units + 8 * unit + e8] = o[e8];
-    }
-    __syncthreads();
-    const size_t slot = ((size_t)i * n_head + h) * n_chunks + c;
-    for (int d = tid; d < head_dim; d += ATT_THREADS) {
-        float o = os[d];
-        for (int t = 1; t < sets; t++)
-            o += os[t * 8 * n_units + d];
-        part_o[slot * head_dim + d] = o;
-    }
-    if (tid == 0) {
-        float l = red[1][0];
-        for (int w = 1; w < ATT_WARPS; w++)
-            l += red[1][w];
-        part_ml[2 * slot] = m;
-        part_ml[2 * slot + 1] = l;
+    for (int r = 0; r < R; r++) {
+        if (len[r] <= 0) /* the same in every thread: barriers below stay uniform */
+            continue;
+        if (set < sets)
+#pragma unroll
+            for (int e8 = 0; e8 < 8; e8++)
+                os[set * row_len + 8 * unit + e8] = o[r][e8];
+        __syncthreads();
+        const int f = f0 + r, i = f / group, h = g * group + f % group;
+        const size_t slot = ((size_t)i * n_head + h) * n_chunks + c;
+        for (int d = tid; d < head_dim; d += ATT_THREADS) {
+            float od = os[d];
+            for (int t = 1; t < sets; t++)
+                od += os[t * row_len + d];
+            part_o[slot * head_dim + d] = od;
+        }
+        if (tid == 0) {
+            float l = red[1][r][0];
+            for (int w = 1; w < ATT_WARPS; w++)
+                l += red[1][r][w];
+            part_ml[2 * slot] = m[r];
+            part_ml[2 * slot + 1] = l;
+        }
+        __syncthreads(); /* os is written again for the next pair */
     }
 
-    /* the last of the pair's used chunks combines them (the partials of other blocks are read from L2:
+    /* the last of a pair's used chunks combines them (the partials of other blocks are read from L2:
      * __ldcg, after their writers' fences) */
-    const int used = (n_kv + ATT_CHUNK - 1) / ATT_CHUNK;
-    if (!cuda_last_to_arrive(done + (size_t)i * n_head + h, used))
-        return;
-    const size_t slot0 = ((size_t)i * n_head + h) * n_chunks;
-    float mx = -INFINITY;
-    for (int cc = 0; cc < used; cc++)
-        mx = fmaxf(mx, __ldcg(&part_ml[2 * (slot0 + cc)]));
-    float lsum = 0.0f;
-    for (int cc = 0; cc < used; cc++)
-        lsum = __fmaf_rn(expf(__ldcg(&part_ml[2 * (slot0 + cc)]) - mx), __ldcg(&part_ml[2 * (slot0 + cc) + 1]), lsum);
-    for (int d = tid; d < head_dim; d += ATT_THREADS) {
-        float o = 0.0f;
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        if (len[r] <= 0)
+            continue;
+        const int f = f0 + r, i = f / group, h = g * group + f % group;
+        const int used = (first_kv + i + ATT_CHUNK - 1) / ATT_CHUNK;
+        if (!cuda_last_to_arrive(done + (size_t)i * n_head + h, used))
+            continue;
+        const size_t slot0 = ((size_t)i * n_head + h) * n_chunks;
+        float mx = -INFINITY;
         for (int cc = 0; cc < used; cc++)
-            o = __fmaf_rn(expf(__ldcg(&part_ml[2 * (slot0 + cc)]) - mx), __ldcg(&part_o[(slot0 + cc) * head_dim + d]),
-                          o);
-        out[(size_t)i * out_stride + (size_t)h * head_dim + d] = o / lsum;
+            mx = fmaxf(mx, __ldcg(&part_ml[2 * (slot0 + cc)]));
+        float lsum = 0.0f;
+        for (int cc = 0; cc < used; cc++)
+            lsum = __fmaf_rn(expf(__ldcg(&part_ml[2 * (slot0 + cc)]) - mx), __ldcg(&part_ml[2 * (slot0 + cc) + 1]),
+                             lsum);
+        for (int d = tid; d < head_dim; d += ATT_THREADS) {
+            float od = 0.0f;
+            for (int cc = 0; cc < used; cc++)
+                od = __fmaf_rn(expf(__ldcg(&part_ml[2 * (slot0 + cc)]) - mx),
+                               __ldcg(&part_o[(slot0 + cc) * head_dim + d]), od);
+            out[(size_t)i * out_stride + (size_t)h * head_dim + d] = od / lsum;
+        }
+        if (conv.q)
+            convert_heads(conv, out, out_stride, n_head, head_dim, h, i);
     }
-    if (conv.q)
-        convert_heads(conv, out, out_stride, n_head, head_dim, h, i);
 }
 
 cudaError_t cuda_attention(cudaStream_t st, struct cuda_buf *part, struct cuda_buf *counters, struct cuda_act *act,
@@ -610,7 +670,8 @@ cudaError_t cuda_attention(cudaStream_t st, struct cuda_buf *part, struct cuda_b
     /* the position itself only when it is not read from device memory, so that a replayed step's
      * launches are the recorded ones */
     const int pos0 = pos0_at ? 0 : p->pos0;
-    const dim3 grid((unsigned)n_chunks, (unsigned)p->n_head, (unsigned)n);
+    const int group = p->n_head / p->n_head_kv, per_block = n >= ATT_TILE_MIN_QUERIES ? ATT_TILE : 1;
+    const dim3 grid((unsigned)n_chunks, (unsigned)p->n_head_kv, (unsigned)((n * group + per_block - 1) / per_block));
     /* 16-byte loads when every head's slice of every row starts 16-byte aligned */
     const bool k_vec = p->head_dim % 8 == 0 && (uintptr_t)k % 16 == 0 && k_row_bytes % 16 == 0,
                v_vec = p->head_dim % 8 == 0 && (uintptr_t)v % 16 == 0 && v_row_bytes % 16 == 0;
@@ -625,12 +686,10 @@ cudaError_t cuda_attention(cudaStream_t st, struct cuda_buf *part, struct cuda_b
         if (cerr != cudaSuccess)
             return cerr;
     }
-    CUDA_LAUNCH(grid, ATT_THREADS, st, attn_chunk_kernel)(q, q_stride, (const uint8_t *)k, k_row_bytes,
-                                                          k_type == SPEC_F16, k_vec, (const uint8_t *)v,
-                                                          v_row_bytes, v_type == SPEC_F16, v_vec, p->n_head,
-                                                          p->n_head / p->n_head_kv, p->head_dim, pos0_at, pos0,
-                                                          p->scale, n_chunks, part_o, part_ml, done, out, out_stride,
-                                                          conv);
+    CUDA_LAUNCH(grid, ATT_THREADS, st, *(per_block == 1 ? attn_chunk_kernel<1> : attn_chunk_kernel<ATT_TILE>))(
+        q, q_stride, (const uint8_t *)k, k_row_bytes, k_type == SPEC_F16, k_vec, (const uint8_t *)v, v_row_bytes,
+        v_type == SPEC_F16, v_vec, n, p->n_head, group, p->head_dim, pos0_at, pos0, p->scale, n_chunks, part_o,
+        part_ml, done, out, out_stride, conv);
     const cudaError_t lerr = cudaGetLastError();
     if (lerr == cudaSuccess && conv.q)
         cuda_act_out_keep(act, out, out_stride, width, n, form);

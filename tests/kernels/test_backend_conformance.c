@@ -1310,6 +1310,10 @@ Test(conformance, attention_matches_the_cpu_and_is_batch_invariant)
         {.n_head = 12, .n_head_kv = 2, .head_dim = 128, .pos0 = 0, .n = 1, .rows = 1, .kv = SPEC_F16},
         {.n_head = 2, .n_head_kv = 1, .head_dim = 256, .pos0 = 120, .n = 17, .rows = 140, .kv = SPEC_F32},
         {.n_head = 3, .n_head_kv = 1, .head_dim = 20, .pos0 = 126, .n = 4, .rows = 130, .kv = SPEC_F16},
+        /* prefills: blocks of several (query, head) pairs, queries of different key counts in one */
+        {.n_head = 6, .n_head_kv = 2, .head_dim = 64, .pos0 = 100, .n = 50, .rows = 150, .kv = SPEC_F16},
+        {.n_head = 2, .n_head_kv = 1, .head_dim = 256, .pos0 = 0, .n = 48, .rows = 48, .kv = SPEC_F32},
+        {.n_head = 3, .n_head_kv = 1, .head_dim = 20, .pos0 = 110, .n = 49, .rows = 159, .kv = SPEC_F16},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         check_attention(&cases[i]);
@@ -1318,7 +1322,7 @@ Test(conformance, attention_matches_the_cpu_and_is_batch_invariant)
 /* Attention converts its output for wo, in the form of the conversion before it (q's matmul here, as
  * q|k|v's in a model): heads of 128 that share a Q8_K block, heads of 64 spanning two Q8_0 blocks, heads
  * of 32 one Q8_1 block each, and heads of 96 (no whole Q8_K block to a head or heads to a block: no
- * conversion).
+ * conversion), for 1, 5 and a prefill's 48 queries (blocks of several heads and queries).
  * wo gets the bits of converting anew, also when it takes another form or an op writes the output first. */
 Test(conformance, attentions_output_converted_for_wo_gives_the_next_matmul_its_bits)
 {
@@ -1327,13 +1331,14 @@ Test(conformance, attentions_output_converted_for_wo_gives_the_next_matmul_its_b
         enum spec_dtype w;
         int n_head, head_dim;
     } cases[] = {{SPEC_Q4_K, 4, 128}, {SPEC_Q4_0, 6, 64}, {SPEC_Q4_1, 8, 32}, {SPEC_Q6_K, 8, 96}};
-    const int ns[] = {1, 5}, rows = 24, pos0 = 140;
+    enum { N = 48 }; /* up to a prefill's queries */
+    const int ns[] = {1, 5, N}, rows = 24, pos0 = 140;
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
         const enum spec_dtype t = cases[ci].w, t_other = t == SPEC_Q4_0 ? SPEC_Q4_1 : SPEC_Q4_0;
         const int n_head = cases[ci].n_head, head_dim = cases[ci].head_dim, width = n_head * head_dim;
-        const struct attn_case c = {.n_head = n_head, .n_head_kv = 1, .head_dim = head_dim, .pos0 = pos0, .n = 5,
-                                    .rows = pos0 + 5, .kv = SPEC_F16};
-        float *qh, *kh, *vh, *xh = random_f32((int64_t)width * 5, 1.0f), *other = random_f32((int64_t)width * 5, 0.5f);
+        const struct attn_case c = {.n_head = n_head, .n_head_kv = 1, .head_dim = head_dim, .pos0 = pos0, .n = N,
+                                    .rows = pos0 + N, .kv = SPEC_F16};
+        float *qh, *kh, *vh, *xh = random_f32((int64_t)width * N, 1.0f), *other = random_f32((int64_t)width * N, 0.5f);
         attn_inputs(&c, &qh, &kh, &vh);
         size_t rb;
         void *wqh = random_weights(t, width, width, 0, &rb), *woh = random_weights(t, width, rows, 0, &rb),
@@ -1352,7 +1357,7 @@ Test(conformance, attentions_output_converted_for_wo_gives_the_next_matmul_its_b
             const char *name = kern_dtype_info(t)->name;
             for (int again = 0; again < 2; again++) { /* the second time on other values */
                 if (again)
-                    cr_assert_eq(gpu->ops->rows_from_host(gpu, &x, 0, n, xh + (int64_t)width * (5 - n)), 0);
+                    cr_assert_eq(gpu->ops->rows_from_host(gpu, &x, 0, n, xh + (int64_t)width * (N - n)), 0);
                 cr_assert_eq(gpu->ops->matmul(gpu, &wq, &x, NULL, &q), 0);
                 cr_assert_eq(gpu->ops->attention(gpu, &q, &kg, &vg, &p, &o), 0);
                 cr_assert_eq(gpu->ops->matmul(gpu, &wo, &o, NULL, &y), 0);
