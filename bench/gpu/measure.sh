@@ -27,7 +27,9 @@
 # them, the target's roofline and verify/decode ratios with them (op by op, with a profile, and with
 # graphs), and greedy identity with them. The prefill step times a 2048-token prompt of the target in
 # steps of 512 tokens three ways: dp4a, int8 tensor cores, and cuBLAS on F16 copies of the weights
-# (kern_backend_config.blas_prefill, opt-in), then greedy identity with cuBLAS prefills.
+# (kern_backend_config.blas_prefill, opt-in), then with tensor cores once more with attention's blocks
+# of one (query, head) pair (SPECD_CUDA_ATT_TILE=0, the A/B of its blocks of 8), then greedy identity
+# with cuBLAS prefills.
 #
 # With the device tool (64 MiB travel per call; the bundle's parts are sized for two calls; seen on
 # an H200 in 2026-11: ~35 s to start a machine, ~150 s for call 2's steps without the suites):
@@ -150,6 +152,9 @@ for step in $steps; do
             "$B/bench_roofline" --device "$device" --model "$target" --pos 2048 --batch 512 --gamma-max 1 \
                 --copy-mib 256 $how | tee "$out/prefill-target${how:+-${how#--}}.md" || status=1
         done
+        # the A/B of attention's blocks of 8 (query, head) pairs: a block a pair
+        SPECD_CUDA_ATT_TILE=0 "$B/bench_roofline" --device "$device" --model "$target" --pos 2048 --batch 512 \
+            --gamma-max 1 --copy-mib 256 --tensor-cores | tee "$out/prefill-target-tensor-cores-noatttile.md" || status=1
         "$B/bench_spec" --device "$device" --target "$target" --draft "$draft" --prompts "$stash/prompts-dev.jsonl" \
             --per-category 2 -n 64 --concurrency 8 --blas-prefill 2>"$out/identity-blas.log" |
             tee "$out/identity-blas.md" || status=1

@@ -176,6 +176,7 @@ void cuda_buf_release(struct cuda_buf *b)
 thread_local struct cuda_trace *cuda_tracing;
 bool cuda_dependent_launches = true;
 bool cuda_prefetch_weights = true;
+bool cuda_attention_tiles = true;
 
 bool cuda_trace_node(cudaStream_t st, uint64_t hash)
 {
@@ -1044,6 +1045,13 @@ static const struct kern_backend_ops cuda_ops = {
     .step_stats = cuda_step_stats,
 };
 
+/* The A/B switches (SPECD_CUDA_PDL, _PREFETCH, _ATT_TILE): on unless set to 0. */
+static bool env_is_zero(const char *name)
+{
+    const char *v = getenv(name);
+    return v && strcmp(v, "0") == 0;
+}
+
 extern "C" int kern_cuda_backend_create(const struct kern_backend_config *cfg, struct kern_backend **out)
 {
     /* cfg->n_threads is the CPU's */
@@ -1062,10 +1070,9 @@ extern "C" int kern_cuda_backend_create(const struct kern_backend_config *cfg, s
     }
     cb->base.ops = &cuda_ops;
     cb->graphs = cfg && cfg->graphs;
-    const char *pdl = getenv("SPECD_CUDA_PDL");
-    cuda_dependent_launches = !(pdl && strcmp(pdl, "0") == 0);
-    const char *prefetch = getenv("SPECD_CUDA_PREFETCH");
-    cuda_prefetch_weights = !(prefetch && strcmp(prefetch, "0") == 0);
+    cuda_dependent_launches = !env_is_zero("SPECD_CUDA_PDL");
+    cuda_prefetch_weights = !env_is_zero("SPECD_CUDA_PREFETCH");
+    cuda_attention_tiles = !env_is_zero("SPECD_CUDA_ATT_TILE");
     cb->tensor_cores = cfg && cfg->tensor_cores;
     if (cfg && cfg->blas_prefill) {
         const int err = cuda_blas_open(cb->stream, &cb->blas);

@@ -36,6 +36,9 @@ extern bool cuda_dependent_launches;
 /* The matmuls prefetch their weights before they wait (cuda_prefetch_l2) unless SPECD_CUDA_PREFETCH=0
  * (for the A/B). */
 extern bool cuda_prefetch_weights;
+/* A prefill's attention takes several (query, head) pairs a block (cuda_attention) unless
+ * SPECD_CUDA_ATT_TILE=0 (for the A/B). */
+extern bool cuda_attention_tiles;
 
 /* Adds a node to the trace when st is the traced stream. true: make the launch or copy (not traced,
  * or recording); false: replaying, the graph will run it. */

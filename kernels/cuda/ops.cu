@@ -670,7 +670,7 @@ cudaError_t cuda_attention(cudaStream_t st, struct cuda_buf *part, struct cuda_b
     /* the position itself only when it is not read from device memory, so that a replayed step's
      * launches are the recorded ones */
     const int pos0 = pos0_at ? 0 : p->pos0;
-    const int group = p->n_head / p->n_head_kv, per_block = n >= ATT_TILE_MIN_QUERIES ? ATT_TILE : 1;
+    const int group = p->n_head / p->n_head_kv, per_block = cuda_attention_tiles && n >= ATT_TILE_MIN_QUERIES ? ATT_TILE : 1;
     const dim3 grid((unsigned)n_chunks, (unsigned)p->n_head_kv, (unsigned)((n * group + per_block - 1) / per_block));
     /* 16-byte loads when every head's slice of every row starts 16-byte aligned */
     const bool k_vec = p->head_dim % 8 == 0 && (uintptr_t)k % 16 == 0 && k_row_bytes % 16 == 0,

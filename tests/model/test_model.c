@@ -92,18 +92,22 @@ Test(model, reads_hyperparameters_and_rope_settings)
     tsupport_mem_model_free(&mm);
 }
 
-/* Every op computes a row the same way whatever the batch, so batching is bit-exact. */
-static void check_batch_equals_sequential(const struct model_synth_config *c)
+/* Every op computes a row the same way whatever the batch, so batching is bit-exact: n tokens (at most
+ * 60; the prompt's, then more) in one forward, one at a time, and 4 at a time. */
+static void check_batch_equals_sequential(const struct model_synth_config *c, int n)
 {
     struct mem_model mm = load_synth(c, 0), small = load_synth(c, 4);
-    const int n = 11, nv = model_n_vocab(mm.m);
+    const int nv = model_n_vocab(mm.m);
+    int32_t tokens[60];
+    for (int i = 0; i < n; i++)
+        tokens[i] = (prompt[i % 11] + 37 * (i / 11)) % nv;
     float *batch = malloc(sizeof(float) * (size_t)(n * nv)), *seq = malloc(sizeof(float) * (size_t)(n * nv)),
           *chunked = malloc(sizeof(float) * (size_t)(n * nv));
-    struct model_seq *a = new_seq(mm.m, 32), *b = new_seq(mm.m, 32), *d = new_seq(small.m, 32);
-    cr_assert_eq(model_forward(mm.m, a, prompt, n, batch), 0);
+    struct model_seq *a = new_seq(mm.m, 64), *b = new_seq(mm.m, 64), *d = new_seq(small.m, 64);
+    cr_assert_eq(model_forward(mm.m, a, tokens, n, batch), 0);
     for (int i = 0; i < n; i++)
-        cr_assert_eq(model_forward(mm.m, b, prompt + i, 1, seq + (size_t)i * nv), 0);
-    cr_assert_eq(model_forward(small.m, d, prompt, n, chunked), 0); /* 4 + 4 + 3 internally */
+        cr_assert_eq(model_forward(mm.m, b, tokens + i, 1, seq + (size_t)i * nv), 0);
+    cr_assert_eq(model_forward(small.m, d, tokens, n, chunked), 0);
     cr_assert_eq(model_seq_len(a), n);
     cr_assert_eq(model_seq_len(b), n);
     for (int i = 0; i < n; i++) {
@@ -134,7 +138,7 @@ static void check_batch_equals_sequential(const struct model_synth_config *c)
 Test(model, batch_forward_equals_token_by_token_llama_q8_0_gqa)
 {
     struct model_synth_config c = llama_cfg(SPEC_Q8_0);
-    check_batch_equals_sequential(&c);
+    check_batch_equals_sequential(&c, 11);
 }
 
 Test(model, batch_forward_equals_token_by_token_llama_f16_mha_tied)
@@ -142,20 +146,27 @@ Test(model, batch_forward_equals_token_by_token_llama_f16_mha_tied)
     struct model_synth_config c = llama_cfg(SPEC_F16);
     c.n_head_kv = 4;
     c.tied_output = true;
-    check_batch_equals_sequential(&c);
+    check_batch_equals_sequential(&c, 11);
 }
 
 Test(model, batch_forward_equals_token_by_token_qwen2_q4_k)
 {
     struct model_synth_config c = qwen2_cfg(SPEC_Q4_K);
-    check_batch_equals_sequential(&c);
+    check_batch_equals_sequential(&c, 11);
+}
+
+/* A prompt long enough for a prefill's attention (several queries and heads a block on the GPU). */
+Test(model, batch_forward_of_a_long_prompt_equals_token_by_token_qwen2_q4_k)
+{
+    struct model_synth_config c = qwen2_cfg(SPEC_Q4_K);
+    check_batch_equals_sequential(&c, 56);
 }
 
 Test(model, batch_forward_equals_token_by_token_qwen2_q6_k_untied)
 {
     struct model_synth_config c = qwen2_cfg(SPEC_Q6_K);
     c.tied_output = false;
-    check_batch_equals_sequential(&c);
+    check_batch_equals_sequential(&c, 11);
 }
 
 Test(model, batch_forward_equals_token_by_token_llama_q4_0_q4_1_q5_0)
@@ -163,7 +174,7 @@ Test(model, batch_forward_equals_token_by_token_llama_q4_0_q4_1_q5_0)
     const enum spec_dtype types[] = {SPEC_Q4_0, SPEC_Q4_1, SPEC_Q5_0, SPEC_BF16};
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
         struct model_synth_config c = llama_cfg(types[i]);
-        check_batch_equals_sequential(&c);
+        check_batch_equals_sequential(&c, 11);
     }
 }
 
