@@ -498,7 +498,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
 #pragma unroll
     for (int r = 0; r < R; r++)
         len[r] = r < pairs ? min(ATT_CHUNK, first_kv + (f0 + r) / group - j0) : 0;
-    const int len_max = min(ATT_CHUNK, first_kv + (f0 + pairs - 1) / group - j0);
+    const int len_max = min(ATT_CHUNK, first_kv + (f0 + pairs - 1) / group - j0); /* the last pair's len */
     if (len_max <= 0)
         return; /* past every pair's keys: the whole block leaves, before any barrier */
     const int tid = threadIdx.x, lane = tid % CUDA_WARP, warp = tid / CUDA_WARP;
