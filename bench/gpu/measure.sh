@@ -9,7 +9,7 @@
 # microseconds). Results go to $OUT (or /tmp/specd-out).
 #
 #   bench/gpu/measure.sh [STEP...]     STEP: info conformance roofline identity tensor-cores prefill
-#                                      speedup sampled suites (default: all, in that order)
+#                                      context speedup sampled suites (default: all, in that order)
 #
 # Everything the bundle brings is kept under /tmp/specd-gpu, which outlives a call while the machine
 # stays warm: SmolLM2 travels in parts over several calls and the speedup step runs once all are there.
@@ -29,7 +29,8 @@
 # steps of 512 tokens three ways: dp4a, int8 tensor cores, and cuBLAS on F16 copies of the weights
 # (kern_backend_config.blas_prefill, opt-in), then with tensor cores once more with attention's blocks
 # of one (query, head) pair (SPECD_CUDA_ATT_TILE=0, the A/B of its blocks of 8), then greedy identity
-# with cuBLAS prefills.
+# with cuBLAS prefills. The context step times decode and verification of the target at position
+# 4000 (its profile: what attention costs when each of a KV head's 6 query heads reads 4000 keys).
 #
 # With the device tool (64 MiB travel per call; the bundle's parts are sized for two calls; seen on
 # an H200 in 2026-11: ~35 s to start a machine, ~150 s for call 2's steps without the suites):
@@ -38,7 +39,7 @@
 #      .gpu/model/smollm2.sha256] (~48 MB with the tree), command
 #      "bench/gpu/measure.sh info conformance roofline identity", timeout 300
 #   3. at once (while warm): carry=[.gpu/model/smollm2.part01, .gpu/model/smollm2.part02] (~64 MB),
-#      command "bench/gpu/measure.sh tensor-cores prefill speedup sampled suites", timeout 300
+#      command "bench/gpu/measure.sh tensor-cores prefill context speedup sampled suites", timeout 300
 #   4. give_back; commit $OUT's tables as bench/results/<date>-<gpu>.md with these commands.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -82,7 +83,7 @@ models_ready() {
     [ "$models_rc" -eq 0 ] || { cat "$out/mkmodel.log"; return 1; }
 }
 
-steps=${*:-info conformance roofline identity tensor-cores prefill speedup sampled suites}
+steps=${*:-info conformance roofline identity tensor-cores prefill context speedup sampled suites}
 status=0
 for step in $steps; do
     t_step=$SECONDS
@@ -158,6 +159,11 @@ for step in $steps; do
         "$B/bench_spec" --device "$device" --target "$target" --draft "$draft" --prompts "$stash/prompts-dev.jsonl" \
             --per-category 2 -n 64 --concurrency 8 --blas-prefill 2>"$out/identity-blas.log" |
             tee "$out/identity-blas.md" || status=1
+        ;;
+    context)
+        models_ready || { status=1; continue; }
+        "$B/bench_roofline" --device "$device" --model "$target" --pos 4000 --gamma-max 8 --copy-mib 256 \
+            --profile 16 | tee "$out/roofline-target-pos4000.md" || status=1
         ;;
     identity)
         models_ready || { status=1; continue; }
