@@ -731,15 +731,18 @@ static int step_layers(struct model *m, const struct segment *sg, int n_sg, int 
             SPEC_TRY(layer_matmuls(m, prefill, &xb, &proj[2], 1, KERN_MATMULS_PLAIN));
         }
         SPEC_TRY(op->rope(be, &qk, hp->n_head + hp->n_head_kv, hp->head_dim, m->s.pos, &m->rope));
+        /* every segment's store, then every segment's attention: a backend can take each run of calls
+         * into one launch (CUDA: the stores with the rope, the attentions together) */
+        for (int i = 0; i < n_sg; i++) {
+            const struct kern_tensor kvs = rows(&kv, sg[i].row0, sg[i].n);
+            SPEC_TRY(op->store_rows(be, &kvs, &sg[i].it->s->kv[il], sg[i].it->s->len + sg[i].off));
+        }
         for (int i = 0; i < n_sg; i++) {
             struct model_seq *s = sg[i].it->s;
-            const int pos0 = s->len + sg[i].off;
             const struct kern_attn_params ap = {.n_head = hp->n_head, .n_head_kv = hp->n_head_kv,
-                                                .head_dim = hp->head_dim, .pos0 = pos0,
+                                                .head_dim = hp->head_dim, .pos0 = s->len + sg[i].off,
                                                 .scale = 1.0f / sqrtf((float)hp->head_dim)};
-            struct kern_tensor kvs = rows(&kv, sg[i].row0, sg[i].n), qs = rows(&q, sg[i].row0, sg[i].n),
-                               as = rows(&att, sg[i].row0, sg[i].n);
-            SPEC_TRY(op->store_rows(be, &kvs, &s->kv[il], pos0));
+            struct kern_tensor qs = rows(&q, sg[i].row0, sg[i].n), as = rows(&att, sg[i].row0, sg[i].n);
             SPEC_TRY(op->attention(be, &qs, &s->k_cache[il], &s->v_cache[il], &ap, &as));
         }
         SPEC_TRY(layer_matmul(m, prefill, &L->wo, &att, &xb));

@@ -407,8 +407,9 @@ static int upload(struct cuda_backend *cb, void *dst, const void *src, size_t by
     return copy_in(cb, dst, src, bytes);
 }
 
-/* For an op about to write device memory: a norm waiting for its matmul runs first (the op may read or
- * overwrite its tensors), and matmuls can no longer reuse a kept conversion. */
+/* For an op about to write device memory: what waits in act (a norm, a rope and its stores,
+ * attentions) runs first (the op may read or overwrite its tensors), and matmuls can no longer reuse a
+ * kept conversion. */
 static int writing(struct cuda_backend *cb)
 {
     const int err = err_of(cuda_act_flush(cb->stream, &cb->act));
@@ -465,7 +466,7 @@ static void cuda_tensor_free(struct kern_backend *be, struct kern_tensor *t)
         return;
     if (t->owned) {
         struct cuda_backend *cb = cuda_of(be);
-        settle(cb); /* the norm waiting for its matmul, if any, runs */
+        settle(cb); /* what waits in act (a norm, a rope, attentions), if anything, runs */
         cuda_act_forget(&cb->act);
         cudaStreamSynchronize(cb->stream); /* kernels in flight may still use it */
         cudaFree(t->data);
@@ -740,6 +741,7 @@ static int cuda_rope_op(struct kern_backend *be, struct kern_tensor *x, int n_he
     cb->act.rope = cuda_rope{(float *)x->data, fstride(x), (int)x->ne1, n_head, head_dim, p->n_rot,
                              p->mode == KERN_ROPE_NEOX, (const float *)cb->rope.p};
     cb->act.rope_pending = true;
+    cb->act.stores.n = 0;
     return SPEC_OK;
 }
 
@@ -755,31 +757,32 @@ static int cuda_store_rows_op(struct kern_backend *be, const struct kern_tensor 
     if (dst->type != SPEC_F16 && dst->type != SPEC_F32)
         return SPEC_E_UNSUPPORTED;
     struct cuda_backend *cb = cuda_of(be);
-    /* rows of the waiting rope's x (possibly columns past its heads, as V beside K): one launch */
+    /* rows of the waiting rope's x (possibly columns past its heads, as V beside K): the store waits
+     * with the rope, and the step's other sequences' stores join them, for one launch */
     const struct cuda_rope *rp = &cb->act.rope;
+    struct cuda_stores *ss = &cb->act.stores;
     const uintptr_t at = (uintptr_t)src->data, x0 = (uintptr_t)rp->x;
     const size_t off = (at - x0) / sizeof(float), stride = rp->x_stride;
-    const bool after_rope = cb->act.rope_pending && fstride(src) == stride && at >= x0 &&
+    const bool after_rope = cb->act.rope_pending && ss->n < CUDA_STEP_SEQS && fstride(src) == stride && at >= x0 &&
                             (at - x0) % sizeof(float) == 0 && off / stride + (size_t)src->ne1 <= (size_t)rp->rows &&
                             off % stride + (size_t)src->ne0 <= stride;
-    if (after_rope) {
-        cb->act.rope_pending = false;
+    if (after_rope)
         cuda_act_forget(&cb->act);
-    } else if ((err = writing(cb))) {
+    else if ((err = writing(cb)))
         return err;
-    }
     const int *row0_at = step_value(cb, dst_row0);
     const int row0 = row0_at ? 0 : (int)dst_row0;
     if (after_rope) {
-        const cuda_store sp = {(const float *)src->data, fstride(src), dst->data, dst->row_bytes, row0_at, row0,
-                               (int)(off / stride), (int)src->ne0, (int)src->ne1,
-                               dst->type == SPEC_F16};
-        return err_of(cuda_rope_store(cb->stream, rp, &sp));
+        ss->s[ss->n++] = cuda_store{(const float *)src->data, fstride(src), dst->data, dst->row_bytes, row0_at, row0,
+                                    (int)(off / stride), (int)src->ne0, (int)src->ne1, dst->type == SPEC_F16};
+        return SPEC_OK;
     }
     return err_of(cuda_store_rows(cb->stream, (const float *)src->data, fstride(src), dst->data, dst->row_bytes,
                                   row0_at, row0, dst->type, (int)src->ne0, (int)src->ne1));
 }
 
+/* Waits in act for the next op: the attention of the step's next sequence (the rows after these, of
+ * the same q and out, over a cache of the same layout) joins it, for one launch. */
 static int cuda_attention_op(struct kern_backend *be, const struct kern_tensor *q, const struct kern_tensor *k_cache,
                              const struct kern_tensor *v_cache, const struct kern_attn_params *p,
                              struct kern_tensor *out)
@@ -790,12 +793,28 @@ static int cuda_attention_op(struct kern_backend *be, const struct kern_tensor *
     if (p->head_dim > CUDA_ATTN_MAX_HEAD_DIM)
         return SPEC_E_UNSUPPORTED;
     struct cuda_backend *cb = cuda_of(be);
-    if ((err = writing(cb)))
-        return err;
-    const int *pos0_at = step_value(cb, p->pos0);
-    return err_of(cuda_attention(cb->stream, &cb->part, &cb->counters, &cb->act, (const float *)q->data, fstride(q),
-                                 k_cache->data, k_cache->row_bytes, k_cache->type, v_cache->data, v_cache->row_bytes,
-                                 v_cache->type, p, pos0_at, (int)q->ne1, (float *)out->data, fstride(out)));
+    struct cuda_attn *a = &cb->act.attn;
+    const bool prefill = q->ne1 >= CUDA_ATT_TILE_MIN_QUERIES;
+    const bool joins = cb->act.attn_pending && a->n_seq < CUDA_STEP_SEQS &&
+                       (a->seq[0].n >= CUDA_ATT_TILE_MIN_QUERIES) == prefill && fstride(q) == a->q_stride &&
+                       (const float *)q->data == a->q + (size_t)a->n * a->q_stride && fstride(out) == a->out_stride &&
+                       (float *)out->data == a->out + (size_t)a->n * a->out_stride &&
+                       k_cache->row_bytes == a->k_row_bytes && k_cache->type == a->k_type &&
+                       v_cache->row_bytes == a->v_row_bytes && v_cache->type == a->v_type && p->n_head == a->n_head &&
+                       p->n_head_kv == a->n_head_kv && p->head_dim == a->head_dim && p->scale == a->scale;
+    if (!joins) {
+        if ((err = writing(cb))) /* launches the attention waiting, if any */
+            return err;
+        *a = cuda_attn{&cb->part,      &cb->counters,       (const float *)q->data, fstride(q),
+                       (float *)out->data, fstride(out),    k_cache->row_bytes,     v_cache->row_bytes,
+                       k_cache->type,  v_cache->type,       p->n_head,              p->n_head_kv,
+                       p->head_dim,    p->scale,            {},                     0,
+                       0};
+        cb->act.attn_pending = true;
+    }
+    a->seq[a->n_seq++] = cuda_attn_seq{k_cache->data, v_cache->data, step_value(cb, p->pos0), p->pos0, (int)q->ne1};
+    a->n += (int)q->ne1;
+    return SPEC_OK;
 }
 
 /* ---------------------------------------------------------------------------------------------- */

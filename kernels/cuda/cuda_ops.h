@@ -294,13 +294,79 @@ static inline uint64_t cuda_trace_arg(uint64_t h, const cuda_rope &rp)
 
 cudaError_t cuda_rope_rows(cudaStream_t st, const struct cuda_rope *rp);
 
+/* Sequences a step's stores and attention take in one launch (a step of more runs more launches). */
+#define CUDA_STEP_SEQS 16
+
+/* A store of rows src_row0 .. src_row0 + rows - 1 of a rope's x (src: the first of them, possibly
+ * columns past the rope's heads, as V beside K) into dst rows row0 .. (row0 from row0_at when not
+ * NULL), F16 or F32. */
+struct cuda_store {
+    const float *src;
+    size_t src_stride;
+    void *dst;
+    size_t dst_row_bytes;
+    const int *row0_at;
+    int row0, src_row0, ne0, rows;
+    bool f16;
+};
+
+static inline uint64_t cuda_trace_arg(uint64_t h, const cuda_store &sp)
+{
+    h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, sp.src), sp.src_stride), sp.dst),
+                       sp.dst_row_bytes);
+    h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, sp.row0_at), sp.row0), sp.src_row0), sp.ne0);
+    return cuda_trace_arg(cuda_trace_arg(h, sp.rows), sp.f16);
+}
+
+/* The stores of a step's sequences (each its K and V into its own cache), of rows of one rope. */
+struct cuda_stores {
+    struct cuda_store s[CUDA_STEP_SEQS];
+    int n;
+};
+
+static inline uint64_t cuda_trace_arg(uint64_t h, const cuda_stores &ss)
+{
+    for (int i = 0; i < ss.n; i++)
+        h = cuda_trace_arg(h, ss.s[i]);
+    return cuda_trace_arg(h, ss.n);
+}
+
+/* kern_backend.h's attention for a step's sequences in one launch: sequence i's n queries are the rows
+ * of q and out after those of sequences 0 .. i-1, at positions pos0 .. pos0 + n - 1 (pos0 read from
+ * device memory at pos0_at when that is not NULL) over its cache rows 0 .. pos0 + n - 1. part and
+ * counters: the backend's scratch (cuda_attention). */
+struct cuda_attn_seq {
+    const void *k, *v;
+    const int *pos0_at;
+    int pos0, n;
+};
+
+struct cuda_attn {
+    struct cuda_buf *part, *counters;
+    const float *q;
+    size_t q_stride;
+    float *out;
+    size_t out_stride;
+    size_t k_row_bytes, v_row_bytes;
+    enum spec_dtype k_type, v_type;
+    int n_head, n_head_kv, head_dim;
+    float scale;
+    struct cuda_attn_seq seq[CUDA_STEP_SEQS];
+    int n_seq, n; /* sequences; queries, all sequences' */
+};
+
+/* Queries from which a sequence's attention is a prefill's, whose blocks take several (query, head)
+ * pairs (cuda_attention): one launch takes sequences of one kind. */
+#define CUDA_ATT_TILE_MIN_QUERIES 48
+
 /* The activations as the last matmul converted them (Q8 blocks, F16 or BF16), and what from: matmuls
  * of one input with weights of one kind (q, k and v; gate and up) convert it once. The backend calls
  * cuda_act_forget before anything else writes device memory, so a kept conversion is never stale.
- * A norm or a rope waits here for the op after it (at most one waits): a norm when that is a matmul
- * of its output y by a quantised weight (one kernel normalises and converts, cuda_matmul), a rope
- * when it is a store of rows it rotates (cuda_rope_store); anything else launches it alone first
- * (cuda_act_flush). Two kernels leave their output converted here for the matmul after them: a
+ * A norm, a rope or an attention waits here for the op after it (one of them at a time): a norm
+ * when that is a matmul of its output y by a quantised weight (one kernel normalises and converts,
+ * cuda_matmul), a rope when it is a store of rows it rotates, and the stores of the step's other
+ * sequences after it (cuda_rope_store), an attention when it is the next sequence's attention of the
+ * step (cuda_attention); anything else launches what waits first (cuda_act_flush). Two kernels leave their output converted here for the matmul after them: a
  * matmul with a swiglu (for w_down, in the form its own weights take, which a Q4_K_M model's Q6_K
  * w_down shares), and attention (for wo, in the form of the conversion before it, q|k|v's, which wo
  * shares in the models this runs). A matmul of another form converts anew. */
@@ -318,9 +384,12 @@ struct cuda_act {
     bool norm_pending;
     struct cuda_rope rope;
     bool rope_pending;
+    struct cuda_stores stores; /* the stores waiting with the rope */
+    struct cuda_attn attn;
+    bool attn_pending;
 };
 
-/* Launches the norm or rope waiting in act, if any. */
+/* Launches what waits in act, if anything. */
 cudaError_t cuda_act_flush(cudaStream_t st, struct cuda_act *act);
 
 static inline void cuda_act_forget(struct cuda_act *a)
@@ -405,29 +474,8 @@ cudaError_t cuda_rows_to_f16(cudaStream_t st, enum spec_dtype type, const void *
 /* The norm alone. */
 cudaError_t cuda_rms_norm(cudaStream_t st, const struct cuda_norm *nm);
 
-/* A store of rows src_row0 .. src_row0 + rows - 1 of a rope's x (src: the first of them, possibly
- * columns past the rope's heads, as V beside K) into dst rows row0 .. (row0 from row0_at when not
- * NULL), F16 or F32. */
-struct cuda_store {
-    const float *src;
-    size_t src_stride;
-    void *dst;
-    size_t dst_row_bytes;
-    const int *row0_at;
-    int row0, src_row0, ne0, rows;
-    bool f16;
-};
-
-static inline uint64_t cuda_trace_arg(uint64_t h, const cuda_store &sp)
-{
-    h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, sp.src), sp.src_stride), sp.dst),
-                       sp.dst_row_bytes);
-    h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, sp.row0_at), sp.row0), sp.src_row0), sp.ne0);
-    return cuda_trace_arg(cuda_trace_arg(h, sp.rows), sp.f16);
-}
-
-/* The rope, then the store, in one launch (each rotated row is stored by the block that rotated it). */
-cudaError_t cuda_rope_store(cudaStream_t st, const struct cuda_rope *rp, const struct cuda_store *sp);
+/* The rope, then the stores, in one launch (each rotated row is stored by the block that rotated it). */
+cudaError_t cuda_rope_store(cudaStream_t st, const struct cuda_rope *rp, const struct cuda_stores *ss);
 
 /* dst rows row0 .. row0 + rows - 1 (F16 or F32, dst_row_bytes apart) = src rows rounded to the dst type;
  * row0 is read from device memory at row0_at when that is not NULL. */
@@ -446,18 +494,14 @@ cudaError_t cuda_eltwise(cudaStream_t st, enum cuda_eltwise_op op, const float *
 /* Largest head_dim the attention kernels take (one head of q lives in shared memory). */
 #define CUDA_ATTN_MAX_HEAD_DIM 256
 
-/* kern_backend.h's attention: n queries (rows of q, q_stride floats apart) over cache rows
- * 0 .. pos0 + n - 1 of k and v (F16 or F32, k_row_bytes / v_row_bytes apart), in one launch. `part` is
- * scratch for the per-chunk partial results, `counters` (cuda_reserve_counters) for the counters that
- * find each (head, query)'s last chunk to finish. With pos0_at (device memory, holding p->pos0) the
- * kernels read the position there, and the grid covers a power of two of chunks (the unused leave at
- * once): a recorded step's launches then stay those of the next positions, up to the next power. The
- * output is left converted in act (forgotten: nothing waits in it) in act->form when that is a Q8 form
- * whose blocks the heads tile. */
-cudaError_t cuda_attention(cudaStream_t st, struct cuda_buf *part, struct cuda_buf *counters, struct cuda_act *act,
-                           const float *q, size_t q_stride, const void *k, size_t k_row_bytes, enum spec_dtype k_type,
-                           const void *v, size_t v_row_bytes, enum spec_dtype v_type,
-                           const struct kern_attn_params *p, const int *pos0_at, int n, float *out, size_t out_stride);
+/* The attention of a step's sequences (cuda_attn) in one launch. `part` is scratch for the per-chunk
+ * partial results, `counters` (cuda_reserve_counters) for the counters that find each (head, query)'s
+ * last chunk to finish. With a pos0_at (device memory, holding pos0) the kernels read the position
+ * there, and the grid covers a power of two of chunks (the unused leave at once): a recorded step's
+ * launches then stay those of the next positions, up to the next power. The output is left converted
+ * in act (forgotten: nothing waits in it) in act->form when that is a Q8 form whose blocks the heads
+ * tile. */
+cudaError_t cuda_attention(cudaStream_t st, struct cuda_act *act, const struct cuda_attn *a);
 
 /* kern_backend.h's argmax of `rows` rows of ne0 logits into scratch (grown as needed): *ids the ids,
  * *probs (with_probs, else NULL) the probabilities, both in device memory; `counters`

@@ -1170,7 +1170,11 @@ cudaError_t cuda_act_flush(cudaStream_t st, struct cuda_act *act)
 {
     if (act->rope_pending) {
         act->rope_pending = false;
-        return cuda_rope_rows(st, &act->rope);
+        return act->stores.n ? cuda_rope_store(st, &act->rope, &act->stores) : cuda_rope_rows(st, &act->rope);
+    }
+    if (act->attn_pending) {
+        act->attn_pending = false;
+        return cuda_attention(st, act, &act->attn);
     }
     if (!act->norm_pending)
         return cudaSuccess;

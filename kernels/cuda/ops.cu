@@ -245,27 +245,33 @@ cudaError_t cuda_store_rows(cudaStream_t st, const float *src, size_t src_stride
     return cudaGetLastError();
 }
 
-/* A rope and the store of rows it rotates (K and V after K's rope) in one launch: a block a row
- * rotates the row as rope_kernel would, then, after a barrier, stores it if the store takes it. */
-__global__ void rope_store_kernel(const cuda_rope rp, const cuda_store sp)
+/* A rope and the stores of rows it rotates (each sequence's K and V after K's rope) in one launch: a
+ * block a row rotates the row as rope_kernel would, then, after a barrier, stores it if a store takes
+ * it (one at most: the stores' rows are apart). */
+__global__ void rope_store_kernel(const cuda_rope rp, const cuda_stores ss)
 {
     cuda_grid_wait();
     const int row_pairs = rp.n_head * (rp.n_rot / 2);
-    uint8_t *dst = (uint8_t *)sp.dst + (size_t)step_value(sp.row0_at, sp.row0) * sp.dst_row_bytes;
     for (int r = blockIdx.x; r < rp.rows; r += gridDim.x) {
         for (int pair = threadIdx.x; pair < row_pairs; pair += blockDim.x)
             rope_pair(rp, r, pair);
         __syncthreads();
-        const int sr = r - sp.src_row0;
-        if (sr >= 0 && sr < sp.rows)
+#pragma unroll
+        for (int i = 0; i < CUDA_STEP_SEQS; i++) { /* constant indices: the stores stay in parameter space */
+            const cuda_store &sp = ss.s[i];
+            const int sr = r - sp.src_row0;
+            if (i >= ss.n || sr < 0 || sr >= sp.rows)
+                continue;
+            uint8_t *dst = (uint8_t *)sp.dst + (size_t)step_value(sp.row0_at, sp.row0) * sp.dst_row_bytes;
             for (int e = threadIdx.x; e < sp.ne0; e += blockDim.x)
                 store_elem(sp.src, sp.src_stride, dst, sp.dst_row_bytes, sp.f16, sr, e);
+        }
     }
 }
 
-cudaError_t cuda_rope_store(cudaStream_t st, const struct cuda_rope *rp, const struct cuda_store *sp)
+cudaError_t cuda_rope_store(cudaStream_t st, const struct cuda_rope *rp, const struct cuda_stores *ss)
 {
-    CUDA_LAUNCH((unsigned)(rp->rows < 65535 ? rp->rows : 65535), CUDA_ELT_THREADS, st, rope_store_kernel)(*rp, *sp);
+    CUDA_LAUNCH((unsigned)(rp->rows < 65535 ? rp->rows : 65535), CUDA_ELT_THREADS, st, rope_store_kernel)(*rp, *ss);
     return cudaGetLastError();
 }
 
@@ -422,10 +428,9 @@ cudaError_t cuda_argmax(cudaStream_t st, struct cuda_buf *scratch, struct cuda_b
 #define ATT_THREADS ATT_CHUNK
 #define ATT_WARPS (ATT_THREADS / CUDA_WARP)
 #define ATT_LOADS 8 /* cache loads a thread issues before using the first: their latencies overlap */
-#define ATT_TILE 8  /* (query, head) pairs a block of a prefill takes */
-/* Queries from which a call is a prefill: verification passes (at most 33 queries) and decode steps keep
- * a pair a block, the most blocks for the latency-bound shapes. */
-#define ATT_TILE_MIN_QUERIES 48
+#define ATT_TILE 8  /* (query, head) pairs a block of a prefill takes; verification passes (at most 33
+                     * queries a sequence) and decode steps keep a pair a block, the most blocks for the
+                     * latency-bound shapes */
 
 static __device__ __forceinline__ float cache_elem(const uint8_t *row, bool f16, int e)
 {
@@ -471,8 +476,46 @@ static __device__ __forceinline__ void convert_heads(const cuda_q8_out &conv, co
         cuda_convert_out_block(conv, out, out_stride, n_head * head_dim, i, b, threadIdx.x % CUDA_WARP);
 }
 
-/* R pairs a block: pair r of block z is f = z R + r of the KV head's n x group pairs, query f / group
- * and query head g group + f % group. Thread t scores key j0 + t against each pair's q (a chain of fmaf
+/* A launch's sequences as its blocks find them: sequence i's blocks are z0 .. (z0 of i + 1) - 1 of the
+ * grid's z, its queries rows row0 .. of q and out. */
+struct attn_seq {
+    const uint8_t *k, *v;
+    const int *pos0_at;
+    int pos0, n, row0, z0;
+};
+
+struct attn_seqs {
+    attn_seq s[CUDA_STEP_SEQS];
+    int n;
+};
+
+static inline uint64_t cuda_trace_arg(uint64_t h, const attn_seq &sq)
+{
+    h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, sq.k), sq.v), sq.pos0_at), sq.pos0);
+    return cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, sq.n), sq.row0), sq.z0);
+}
+
+static inline uint64_t cuda_trace_arg(uint64_t h, const attn_seqs &ss)
+{
+    for (int i = 0; i < ss.n; i++)
+        h = cuda_trace_arg(h, ss.s[i]);
+    return cuda_trace_arg(h, ss.n);
+}
+
+/* The sequence whose blocks include block z (constant indices: the sequences stay in parameter
+ * space). */
+static __device__ __forceinline__ attn_seq seq_of_block(const attn_seqs &ss, int z)
+{
+    attn_seq sq = ss.s[0];
+#pragma unroll
+    for (int i = 1; i < CUDA_STEP_SEQS; i++)
+        if (i < ss.n && z >= ss.s[i].z0)
+            sq = ss.s[i];
+    return sq;
+}
+
+/* R pairs a block: pair r of block z (of its sequence's) is f = z R + r of the KV head's n x group
+ * pairs, the sequence's query f / group (row row0 + f / group) and query head g group + f % group. Thread t scores key j0 + t against each pair's q (a chain of fmaf
  * over the dimensions, in order; the loads of ATT_LOADS units issued before the first is used, as a
  * loop would wait for each). Each pair's max and sum come from fixed butterflies and the warps in
  * order; for o, the head's dimensions are cut into units of 8, and each of `sets` groups of threads
@@ -480,10 +523,10 @@ static __device__ __forceinline__ void convert_heads(const cuda_q8_out &conv, co
  * step is fixed by the query's key count alone. */
 template <int R>
 __global__ void __launch_bounds__(ATT_THREADS)
-    attn_chunk_kernel(const float *q, size_t q_stride, const uint8_t *k, size_t k_row_bytes, bool k_f16, bool k_vec,
-                      const uint8_t *v, size_t v_row_bytes, bool v_f16, bool v_vec, int n, int n_head, int group,
-                      int head_dim, const int *pos0_at, int pos0, float scale, int n_chunks, float *part_o,
-                      float *part_ml, int *done, float *out, size_t out_stride, const cuda_q8_out conv)
+    attn_chunk_kernel(const float *q, size_t q_stride, const attn_seqs ss, size_t k_row_bytes, bool k_f16, bool k_vec,
+                      size_t v_row_bytes, bool v_f16, bool v_vec, int n_head, int group, int head_dim, float scale,
+                      int n_chunks, float *part_o, float *part_ml, int *done, float *out, size_t out_stride,
+                      const cuda_q8_out conv)
 {
     cuda_grid_wait();
     constexpr int V_LOADS = R == 1 ? ATT_LOADS : 4; /* value loads ahead: R pairs' o[8] share the registers */
@@ -491,8 +534,11 @@ __global__ void __launch_bounds__(ATT_THREADS)
     __shared__ float p[R][ATT_CHUNK];
     __shared__ float red[2][R][ATT_WARPS];
     __shared__ float os[ATT_THREADS * 8];
-    const int c = blockIdx.x, g = blockIdx.y, f0 = (int)blockIdx.z * R, pairs = min(R, n * group - f0);
-    const int first_kv = step_value(pos0_at, pos0) + 1, j0 = c * ATT_CHUNK; /* query i sees first_kv + i keys */
+    const attn_seq sq = seq_of_block(ss, (int)blockIdx.z);
+    const uint8_t *k = sq.k, *v = sq.v;
+    const int c = blockIdx.x, g = blockIdx.y, f0 = ((int)blockIdx.z - sq.z0) * R, pairs = min(R, sq.n * group - f0);
+    /* the sequence's query i sees first_kv + i keys */
+    const int first_kv = step_value(sq.pos0_at, sq.pos0) + 1, j0 = c * ATT_CHUNK;
     /* the chunk's keys each pair sees (none past its query's): more for later queries */
     int len[R];
 #pragma unroll
@@ -506,7 +552,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
 
     for (int d = tid; d < R * row_len; d += ATT_THREADS) {
         const int r = d / row_len, e = d % row_len, f = f0 + r;
-        const float *qh = q + (size_t)(f / group) * q_stride + (size_t)(g * group + f % group) * head_dim;
+        const float *qh = q + (size_t)(sq.row0 + f / group) * q_stride + (size_t)(g * group + f % group) * head_dim;
         qs[r][e] = r >= pairs || e >= head_dim ? 0.0f : k_f16 ? __half2float(__float2half_rn(qh[e])) : qh[e];
     }
     __syncthreads();
@@ -601,7 +647,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
             for (int e8 = 0; e8 < 8; e8++)
                 os[set * row_len + 8 * unit + e8] = o[r][e8];
         __syncthreads();
-        const int f = f0 + r, i = f / group, h = g * group + f % group;
+        const int f = f0 + r, i = sq.row0 + f / group, h = g * group + f % group;
         const size_t slot = ((size_t)i * n_head + h) * n_chunks + c;
         for (int d = tid; d < head_dim; d += ATT_THREADS) {
             float od = os[d];
@@ -625,8 +671,8 @@ __global__ void __launch_bounds__(ATT_THREADS)
     for (int r = 0; r < R; r++) {
         if (len[r] <= 0)
             continue;
-        const int f = f0 + r, i = f / group, h = g * group + f % group;
-        const int used = (first_kv + i + ATT_CHUNK - 1) / ATT_CHUNK;
+        const int f = f0 + r, i = sq.row0 + f / group, h = g * group + f % group;
+        const int used = (first_kv + f / group + ATT_CHUNK - 1) / ATT_CHUNK;
         if (!cuda_last_to_arrive(done + (size_t)i * n_head + h, used))
             continue;
         const size_t slot0 = ((size_t)i * n_head + h) * n_chunks;
@@ -649,49 +695,60 @@ __global__ void __launch_bounds__(ATT_THREADS)
     }
 }
 
-cudaError_t cuda_attention(cudaStream_t st, struct cuda_buf *part, struct cuda_buf *counters, struct cuda_act *act,
-                           const float *q, size_t q_stride, const void *k, size_t k_row_bytes, enum spec_dtype k_type,
-                           const void *v, size_t v_row_bytes, enum spec_dtype v_type,
-                           const struct kern_attn_params *p, const int *pos0_at, int n, float *out, size_t out_stride)
+cudaError_t cuda_attention(cudaStream_t st, struct cuda_act *act, const struct cuda_attn *a)
 {
-    int n_chunks = (p->pos0 + n + ATT_CHUNK - 1) / ATT_CHUNK;
-    while (pos0_at && (n_chunks & (n_chunks - 1)))
+    /* the sequences' blocks one after another along z, and as many chunks as the longest cache needs */
+    const int group = a->n_head / a->n_head_kv;
+    const int per_block = cuda_attention_tiles && a->seq[0].n >= CUDA_ATT_TILE_MIN_QUERIES ? ATT_TILE : 1;
+    attn_seqs ss = {};
+    int n_chunks = 1, z = 0, row = 0;
+    bool at_device = false, k_aligned = true, v_aligned = true;
+    for (int i = 0; i < a->n_seq; i++) {
+        const cuda_attn_seq *sq = &a->seq[i];
+        /* the position itself only when it is not read from device memory, so that a replayed step's
+         * launches are the recorded ones */
+        ss.s[i] = attn_seq{(const uint8_t *)sq->k, (const uint8_t *)sq->v, sq->pos0_at, sq->pos0_at ? 0 : sq->pos0,
+                           sq->n, row, z};
+        n_chunks = max(n_chunks, (sq->pos0 + sq->n + ATT_CHUNK - 1) / ATT_CHUNK);
+        at_device = at_device || sq->pos0_at;
+        k_aligned = k_aligned && (uintptr_t)sq->k % 16 == 0;
+        v_aligned = v_aligned && (uintptr_t)sq->v % 16 == 0;
+        z += (sq->n * group + per_block - 1) / per_block;
+        row += sq->n;
+    }
+    ss.n = a->n_seq;
+    while (at_device && (n_chunks & (n_chunks - 1)))
         n_chunks += n_chunks & -n_chunks; /* up to the next power of two */
-    const size_t pairs = (size_t)n * p->n_head, slots = pairs * n_chunks;
-    const size_t o_bytes = cuda_align256(slots * p->head_dim * sizeof(float)),
+    const size_t pairs = (size_t)a->n * a->n_head, slots = pairs * n_chunks;
+    const size_t o_bytes = cuda_align256(slots * a->head_dim * sizeof(float)),
                  ml_bytes = cuda_align256(slots * 2 * sizeof(float));
-    cudaError_t err = cuda_reserve_counters(st, counters, pairs * sizeof(int));
+    cudaError_t err = cuda_reserve_counters(st, a->counters, pairs * sizeof(int));
     if (err == cudaSuccess)
-        err = cuda_buf_reserve(st, part, o_bytes + ml_bytes);
+        err = cuda_buf_reserve(st, a->part, o_bytes + ml_bytes);
     if (err != cudaSuccess)
         return err;
-    int *done = (int *)counters->p;
-    float *part_o = (float *)part->p, *part_ml = (float *)((uint8_t *)part->p + o_bytes);
-    /* the position itself only when it is not read from device memory, so that a replayed step's
-     * launches are the recorded ones */
-    const int pos0 = pos0_at ? 0 : p->pos0;
-    const int group = p->n_head / p->n_head_kv, per_block = cuda_attention_tiles && n >= ATT_TILE_MIN_QUERIES ? ATT_TILE : 1;
-    const dim3 grid((unsigned)n_chunks, (unsigned)p->n_head_kv, (unsigned)((n * group + per_block - 1) / per_block));
+    int *done = (int *)a->counters->p;
+    float *part_o = (float *)a->part->p, *part_ml = (float *)((uint8_t *)a->part->p + o_bytes);
+    const dim3 grid((unsigned)n_chunks, (unsigned)a->n_head_kv, (unsigned)z);
     /* 16-byte loads when every head's slice of every row starts 16-byte aligned */
-    const bool k_vec = p->head_dim % 8 == 0 && (uintptr_t)k % 16 == 0 && k_row_bytes % 16 == 0,
-               v_vec = p->head_dim % 8 == 0 && (uintptr_t)v % 16 == 0 && v_row_bytes % 16 == 0;
+    const bool k_vec = a->head_dim % 8 == 0 && k_aligned && a->k_row_bytes % 16 == 0,
+               v_vec = a->head_dim % 8 == 0 && v_aligned && a->v_row_bytes % 16 == 0;
     /* wo's conversion, in the form of the one before (q|k|v's) */
     const enum spec_dtype form = (enum spec_dtype)act->form;
-    const int len = cuda_q8_block_len(form), width = p->n_head * p->head_dim;
+    const int len = cuda_q8_block_len(form), width = a->n_head * a->head_dim;
     cuda_q8_out conv = {};
-    if (len && width % len == 0 && (len % p->head_dim == 0 || p->head_dim % len == 0)) {
-        const int heads_per_group = len > p->head_dim ? len / p->head_dim : 1;
-        const cudaError_t cerr = cuda_act_out_prepare(st, act, form, width, n,
-                                                      (size_t)n * (size_t)(p->n_head / heads_per_group), &conv);
+    if (len && width % len == 0 && (len % a->head_dim == 0 || a->head_dim % len == 0)) {
+        const int heads_per_group = len > a->head_dim ? len / a->head_dim : 1;
+        const cudaError_t cerr = cuda_act_out_prepare(st, act, form, width, a->n,
+                                                      (size_t)a->n * (size_t)(a->n_head / heads_per_group), &conv);
         if (cerr != cudaSuccess)
             return cerr;
     }
     CUDA_LAUNCH(grid, ATT_THREADS, st, *(per_block == 1 ? attn_chunk_kernel<1> : attn_chunk_kernel<ATT_TILE>))(
-        q, q_stride, (const uint8_t *)k, k_row_bytes, k_type == SPEC_F16, k_vec, (const uint8_t *)v, v_row_bytes,
-        v_type == SPEC_F16, v_vec, n, p->n_head, group, p->head_dim, pos0_at, pos0, p->scale, n_chunks, part_o,
-        part_ml, done, out, out_stride, conv);
+        a->q, a->q_stride, ss, a->k_row_bytes, a->k_type == SPEC_F16, k_vec, a->v_row_bytes, a->v_type == SPEC_F16,
+        v_vec, a->n_head, group, a->head_dim, a->scale, n_chunks, part_o, part_ml, done, a->out, a->out_stride, conv);
     const cudaError_t lerr = cudaGetLastError();
     if (lerr == cudaSuccess && conv.q)
-        cuda_act_out_keep(act, out, out_stride, width, n, form);
+        cuda_act_out_keep(act, a->out, a->out_stride, width, a->n, form);
     return lerr;
 }

@@ -1130,18 +1130,22 @@ static struct kern_tensor view(const struct kern_tensor *t, int64_t r0, int64_t 
     return v;
 }
 
-/* The CUDA backend launches a rope together with the store that caches rows it rotates (K and V
- * beside it, as the model calls them). Against the CPU's rope and store_rows, bit for bit: a store of
- * some of the rope's rows, then the others stored alone; a store of rows the rope did not rotate
- * (the rope runs alone first); F16 and F32 caches. */
-Test(conformance, a_rope_and_the_store_of_its_rows_give_the_cpus_bits)
+/* The CUDA backend launches a rope together with the stores that cache rows it rotates (K and V
+ * beside it, each sequence's of a step, as the model calls them). Against the CPU's rope and
+ * store_rows, bit for bit: stores of some of the rope's rows, then of the others, more than one launch
+ * takes (CUDA_STEP_SEQS, 16); a store of rows the rope did not rotate (the rope runs alone first); F16
+ * and F32 caches. */
+Test(conformance, a_rope_and_the_stores_of_its_rows_give_the_cpus_bits)
 {
     need_cuda();
-    const int n_head = 4, n_kv = 2, hd = 64, n = 5, width = (n_head + 2 * n_kv) * hd, kv_w = 2 * n_kv * hd;
-    const int32_t pos[] = {9, 10, 11, 12, 13}, pos2[] = {30, 31, 32, 33, 34};
+    enum { n = 24 };
+    const int n_head = 4, n_kv = 2, hd = 64, width = (n_head + 2 * n_kv) * hd, kv_w = 2 * n_kv * hd;
+    int32_t pos[n], pos2[n];
+    for (int i = 0; i < n; i++)
+        pos[i] = 9 + i, pos2[i] = 40 + i;
     const struct kern_rope_params p = {.mode = KERN_ROPE_NEOX, .n_rot = hd, .freq_base = 10000.0f, .freq_scale = 1.0f};
     float *xh = random_f32(width * n, 1.0f), *oh = random_f32(kv_w * 2, 1.0f);
-    float *zeros = calloc(32 * (size_t)kv_w, sizeof(float));
+    float *zeros = calloc(64 * (size_t)kv_w, sizeof(float));
     const enum spec_dtype kv[] = {SPEC_F16, SPEC_F32};
     for (int ki = 0; ki < 2; ki++) {
         struct kern_backend *both[] = {cpu, gpu};
@@ -1150,18 +1154,22 @@ Test(conformance, a_rope_and_the_store_of_its_rows_give_the_cpus_bits)
         for (int bi = 0; bi < 2; bi++) {
             struct kern_backend *b = both[bi];
             struct kern_tensor x = upload(b, SPEC_F32, width, n, xh), other = upload(b, SPEC_F32, kv_w, 2, oh),
-                               cache = upload(b, kv[ki], kv_w, 32, zeros);
+                               cache = upload(b, kv[ki], kv_w, 64, zeros);
             struct kern_tensor qk = view(&x, 0, 0, (n_head + n_kv) * hd, n), kv1 = view(&x, 1, n_head * hd, kv_w, 3),
                                kv0 = view(&x, 0, n_head * hd, kv_w, 1), kv4 = view(&x, 4, n_head * hd, kv_w, 1);
             cr_assert_eq(b->ops->rope(b, &qk, n_head + n_kv, hd, pos, &p), 0);
             cr_assert_eq(b->ops->store_rows(b, &kv1, &cache, 8), 0); /* with the rope */
             cr_assert_eq(b->ops->store_rows(b, &kv0, &cache, 7), 0);
             cr_assert_eq(b->ops->store_rows(b, &kv4, &cache, 11), 0);
+            for (int r = 5; r < n; r++) { /* a sequence a row, each into its own rows */
+                const struct kern_tensor kvr = view(&x, r, n_head * hd, kv_w, 1);
+                cr_assert_eq(b->ops->store_rows(b, &kvr, &cache, 12 + 2 * (r - 5)), 0);
+            }
             cr_assert_eq(b->ops->rope(b, &qk, n_head + n_kv, hd, pos2, &p), 0);
             cr_assert_eq(b->ops->store_rows(b, &other, &cache, 20), 0); /* the rope first, alone */
             x_out[bi] = download(b, &x);
             cache_out[bi] = download(b, &cache);
-            cache_bytes = 32 * cache.row_bytes;
+            cache_bytes = 64 * cache.row_bytes;
             free_t(b, &x), free_t(b, &other), free_t(b, &cache);
         }
         assert_bits(x_out[1], x_out[0], (size_t)(width * n) * sizeof(float), "rows rotated twice");
@@ -1317,6 +1325,76 @@ Test(conformance, attention_matches_the_cpu_and_is_batch_invariant)
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         check_attention(&cases[i]);
+}
+
+/* The attentions of a step's sequences, each over its own cache, issued one after another as a model's
+ * step issues them (on CUDA, one launch for as many as CUDA_STEP_SEQS of one kind: decode and
+ * verification, or prefills): each sequence's rows get the bits of its attention alone, and the CPU's
+ * within the bound. Sequences of 1 to 9 queries, keys in one chunk to three; 20 of them (two launches);
+ * then two prefills after them (a launch of their own), and sequences issued out of row order. */
+Test(conformance, attentions_of_a_steps_sequences_give_each_sequence_its_bits)
+{
+    need_cuda();
+    enum { n_seq = 22 };
+    const int n_head = 6, n_kv = 2, hd = 64, q_dim = n_head * hd, rows = 320;
+    const struct attn_case shape = {.n_head = n_head, .n_head_kv = n_kv, .head_dim = hd, .rows = rows,
+                                    .kv = SPEC_F16};
+    int pos0[n_seq], n[n_seq], row0[n_seq], total = 0;
+    for (int i = 0; i < n_seq; i++) {
+        n[i] = i >= 20 ? 48 + i - 20 : 1 + (i * 5) % 9;
+        pos0[i] = (i * 71) % (rows - n[i]);
+        row0[i] = total;
+        total += n[i];
+    }
+    float *qh = random_f32((int64_t)q_dim * total, 1.0f), *kh[n_seq], *vh[n_seq];
+    float vmax = 0.0f;
+    for (int i = 0; i < n_seq; i++) {
+        float *unused;
+        vmax = fmaxf(vmax, attn_inputs(&shape, &unused, &kh[i], &vh[i]));
+        free(unused);
+    }
+    struct kern_backend *both[] = {cpu, gpu};
+    float *together[2], *alone = malloc(sizeof(float) * (size_t)q_dim * (size_t)total);
+    for (int bi = 0; bi < 2; bi++) {
+        struct kern_backend *b = both[bi];
+        struct kern_tensor q = upload(b, SPEC_F32, q_dim, total, qh), out = poisoned(b, q_dim, total), k[n_seq], v[n_seq];
+        for (int i = 0; i < n_seq; i++)
+            k[i] = cache_on(b, &shape, kh[i]), v[i] = cache_on(b, &shape, vh[i]);
+        /* every sequence's attention in turn; the last two swapped out of row order */
+        for (int j = 0; j < n_seq; j++) {
+            const int i = j < n_seq - 2 ? j : 2 * n_seq - 3 - j;
+            const struct kern_attn_params p = {.n_head = n_head, .n_head_kv = n_kv, .head_dim = hd, .pos0 = pos0[i],
+                                               .scale = 0.125f};
+            struct kern_tensor qs = view(&q, row0[i], 0, q_dim, n[i]), os = view(&out, row0[i], 0, q_dim, n[i]);
+            cr_assert_eq(b->ops->attention(b, &qs, &k[i], &v[i], &p, &os), 0);
+        }
+        together[bi] = download(b, &out);
+        if (b == gpu)
+            for (int i = 0; i < n_seq; i++) { /* each alone: a read between them */
+                const struct kern_attn_params p = {.n_head = n_head, .n_head_kv = n_kv, .head_dim = hd,
+                                                   .pos0 = pos0[i], .scale = 0.125f};
+                struct kern_tensor qs = view(&q, row0[i], 0, q_dim, n[i]), os = poisoned(b, q_dim, n[i]);
+                cr_assert_eq(b->ops->attention(b, &qs, &k[i], &v[i], &p, &os), 0);
+                float *one = download(b, &os);
+                memcpy(alone + (size_t)row0[i] * q_dim, one, sizeof(float) * (size_t)q_dim * (size_t)n[i]);
+                free(one);
+                free_t(b, &os);
+            }
+        for (int i = 0; i < n_seq; i++)
+            free_t(b, &k[i]), free_t(b, &v[i]);
+        free_t(b, &q), free_t(b, &out);
+    }
+    for (int i = 0; i < n_seq; i++) {
+        const size_t at = (size_t)row0[i] * q_dim, len = (size_t)q_dim * (size_t)n[i];
+        cr_assert(memcmp(together[1] + at, alone + at, len * sizeof(float)) == 0,
+                  "sequence %d (%d queries at %d): its rows differ from its attention alone", i, n[i], pos0[i]);
+        for (size_t e = at; e < at + len; e++)
+            cr_assert(fabs((double)together[1][e] - together[0][e]) <= 6e-4 * vmax,
+                      "sequence %d: element %zu is %.9g, the CPU's %.9g", i, e - at, together[1][e], together[0][e]);
+    }
+    for (int i = 0; i < n_seq; i++)
+        free(kh[i]), free(vh[i]);
+    free(qh), free(alone), free(together[0]), free(together[1]);
 }
 
 /* Attention converts its output for wo, in the form of the conversion before it (q's matmul here, as
@@ -1702,6 +1780,10 @@ Test(conformance, steps_recorded_as_graphs_give_the_bits_of_op_by_op_steps)
         assert_bits(lg, le, sizeof(float) * (size_t)(2 * nv), "two sequences in one step");
     }
     assert_steps(before, step_stats(graphs), 4, 1, 2, 0, "two sequences in one step");
+    /* and with the nodes of a step of one: the two sequences' stores launch with the rope, their
+     * attentions together (wo's conversion with them) */
+    cr_assert_eq(step_stats(graphs).nodes, 8 * c.n_layer + 9, "%ld nodes a step of two sequences",
+                 step_stats(graphs).nodes);
     free(lg), free(le);
     model_seq_free(sg), model_seq_free(se), model_seq_free(sg2), model_seq_free(se2);
     tsupport_mem_model_free(&mg);
