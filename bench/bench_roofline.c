@@ -3,7 +3,7 @@
  *
  *   bench_roofline --model M.gguf [--device auto|cpu|cuda] [--threads N] [--pos P] [--gamma-max G]
  *                  [--seconds S] [--copy-mib MIB] [--profile STEPS] [--graphs]
- *                  [--tensor-cores] [--blas-prefill] [--batch N]
+ *                  [--tensor-cores] [--blas-prefill] [--batch N] [--seqs S]
  *
  * It prints, as markdown:
  *  - copy bandwidth: the backend copying an F32 tensor of MIB MiB into another (store_rows), counted
@@ -13,6 +13,8 @@
  *  - decode at batch 1 after P tokens of context: tokens/s, and the bytes one step must read (every
  *    weight matrix once, the embedding row aside, plus the K and V caches of the P positions) divided
  *    by the step time, as a percentage of the copy bandwidth (the roofline);
+ *  - with --seqs S (2 … 64), decode steps of S sequences at once (each after its own P tokens, as the
+ *    engine batches concurrent requests): the time of a step and its tokens/s against batch 1's;
  *  - verification of γ+1 positions (the last accepted token and γ drafts) for γ = 1 … G, as a
  *    multiple of one decode step's time.
  * Decode and verification return each position's greedy id (the backend's argmax), as the engine
@@ -40,12 +42,14 @@
 #include "model/model.h"
 #include "verify/verify.h"
 
+#define MAX_SEQS 64 /* --seqs */
+
 struct args {
     const char *model, *device;
     int n_threads, pos, gamma_max, profile_steps;
     bool graphs, tensor_cores, blas_prefill;
     double seconds;
-    int copy_mib, batch;
+    int copy_mib, batch, seqs;
 };
 
 static int parse_args(int argc, char **argv, struct args *a)
@@ -86,11 +90,13 @@ static int parse_args(int argc, char **argv, struct args *a)
             a->profile_steps = atoi(v);
         else if (!strcmp(o, "--batch"))
             a->batch = atoi(v);
+        else if (!strcmp(o, "--seqs"))
+            a->seqs = atoi(v);
         else
             return -1;
     }
     if (!a->model || a->pos < 1 || a->gamma_max < 1 || a->gamma_max > 64 || a->seconds <= 0 || a->copy_mib < 1 ||
-        a->profile_steps < 0 || a->batch < 0)
+        a->profile_steps < 0 || a->batch < 0 || a->seqs < 0 || a->seqs == 1 || a->seqs > MAX_SEQS)
         return -1;
     return 0;
 }
@@ -103,23 +109,29 @@ static int cmp_double(const void *x, const void *y)
 
 #define MAX_RUNS 256
 
-/* Median seconds of one forward of n tokens at position pos (then rolled back), every position's
- * greedy id to `ids` or, when logits is not NULL, its logits to `logits`; repeated for about
- * `seconds` (at least 3 runs). */
-static int time_forward(struct model *m, struct model_seq *s, const int32_t *tokens, int n, int32_t *ids,
-                        float *logits, double seconds, double *median)
+/* Median seconds of one forward of n tokens in each of the n_seqs sequences s[] at once (then each
+ * rolled back), every position's greedy id to `ids` (n_seqs x n) or, when logits is not NULL (one
+ * sequence), its logits to `logits`; repeated for about `seconds` (at least 3 runs). */
+static int time_forward(struct model *m, struct model_seq *const *s, int n_seqs, const int32_t *tokens, int n,
+                        int32_t *ids, float *logits, double seconds, double *median)
 {
-    const struct model_batch_item it = {.s = s, .tokens = tokens, .n = n, .all_logits = true,
-                                        .logits = logits, .argmax = logits ? NULL : ids};
+    struct model_batch_item it[MAX_SEQS];
+    int pos[MAX_SEQS];
+    for (int i = 0; i < n_seqs; i++) {
+        it[i] = (struct model_batch_item){.s = s[i], .tokens = tokens, .n = n, .all_logits = true, .logits = logits,
+                                          .argmax = logits ? NULL : ids + (size_t)i * n};
+        pos[i] = model_seq_len(s[i]);
+    }
     double t[MAX_RUNS];
     int runs = 0;
-    const int pos = model_seq_len(s);
     const double end = bench_now_s() + seconds;
     while (runs < MAX_RUNS && (runs < 3 || bench_now_s() < end)) {
         const double t0 = bench_now_s();
-        int err = model_forward_batch(m, &it, 1);
+        int err = model_forward_batch(m, it, n_seqs);
         t[runs++] = bench_now_s() - t0;
-        if (err || (err = model_seq_truncate(s, pos)))
+        for (int i = 0; i < n_seqs && !err; i++)
+            err = model_seq_truncate(s[i], pos[i]);
+        if (err)
             return err;
     }
     qsort(t, (size_t)runs, sizeof t[0], cmp_double);
@@ -315,13 +327,13 @@ int main(int argc, char **argv)
     if (parse_args(argc, argv, &a)) {
         fprintf(stderr, "usage: bench_roofline --model M.gguf [--device auto|cpu|cuda] [--threads N] [--pos P] "
                         "[--gamma-max G] [--seconds S] [--copy-mib MIB] [--profile STEPS] [--graphs] "
-                        "[--tensor-cores] [--blas-prefill] [--batch N]\n");
+                        "[--tensor-cores] [--blas-prefill] [--batch N] [--seqs S]\n");
         return 2;
     }
     struct kern_backend *be = NULL;
     struct model *m = NULL;
-    struct model_seq *s = NULL;
-    int32_t *tokens = NULL, ids[65];
+    struct model_seq *s = NULL, *more[MAX_SEQS] = {0}; /* more: s and the --seqs others */
+    int32_t *tokens = NULL, ids[MAX_SEQS * 65];
     float *logits = NULL;
     double copy_bw = 0.0, wbytes = 0.0, t_prefill = 0.0;
     const struct kern_backend_config cfg = {.n_threads = a.n_threads, .profile = a.profile_steps > 0,
@@ -359,15 +371,32 @@ int main(int argc, char **argv)
     const bool stats = a.graphs && be && be->ops->step_stats;
     if (!err && stats)
         err = be->ops->step_stats(be, &st0);
-    if (!err && !(err = time_forward(m, s, tokens + a.pos, 1, ids, NULL, a.seconds, &t1)))
+    if (!err && !(err = time_forward(m, &s, 1, tokens + a.pos, 1, ids, NULL, a.seconds, &t1)))
         fprintf(stderr, "bench_roofline: decode %.3f ms\n", t1 * 1e3);
     if (!err && stats)
         err = be->ops->step_stats(be, &st);
-    if (!err && !(err = time_forward(m, s, tokens + a.pos, 1, ids, logits, a.seconds, &t1_logits)))
+    if (!err && !(err = time_forward(m, &s, 1, tokens + a.pos, 1, ids, logits, a.seconds, &t1_logits)))
         fprintf(stderr, "bench_roofline: decode with logits %.3f ms\n", t1_logits * 1e3);
     for (int g = 1; g <= a.gamma_max && !err; g++)
-        if (!(err = time_forward(m, s, tokens + a.pos, g + 1, ids, NULL, a.seconds, &tv[g])))
+        if (!(err = time_forward(m, &s, 1, tokens + a.pos, g + 1, ids, NULL, a.seconds, &tv[g])))
             fprintf(stderr, "bench_roofline: verify %d positions %.3f ms\n", g + 1, tv[g] * 1e3);
+    /* steps of --seqs sequences: s and seqs - 1 more, each prefilled with the same tokens */
+    double t_seqs = 0.0;
+    struct kern_step_stats st_seqs0 = {0}, st_seqs = {0};
+    if (!err && a.seqs > 1) {
+        more[0] = s;
+        for (int i = 1; i < a.seqs && !err; i++)
+            if (!(err = model_seq_new(m, a.pos + 1, &more[i])))
+                err = model_forward_last(m, more[i], tokens, a.pos, NULL);
+        if (!err && stats)
+            err = be->ops->step_stats(be, &st_seqs0);
+        if (!err && !(err = time_forward(m, more, a.seqs, tokens + a.pos, 1, ids, NULL, a.seconds, &t_seqs)))
+            fprintf(stderr, "bench_roofline: decode of %d sequences %.3f ms\n", a.seqs, t_seqs * 1e3);
+        if (!err && stats)
+            err = be->ops->step_stats(be, &st_seqs);
+    }
+    for (int i = 1; i < a.seqs; i++)
+        model_seq_free(more[i]);
     const int n_verify = a.gamma_max < 7 ? a.gamma_max + 1 : 8; /* the sequence holds pos + gamma_max + 1 */
     double ts_host = 0.0, ts_dev = 0.0;
     float *rows = err ? NULL : malloc((size_t)n_verify * (size_t)n_vocab * sizeof *rows);
@@ -415,6 +444,13 @@ int main(int argc, char **argv)
         printf("| decode steps as graphs | %ld begun: %ld recorded, %ld replayed, %ld issued again; %ld nodes a step "
                "|\n", st.steps - st0.steps, st.recorded - st0.recorded, st.replayed - st0.replayed,
                st.repeated - st0.repeated, st.nodes);
+    if (a.seqs > 1)
+        printf("| decode, %d sequences a step (greedy ids back) | %.2f ms/step, %.1f tokens/s = %.2fx batch 1 |\n",
+               a.seqs, t_seqs * 1e3, a.seqs / t_seqs, t1 * a.seqs / t_seqs);
+    if (a.seqs > 1 && stats)
+        printf("| steps of %d sequences as graphs | %ld begun: %ld recorded, %ld replayed, %ld issued again; %ld "
+               "nodes a step |\n", a.seqs, st_seqs.steps - st_seqs0.steps, st_seqs.recorded - st_seqs0.recorded,
+               st_seqs.replayed - st_seqs0.replayed, st_seqs.repeated - st_seqs0.repeated, st_seqs.nodes);
     printf("\n| γ | positions | verify time | verify / decode |\n|---|---|---|---|\n");
     for (int g = 1; g <= a.gamma_max; g++)
         printf("| %d | %d | %.2f ms | %.2fx |\n", g, g + 1, tv[g] * 1e3, tv[g] / t1);

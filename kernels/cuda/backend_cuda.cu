@@ -76,6 +76,8 @@ struct cuda_backend {
     cudaStream_t stream;
     struct cuda_act act;  /* matmul: converted activations, kept until device memory is written */
     bool tensor_cores;    /* kern_backend_config.tensor_cores: quantised matmuls on int8 tensor cores */
+    bool join_sequences;  /* a step's sequences share the store and attention launches (off with
+                           * SPECD_CUDA_JOIN=0, for the A/B: each sequence's launch alone) */
     struct cuda_blas *blas; /* kern_backend_config.blas_prefill: a prefill's matmuls through cuBLAS */
     struct cuda_buf part; /* attention: per-chunk partial results */
     struct cuda_buf counters; /* attention and argmax: their blocks' arrival counters (cuda_reserve_counters) */
@@ -763,7 +765,8 @@ static int cuda_store_rows_op(struct kern_backend *be, const struct kern_tensor 
     struct cuda_stores *ss = &cb->act.stores;
     const uintptr_t at = (uintptr_t)src->data, x0 = (uintptr_t)rp->x;
     const size_t off = (at - x0) / sizeof(float), stride = rp->x_stride;
-    const bool after_rope = cb->act.rope_pending && ss->n < CUDA_STEP_SEQS && fstride(src) == stride && at >= x0 &&
+    const bool after_rope = cb->act.rope_pending && ss->n < (cb->join_sequences ? CUDA_STEP_SEQS : 1) &&
+                            fstride(src) == stride && at >= x0 &&
                             (at - x0) % sizeof(float) == 0 && off / stride + (size_t)src->ne1 <= (size_t)rp->rows &&
                             off % stride + (size_t)src->ne0 <= stride;
     if (after_rope)
@@ -795,7 +798,7 @@ static int cuda_attention_op(struct kern_backend *be, const struct kern_tensor *
     struct cuda_backend *cb = cuda_of(be);
     struct cuda_attn *a = &cb->act.attn;
     const bool prefill = q->ne1 >= CUDA_ATT_TILE_MIN_QUERIES;
-    const bool joins = cb->act.attn_pending && a->n_seq < CUDA_STEP_SEQS &&
+    const bool joins = cb->join_sequences && cb->act.attn_pending && a->n_seq < CUDA_STEP_SEQS &&
                        (a->seq[0].n >= CUDA_ATT_TILE_MIN_QUERIES) == prefill && fstride(q) == a->q_stride &&
                        (const float *)q->data == a->q + (size_t)a->n * a->q_stride && fstride(out) == a->out_stride &&
                        (float *)out->data == a->out + (size_t)a->n * a->out_stride &&
@@ -1064,7 +1067,7 @@ static const struct kern_backend_ops cuda_ops = {
     .step_stats = cuda_step_stats,
 };
 
-/* The A/B switches (SPECD_CUDA_PDL, _PREFETCH, _ATT_TILE): on unless set to 0. */
+/* The A/B switches (SPECD_CUDA_PDL, _PREFETCH, _ATT_TILE, _JOIN): on unless set to 0. */
 static bool env_is_zero(const char *name)
 {
     const char *v = getenv(name);
@@ -1092,6 +1095,7 @@ extern "C" int kern_cuda_backend_create(const struct kern_backend_config *cfg, s
     cuda_dependent_launches = !env_is_zero("SPECD_CUDA_PDL");
     cuda_prefetch_weights = !env_is_zero("SPECD_CUDA_PREFETCH");
     cuda_attention_tiles = !env_is_zero("SPECD_CUDA_ATT_TILE");
+    cb->join_sequences = !env_is_zero("SPECD_CUDA_JOIN");
     cb->tensor_cores = cfg && cfg->tensor_cores;
     if (cfg && cfg->blas_prefill) {
         const int err = cuda_blas_open(cb->stream, &cb->blas);
