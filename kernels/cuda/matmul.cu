@@ -13,9 +13,10 @@
  *  - One warp owns a few weight rows (RPW): lane l adds units l, l+32, l+64, ... of each in that order
  *    into one accumulator per (weight row, activation row), and lane 0 takes the sum of the 32 lanes
  *    by a fixed butterfly.
- *    The activation rows are walked in tiles of MMV_TILE, each row in its own accumulator with the
- *    same instructions, so nothing in a row's order of operations depends on how many rows share the
- *    call or where the row sits in it: n rows in one call give the bits of n one-row calls.
+ *    The activation rows are walked in tiles of MMV_TILE (a single row in a tile of one), each row in
+ *    its own accumulator with the same instructions, so nothing in a row's order of operations
+ *    depends on how many rows share the call or where the row sits in it: n rows in one call give the
+ *    bits of n one-row calls.
  * The order differs from the CPU's (8 float lanes per row, one float accumulator for the K-quants),
  * so results differ from the CPU backend by float rounding of the sum only
  * (tests/kernels/test_backend_conformance.c holds the bound).
@@ -758,16 +759,17 @@ static __device__ __forceinline__ void convert_out(const mm_args &a, int first_r
 }
 
 /* acc[i][r] = the sum over units u0, u0 + stride, ... (in that order, with dot()) of weight row wrow[i]
- * times activation row t0 + r, for r < nt: each unit's weights unpacked once for all the rows, AHEAD
- * units loaded before the first of them is used (more bytes in flight where a lane has many units). */
-template <class W, int NR, int AHEAD>
+ * times activation row t0 + r, for r < nt <= T: each unit's weights unpacked once for all the rows,
+ * AHEAD units loaded before the first of them is used (more bytes in flight where a lane has many
+ * units). */
+template <class W, int NR, int AHEAD, int T>
 static __device__ __forceinline__ void mmv_units(const mm_args &a, const uint8_t *const wrow[NR], int t0, int nt,
-                                                 int u0, int stride, float acc[NR][MMV_TILE])
+                                                 int u0, int stride, float acc[NR][T])
 {
 #pragma unroll
     for (int i = 0; i < NR; i++)
 #pragma unroll
-        for (int r = 0; r < MMV_TILE; r++)
+        for (int r = 0; r < T; r++)
             acc[i][r] = 0.0f;
     const int n_units = W::units(a.k);
     for (int ub = u0; ub < n_units; ub += AHEAD * stride) {
@@ -784,7 +786,7 @@ static __device__ __forceinline__ void mmv_units(const mm_args &a, const uint8_t
             if (u >= n_units)
                 break;
 #pragma unroll
-            for (int r = 0; r < MMV_TILE; r++) {
+            for (int r = 0; r < T; r++) {
                 if (r < nt) {
                     typename W::X xu;
                     W::load_x(a, t0 + r, u, xu);
@@ -798,8 +800,10 @@ static __device__ __forceinline__ void mmv_units(const mm_args &a, const uint8_t
 }
 
 /* RPW: weight rows per warp, each activation load serving all of them: RPW rows of one part, or with
- * SW (swiglu) RPW/2 rows of part 0 and the same rows of part 1. */
-template <class W, int RPW, bool SW>
+ * SW (swiglu) RPW/2 rows of part 0 and the same rows of part 1. T: activation rows a pass over the
+ * weights (MMV_TILE for batches; 1 for one row, whose accumulators then hold no registers for rows
+ * that are not there: more warps fit an SM, and more weight bytes are in flight). */
+template <class W, int RPW, bool SW, int T>
 __global__ void __launch_bounds__(MMV_THREADS) mmv(const mm_args a)
 {
     constexpr int per_part = SW ? RPW / 2 : RPW;
@@ -816,12 +820,12 @@ __global__ void __launch_bounds__(MMV_THREADS) mmv(const mm_args a)
         const cuda_mm_part &o = i < per_part ? mine : other;
         wrow[i] = o.w + (size_t)row * o.w_row_bytes;
     }
-    for (int t0 = 0; t0 < a.n; t0 += MMV_TILE) {
-        const int nt = min(MMV_TILE, a.n - t0);
-        float acc[RPW][MMV_TILE];
-        mmv_units<W, RPW, 1>(a, wrow, t0, nt, lane, CUDA_WARP, acc);
+    for (int t0 = 0; t0 < a.n; t0 += T) {
+        const int nt = min(T, a.n - t0);
+        float acc[RPW][T];
+        mmv_units<W, RPW, 1, T>(a, wrow, t0, nt, lane, CUDA_WARP, acc);
 #pragma unroll
-        for (int r = 0; r < MMV_TILE; r++) {
+        for (int r = 0; r < T; r++) {
             if (r < nt) {
                 float v[RPW];
 #pragma unroll
@@ -881,32 +885,25 @@ __global__ void __launch_bounds__(MMV_THREADS) mmv_ordered(const mm_args a)
         const cuda_mm_part &o = q == 0 ? mine : other;
         wrow[q] = o.w + (size_t)min(row, rows - 1) * o.w_row_bytes;
     }
-    for (int t0 = 0; t0 < a.n; t0 += MMV_TILE) {
-        const int nt = min(MMV_TILE, a.n - t0);
-        float acc[NW][MMV_TILE];
-        mmv_units<W, NW, SW ? 1 : MMO_AHEAD>(a, wrow, t0, nt, w, MMO_LANES, acc);
+    for (int t = 0; t < a.n; t++) { /* a row a pass: it serves decode steps (launch_quantised) */
+        float acc[NW][1];
+        mmv_units<W, NW, SW ? 1 : MMO_AHEAD, 1>(a, wrow, t, 1, w, MMO_LANES, acc);
+        float v[NW];
 #pragma unroll
-        for (int r = 0; r < MMV_TILE; r++) {
-            if (r < nt) {
-                float v[NW];
-#pragma unroll
-                for (int q = 0; q < NW; q++) {
-                    const cuda_mm_part &o = q == 0 ? mine : other;
-                    float y = __shfl_sync(CUDA_FULL_MASK, acc[q][r], first);
-                    for (int j = 1; j < MMO_LANES; j++)
-                        y = y + __shfl_sync(CUDA_FULL_MASK, acc[q][r], first + j);
-                    v[q] = o.bias && row < rows ? y + o.bias[row] : y;
-                }
-                if (w != 0 || row >= rows)
-                    continue;
-                const size_t at = (size_t)(t0 + r);
-                if (SW) { /* the gate times the up row, as swiglu does */
-                    mine.y[at * mine.y_stride + row] = cuda_silu_mul(v[0], v[NW - 1]);
-                    other.y[at * other.y_stride + row] = v[NW - 1];
-                } else {
-                    mine.y[at * mine.y_stride + row] = v[0];
-                }
-            }
+        for (int q = 0; q < NW; q++) {
+            const cuda_mm_part &o = q == 0 ? mine : other;
+            float y = __shfl_sync(CUDA_FULL_MASK, acc[q][0], first);
+            for (int j = 1; j < MMO_LANES; j++)
+                y = y + __shfl_sync(CUDA_FULL_MASK, acc[q][0], first + j);
+            v[q] = o.bias && row < rows ? y + o.bias[row] : y;
+        }
+        if (w != 0 || row >= rows)
+            continue;
+        if (SW) { /* the gate times the up row, as swiglu does */
+            mine.y[(size_t)t * mine.y_stride + row] = cuda_silu_mul(v[0], v[NW - 1]);
+            other.y[(size_t)t * other.y_stride + row] = v[NW - 1];
+        } else {
+            mine.y[(size_t)t * mine.y_stride + row] = v[0];
         }
     }
     if (SW && a.out.q)
@@ -1059,11 +1056,11 @@ static cudaError_t launch_parts(cudaStream_t st, mm_args a, int rows_per_block, 
     return cudaGetLastError();
 }
 
-template <class W, int RPW>
+template <class W, int RPW, int T>
 static cudaError_t launch_mmv_rpw(cudaStream_t st, const mm_args &a)
 {
-    return launch_parts(st, a, MMV_WARPS * (a.swiglu ? RPW / 2 : RPW), MMV_THREADS, mmv<W, RPW, true>,
-                        mmv<W, RPW, false>);
+    return launch_parts(st, a, MMV_WARPS * (a.swiglu ? RPW / 2 : RPW), MMV_THREADS, mmv<W, RPW, true, T>,
+                        mmv<W, RPW, false, T>);
 }
 
 template <class W>
@@ -1079,8 +1076,9 @@ static cudaError_t launch_mmq(cudaStream_t st, const mm_args &a)
 }
 
 /* Batches take 4 weight rows a warp (each activation load serves 4 rows: a verification pass of 8
- * positions 1.52x -> 1.45x a decode step on an H200); one row takes 2 (4 was no faster there). The
- * choice changes no result: each (weight row, activation row) pair is summed the same way. */
+ * positions 1.52x -> 1.45x a decode step on an H200) and tiles of MMV_TILE rows; one row takes 2 (4
+ * was no faster there) and a tile of one. The choice changes no result: each (weight row, activation
+ * row) pair is summed the same way. */
 static int mmv_rows_per_warp(int n)
 {
     return n > 1 ? 4 : 2;
@@ -1089,7 +1087,7 @@ static int mmv_rows_per_warp(int n)
 template <class W>
 static cudaError_t launch_mmv(cudaStream_t st, const mm_args &a)
 {
-    return mmv_rows_per_warp(a.n) == 4 ? launch_mmv_rpw<W, 4>(st, a) : launch_mmv_rpw<W, 2>(st, a);
+    return mmv_rows_per_warp(a.n) == 4 ? launch_mmv_rpw<W, 4, MMV_TILE>(st, a) : launch_mmv_rpw<W, 2, 1>(st, a);
 }
 
 /* A quantised type's kernel. dp4a (mmv) for every batch size, or with tensor cores mmq's order for
