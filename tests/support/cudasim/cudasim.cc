@@ -1,5 +1,9 @@
 /* cudasim's runtime and scheduler (see cuda_runtime.h): device memory is host memory, and a kernel's
- * blocks run one after another with their threads as fibers that switch only at barriers. The switch
+ * blocks run one after another with their threads as fibers that switch only at barriers. A GPU runs
+ * blocks in no promised order, so neither does the simulator: each launch takes its blocks in an order
+ * of its own (a stride through the grid from a starting block, both changing from launch to launch,
+ * the same in every run), so that the last block of a grid to arrive, which combines what the others
+ * left, is not always the one with the highest index. The switch
  * is a few instructions of x86-64 (callee-saved registers and the stack pointer): ucontext's costs a
  * system call, and under ASan a clear of the whole stack's shadow, per switch.
  *
@@ -95,6 +99,7 @@ struct sim_state {
     void *ctx = nullptr;
     bool dependent = false; /* the running kernel was launched as a programmatic dependent */
     cudaError_t last_error = cudaSuccess;
+    unsigned long launches = 0;
 };
 
 sim_state sim;
@@ -278,12 +283,29 @@ void run(dim3 grid, dim3 block, void (*body)(void *), void *ctx, bool dependent)
     sim.ctx = ctx;
     gridDim = grid;
     blockDim = block;
-    for (unsigned z = 0; z < grid.z; z++)
-        for (unsigned y = 0; y < grid.y; y++)
-            for (unsigned x = 0; x < grid.x; x++) {
-                blockIdx = dim3(x, y, z);
-                run_block();
-            }
+    /* block i of the launch's order: (start + i * stride) mod n, stride coprime with n */
+    const unsigned long n = (unsigned long)grid.x * grid.y * grid.z, launch = sim.launches++;
+    static const unsigned long strides[] = {1, 7919, 104729, 3, 65537, 5};
+    unsigned long stride = 1;
+    for (unsigned long c = 0; c < sizeof strides / sizeof strides[0]; c++) {
+        const unsigned long s = strides[(launch + c) % (sizeof strides / sizeof strides[0])];
+        unsigned long a = s % n, b = n;
+        while (b) { /* gcd(s mod n, n) */
+            const unsigned long t = a % b;
+            a = b;
+            b = t;
+        }
+        if (a == 1 || n == 1) {
+            stride = s % n ? s % n : 1;
+            break;
+        }
+    }
+    const unsigned long start = (launch * 2654435761u) % n;
+    for (unsigned long i = 0; i < n; i++) {
+        const unsigned long b = (start + i * stride) % n;
+        blockIdx = dim3((unsigned)(b % grid.x), (unsigned)(b / grid.x % grid.y), (unsigned)(b / grid.x / grid.y));
+        run_block();
+    }
 }
 
 void grid_wait()
