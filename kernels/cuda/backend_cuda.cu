@@ -808,11 +808,13 @@ static int cuda_attention_op(struct kern_backend *be, const struct kern_tensor *
     if (!joins) {
         if ((err = writing(cb))) /* launches the attention waiting, if any */
             return err;
-        *a = cuda_attn{&cb->part,      &cb->counters,       (const float *)q->data, fstride(q),
-                       (float *)out->data, fstride(out),    k_cache->row_bytes,     v_cache->row_bytes,
-                       k_cache->type,  v_cache->type,       p->n_head,              p->n_head_kv,
-                       p->head_dim,    p->scale,            {},                     0,
-                       0};
+        *a = cuda_attn{};
+        a->part = &cb->part, a->counters = &cb->counters;
+        a->q = (const float *)q->data, a->q_stride = fstride(q);
+        a->out = (float *)out->data, a->out_stride = fstride(out);
+        a->k_row_bytes = k_cache->row_bytes, a->v_row_bytes = v_cache->row_bytes;
+        a->k_type = k_cache->type, a->v_type = v_cache->type;
+        a->n_head = p->n_head, a->n_head_kv = p->n_head_kv, a->head_dim = p->head_dim, a->scale = p->scale;
         cb->act.attn_pending = true;
     }
     a->seq[a->n_seq++] = cuda_attn_seq{k_cache->data, v_cache->data, step_value(cb, p->pos0), p->pos0, (int)q->ne1};
