@@ -7,7 +7,8 @@
  * is a few instructions of x86-64 (callee-saved registers and the stack pointer): ucontext's costs a
  * system call, and under ASan a clear of the whole stack's shadow, per switch.
  *
- * The scheduler resumes the threads of a block in order, each until it waits or ends. When none can
+ * The scheduler resumes the threads of a block in order (every other block in reverse order), each until
+ * it waits or ends. When none can
  * run, it releases every warp whose live lanes all wait at a shuffle, else the block if all its live
  * threads wait at __syncthreads(); when nothing can be released the kernel is wrong (a barrier or a
  * shuffle that some threads never reach) and the process aborts with what was found. */
@@ -237,13 +238,16 @@ void start_thread(int i)
     t.sp = top;
 }
 
-void run_block()
+/* backwards: the threads resume from the last one down, so that a missing barrier shows whichever way
+ * data flows between the threads (every other block) */
+void run_block(bool backwards)
 {
     for (int i = 0; i < sim.n_threads; i++)
         start_thread(i);
     for (;;) {
         bool ran = false, live = false;
-        for (int i = 0; i < sim.n_threads; i++) {
+        for (int j = 0; j < sim.n_threads; j++) {
+            const int i = backwards ? sim.n_threads - 1 - j : j;
             if (sim.threads[i].state == RUNNABLE) {
                 resume(i);
                 ran = true;
@@ -304,7 +308,7 @@ void run(dim3 grid, dim3 block, void (*body)(void *), void *ctx, bool dependent)
     for (unsigned long i = 0; i < n; i++) {
         const unsigned long b = (start + i * stride) % n;
         blockIdx = dim3((unsigned)(b % grid.x), (unsigned)(b / grid.x % grid.y), (unsigned)(b / grid.x / grid.y));
-        run_block();
+        run_block(i % 2 == 1);
     }
 }
 
