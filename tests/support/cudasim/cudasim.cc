@@ -14,6 +14,7 @@
  * shuffle that some threads never reach) and the process aborts with what was found. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <time.h>
 
@@ -536,7 +537,10 @@ cudaError_t cudaMalloc(void **p, size_t bytes)
 {
     if (n_capturing > 0 && !relaxed_capture)
         die("cudaMalloc during a stream capture that is not in relaxed mode");
-    return registered_alloc(allocations, p, bytes, 256); /* cudaMalloc's alignment */
+    const cudaError_t e = registered_alloc(allocations, p, bytes, 256); /* cudaMalloc's alignment */
+    if (e == cudaSuccess) /* a GPU's new memory holds anything: here NaNs (and -1 as integers), never zeros */
+        memset(*p, 0xff, bytes);
+    return e;
 }
 
 cudaError_t cudaFree(void *p)
