@@ -366,10 +366,11 @@ struct cuda_attn {
  * when that is a matmul of its output y by a quantised weight (one kernel normalises and converts,
  * cuda_matmul), a rope when it is a store of rows it rotates, and the stores of the step's other
  * sequences after it (cuda_rope_store), an attention when it is the next sequence's attention of the
- * step (cuda_attention); anything else launches what waits first (cuda_act_flush). Two kernels leave their output converted here for the matmul after them: a
- * matmul with a swiglu (for w_down, in the form its own weights take, which a Q4_K_M model's Q6_K
- * w_down shares), and attention (for wo, in the form of the conversion before it, q|k|v's, which wo
- * shares in the models this runs). A matmul of another form converts anew. */
+ * step (cuda_attention); anything else launches what waits first (cuda_act_flush). Two kernels leave
+ * their output converted here for the matmul after them: a matmul with a swiglu (for w_down, in the
+ * form its own weights take, which a Q4_K_M model's Q6_K w_down shares), and attention (for wo, in
+ * the form of the conversion before it, q|k|v's, which wo shares in the models this runs). A matmul
+ * of another form converts anew. */
 struct cuda_act {
     struct cuda_buf buf;
     struct cuda_buf next;  /* a conversion being made while buf is read: an output converted by the

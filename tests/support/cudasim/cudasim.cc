@@ -1,17 +1,18 @@
 /* cudasim's runtime and scheduler (see cuda_runtime.h): device memory is host memory, and a kernel's
- * blocks run one after another with their threads as fibers that switch only at barriers. A GPU runs
- * blocks in no promised order, so neither does the simulator: each launch takes its blocks in an order
- * of its own (a stride through the grid from a starting block, both changing from launch to launch,
- * the same in every run), so that the last block of a grid to arrive, which combines what the others
- * left, is not always the one with the highest index. The switch
+ * blocks run one after another with their threads as fibers that switch only at barriers. The switch
  * is a few instructions of x86-64 (callee-saved registers and the stack pointer): ucontext's costs a
  * system call, and under ASan a clear of the whole stack's shadow, per switch.
  *
- * The scheduler resumes the threads of a block in order (every other block in reverse order), each until
- * it waits or ends. When none can
- * run, it releases every warp whose live lanes all wait at a shuffle, else the block if all its live
- * threads wait at __syncthreads(); when nothing can be released the kernel is wrong (a barrier or a
- * shuffle that some threads never reach) and the process aborts with what was found. */
+ * A GPU runs blocks in no promised order, so neither does the simulator: each launch takes its blocks
+ * in an order of its own (a stride through the grid from a starting block, both changing from launch
+ * to launch, the same in every run), so that the last block of a grid to arrive, which combines what
+ * the others left, is not always the one with the highest index.
+ *
+ * The scheduler resumes the threads of a block in order (every other block from the last thread
+ * down), each until it waits or ends. When none can run, it releases every warp whose live lanes all
+ * wait at a shuffle, else the block if all its live threads wait at __syncthreads(); when nothing can
+ * be released the kernel is wrong (a barrier or a shuffle that some threads never reach) and the
+ * process aborts with what was found. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -262,6 +263,16 @@ void run_block(bool backwards)
     }
 }
 
+unsigned long gcd(unsigned long a, unsigned long b)
+{
+    while (b) {
+        const unsigned long t = a % b;
+        a = b;
+        b = t;
+    }
+    return a;
+}
+
 /* The limits of compute capability 9.0. */
 bool shape_ok(dim3 grid, dim3 block)
 {
@@ -288,23 +299,12 @@ void run(dim3 grid, dim3 block, void (*body)(void *), void *ctx, bool dependent)
     sim.ctx = ctx;
     gridDim = grid;
     blockDim = block;
-    /* block i of the launch's order: (start + i * stride) mod n, stride coprime with n */
+    /* block i of the launch's order: (start + i * stride) mod n, a stride coprime with n (else 1) */
     const unsigned long n = (unsigned long)grid.x * grid.y * grid.z, launch = sim.launches++;
-    static const unsigned long strides[] = {1, 7919, 104729, 3, 65537, 5};
-    unsigned long stride = 1;
-    for (unsigned long c = 0; c < sizeof strides / sizeof strides[0]; c++) {
-        const unsigned long s = strides[(launch + c) % (sizeof strides / sizeof strides[0])];
-        unsigned long a = s % n, b = n;
-        while (b) { /* gcd(s mod n, n) */
-            const unsigned long t = a % b;
-            a = b;
-            b = t;
-        }
-        if (a == 1 || n == 1) {
-            stride = s % n ? s % n : 1;
-            break;
-        }
-    }
+    static const unsigned long primes[] = {7919, 104729, 3, 65537, 5};
+    unsigned long stride = primes[launch % (sizeof primes / sizeof primes[0])] % n;
+    if (stride == 0 || gcd(stride, n) != 1)
+        stride = 1;
     const unsigned long start = (launch * 2654435761u) % n;
     for (unsigned long i = 0; i < n; i++) {
         const unsigned long b = (start + i * stride) % n;
