@@ -179,6 +179,7 @@ thread_local struct cuda_trace *cuda_tracing;
 bool cuda_dependent_launches = true;
 bool cuda_prefetch_weights = true;
 bool cuda_attention_tiles = true;
+bool cuda_norm_after_matmul = true;
 
 bool cuda_trace_node(cudaStream_t st, uint64_t hash)
 {
@@ -266,6 +267,16 @@ static void forget_device_state(struct cuda_backend *cb)
 {
     cuda_act_forget(&cb->act);
     cb->rope_n = 0;
+    /* Each output conversion kept swaps act's two buffers (cuda_act_out_keep): the step starts with
+     * them as the step before it started, so that it uses the ones its recording did (a decode step
+     * with norms after its matmuls swaps an odd number of times). */
+    struct cuda_act *a = &cb->act;
+    if (a->swaps % 2) {
+        const struct cuda_buf first = a->next;
+        a->next = a->buf;
+        a->buf = first;
+    }
+    a->swaps = 0;
 }
 
 /* A replay that cannot run its graph: nothing of the step ran, and the shape is recorded next. */
@@ -658,7 +669,16 @@ static int cuda_rms_norm_op(struct kern_backend *be, struct kern_tensor *x, cons
 {
     struct cuda_backend *cb = cuda_of(be);
     int err = kern_rms_norm_check(x, residual, w, eps, y);
-    if (err || (err = writing(cb)))
+    if (err)
+        return err;
+    /* adding the output of the matmul waiting (one row): it waits with it, for that matmul's last block */
+    const struct cuda_mm_part *mm = &cb->act.mm.part[0];
+    const bool after_matmul = cb->act.mm_pending && residual && (const float *)residual->data == mm->y &&
+                              fstride(residual) == mm->y_stride && x->data != residual->data && x->ne1 == 1 &&
+                              x->ne0 == mm->rows;
+    if (after_matmul)
+        cuda_act_forget(&cb->act);
+    else if ((err = writing(cb)))
         return err;
     /* launched by the next op: with a matmul of y by a quantised weight, in the same kernel */
     cb->act.norm = cuda_norm{(float *)x->data, fstride(x), residual ? (const float *)residual->data : NULL,
@@ -1069,7 +1089,7 @@ static const struct kern_backend_ops cuda_ops = {
     .step_stats = cuda_step_stats,
 };
 
-/* The A/B switches (SPECD_CUDA_PDL, _PREFETCH, _ATT_TILE, _JOIN): on unless set to 0. */
+/* The A/B switches (SPECD_CUDA_PDL, _PREFETCH, _ATT_TILE, _NORM_AFTER, _JOIN): on unless set to 0. */
 static bool env_is_zero(const char *name)
 {
     const char *v = getenv(name);
@@ -1097,6 +1117,7 @@ extern "C" int kern_cuda_backend_create(const struct kern_backend_config *cfg, s
     cuda_dependent_launches = !env_is_zero("SPECD_CUDA_PDL");
     cuda_prefetch_weights = !env_is_zero("SPECD_CUDA_PREFETCH");
     cuda_attention_tiles = !env_is_zero("SPECD_CUDA_ATT_TILE");
+    cuda_norm_after_matmul = !env_is_zero("SPECD_CUDA_NORM_AFTER");
     cb->join_sequences = !env_is_zero("SPECD_CUDA_JOIN");
     cb->tensor_cores = cfg && cfg->tensor_cores;
     if (cfg && cfg->blas_prefill) {

@@ -39,6 +39,9 @@ extern bool cuda_prefetch_weights;
 /* A prefill's attention takes several (query, head) pairs a block (cuda_attention) unless
  * SPECD_CUDA_ATT_TILE=0 (for the A/B). */
 extern bool cuda_attention_tiles;
+/* A norm between two matmuls of one row runs in the first one's last thread block (cuda_act) unless
+ * SPECD_CUDA_NORM_AFTER=0 (for the A/B). */
+extern bool cuda_norm_after_matmul;
 
 /* Adds a node to the trace when st is the traced stream. true: make the launch or copy (not traced,
  * or recording); false: replaying, the graph will run it. */
@@ -359,45 +362,6 @@ struct cuda_attn {
  * pairs (cuda_attention): one launch takes sequences of one kind. */
 #define CUDA_ATT_TILE_MIN_QUERIES 48
 
-/* The activations as the last matmul converted them (Q8 blocks, F16 or BF16), and what from: matmuls
- * of one input with weights of one kind (q, k and v; gate and up) convert it once. The backend calls
- * cuda_act_forget before anything else writes device memory, so a kept conversion is never stale.
- * A norm, a rope or an attention waits here for the op after it (one of them at a time): a norm
- * when that is a matmul of its output y by a quantised weight (one kernel normalises and converts,
- * cuda_matmul), a rope when it is a store of rows it rotates, and the stores of the step's other
- * sequences after it (cuda_rope_store), an attention when it is the next sequence's attention of the
- * step (cuda_attention); anything else launches what waits first (cuda_act_flush). Two kernels leave
- * their output converted here for the matmul after them: a matmul with a swiglu (for w_down, in the
- * form its own weights take, which a Q4_K_M model's Q6_K w_down shares), and attention (for wo, in
- * the form of the conversion before it, q|k|v's, which wo shares in the models this runs). A matmul
- * of another form converts anew. */
-struct cuda_act {
-    struct cuda_buf buf;
-    struct cuda_buf next;  /* a conversion being made while buf is read: an output converted by the
-                            * kernel that makes it (cuda_q8_out), then swapped with buf */
-    struct cuda_buf count; /* that conversion's arrival counters (cuda_last_to_arrive) */
-    bool valid;
-    const float *x;
-    size_t x_stride;
-    int k, n;
-    int form; /* the conversion: which activation type (kept when it is forgotten, for attention) */
-    struct cuda_norm norm;
-    bool norm_pending;
-    struct cuda_rope rope;
-    bool rope_pending;
-    struct cuda_stores stores; /* the stores waiting with the rope */
-    struct cuda_attn attn;
-    bool attn_pending;
-};
-
-/* Launches what waits in act, if anything. */
-cudaError_t cuda_act_flush(cudaStream_t st, struct cuda_act *act);
-
-static inline void cuda_act_forget(struct cuda_act *a)
-{
-    a->valid = false;
-}
-
 /* Which Q8 form a conversion makes (in kernels; cuda_act.form names it as an activation type). */
 enum q8_form {
     Q8_0_FORM,
@@ -444,6 +408,33 @@ struct cuda_mm_part {
     size_t y_stride;
 };
 
+/* A quantised matmul's launch (kernels/cuda/matmul.cu). The converted activations: int8 rows of k
+ * values (q_stride bytes apart), the fp32 value of each block's scale (k/32 per row for Q8_0/Q8_1,
+ * k/256 for Q8_K), for Q8_1 the fp32 value of d * sum(q) per block, and the sum of every 16 quantised
+ * values (k/16 per row); float weights take rows of F32, F16 or BF16 values at xq, q_stride bytes
+ * apart. */
+struct cuda_mm_args {
+    struct cuda_mm_part part[CUDA_MM_PARTS]; /* the weights x multiplies, with their outputs */
+    int n_parts;
+    int block1, block2; /* the first thread blocks of parts 1 and 2 */
+    bool swiglu;        /* two parts, each warp on the same rows of both: part 0's y = silu(y0) * y1 */
+    int k;
+    const uint8_t *xq;
+    size_t q_stride;
+    const float *xd;
+    const float *xs;
+    const int *xsum;
+    bool vec;      /* float types: rows and unit starts are 16-byte aligned and k % 8 == 0 */
+    bool prefetch; /* each block prefetches its weight rows before it waits (cuda_prefetch_weights) */
+    int n;
+    /* With swiglu: part 0's output converted for the next matmul (a counter per conversion block) */
+    struct cuda_q8_out out;
+    /* With norm_out.q (one part, one row, no swiglu): afterwards the last thread block to finish runs
+     * norm, whose res is part 0's y, and converts norm's y into norm_out (one counter) */
+    struct cuda_norm norm;
+    struct cuda_q8_out norm_out;
+};
+
 /* The parts' matmuls of x in one launch (their w rows hold k elements of wtype; x rows are x_stride
  * floats apart); with swiglu (two parts of one shape) part 0's y becomes silu(y0) * y1 afterwards.
  * The activations' conversion is kept in (or taken from) act; no y may overlap x. tensor_cores: the
@@ -452,6 +443,54 @@ struct cuda_mm_part {
 cudaError_t cuda_matmul(cudaStream_t st, struct cuda_act *act, enum spec_dtype wtype, int k, const float *x,
                         size_t x_stride, int n, const struct cuda_mm_part *parts, int n_parts, bool swiglu,
                         bool tensor_cores);
+
+/* The activations as the last matmul converted them (Q8 blocks, F16 or BF16), and what from: matmuls
+ * of one input with weights of one kind (q, k and v; gate and up) convert it once. The backend calls
+ * cuda_act_forget before anything else writes device memory, so a kept conversion is never stale.
+ * A norm, a rope or an attention waits here for the op after it (one of them at a time): a norm
+ * when that is a matmul of its output y by a quantised weight (one kernel normalises and converts,
+ * cuda_matmul), a rope when it is a store of rows it rotates, and the stores of the step's other
+ * sequences after it (cuda_rope_store), an attention when it is the next sequence's attention of the
+ * step (cuda_attention); anything else launches what waits first (cuda_act_flush). A quantised
+ * matmul of one row (wo, w_down in a decode step) waits too, for a norm adding its output as the
+ * residual (the next norm of the layer), and the two then wait for the matmul of the norm's output:
+ * the first matmul's last thread block normalises and converts (cuda_mm_args.norm), so a norm between
+ * two matmuls launches no kernel of its own (cuda_norm_after_matmul; with it false, or before any
+ * other op, each launches alone). Two kernels leave
+ * their output converted here for the matmul after them: a matmul with a swiglu (for w_down, in the
+ * form its own weights take, which a Q4_K_M model's Q6_K w_down shares), and attention (for wo, in
+ * the form of the conversion before it, q|k|v's, which wo shares in the models this runs). A matmul
+ * of another form converts anew. */
+struct cuda_act {
+    struct cuda_buf buf;
+    struct cuda_buf next;  /* a conversion being made while buf is read: an output converted by the
+                            * kernel that makes it (cuda_q8_out), then swapped with buf */
+    struct cuda_buf count; /* that conversion's arrival counters (cuda_last_to_arrive) */
+    int swaps;             /* of buf and next since a step began (the backend puts them back) */
+    bool valid;
+    const float *x;
+    size_t x_stride;
+    int k, n;
+    int form; /* the conversion: which activation type (kept when it is forgotten, for attention) */
+    struct cuda_norm norm;
+    bool norm_pending;
+    struct cuda_rope rope;
+    bool rope_pending;
+    struct cuda_stores stores; /* the stores waiting with the rope */
+    struct cuda_attn attn;
+    bool attn_pending;
+    struct cuda_mm_args mm; /* a matmul waiting for its norm (nothing else waits with it but the norm) */
+    enum spec_dtype mm_wtype;
+    bool mm_tensor_cores, mm_pending;
+};
+
+/* Launches what waits in act, if anything. */
+cudaError_t cuda_act_flush(cudaStream_t st, struct cuda_act *act);
+
+static inline void cuda_act_forget(struct cuda_act *a)
+{
+    a->valid = false;
+}
 
 /* The same matmuls through cuBLAS (kernels/cuda/blas.cu), for a prefill's wide steps: weights dequantised
  * to F16, activations rounded to F16, F32 accumulation, every GEMM CUDA_BLAS_ROWS rows wide so that a
@@ -565,13 +604,13 @@ static __device__ __forceinline__ float warp_sum(float v)
 
 /* part[0] = the sum of part[0 .. N) by a fixed tree. Every thread of the block (N threads) calls it
  * after writing its own part[tid]; all may read part[0] afterwards. */
-template <int N>
+template <int N, int THREADS = N>
 static __device__ __forceinline__ void block_sum(double *part, int tid)
 {
     __syncthreads();
     for (int half = N / 2; half > 0; half >>= 1) {
-        if (tid < half)
-            part[tid] += part[tid + half];
+        for (int i = tid; i < half; i += THREADS)
+            part[i] += part[i + half];
         __syncthreads();
     }
 }
@@ -601,24 +640,33 @@ static __device__ __forceinline__ void block_best(float *best_v, int *best_i, in
  * in all but vanishingly rare cases, and the rest is the CPU's expression. */
 #define RMS_THREADS 256
 
-/* Row r of nm by a block of RMS_THREADS threads. Thread t owns the elements t, t + RMS_THREADS, ... in
- * both passes, so x and y (which may be res) are read and written by the one thread that owns an
- * element. Every thread calls it; part is shared scratch, free again when it returns. */
+/* Row r of nm by a block of THREADS threads (a divisor of RMS_THREADS), with the bits of RMS_THREADS:
+ * thread t sums the squares of RMS_THREADS's threads t, t + THREADS, ... (each over the elements it
+ * owns), and the elements that thread t reads and writes in both passes are the same ones, so x and y
+ * (which may be res) are read and written by the one thread that owns an element. RES_L2: res is read
+ * through L2 (other blocks of the launch wrote it). Every thread calls it; part is shared scratch,
+ * free again when it returns. */
+template <int THREADS = RMS_THREADS, bool RES_L2 = false>
 static __device__ __forceinline__ void rms_norm_row(const struct cuda_norm &nm, int r, double *part, int tid)
 {
+    static_assert(RMS_THREADS % THREADS == 0, "a divisor of RMS_THREADS");
     float *xr = nm.x + (size_t)r * nm.x_stride;
     float *yr = nm.y + (size_t)r * nm.y_stride;
-    double s = 0.0;
-    for (int i = tid; i < nm.ne0; i += RMS_THREADS) {
-        if (nm.res)
-            xr[i] = xr[i] + nm.res[(size_t)r * nm.res_stride + i]; /* the add op's expression */
-        s += (double)(xr[i] * xr[i]);
+    for (int v = tid; v < RMS_THREADS; v += THREADS) {
+        double s = 0.0;
+        for (int i = v; i < nm.ne0; i += RMS_THREADS) {
+            if (nm.res) { /* the add op's expression */
+                const float *ri = nm.res + (size_t)r * nm.res_stride + i;
+                xr[i] = xr[i] + (RES_L2 ? __ldcg(ri) : *ri);
+            }
+            s += (double)(xr[i] * xr[i]);
+        }
+        part[v] = s;
     }
-    part[tid] = s;
-    block_sum<RMS_THREADS>(part, tid);
+    block_sum<RMS_THREADS, THREADS>(part, tid);
     const float mean = (float)(part[0] / (double)nm.ne0);
     const float scale = 1.0f / sqrtf(mean + nm.eps);
-    for (int i = tid; i < nm.ne0; i += RMS_THREADS)
+    for (int i = tid; i < nm.ne0; i += THREADS)
         yr[i] = (xr[i] * scale) * nm.w[i];
     __syncthreads(); /* part[0] is read by every thread before part is written again */
 }

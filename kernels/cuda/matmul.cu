@@ -34,30 +34,8 @@
 #define MMV_TILE 8  /* activation rows per pass over a weight row */
 #define MMV_THREADS (MMV_WARPS * CUDA_WARP)
 
-/* Where the converted activations live. Quantised: int8 rows of k values (q_stride bytes apart), the
- * fp32 value of each block's scale (k/32 per row for Q8_0/Q8_1, k/256 for Q8_K), for Q8_1 the fp32
- * value of d * sum(q) per block, and the sum of every 16 quantised values (k/16 per row). Float: rows
- * of F32, F16 or BF16 values, q_stride bytes apart. */
-struct mm_args {
-    struct cuda_mm_part part[CUDA_MM_PARTS]; /* the weights x multiplies, with their outputs */
-    int n_parts;
-    int block1, block2; /* the first thread blocks of parts 1 and 2 */
-    bool swiglu;        /* two parts, each warp on the same rows of both: part 0's y = silu(y0) * y1 */
-    int k;
-    const uint8_t *xq;
-    size_t q_stride;
-    const float *xd;
-    const float *xs;
-    const int *xsum;
-    bool vec;      /* float types: rows and unit starts are 16-byte aligned and k % 8 == 0 */
-    bool prefetch; /* each block prefetches its weight rows before it waits (cuda_prefetch_weights) */
-    int n;
-    /* With swiglu: part 0's output converted for the next matmul (a counter per conversion block) */
-    cuda_q8_out out;
-};
-
 /* For a recorded step's trace: the members that reach the kernel (not the padding between them). */
-static inline uint64_t cuda_trace_arg(uint64_t h, const mm_args &a)
+static inline uint64_t cuda_trace_arg(uint64_t h, const cuda_mm_args &a)
 {
     for (int i = 0; i < a.n_parts; i++) {
         const cuda_mm_part &p = a.part[i];
@@ -68,7 +46,8 @@ static inline uint64_t cuda_trace_arg(uint64_t h, const mm_args &a)
     const bool flags[3] = {a.swiglu, a.vec, a.prefetch};
     h = cuda_hash_bytes(cuda_hash_bytes(h, ints, sizeof ints), flags, sizeof flags);
     h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, a.xq), a.q_stride), a.xd);
-    return cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, a.xs), a.xsum), a.out);
+    h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, a.xs), a.xsum), a.out);
+    return a.norm_out.q ? cuda_trace_arg(cuda_trace_arg(h, a.norm), a.norm_out) : h;
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -138,7 +117,7 @@ struct x_q8_32 {
     int sum;
 };
 
-static __device__ __forceinline__ void load_x_q8_32(const mm_args &a, int r, int u, bool q8_1, x_q8_32 &x)
+static __device__ __forceinline__ void load_x_q8_32(const cuda_mm_args &a, int r, int u, bool q8_1, x_q8_32 &x)
 {
     const int4 *p = (const int4 *)(a.xq + (size_t)r * a.q_stride + 32 * u);
     const int4 v0 = p[0], v1 = p[1];
@@ -202,13 +181,13 @@ struct mma_q32 {
         float d, s; /* s: Q8_1's d * sum(q) */
         int sum;    /* the sum of the block's 32 values */
     };
-    static __device__ void load_b(const mm_args &a, int r, int u, int t, B &b)
+    static __device__ void load_b(const cuda_mm_args &a, int r, int u, int t, B &b)
     {
         const uint32_t *q = (const uint32_t *)(a.xq + (size_t)r * a.q_stride + 32 * (size_t)u);
         b.q[0] = q[t];
         b.q[1] = q[4 + t];
     }
-    static __device__ void load_xs(const mm_args &a, int r, int u, XS &x)
+    static __device__ void load_xs(const cuda_mm_args &a, int r, int u, XS &x)
     {
         const size_t nb = (size_t)a.k / 32;
         x.d = a.xd[(size_t)r * nb + u];
@@ -235,7 +214,7 @@ struct w_q4_0 : mma_q32<false> {
     };
     typedef x_q8_32 X;
     static __device__ int units(int k) { return k / 32; }
-    static __device__ void load(const mm_args &a, const uint8_t *wrow, int u, U &w)
+    static __device__ void load(const cuda_mm_args &a, const uint8_t *wrow, int u, U &w)
     {
         const uint8_t *b = wrow + 18 * (size_t)u;
         w.d = ld_f16(b);
@@ -245,14 +224,14 @@ struct w_q4_0 : mma_q32<false> {
             qs[i] = ld_u32_a2(b + 2 + 4 * i);
         split_nibbles(qs, w.lo, w.hi);
     }
-    static __device__ void load_x(const mm_args &a, int r, int u, X &x) { load_x_q8_32(a, r, u, false, x); }
+    static __device__ void load_x(const cuda_mm_args &a, int r, int u, X &x) { load_x_q8_32(a, r, u, false, x); }
     static __device__ float dot(const U &w, const X &x, float acc)
     {
         const int s = dot_bytes32(w.lo, w.hi, x.q) - 8 * x.sum; /* nibbles are q + 8 */
         return __fmaf_rn(w.d * x.d, (float)s, acc);
     }
 
-    static __device__ void load_a(const mm_args &a, const uint8_t *w0, const uint8_t *w1, int u, int t, A &f)
+    static __device__ void load_a(const cuda_mm_args &a, const uint8_t *w0, const uint8_t *w1, int u, int t, A &f)
     {
         const uint8_t *rows[2] = {w0 + 18 * (size_t)u, w1 + 18 * (size_t)u};
 #pragma unroll
@@ -276,7 +255,7 @@ struct w_q4_1 : mma_q32<true> {
     };
     typedef x_q8_32 X;
     static __device__ int units(int k) { return k / 32; }
-    static __device__ void load(const mm_args &a, const uint8_t *wrow, int u, U &w)
+    static __device__ void load(const cuda_mm_args &a, const uint8_t *wrow, int u, U &w)
     {
         const uint8_t *b = wrow + 20 * (size_t)u;
         const uint32_t *p = (const uint32_t *)b; /* 20-byte blocks: 4-byte aligned */
@@ -286,7 +265,7 @@ struct w_q4_1 : mma_q32<true> {
         const uint32_t qs[4] = {p[1], p[2], p[3], p[4]};
         split_nibbles(qs, w.lo, w.hi);
     }
-    static __device__ void load_x(const mm_args &a, int r, int u, X &x) { load_x_q8_32(a, r, u, true, x); }
+    static __device__ void load_x(const cuda_mm_args &a, int r, int u, X &x) { load_x_q8_32(a, r, u, true, x); }
     static __device__ float dot(const U &w, const X &x, float acc)
     {
         /* sum (d q + m) dx x = d dx sum(q x) + m (dx sum x), the last factor being Q8_1's s */
@@ -294,7 +273,7 @@ struct w_q4_1 : mma_q32<true> {
         return __fmaf_rn(w.m, x.s, acc);
     }
 
-    static __device__ void load_a(const mm_args &a, const uint8_t *w0, const uint8_t *w1, int u, int t, A &f)
+    static __device__ void load_a(const cuda_mm_args &a, const uint8_t *w0, const uint8_t *w1, int u, int t, A &f)
     {
         const uint32_t *rows[2] = {(const uint32_t *)(w0 + 20 * (size_t)u), (const uint32_t *)(w1 + 20 * (size_t)u)};
 #pragma unroll
@@ -327,7 +306,7 @@ struct w_q5_0 : mma_q32<false> {
     };
     typedef x_q8_32 X;
     static __device__ int units(int k) { return k / 32; }
-    static __device__ void load(const mm_args &a, const uint8_t *wrow, int u, U &w)
+    static __device__ void load(const cuda_mm_args &a, const uint8_t *wrow, int u, U &w)
     {
         const uint8_t *b = wrow + 22 * (size_t)u;
         w.d = ld_f16(b);
@@ -340,14 +319,14 @@ struct w_q5_0 : mma_q32<false> {
             w.hi[i] = ((qs >> 4) & 0x0f0f0f0fu) | spread4((qh >> (16 + 4 * i)) & 15u);
         }
     }
-    static __device__ void load_x(const mm_args &a, int r, int u, X &x) { load_x_q8_32(a, r, u, false, x); }
+    static __device__ void load_x(const cuda_mm_args &a, int r, int u, X &x) { load_x_q8_32(a, r, u, false, x); }
     static __device__ float dot(const U &w, const X &x, float acc)
     {
         const int s = dot_bytes32(w.lo, w.hi, x.q) - 16 * x.sum; /* the stored values are q + 16 */
         return __fmaf_rn(w.d * x.d, (float)s, acc);
     }
 
-    static __device__ void load_a(const mm_args &a, const uint8_t *w0, const uint8_t *w1, int u, int t, A &f)
+    static __device__ void load_a(const cuda_mm_args &a, const uint8_t *w0, const uint8_t *w1, int u, int t, A &f)
     {
         const uint8_t *rows[2] = {w0 + 22 * (size_t)u, w1 + 22 * (size_t)u};
 #pragma unroll
@@ -371,7 +350,7 @@ struct w_q8_0 : mma_q32<false> {
     };
     typedef x_q8_32 X;
     static __device__ int units(int k) { return k / 32; }
-    static __device__ void load(const mm_args &a, const uint8_t *wrow, int u, U &w)
+    static __device__ void load(const cuda_mm_args &a, const uint8_t *wrow, int u, U &w)
     {
         const uint8_t *b = wrow + 34 * (size_t)u;
         w.d = ld_f16(b);
@@ -379,7 +358,7 @@ struct w_q8_0 : mma_q32<false> {
         for (int i = 0; i < 8; i++)
             w.qs[i] = (int)ld_u32_a2(b + 2 + 4 * i);
     }
-    static __device__ void load_x(const mm_args &a, int r, int u, X &x) { load_x_q8_32(a, r, u, false, x); }
+    static __device__ void load_x(const cuda_mm_args &a, int r, int u, X &x) { load_x_q8_32(a, r, u, false, x); }
     static __device__ float dot(const U &w, const X &x, float acc)
     {
         int s = 0;
@@ -389,7 +368,7 @@ struct w_q8_0 : mma_q32<false> {
         return __fmaf_rn(w.d * x.d, (float)s, acc);
     }
 
-    static __device__ void load_a(const mm_args &a, const uint8_t *w0, const uint8_t *w1, int u, int t, A &f)
+    static __device__ void load_a(const cuda_mm_args &a, const uint8_t *w0, const uint8_t *w1, int u, int t, A &f)
     {
         const uint8_t *rows[2] = {w0 + 34 * (size_t)u, w1 + 34 * (size_t)u};
 #pragma unroll
@@ -412,7 +391,7 @@ struct x_q8_K64 {
     int sum16[4];
 };
 
-static __device__ __forceinline__ void load_x_q8_K64(const mm_args &a, int r, int e0, x_q8_K64 &x)
+static __device__ __forceinline__ void load_x_q8_K64(const cuda_mm_args &a, int r, int e0, x_q8_K64 &x)
 {
     const int4 *p = (const int4 *)(a.xq + (size_t)r * a.q_stride + e0);
 #pragma unroll
@@ -441,7 +420,7 @@ struct w_q4_K {
     };
     typedef x_q8_K64 X;
     static __device__ int units(int k) { return k / 64; }
-    static __device__ void load(const mm_args &a, const uint8_t *wrow, int u, U &w)
+    static __device__ void load(const cuda_mm_args &a, const uint8_t *wrow, int u, U &w)
     {
         const int p = u % 4;
         const uint8_t *b = wrow + 144 * (size_t)(u / 4); /* 16-byte aligned */
@@ -460,7 +439,7 @@ struct w_q4_K {
             w.hi[i] = (qs[i] >> 4) & 0x0f0f0f0fu;
         }
     }
-    static __device__ void load_x(const mm_args &a, int r, int u, X &x) { load_x_q8_K64(a, r, 64 * u, x); }
+    static __device__ void load_x(const cuda_mm_args &a, int r, int u, X &x) { load_x_q8_K64(a, r, 64 * u, x); }
     static __device__ float dot(const U &w, const X &x, float acc)
     {
         int s0 = 0, s1 = 0;
@@ -487,7 +466,7 @@ struct w_q4_K {
         uint32_t q[4];
     };
     typedef xs_q8_K64 XS;
-    static __device__ void load_a(const mm_args &a, const uint8_t *w0, const uint8_t *w1, int u, int t, A &f)
+    static __device__ void load_a(const cuda_mm_args &a, const uint8_t *w0, const uint8_t *w1, int u, int t, A &f)
     {
         const int p = u % 4;
         const uint8_t *rows[2] = {w0 + 144 * (size_t)(u / 4), w1 + 144 * (size_t)(u / 4)};
@@ -507,13 +486,13 @@ struct w_q4_K {
             f.q[6 + h] = (qs.y >> 4) & 0x0f0f0f0fu;
         }
     }
-    static __device__ void load_b(const mm_args &a, int r, int u, int t, B &b)
+    static __device__ void load_b(const cuda_mm_args &a, int r, int u, int t, B &b)
     {
         const uint8_t *x = a.xq + (size_t)r * a.q_stride + 64 * (size_t)u + 8 * t;
         const uint2 lo = *(const uint2 *)x, hi = *(const uint2 *)(x + 32);
         b.q[0] = lo.x, b.q[1] = lo.y, b.q[2] = hi.x, b.q[3] = hi.y;
     }
-    static __device__ void load_xs(const mm_args &a, int r, int u, XS &x)
+    static __device__ void load_xs(const cuda_mm_args &a, int r, int u, XS &x)
     {
         x.d = a.xd[(size_t)r * (a.k / 256) + u / 4];
         const int4 s = *(const int4 *)(a.xsum + (size_t)r * (a.k / 16) + 4 * u);
@@ -550,7 +529,7 @@ struct w_q6_K {
         int sum16[4];
     };
     static __device__ int units(int k) { return k / 64; }
-    static __device__ void load(const mm_args &a, const uint8_t *wrow, int u, U &w)
+    static __device__ void load(const cuda_mm_args &a, const uint8_t *wrow, int u, U &w)
     {
         const int h = (u % 4) / 2, qa = u % 2;
         const uint8_t *b = wrow + 210 * (size_t)(u / 4); /* 2-byte aligned */
@@ -565,7 +544,7 @@ struct w_q6_K {
             w.hi[i] = ((l4 >> 4) & 0x0f0f0f0fu) | (((h2 >> (2 * qa + 4)) & 0x03030303u) << 4);
         }
     }
-    static __device__ void load_x(const mm_args &a, int r, int u, X &x)
+    static __device__ void load_x(const cuda_mm_args &a, int r, int u, X &x)
     {
         const int h = (u % 4) / 2, qa = u % 2;
         const int e0 = 256 * (u / 4) + 128 * h + 32 * qa; /* quarter a; quarter a+2 is 64 further */
@@ -610,7 +589,7 @@ struct w_q6_K {
         uint32_t q[4];
     };
     typedef xs_q8_K64 XS;
-    static __device__ void load_a(const mm_args &a, const uint8_t *w0, const uint8_t *w1, int u, int t, A &f)
+    static __device__ void load_a(const cuda_mm_args &a, const uint8_t *w0, const uint8_t *w1, int u, int t, A &f)
     {
         const int h2 = (u % 4) / 2, qa = u % 2;
         const uint8_t *rows[2] = {w0 + 210 * (size_t)(u / 4), w1 + 210 * (size_t)(u / 4)};
@@ -628,14 +607,14 @@ struct w_q6_K {
             }
         }
     }
-    static __device__ void load_b(const mm_args &a, int r, int u, int t, B &b)
+    static __device__ void load_b(const cuda_mm_args &a, int r, int u, int t, B &b)
     {
         const int e0 = 256 * (u / 4) + 128 * ((u % 4) / 2) + 32 * (u % 2); /* quarter a; a+2 is 64 further */
         const uint8_t *x = a.xq + (size_t)r * a.q_stride + e0 + 4 * t;
         b.q[0] = *(const uint32_t *)x, b.q[1] = *(const uint32_t *)(x + 16);
         b.q[2] = *(const uint32_t *)(x + 64), b.q[3] = *(const uint32_t *)(x + 80);
     }
-    static __device__ void load_xs(const mm_args &a, int r, int u, XS &x)
+    static __device__ void load_xs(const cuda_mm_args &a, int r, int u, XS &x)
     {
         const int e0 = 256 * (u / 4) + 128 * ((u % 4) / 2) + 32 * (u % 2);
         x.d = a.xd[(size_t)r * (a.k / 256) + u / 4];
@@ -697,11 +676,11 @@ struct w_float {
             }
         }
     }
-    static __device__ void load(const mm_args &a, const uint8_t *wrow, int u, U &w)
+    static __device__ void load(const cuda_mm_args &a, const uint8_t *wrow, int u, U &w)
     {
         load8(wrow, 8 * u, a.k, a.vec, w.v);
     }
-    static __device__ void load_x(const mm_args &a, int r, int u, X &x)
+    static __device__ void load_x(const cuda_mm_args &a, int r, int u, X &x)
     {
         load8(a.xq + (size_t)r * a.q_stride, 8 * u, a.k, a.vec, x.v);
     }
@@ -718,7 +697,7 @@ struct w_float {
 /* The mat-vec kernel                                                                             */
 
 /* Part q of a, without indexing the kernel's parameters at run time. */
-static __device__ __forceinline__ cuda_mm_part part_of(const mm_args &a, int q)
+static __device__ __forceinline__ cuda_mm_part part_of(const cuda_mm_args &a, int q)
 {
     return q == 0 ? a.part[0] : q == 1 ? a.part[1] : a.part[2];
 }
@@ -728,7 +707,7 @@ static __device__ __forceinline__ cuda_mm_part part_of(const mm_args &a, int q)
  * swiglu's up rows too) are prefetched into L2 before the kernel waits for the one before it: a
  * step's weights are never written, and their fetch is what the wait would otherwise hold back. */
 template <bool SW>
-static __device__ __forceinline__ int block_start(const mm_args &a, int rows_per_block, int *part)
+static __device__ __forceinline__ int block_start(const cuda_mm_args &a, int rows_per_block, int *part)
 {
     const int p = blockIdx.x >= (unsigned)a.block2 ? 2 : blockIdx.x >= (unsigned)a.block1 ? 1 : 0;
     const int block = (int)blockIdx.x - (p == 2 ? a.block2 : p == 1 ? a.block1 : 0);
@@ -748,7 +727,7 @@ static __device__ __forceinline__ int block_start(const mm_args &a, int rows_per
 /* The end of a swiglu matmul that converts its output for the next matmul (a.out.q): a thread block's
  * rows_per_block rows lie in one conversion block of part 0's output, and the last thread block of the
  * launch to finish one converts it for every activation row. Every thread of the block calls it. */
-static __device__ __forceinline__ void convert_out(const mm_args &a, int first_row, int rows_per_block)
+static __device__ __forceinline__ void convert_out(const cuda_mm_args &a, int first_row, int rows_per_block)
 {
     const int len = a.out.form == Q8_K_FORM ? 256 : 32, b = first_row / len;
     if (!cuda_last_to_arrive(a.out.count + b, len / rows_per_block))
@@ -758,12 +737,28 @@ static __device__ __forceinline__ void convert_out(const mm_args &a, int first_r
         cuda_convert_out_block(a.out, p.y, p.y_stride, p.rows, r, b, threadIdx.x % CUDA_WARP);
 }
 
+/* The end of a one-row matmul with a norm after it (a.norm_out.q): the last thread block of the launch
+ * to finish runs the norm, which adds part 0's output as its residual, and converts the norm's output
+ * for the next matmul: the code and bits of rms_norm_quantize, by a block of THREADS threads. Every
+ * thread of every block calls it. */
+template <int THREADS>
+static __device__ __forceinline__ void norm_after(const cuda_mm_args &a)
+{
+    __shared__ double part[RMS_THREADS];
+    if (!cuda_last_to_arrive(a.norm_out.count, (int)gridDim.x))
+        return;
+    const int nb = a.norm.ne0 / (a.norm_out.form == Q8_K_FORM ? 256 : 32);
+    rms_norm_row<THREADS, true>(a.norm, 0, part, threadIdx.x);
+    for (int b = threadIdx.x / CUDA_WARP; b < nb; b += THREADS / CUDA_WARP)
+        cuda_convert_out_block(a.norm_out, a.norm.y, a.norm.y_stride, a.norm.ne0, 0, b, threadIdx.x % CUDA_WARP);
+}
+
 /* acc[i][r] = the sum over units u0, u0 + stride, ... (in that order, with dot()) of weight row wrow[i]
  * times activation row t0 + r, for r < nt <= T: each unit's weights unpacked once for all the rows,
  * AHEAD units loaded before the first of them is used (more bytes in flight where a lane has many
  * units). */
 template <class W, int NR, int AHEAD, int T>
-static __device__ __forceinline__ void mmv_units(const mm_args &a, const uint8_t *const wrow[NR], int t0, int nt,
+static __device__ __forceinline__ void mmv_units(const cuda_mm_args &a, const uint8_t *const wrow[NR], int t0, int nt,
                                                  int u0, int stride, float acc[NR][T])
 {
 #pragma unroll
@@ -802,10 +797,12 @@ static __device__ __forceinline__ void mmv_units(const mm_args &a, const uint8_t
 /* RPW: weight rows per warp, each activation load serving all of them: RPW rows of one part, or with
  * SW (swiglu) RPW/2 rows of part 0 and the same rows of part 1. T: activation rows a pass over the
  * weights (MMV_TILE for batches; 1 for one row, whose accumulators then hold no registers for rows
- * that are not there: more warps fit an SM, and more weight bytes are in flight). */
-template <class W, int RPW, bool SW, int T>
-__global__ void __launch_bounds__(MMV_THREADS) mmv(const mm_args a)
+ * that are not there: more warps fit an SM, and more weight bytes are in flight). NA: one row with
+ * the norm after it (norm_after; a kernel of its own, so that the others keep their registers). */
+template <class W, int RPW, bool SW, int T, bool NA = false>
+__global__ void __launch_bounds__(MMV_THREADS) mmv(const cuda_mm_args a)
 {
+    static_assert(!NA || (!SW && T == 1), "the norm after a matmul of one row");
     constexpr int per_part = SW ? RPW / 2 : RPW;
     int p;
     const int block = block_start<SW>(a, MMV_WARPS * per_part, &p);
@@ -852,6 +849,8 @@ __global__ void __launch_bounds__(MMV_THREADS) mmv(const mm_args a)
     }
     if (SW && a.out.q)
         convert_out(a, block * MMV_WARPS * per_part, MMV_WARPS * per_part);
+    if constexpr (NA)
+        norm_after<MMV_THREADS>(a);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -869,9 +868,10 @@ __global__ void __launch_bounds__(MMV_THREADS) mmv(const mm_args a)
  * sums are added in lane order, then the bias, as mmq adds its warps' sums: the bits of mmq, so that
  * with tensor cores one activation row (a decode step) need not pay for a whole mma tile. With SW each
  * lane holds the same row of both parts. */
-template <class W, bool SW>
-__global__ void __launch_bounds__(MMV_THREADS) mmv_ordered(const mm_args a)
+template <class W, bool SW, bool NA = false>
+__global__ void __launch_bounds__(MMV_THREADS) mmv_ordered(const cuda_mm_args a)
 {
+    static_assert(!NA || !SW, "the norm after a matmul without swiglu");
     constexpr int NW = SW ? 2 : 1;
     int p;
     const int block = block_start<SW>(a, MMO_ROWS, &p);
@@ -908,6 +908,8 @@ __global__ void __launch_bounds__(MMV_THREADS) mmv_ordered(const mm_args a)
     }
     if (SW && a.out.q)
         convert_out(a, block * MMO_ROWS, MMO_ROWS);
+    if constexpr (NA)
+        norm_after<MMV_THREADS>(a);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -925,7 +927,7 @@ __global__ void __launch_bounds__(MMV_THREADS) mmv_ordered(const mm_args a)
  * n repeat the last one, and their results are dropped). With SW, each warp also multiplies the same
  * rows of part 1 (swiglu's up). */
 template <class W, bool SW>
-__global__ void __launch_bounds__(MMQ_THREADS) mmq(const mm_args a)
+__global__ void __launch_bounds__(MMQ_THREADS) mmq(const cuda_mm_args a)
 {
     constexpr int NW = SW ? 2 : 1; /* weight matrices a warp multiplies */
     __shared__ float sums[MMQ_WARPS][NW][MMQ_TILES][4][CUDA_WARP];
@@ -1036,7 +1038,7 @@ static bool aligned16(const void *p, size_t stride_bytes)
 
 /* Each part's rows take whole thread blocks of their own, rows_per_block each: sets a's first blocks
  * of parts 1 and 2 and returns the number of blocks (with swiglu, part 0's: part 1 rides along). */
-static unsigned part_blocks(mm_args &a, int rows_per_block)
+static unsigned part_blocks(cuda_mm_args &a, int rows_per_block)
 {
     int blocks[CUDA_MM_PARTS] = {0, 0, 0};
     for (int p = 0; p < (a.swiglu ? 1 : a.n_parts); p++)
@@ -1046,33 +1048,49 @@ static unsigned part_blocks(mm_args &a, int rows_per_block)
     return (unsigned)(a.block2 + blocks[2]);
 }
 
+typedef void (*mm_kernel)(const cuda_mm_args);
+
 /* One launch for every part, rows_per_block rows of a part (with a swiglu, of both) a block of
- * `threads`: the kernel with the swiglu or the plain one. */
-static cudaError_t launch_parts(cudaStream_t st, mm_args a, int rows_per_block, unsigned threads,
-                                void (*with_swiglu)(const mm_args), void (*plain)(const mm_args))
+ * `threads`: the kernel with the swiglu, the one with the norm after it (NULL: none for this shape),
+ * or the plain one. */
+static cudaError_t launch_parts(cudaStream_t st, cuda_mm_args a, int rows_per_block, unsigned threads,
+                                mm_kernel with_swiglu, mm_kernel with_norm, mm_kernel plain)
 {
+    const mm_kernel k = a.swiglu ? with_swiglu : a.norm_out.q ? with_norm : plain;
+    if (!k)
+        return cudaErrorInvalidValue;
     const unsigned blocks = part_blocks(a, rows_per_block);
-    CUDA_LAUNCH(blocks, threads, st, *(a.swiglu ? with_swiglu : plain))(a);
+    CUDA_LAUNCH(blocks, threads, st, *k)(a);
     return cudaGetLastError();
 }
 
+/* Whether W is a float type (whose matmuls never wait for a norm: cuda_matmul). */
+template <class W>
+constexpr bool float_weights = false;
+template <enum spec_dtype T>
+constexpr bool float_weights<w_float<T> > = true;
+
 template <class W, int RPW, int T>
-static cudaError_t launch_mmv_rpw(cudaStream_t st, const mm_args &a)
+static cudaError_t launch_mmv_rpw(cudaStream_t st, const cuda_mm_args &a)
 {
-    return launch_parts(st, a, MMV_WARPS * (a.swiglu ? RPW / 2 : RPW), MMV_THREADS, mmv<W, RPW, true, T>,
+    mm_kernel with_norm = NULL;
+    if constexpr (T == 1 && !float_weights<W>)
+        with_norm = mmv<W, RPW, false, T, true>;
+    return launch_parts(st, a, MMV_WARPS * (a.swiglu ? RPW / 2 : RPW), MMV_THREADS, mmv<W, RPW, true, T>, with_norm,
                         mmv<W, RPW, false, T>);
 }
 
 template <class W>
-static cudaError_t launch_mmv_ordered(cudaStream_t st, const mm_args &a)
+static cudaError_t launch_mmv_ordered(cudaStream_t st, const cuda_mm_args &a)
 {
-    return launch_parts(st, a, MMO_ROWS, MMV_THREADS, mmv_ordered<W, true>, mmv_ordered<W, false>);
+    return launch_parts(st, a, MMO_ROWS, MMV_THREADS, mmv_ordered<W, true>, mmv_ordered<W, false, true>,
+                        mmv_ordered<W, false>);
 }
 
 template <class W>
-static cudaError_t launch_mmq(cudaStream_t st, const mm_args &a)
+static cudaError_t launch_mmq(cudaStream_t st, const cuda_mm_args &a)
 {
-    return launch_parts(st, a, MMQ_ROWS, MMQ_THREADS, mmq<W, true>, mmq<W, false>);
+    return launch_parts(st, a, MMQ_ROWS, MMQ_THREADS, mmq<W, true>, NULL, mmq<W, false>);
 }
 
 /* Batches take 4 weight rows a warp (each activation load serves 4 rows: a verification pass of 8
@@ -1085,7 +1103,7 @@ static int mmv_rows_per_warp(int n)
 }
 
 template <class W>
-static cudaError_t launch_mmv(cudaStream_t st, const mm_args &a)
+static cudaError_t launch_mmv(cudaStream_t st, const cuda_mm_args &a)
 {
     return mmv_rows_per_warp(a.n) == 4 ? launch_mmv_rpw<W, 4, MMV_TILE>(st, a) : launch_mmv_rpw<W, 2, 1>(st, a);
 }
@@ -1095,7 +1113,7 @@ static cudaError_t launch_mmv(cudaStream_t st, const mm_args &a)
  * 8 columns) mmv_ordered, which gives mmq's bits. mmv and mmq add a row's units in orders of their
  * own, so a model's steps never mix the two. */
 template <class W>
-static cudaError_t launch_quantised(cudaStream_t st, const mm_args &a, bool tensor_cores)
+static cudaError_t launch_quantised(cudaStream_t st, const cuda_mm_args &a, bool tensor_cores)
 {
     if (!tensor_cores)
         return launch_mmv<W>(st, a);
@@ -1164,8 +1182,16 @@ static void launch_quantize(cudaStream_t st, const cuda_norm *nm, const float *x
             x, x_stride, k, n, q, d, s, sum16);
 }
 
+static cudaError_t launch_by_type(cudaStream_t st, enum spec_dtype wtype, const cuda_mm_args &a, bool tensor_cores);
+
 cudaError_t cuda_act_flush(cudaStream_t st, struct cuda_act *act)
 {
+    if (act->mm_pending) { /* then the norm waiting with it, if any */
+        act->mm_pending = false;
+        const cudaError_t err = launch_by_type(st, act->mm_wtype, act->mm, act->mm_tensor_cores);
+        if (err != cudaSuccess)
+            return err;
+    }
     if (act->rope_pending) {
         act->rope_pending = false;
         return act->stores.n ? cuda_rope_store(st, &act->rope, &act->stores) : cuda_rope_rows(st, &act->rope);
@@ -1198,7 +1224,7 @@ static q8_layout q8_layout_of(enum spec_dtype form, int k, int n)
 /* Converts x to the activation type of a quantised weight type into act and fills a's x fields; when
  * x is the output of the norm waiting in act, the norm runs in the same launch. */
 static cudaError_t quantize_act(cudaStream_t st, struct cuda_act *act, enum spec_dtype wtype, int k, const float *x,
-                                size_t x_stride, int n, mm_args &a)
+                                size_t x_stride, int n, cuda_mm_args &a)
 {
     const enum spec_dtype form = act_form(wtype);
     const bool q8_K = form == SPEC_Q8_K, q8_1 = form == SPEC_Q8_1;
@@ -1209,6 +1235,14 @@ static cudaError_t quantize_act(cudaStream_t st, struct cuda_act *act, enum spec
                               ? &act->norm
                               : NULL;
     cudaError_t err = nm ? cudaSuccess : cuda_act_flush(st, act);
+    if (err == cudaSuccess && nm && act->mm_pending) { /* the matmul before the norm runs it, and converts */
+        cuda_mm_args &mm = act->mm;
+        act->mm_pending = act->norm_pending = false;
+        mm.norm = *nm;
+        if ((err = cuda_act_out_prepare(st, act, form, k, n, 1, &mm.norm_out)) == cudaSuccess &&
+            (err = launch_by_type(st, act->mm_wtype, mm, act->mm_tensor_cores)) == cudaSuccess)
+            cuda_act_out_keep(act, x, x_stride, k, n, form);
+    }
     if (err != cudaSuccess)
         return err;
     err = convert_act(st, act, form, x, x_stride, k, n, q_bytes + d_bytes + s_bytes + sum_bytes, [&] {
@@ -1234,8 +1268,6 @@ static cudaError_t quantize_act(cudaStream_t st, struct cuda_act *act, enum spec
     a.xsum = (const int *)(base + q_bytes + d_bytes + s_bytes);
     return cudaSuccess;
 }
-
-static cudaError_t launch_by_type(cudaStream_t st, enum spec_dtype wtype, const mm_args &a, bool tensor_cores);
 
 int cuda_q8_block_len(enum spec_dtype form)
 {
@@ -1266,13 +1298,14 @@ void cuda_act_out_keep(struct cuda_act *act, const float *y, size_t y_stride, in
     const struct cuda_buf made = act->next;
     act->next = act->buf;
     act->buf = made;
+    act->swaps++;
     act_holds(act, y, y_stride, k, n, form);
 }
 
 /* With a swiglu: makes a's kernel convert part 0's output for the next matmul (in the form of its own
  * weight type), when the rows of its thread blocks tile the conversion blocks. */
 static cudaError_t output_conversion(cudaStream_t st, struct cuda_act *act, enum spec_dtype wtype, bool tensor_cores,
-                                     mm_args &a)
+                                     cuda_mm_args &a)
 {
     const enum spec_dtype form = act_form(wtype);
     const int rows = a.part[0].rows, len = cuda_q8_block_len(form),
@@ -1288,7 +1321,7 @@ cudaError_t cuda_matmul(cudaStream_t st, struct cuda_act *act, enum spec_dtype w
                         size_t x_stride, int n, const struct cuda_mm_part *parts, int n_parts, bool swiglu,
                         bool tensor_cores)
 {
-    mm_args a = {};
+    cuda_mm_args a = {};
     bool w_aligned = true;
     for (int p = 0; p < n_parts; p++) {
         a.part[p] = parts[p];
@@ -1333,13 +1366,20 @@ cudaError_t cuda_matmul(cudaStream_t st, struct cuda_act *act, enum spec_dtype w
     if ((err = quantize_act(st, act, wtype, k, x, x_stride, n, a)) != cudaSuccess ||
         (swiglu && (err = output_conversion(st, act, wtype, tensor_cores, a)) != cudaSuccess))
         return err;
+    if (cuda_norm_after_matmul && n == 1 && n_parts == 1 && !swiglu) { /* waits for a norm (cuda_act) */
+        act->mm = a;
+        act->mm_wtype = wtype;
+        act->mm_tensor_cores = tensor_cores;
+        act->mm_pending = true;
+        return cudaSuccess;
+    }
     err = launch_by_type(st, wtype, a, tensor_cores);
     if (err == cudaSuccess && a.out.q) /* the output's conversion is kept in place of the input's */
         cuda_act_out_keep(act, a.part[0].y, a.part[0].y_stride, a.part[0].rows, n, act_form(wtype));
     return err;
 }
 
-static cudaError_t launch_by_type(cudaStream_t st, enum spec_dtype wtype, const mm_args &a, bool tensor_cores)
+static cudaError_t launch_by_type(cudaStream_t st, enum spec_dtype wtype, const cuda_mm_args &a, bool tensor_cores)
 {
     switch (wtype) {
     case SPEC_Q4_0:

@@ -1081,6 +1081,62 @@ Test(conformance, a_norm_and_the_matmul_reading_it_give_the_bits_of_the_two_apar
     free(xh), free(rh), free(wh);
 }
 
+/* A decode step's wo, ffn norm and gate|up: a norm adding a one-row matmul's output as its residual,
+ * between that matmul and a matmul of the norm's output, runs in the first matmul's last thread block
+ * and converts for the second one. It gives the bits of the three ops apart (the first matmul's output
+ * read back before the norm), after every weight type, into each conversion (Q8_0, Q8_1, Q8_K), with
+ * the norm's output in a tensor of its own or over the residual. */
+Test(conformance, a_norm_between_two_matmuls_of_one_row_gives_the_bits_of_the_ops_apart)
+{
+    need_cuda();
+    const int64_t k = 512, ne0 = 768, rows = 67;
+    const enum spec_dtype after[] = {SPEC_Q4_0, SPEC_Q4_1, SPEC_Q4_K};
+    float *inh = random_f32(k, 1.0f), *xh = random_f32(ne0, 3.0f), *nwh = random_f32(ne0, 1.0f);
+    struct kern_tensor in = upload(gpu, SPEC_F32, k, 1, inh), nw = upload(gpu, SPEC_F32, ne0, 1, nwh);
+    for (size_t ti = 0; ti < KT_N_CPU_TYPES; ti++) {
+        for (size_t ai = 0; ai < sizeof after / sizeof after[0]; ai++) {
+            const enum spec_dtype t1 = kt_cpu_types[ti], t2 = after[ai];
+            size_t rb1, rb2;
+            void *m1h = random_weights(t1, k, ne0, 0, &rb1), *m2h = random_weights(t2, ne0, rows, 0, &rb2);
+            struct kern_tensor m1 = weight(gpu, t1, k, ne0, m1h), m2 = weight(gpu, t2, ne0, rows, m2h);
+            for (int over = 0; over < 2; over++) {
+                char what[96];
+                snprintf(what, sizeof what, "%s then %s, norm %s", kern_dtype_info(t1)->name,
+                         kern_dtype_info(t2)->name, over ? "over the residual" : "apart");
+                float *got[2][3];
+                for (int apart = 0; apart < 2; apart++) {
+                    struct kern_tensor x = upload(gpu, SPEC_F32, ne0, 1, xh), mid = poisoned(gpu, ne0, 1),
+                                       y = over ? mid : poisoned(gpu, ne0, 1), out = poisoned(gpu, rows, 1);
+                    cr_assert_eq(gpu->ops->matmul(gpu, &m1, &in, NULL, &mid), 0, "%s", what);
+                    if (apart)
+                        free(download(gpu, &mid)); /* the matmul runs before the norm is issued */
+                    cr_assert_eq(gpu->ops->rms_norm(gpu, &x, &mid, &nw, 1e-6f, &y), 0, "%s", what);
+                    cr_assert_eq(gpu->ops->matmul(gpu, &m2, &y, NULL, &out), 0, "%s", what);
+                    got[apart][0] = download(gpu, &x);
+                    got[apart][1] = download(gpu, &y);
+                    got[apart][2] = download(gpu, &out);
+                    free_t(gpu, &x), free_t(gpu, &mid), free_t(gpu, &out);
+                    if (!over)
+                        free_t(gpu, &y);
+                }
+                const size_t bytes[3] = {(size_t)ne0 * sizeof(float), (size_t)ne0 * sizeof(float),
+                                         (size_t)rows * sizeof(float)};
+                const char *names[3] = {"x + residual", "the norm's output", "the second matmul's output"};
+                for (int i = 0; i < 3; i++) {
+                    char which[160];
+                    snprintf(which, sizeof which, "%s: %s", what, names[i]);
+                    assert_bits(got[0][i], got[1][i], bytes[i], which);
+                    free(got[0][i]), free(got[1][i]);
+                }
+            }
+            free_t(gpu, &m1), free_t(gpu, &m2);
+            free(m1h), free(m2h);
+        }
+    }
+    free_t(gpu, &in), free_t(gpu, &nw);
+    free(inh), free(xh), free(nwh);
+}
+
 static void check_rope(enum kern_rope_mode mode, int n_rot, float scale, bool factors)
 {
     const int n_head = 3, head_dim = 64, n = 6;
@@ -1734,12 +1790,13 @@ Test(conformance, steps_recorded_as_graphs_give_the_bits_of_op_by_op_steps)
     /* step 0 runs op by op, step 1 is recorded, then replays; at position 128 (step 123) the keys need
      * a second chunk: that replay is given up, the step issued again and recorded */
     assert_steps(before, step_stats(graphs), 141, 2, 137, 1, "decode");
-    /* the fusions hold in the model's own steps: 8 nodes a layer (the norm with its conversion, q|k|v,
-     * rope with the store of k and v, attention with wo's conversion, wo, the norm with its conversion,
-     * gate|up with the swiglu and w_down's conversion, w_down), and 9 more: the step values, token ids
-     * and RoPE table copied in, the embedding rows, the last residual add, the output rows (their ids
+    /* the fusions hold in the model's own steps: 6 nodes a layer (q|k|v, rope with the store of k and
+     * v, attention with wo's conversion, wo with the ffn norm and its conversion, gate|up with the
+     * swiglu and w_down's conversion, w_down with the next layer's attention norm and its conversion),
+     * and 10 more: the step values, token ids and RoPE table copied in, the embedding rows, the first
+     * layer's attention norm with its conversion, the last residual add, the output rows (their ids
      * copied in), the output norm with its conversion and the output head */
-    cr_assert_eq(step_stats(graphs).nodes, 8 * c.n_layer + 9, "%ld nodes a decode step", step_stats(graphs).nodes);
+    cr_assert_eq(step_stats(graphs).nodes, 6 * c.n_layer + 10, "%ld nodes a decode step", step_stats(graphs).nodes);
     before = step_stats(graphs);
     for (int round = 0; round < 3; round++) { /* verification passes of 5, rolled back but one */
         const int32_t draft[5] = {tok, 17, 250, (int32_t)(round + 3), 99};
@@ -1780,8 +1837,9 @@ Test(conformance, steps_recorded_as_graphs_give_the_bits_of_op_by_op_steps)
         assert_bits(lg, le, sizeof(float) * (size_t)(2 * nv), "two sequences in one step");
     }
     assert_steps(before, step_stats(graphs), 4, 1, 2, 0, "two sequences in one step");
-    /* and with the nodes of a step of one: the two sequences' stores launch with the rope, their
-     * attentions together (wo's conversion with them) */
+    /* and with the nodes of a step of one but for its norms, which launch alone after matmuls of two
+     * rows (8 a layer and 9): the two sequences' stores launch with the rope, their attentions together
+     * (wo's conversion with them) */
     cr_assert_eq(step_stats(graphs).nodes, 8 * c.n_layer + 9, "%ld nodes a step of two sequences",
                  step_stats(graphs).nodes);
     free(lg), free(le);
