@@ -22,10 +22,10 @@
 # steps of 8 sequences at once (--seqs 8, as the engine batches concurrent requests), then times the
 # target again with each step recorded and replayed as a CUDA graph (--graphs), for the A/B, with and
 # without programmatic dependent launches between its kernels (SPECD_CUDA_PDL=0), and with them but
-# without the matmuls' prefetch of their weights before they wait (SPECD_CUDA_PREFETCH=0), with each
-# norm between two matmuls launched alone (SPECD_CUDA_NORM_AFTER=0), and its steps of 8 sequences with
-# each sequence's store and attention launched alone (SPECD_CUDA_JOIN=0); the
-# speedup step also runs adaptive γ with graphs. The tensor-cores step is the A/B of the quantised
+# without the matmuls' prefetch of their weights before they wait (SPECD_CUDA_PREFETCH=0), with the
+# norms and ropes after one-row matmuls launched alone (SPECD_CUDA_AFTER_MATMUL=0), and its steps of 8
+# sequences with each sequence's store and attention launched alone (SPECD_CUDA_JOIN=0); the speedup
+# step also runs adaptive γ with graphs. The tensor-cores step is the A/B of the quantised
 # matmuls on int8 tensor cores (kern_backend_config.tensor_cores, opt-in): the conformance suite with
 # them, the target's roofline and verify/decode ratios with them (op by op, with a profile, and with
 # graphs), and greedy identity with them. The prefill step times a 2048-token prompt of the target in
@@ -127,16 +127,16 @@ for step in $steps; do
         done
         # the same target with each step recorded as a CUDA graph (opt-in), for the A/B; then the same
         # without programmatic dependent launches between the graph's kernels, without the prefetches,
-        # and with every norm launched alone; then steps of 8 sequences with a store and an attention
-        # launch a sequence
+        # and with every norm and rope launched alone; then steps of 8 sequences with a store and an
+        # attention launch a sequence
         "$B/bench_roofline" --device "$device" --model "$target" --pos 512 --gamma-max 8 --copy-mib 256 --graphs \
             --seqs 8 | tee "$out/roofline-target-graphs.md" || status=1
         SPECD_CUDA_PDL=0 "$B/bench_roofline" --device "$device" --model "$target" --pos 512 --gamma-max 8 \
             --copy-mib 256 --graphs | tee "$out/roofline-target-graphs-nopdl.md" || status=1
         SPECD_CUDA_PREFETCH=0 "$B/bench_roofline" --device "$device" --model "$target" --pos 512 --gamma-max 8 \
             --copy-mib 256 --graphs | tee "$out/roofline-target-graphs-noprefetch.md" || status=1
-        SPECD_CUDA_NORM_AFTER=0 "$B/bench_roofline" --device "$device" --model "$target" --pos 512 --gamma-max 1 \
-            --copy-mib 256 --graphs | tee "$out/roofline-target-graphs-nonormafter.md" || status=1
+        SPECD_CUDA_AFTER_MATMUL=0 "$B/bench_roofline" --device "$device" --model "$target" --pos 512 --gamma-max 1 \
+            --copy-mib 256 --graphs | tee "$out/roofline-target-graphs-noafter.md" || status=1
         SPECD_CUDA_JOIN=0 "$B/bench_roofline" --device "$device" --model "$target" --pos 512 --gamma-max 1 \
             --copy-mib 256 --graphs --seqs 8 | tee "$out/roofline-target-graphs-nojoin.md" || status=1
         ;;

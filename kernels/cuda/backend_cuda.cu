@@ -179,7 +179,7 @@ thread_local struct cuda_trace *cuda_tracing;
 bool cuda_dependent_launches = true;
 bool cuda_prefetch_weights = true;
 bool cuda_attention_tiles = true;
-bool cuda_norm_after_matmul = true;
+bool cuda_after_matmul = true;
 
 bool cuda_trace_node(cudaStream_t st, uint64_t hash)
 {
@@ -673,7 +673,8 @@ static int cuda_rms_norm_op(struct kern_backend *be, struct kern_tensor *x, cons
         return err;
     /* adding the output of the matmul waiting (one row): it waits with it, for that matmul's last block */
     const struct cuda_mm_part *mm = &cb->act.mm.part[0];
-    const bool after_matmul = cb->act.mm_pending && residual && (const float *)residual->data == mm->y &&
+    const bool after_matmul = cb->act.mm_pending && !cb->act.rope_pending && residual &&
+                              (const float *)residual->data == mm->y &&
                               fstride(residual) == mm->y_stride && x->data != residual->data && x->ne1 == 1 &&
                               x->ne0 == mm->rows;
     if (after_matmul)
@@ -757,7 +758,16 @@ static int cuda_rope_op(struct kern_backend *be, struct kern_tensor *x, int n_he
 {
     struct cuda_backend *cb = cuda_of(be);
     int err = kern_rope_check(x, n_head, head_dim, pos, p);
-    if (err || (err = writing(cb)) || (err = rope_table(cb, pos, (int)x->ne1, p)))
+    if (err)
+        return err;
+    /* a rope of one row waits with the matmul waiting (one row; everything before it is done when its
+     * last block runs the rope) */
+    const bool after_matmul = cb->act.mm_pending && !cb->act.norm_pending && x->ne1 == 1;
+    if (after_matmul)
+        cuda_act_forget(&cb->act);
+    else if ((err = writing(cb)))
+        return err;
+    if ((err = rope_table(cb, pos, (int)x->ne1, p)))
         return err;
     /* launched by the next op: with a store of rows it rotates (K and V into the cache), in one kernel */
     cb->act.rope = cuda_rope{(float *)x->data, fstride(x), (int)x->ne1, n_head, head_dim, p->n_rot,
@@ -1089,7 +1099,7 @@ static const struct kern_backend_ops cuda_ops = {
     .step_stats = cuda_step_stats,
 };
 
-/* The A/B switches (SPECD_CUDA_PDL, _PREFETCH, _ATT_TILE, _NORM_AFTER, _JOIN): on unless set to 0. */
+/* The A/B switches (SPECD_CUDA_PDL, _PREFETCH, _ATT_TILE, _AFTER_MATMUL, _JOIN): on unless set to 0. */
 static bool env_is_zero(const char *name)
 {
     const char *v = getenv(name);
@@ -1117,7 +1127,7 @@ extern "C" int kern_cuda_backend_create(const struct kern_backend_config *cfg, s
     cuda_dependent_launches = !env_is_zero("SPECD_CUDA_PDL");
     cuda_prefetch_weights = !env_is_zero("SPECD_CUDA_PREFETCH");
     cuda_attention_tiles = !env_is_zero("SPECD_CUDA_ATT_TILE");
-    cuda_norm_after_matmul = !env_is_zero("SPECD_CUDA_NORM_AFTER");
+    cuda_after_matmul = !env_is_zero("SPECD_CUDA_AFTER_MATMUL");
     cb->join_sequences = !env_is_zero("SPECD_CUDA_JOIN");
     cb->tensor_cores = cfg && cfg->tensor_cores;
     if (cfg && cfg->blas_prefill) {

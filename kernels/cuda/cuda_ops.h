@@ -39,9 +39,9 @@ extern bool cuda_prefetch_weights;
 /* A prefill's attention takes several (query, head) pairs a block (cuda_attention) unless
  * SPECD_CUDA_ATT_TILE=0 (for the A/B). */
 extern bool cuda_attention_tiles;
-/* A norm between two matmuls of one row runs in the first one's last thread block (cuda_act) unless
- * SPECD_CUDA_NORM_AFTER=0 (for the A/B). */
-extern bool cuda_norm_after_matmul;
+/* What waits for a matmul of one row (a norm, a rope and its store) runs in the matmul's last thread
+ * block (cuda_act) unless SPECD_CUDA_AFTER_MATMUL=0 (for the A/B). */
+extern bool cuda_after_matmul;
 
 /* Adds a node to the trace when st is the traced stream. true: make the launch or copy (not traced,
  * or recording); false: replaying, the graph will run it. */
@@ -408,6 +408,12 @@ struct cuda_mm_part {
     size_t y_stride;
 };
 
+enum cuda_mm_after {
+    CUDA_MM_AFTER_NONE,
+    CUDA_MM_AFTER_NORM,
+    CUDA_MM_AFTER_ROPE,
+};
+
 /* A quantised matmul's launch (kernels/cuda/matmul.cu). The converted activations: int8 rows of k
  * values (q_stride bytes apart), the fp32 value of each block's scale (k/32 per row for Q8_0/Q8_1,
  * k/256 for Q8_K), for Q8_1 the fp32 value of d * sum(q) per block, and the sum of every 16 quantised
@@ -429,10 +435,15 @@ struct cuda_mm_args {
     int n;
     /* With swiglu: part 0's output converted for the next matmul (a counter per conversion block) */
     struct cuda_q8_out out;
-    /* With norm_out.q (one part, one row, no swiglu): afterwards the last thread block to finish runs
-     * norm, whose res is part 0's y, and converts norm's y into norm_out (one counter) */
+    /* What waited for a matmul of one row without swiglu (cuda_act), run by the launch's last thread
+     * block to finish (a counter at after_count): a norm adding part 0's y as its residual, its y
+     * converted into norm_out; or the rope of the row, then the store of it (store.rows 0: none). */
+    int after; /* enum cuda_mm_after */
+    int *after_count;
     struct cuda_norm norm;
     struct cuda_q8_out norm_out;
+    struct cuda_rope rope;
+    struct cuda_store store;
 };
 
 /* The parts' matmuls of x in one launch (their w rows hold k elements of wtype; x rows are x_stride
@@ -452,11 +463,12 @@ cudaError_t cuda_matmul(cudaStream_t st, struct cuda_act *act, enum spec_dtype w
  * cuda_matmul), a rope when it is a store of rows it rotates, and the stores of the step's other
  * sequences after it (cuda_rope_store), an attention when it is the next sequence's attention of the
  * step (cuda_attention); anything else launches what waits first (cuda_act_flush). A quantised
- * matmul of one row (wo, w_down in a decode step) waits too, for a norm adding its output as the
- * residual (the next norm of the layer), and the two then wait for the matmul of the norm's output:
- * the first matmul's last thread block normalises and converts (cuda_mm_args.norm), so a norm between
- * two matmuls launches no kernel of its own (cuda_norm_after_matmul; with it false, or before any
- * other op, each launches alone). Two kernels leave
+ * matmul of one row without swiglu (a decode step's q|k|v, wo and w_down) waits too: for a norm adding
+ * its output as the residual (the next norm of the layer), the two then waiting for the matmul of the
+ * norm's output, into whose conversion the first matmul's last thread block normalises
+ * (cuda_mm_args.norm); or for a rope of one row and its store, which its last block runs
+ * (cuda_mm_args.rope). So these norms and ropes launch no kernel of their own (cuda_after_matmul; with
+ * it false, or before any other op, each launches alone). Two kernels leave
  * their output converted here for the matmul after them: a matmul with a swiglu (for w_down, in the
  * form its own weights take, which a Q4_K_M model's Q6_K w_down shares), and attention (for wo, in
  * the form of the conversion before it, q|k|v's, which wo shares in the models this runs). A matmul
@@ -479,7 +491,7 @@ struct cuda_act {
     struct cuda_stores stores; /* the stores waiting with the rope */
     struct cuda_attn attn;
     bool attn_pending;
-    struct cuda_mm_args mm; /* a matmul waiting for its norm (nothing else waits with it but the norm) */
+    struct cuda_mm_args mm; /* a matmul waiting (nothing else waits with it but its norm, or its rope) */
     enum spec_dtype mm_wtype;
     bool mm_tensor_cores, mm_pending;
 };
@@ -669,6 +681,71 @@ static __device__ __forceinline__ void rms_norm_row(const struct cuda_norm &nm, 
     for (int i = tid; i < nm.ne0; i += THREADS)
         yr[i] = (xr[i] * scale) * nm.w[i];
     __syncthreads(); /* part[0] is read by every thread before part is written again */
+}
+
+/* The first row a store writes or a query's first position: from device memory when the step's graph
+ * is replayed with other positions (at), else the launch's own value. */
+static __device__ __forceinline__ int cuda_step_value(const int *at, int value)
+{
+    return at ? *at : value;
+}
+
+/* Loads of what other blocks of the launch wrote go through L2 (L2 true). */
+template <bool L2>
+static __device__ __forceinline__ float cuda_load(const float *p)
+{
+    return L2 ? __ldcg(p) : *p;
+}
+
+/* RoPE with the host's (cos, sin) table: x0 c - x1 s and x0 s + x1 c, each product rounded. Pair `pair`
+ * (of n_head * n_rot / 2) of row r rotated in place. */
+template <bool L2 = false>
+static __device__ __forceinline__ void cuda_rope_pair(const cuda_rope &rp, int r, int pair)
+{
+    const int pairs = rp.n_rot / 2, h = pair / pairs, i0 = 2 * (pair % pairs);
+    const float c = rp.table[(size_t)r * rp.n_rot + i0], s = rp.table[(size_t)r * rp.n_rot + i0 + 1];
+    const int a = rp.neox ? i0 / 2 : i0, stride = rp.neox ? pairs : 1;
+    float *p = rp.x + (size_t)r * rp.x_stride + (size_t)h * rp.head_dim;
+    const float x0 = cuda_load<L2>(p + a), x1 = cuda_load<L2>(p + a + stride);
+    p[a] = x0 * c - x1 * s;
+    p[a + stride] = x0 * s + x1 * c;
+}
+
+/* Element e of source row r into its destination row (dst: the first row the store writes). */
+template <bool L2 = false>
+static __device__ __forceinline__ void cuda_store_elem(const float *src, size_t src_stride, uint8_t *dst,
+                                                       size_t dst_row_bytes, bool f16, int r, int e)
+{
+    const float v = cuda_load<L2>(src + (size_t)r * src_stride + e);
+    uint8_t *row = dst + (size_t)r * dst_row_bytes;
+    if (f16)
+        ((uint16_t *)row)[e] = __half_as_ushort(__float2half_rn(v));
+    else
+        ((float *)row)[e] = v;
+}
+
+/* Row r of a rope rotated in place by a block's threads (tid of `threads`), ending at a barrier: every
+ * rotated value is there for all of them. Every thread calls it. */
+template <bool L2 = false>
+static __device__ __forceinline__ void cuda_rope_row(const cuda_rope &rp, int r, int tid, int threads)
+{
+    const int row_pairs = rp.n_head * (rp.n_rot / 2);
+    for (int pair = tid; pair < row_pairs; pair += threads)
+        cuda_rope_pair<L2>(rp, r, pair);
+    __syncthreads();
+}
+
+/* What store sp takes of row r of its source (nothing when the row is not among its rows), by a
+ * block's threads. */
+template <bool L2 = false>
+static __device__ __forceinline__ void cuda_store_row(const cuda_store &sp, int r, int tid, int threads)
+{
+    const int sr = r - sp.src_row0;
+    if (sr < 0 || sr >= sp.rows)
+        return;
+    uint8_t *dst = (uint8_t *)sp.dst + (size_t)cuda_step_value(sp.row0_at, sp.row0) * sp.dst_row_bytes;
+    for (int e = tid; e < sp.ne0; e += threads)
+        cuda_store_elem<L2>(sp.src, sp.src_stride, dst, sp.dst_row_bytes, sp.f16, sr, e);
 }
 
 /* Int8 tensor cores: d = A B for one warp (PTX's mma.m16n8k32 and m16n8k16, s8 inputs, s32 results,

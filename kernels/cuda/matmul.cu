@@ -47,7 +47,10 @@ static inline uint64_t cuda_trace_arg(uint64_t h, const cuda_mm_args &a)
     h = cuda_hash_bytes(cuda_hash_bytes(h, ints, sizeof ints), flags, sizeof flags);
     h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, a.xq), a.q_stride), a.xd);
     h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, a.xs), a.xsum), a.out);
-    return a.norm_out.q ? cuda_trace_arg(cuda_trace_arg(h, a.norm), a.norm_out) : h;
+    h = cuda_trace_arg(cuda_trace_arg(h, a.after), a.after_count);
+    if (a.after == CUDA_MM_AFTER_NORM)
+        return cuda_trace_arg(cuda_trace_arg(h, a.norm), a.norm_out);
+    return a.after == CUDA_MM_AFTER_ROPE ? cuda_trace_arg(cuda_trace_arg(h, a.rope), a.store) : h;
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -737,16 +740,21 @@ static __device__ __forceinline__ void convert_out(const cuda_mm_args &a, int fi
         cuda_convert_out_block(a.out, p.y, p.y_stride, p.rows, r, b, threadIdx.x % CUDA_WARP);
 }
 
-/* The end of a one-row matmul with a norm after it (a.norm_out.q): the last thread block of the launch
- * to finish runs the norm, which adds part 0's output as its residual, and converts the norm's output
- * for the next matmul: the code and bits of rms_norm_quantize, by a block of THREADS threads. Every
- * thread of every block calls it. */
+/* The end of a one-row matmul with work after it (a.after), by its last thread block to finish, with
+ * the code and bits of the kernels it replaces, by a block of THREADS threads: a norm, which adds part
+ * 0's output as its residual, and the conversion of its output for the next matmul (rms_norm_quantize);
+ * or the rope of the row and its store (rope_store_kernel). Every thread of every block calls it. */
 template <int THREADS>
-static __device__ __forceinline__ void norm_after(const cuda_mm_args &a)
+static __device__ __forceinline__ void after_matmul(const cuda_mm_args &a)
 {
     __shared__ double part[RMS_THREADS];
-    if (!cuda_last_to_arrive(a.norm_out.count, (int)gridDim.x))
+    if (!cuda_last_to_arrive(a.after_count, (int)gridDim.x))
         return;
+    if (a.after == CUDA_MM_AFTER_ROPE) {
+        cuda_rope_row<true>(a.rope, 0, threadIdx.x, THREADS);
+        cuda_store_row<true>(a.store, 0, threadIdx.x, THREADS);
+        return;
+    }
     const int nb = a.norm.ne0 / (a.norm_out.form == Q8_K_FORM ? 256 : 32);
     rms_norm_row<THREADS, true>(a.norm, 0, part, threadIdx.x);
     for (int b = threadIdx.x / CUDA_WARP; b < nb; b += THREADS / CUDA_WARP)
@@ -797,12 +805,12 @@ static __device__ __forceinline__ void mmv_units(const cuda_mm_args &a, const ui
 /* RPW: weight rows per warp, each activation load serving all of them: RPW rows of one part, or with
  * SW (swiglu) RPW/2 rows of part 0 and the same rows of part 1. T: activation rows a pass over the
  * weights (MMV_TILE for batches; 1 for one row, whose accumulators then hold no registers for rows
- * that are not there: more warps fit an SM, and more weight bytes are in flight). NA: one row with
- * the norm after it (norm_after; a kernel of its own, so that the others keep their registers). */
-template <class W, int RPW, bool SW, int T, bool NA = false>
+ * that are not there: more warps fit an SM, and more weight bytes are in flight). AFTER: one row with
+ * work after it (after_matmul; a kernel of its own, so that the others keep their registers). */
+template <class W, int RPW, bool SW, int T, bool AFTER = false>
 __global__ void __launch_bounds__(MMV_THREADS) mmv(const cuda_mm_args a)
 {
-    static_assert(!NA || (!SW && T == 1), "the norm after a matmul of one row");
+    static_assert(!AFTER || (!SW && T == 1), "work after a matmul of one row");
     constexpr int per_part = SW ? RPW / 2 : RPW;
     int p;
     const int block = block_start<SW>(a, MMV_WARPS * per_part, &p);
@@ -849,8 +857,8 @@ __global__ void __launch_bounds__(MMV_THREADS) mmv(const cuda_mm_args a)
     }
     if (SW && a.out.q)
         convert_out(a, block * MMV_WARPS * per_part, MMV_WARPS * per_part);
-    if constexpr (NA)
-        norm_after<MMV_THREADS>(a);
+    if constexpr (AFTER)
+        after_matmul<MMV_THREADS>(a);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -868,10 +876,10 @@ __global__ void __launch_bounds__(MMV_THREADS) mmv(const cuda_mm_args a)
  * sums are added in lane order, then the bias, as mmq adds its warps' sums: the bits of mmq, so that
  * with tensor cores one activation row (a decode step) need not pay for a whole mma tile. With SW each
  * lane holds the same row of both parts. */
-template <class W, bool SW, bool NA = false>
+template <class W, bool SW, bool AFTER = false>
 __global__ void __launch_bounds__(MMV_THREADS) mmv_ordered(const cuda_mm_args a)
 {
-    static_assert(!NA || !SW, "the norm after a matmul without swiglu");
+    static_assert(!AFTER || !SW, "work after a matmul without swiglu");
     constexpr int NW = SW ? 2 : 1;
     int p;
     const int block = block_start<SW>(a, MMO_ROWS, &p);
@@ -908,8 +916,8 @@ __global__ void __launch_bounds__(MMV_THREADS) mmv_ordered(const cuda_mm_args a)
     }
     if (SW && a.out.q)
         convert_out(a, block * MMO_ROWS, MMO_ROWS);
-    if constexpr (NA)
-        norm_after<MMV_THREADS>(a);
+    if constexpr (AFTER)
+        after_matmul<MMV_THREADS>(a);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -1051,12 +1059,12 @@ static unsigned part_blocks(cuda_mm_args &a, int rows_per_block)
 typedef void (*mm_kernel)(const cuda_mm_args);
 
 /* One launch for every part, rows_per_block rows of a part (with a swiglu, of both) a block of
- * `threads`: the kernel with the swiglu, the one with the norm after it (NULL: none for this shape),
- * or the plain one. */
+ * `threads`: the kernel with the swiglu, the one with work after it (NULL: none for this shape), or
+ * the plain one. */
 static cudaError_t launch_parts(cudaStream_t st, cuda_mm_args a, int rows_per_block, unsigned threads,
-                                mm_kernel with_swiglu, mm_kernel with_norm, mm_kernel plain)
+                                mm_kernel with_swiglu, mm_kernel with_after, mm_kernel plain)
 {
-    const mm_kernel k = a.swiglu ? with_swiglu : a.norm_out.q ? with_norm : plain;
+    const mm_kernel k = a.swiglu ? with_swiglu : a.after != CUDA_MM_AFTER_NONE ? with_after : plain;
     if (!k)
         return cudaErrorInvalidValue;
     const unsigned blocks = part_blocks(a, rows_per_block);
@@ -1064,7 +1072,7 @@ static cudaError_t launch_parts(cudaStream_t st, cuda_mm_args a, int rows_per_bl
     return cudaGetLastError();
 }
 
-/* Whether W is a float type (whose matmuls never wait for a norm: cuda_matmul). */
+/* Whether W is a float type (whose matmuls never wait for anything: cuda_matmul). */
 template <class W>
 constexpr bool float_weights = false;
 template <enum spec_dtype T>
@@ -1073,11 +1081,11 @@ constexpr bool float_weights<w_float<T> > = true;
 template <class W, int RPW, int T>
 static cudaError_t launch_mmv_rpw(cudaStream_t st, const cuda_mm_args &a)
 {
-    mm_kernel with_norm = NULL;
+    mm_kernel with_after = NULL;
     if constexpr (T == 1 && !float_weights<W>)
-        with_norm = mmv<W, RPW, false, T, true>;
-    return launch_parts(st, a, MMV_WARPS * (a.swiglu ? RPW / 2 : RPW), MMV_THREADS, mmv<W, RPW, true, T>, with_norm,
-                        mmv<W, RPW, false, T>);
+        with_after = mmv<W, RPW, false, T, true>;
+    return launch_parts(st, a, MMV_WARPS * (a.swiglu ? RPW / 2 : RPW), MMV_THREADS, mmv<W, RPW, true, T>,
+                        with_after, mmv<W, RPW, false, T>);
 }
 
 template <class W>
@@ -1186,10 +1194,19 @@ static cudaError_t launch_by_type(cudaStream_t st, enum spec_dtype wtype, const 
 
 cudaError_t cuda_act_flush(cudaStream_t st, struct cuda_act *act)
 {
-    if (act->mm_pending) { /* then the norm waiting with it, if any */
+    if (act->mm_pending) { /* with the rope and store waiting after it, or before the norm waiting */
         act->mm_pending = false;
-        const cudaError_t err = launch_by_type(st, act->mm_wtype, act->mm, act->mm_tensor_cores);
-        if (err != cudaSuccess)
+        cuda_mm_args &mm = act->mm;
+        cudaError_t err = cudaSuccess;
+        if (act->rope_pending && act->stores.n <= 1 &&
+            (err = cuda_reserve_counters(st, &act->count, sizeof(int))) == cudaSuccess) {
+            act->rope_pending = false;
+            mm.after = CUDA_MM_AFTER_ROPE;
+            mm.after_count = (int *)act->count.p;
+            mm.rope = act->rope;
+            mm.store = act->stores.n ? act->stores.s[0] : cuda_store{};
+        }
+        if (err != cudaSuccess || (err = launch_by_type(st, act->mm_wtype, mm, act->mm_tensor_cores)) != cudaSuccess)
             return err;
     }
     if (act->rope_pending) {
@@ -1238,9 +1255,14 @@ static cudaError_t quantize_act(cudaStream_t st, struct cuda_act *act, enum spec
     if (err == cudaSuccess && nm && act->mm_pending) { /* the matmul before the norm runs it, and converts */
         cuda_mm_args &mm = act->mm;
         act->mm_pending = act->norm_pending = false;
-        mm.norm = *nm;
-        if ((err = cuda_act_out_prepare(st, act, form, k, n, 1, &mm.norm_out)) == cudaSuccess &&
-            (err = launch_by_type(st, act->mm_wtype, mm, act->mm_tensor_cores)) == cudaSuccess)
+        err = cuda_act_out_prepare(st, act, form, k, n, 1, &mm.norm_out);
+        if (err == cudaSuccess) {
+            mm.after = CUDA_MM_AFTER_NORM;
+            mm.after_count = mm.norm_out.count;
+            mm.norm = *nm;
+            err = launch_by_type(st, act->mm_wtype, mm, act->mm_tensor_cores);
+        }
+        if (err == cudaSuccess)
             cuda_act_out_keep(act, x, x_stride, k, n, form);
     }
     if (err != cudaSuccess)
@@ -1366,7 +1388,7 @@ cudaError_t cuda_matmul(cudaStream_t st, struct cuda_act *act, enum spec_dtype w
     if ((err = quantize_act(st, act, wtype, k, x, x_stride, n, a)) != cudaSuccess ||
         (swiglu && (err = output_conversion(st, act, wtype, tensor_cores, a)) != cudaSuccess))
         return err;
-    if (cuda_norm_after_matmul && n == 1 && n_parts == 1 && !swiglu) { /* waits for a norm (cuda_act) */
+    if (cuda_after_matmul && n == 1 && !swiglu) { /* waits for a norm, or a rope (cuda_act) */
         act->mm = a;
         act->mm_wtype = wtype;
         act->mm_tensor_cores = tensor_cores;

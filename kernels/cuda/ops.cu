@@ -155,26 +155,14 @@ cudaError_t cuda_kernels_usable(void)
 }
 
 /* ---------------------------------------------------------------------------------------------- */
-/* RoPE with the host's (cos, sin) table: x0 c - x1 s and x0 s + x1 c, each product rounded.        */
-
-/* Pair `pair` (of n_head * n_rot / 2) of row r rotated in place. */
-static __device__ __forceinline__ void rope_pair(const cuda_rope &rp, int r, int pair)
-{
-    const int pairs = rp.n_rot / 2, h = pair / pairs, i0 = 2 * (pair % pairs);
-    const float c = rp.table[(size_t)r * rp.n_rot + i0], s = rp.table[(size_t)r * rp.n_rot + i0 + 1];
-    const int a = rp.neox ? i0 / 2 : i0, stride = rp.neox ? pairs : 1;
-    float *p = rp.x + (size_t)r * rp.x_stride + (size_t)h * rp.head_dim;
-    const float x0 = p[a], x1 = p[a + stride];
-    p[a] = x0 * c - x1 * s;
-    p[a + stride] = x0 * s + x1 * c;
-}
+/* RoPE (cuda_ops.h's cuda_rope_pair)                                                             */
 
 __global__ void rope_kernel(const cuda_rope rp)
 {
     cuda_grid_wait();
     const int row_pairs = rp.n_head * (rp.n_rot / 2);
     CUDA_GRID_STRIDE(i, (int64_t)rp.rows * row_pairs)
-    rope_pair(rp, (int)(i / row_pairs), (int)(i % row_pairs));
+    cuda_rope_pair(rp, (int)(i / row_pairs), (int)(i % row_pairs));
 }
 
 cudaError_t cuda_rope_rows(cudaStream_t st, const struct cuda_rope *rp)
@@ -187,32 +175,13 @@ cudaError_t cuda_rope_rows(cudaStream_t st, const struct cuda_rope *rp)
 /* ---------------------------------------------------------------------------------------------- */
 /* KV-cache stores                                                                                */
 
-/* The first row a store writes or a query's first position: from device memory when the step's graph
- * is replayed with other positions (at), else the launch's own value. */
-static __device__ __forceinline__ int step_value(const int *at, int value)
-{
-    return at ? *at : value;
-}
-
-/* Element e of source row r into its destination row (dst: the first row the store writes). */
-static __device__ __forceinline__ void store_elem(const float *src, size_t src_stride, uint8_t *dst,
-                                                  size_t dst_row_bytes, bool f16, int r, int e)
-{
-    const float v = src[(size_t)r * src_stride + e];
-    uint8_t *row = dst + (size_t)r * dst_row_bytes;
-    if (f16)
-        ((uint16_t *)row)[e] = __half_as_ushort(__float2half_rn(v));
-    else
-        ((float *)row)[e] = v;
-}
-
 __global__ void store_rows_kernel(const float *src, size_t src_stride, uint8_t *dst, size_t dst_row_bytes,
                                   const int *row0_at, int row0, bool f16, int ne0, int rows)
 {
     cuda_grid_wait();
-    dst += (size_t)step_value(row0_at, row0) * dst_row_bytes;
+    dst += (size_t)cuda_step_value(row0_at, row0) * dst_row_bytes;
     CUDA_GRID_STRIDE(i, (int64_t)ne0 * rows)
-    store_elem(src, src_stride, dst, dst_row_bytes, f16, (int)(i / ne0), (int)(i % ne0));
+    cuda_store_elem(src, src_stride, dst, dst_row_bytes, f16, (int)(i / ne0), (int)(i % ne0));
 }
 
 /* F32 rows into F32 rows, four floats a thread: 16-byte loads and stores. */
@@ -220,7 +189,7 @@ __global__ void store_rows_vec4_kernel(const float4 *src, size_t src_stride4, fl
                                        const int *row0_at, int row0, int ne0_4, int rows)
 {
     cuda_grid_wait();
-    dst += (size_t)step_value(row0_at, row0) * dst_stride4;
+    dst += (size_t)cuda_step_value(row0_at, row0) * dst_stride4;
     CUDA_GRID_STRIDE(i, (int64_t)ne0_4 * rows)
     {
         const int r = (int)(i / ne0_4), e = (int)(i % ne0_4);
@@ -251,21 +220,12 @@ cudaError_t cuda_store_rows(cudaStream_t st, const float *src, size_t src_stride
 __global__ void rope_store_kernel(const cuda_rope rp, const cuda_stores ss)
 {
     cuda_grid_wait();
-    const int row_pairs = rp.n_head * (rp.n_rot / 2);
     for (int r = blockIdx.x; r < rp.rows; r += gridDim.x) {
-        for (int pair = threadIdx.x; pair < row_pairs; pair += blockDim.x)
-            rope_pair(rp, r, pair);
-        __syncthreads();
+        cuda_rope_row(rp, r, threadIdx.x, blockDim.x);
 #pragma unroll
-        for (int i = 0; i < CUDA_STEP_SEQS; i++) { /* constant indices: the stores stay in parameter space */
-            const cuda_store &sp = ss.s[i];
-            const int sr = r - sp.src_row0;
-            if (i >= ss.n || sr < 0 || sr >= sp.rows)
-                continue;
-            uint8_t *dst = (uint8_t *)sp.dst + (size_t)step_value(sp.row0_at, sp.row0) * sp.dst_row_bytes;
-            for (int e = threadIdx.x; e < sp.ne0; e += blockDim.x)
-                store_elem(sp.src, sp.src_stride, dst, sp.dst_row_bytes, sp.f16, sr, e);
-        }
+        for (int i = 0; i < CUDA_STEP_SEQS; i++) /* constant indices: the stores stay in parameter space */
+            if (i < ss.n)
+                cuda_store_row(ss.s[i], r, threadIdx.x, blockDim.x);
     }
 }
 
@@ -538,7 +498,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
     const uint8_t *k = sq.k, *v = sq.v;
     const int c = blockIdx.x, g = blockIdx.y, f0 = ((int)blockIdx.z - sq.z0) * R, pairs = min(R, sq.n * group - f0);
     /* the sequence's query i sees first_kv + i keys */
-    const int first_kv = step_value(sq.pos0_at, sq.pos0) + 1, j0 = c * ATT_CHUNK;
+    const int first_kv = cuda_step_value(sq.pos0_at, sq.pos0) + 1, j0 = c * ATT_CHUNK;
     /* the chunk's keys each pair sees (none past its query's): more for later queries */
     int len[R];
 #pragma unroll

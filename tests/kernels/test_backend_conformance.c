@@ -1236,6 +1236,77 @@ Test(conformance, a_rope_and_the_stores_of_its_rows_give_the_cpus_bits)
     free(xh), free(oh), free(zeros);
 }
 
+/* A decode step's q|k|v, rope and store: a rope of one row and the store of its K and V after a one-row
+ * matmul run in that matmul's last thread block. They give the bits of the ops apart (the matmul's
+ * output read back before the rope), for every weight type, with q, k and v in one call or q|k and v in
+ * two (as with a Q4_K_M model's Q6_K attn_v), into an F16 or F32 cache. */
+Test(conformance, a_rope_and_its_store_after_a_one_row_matmul_give_the_bits_of_the_ops_apart)
+{
+    need_cuda();
+    const int n_head = 4, n_kv = 2, hd = 64, q_dim = n_head * hd, kv_dim = n_kv * hd, width = q_dim + 2 * kv_dim;
+    const int64_t k = 256;
+    const int32_t pos[1] = {37};
+    const struct kern_rope_params p = {.mode = KERN_ROPE_NEOX, .n_rot = hd, .freq_base = 10000.0f, .freq_scale = 1.0f};
+    float *inh = random_f32(k, 1.0f), *bh = random_f32(width, 1.0f);
+    float *zeros = calloc(64 * (size_t)(2 * kv_dim), sizeof(float));
+    struct kern_tensor in = upload(gpu, SPEC_F32, k, 1, inh), bq = upload(gpu, SPEC_F32, q_dim, 1, bh),
+                       bk = upload(gpu, SPEC_F32, kv_dim, 1, bh + q_dim),
+                       bv = upload(gpu, SPEC_F32, kv_dim, 1, bh + q_dim + kv_dim);
+    const enum spec_dtype caches[] = {SPEC_F16, SPEC_F32};
+    for (size_t ti = 0; ti < KT_N_CPU_TYPES; ti++) {
+        const enum spec_dtype t = kt_cpu_types[ti];
+        size_t rb;
+        void *wh[3] = {random_weights(t, k, q_dim, 0, &rb), random_weights(t, k, kv_dim, 0, &rb),
+                       random_weights(t, k, kv_dim, 0, &rb)};
+        struct kern_tensor wq = weight(gpu, t, k, q_dim, wh[0]), wk = weight(gpu, t, k, kv_dim, wh[1]),
+                           wv = weight(gpu, t, k, kv_dim, wh[2]);
+        for (int ci = 0; ci < 2; ci++) {
+            for (int split = 0; split < 2; split++) {
+                char what[96];
+                snprintf(what, sizeof what, "%s, %s cache, %s", kern_dtype_info(t)->name,
+                         kern_dtype_info(caches[ci])->name, split ? "q|k and v" : "q|k|v");
+                float *got[2][2];
+                size_t cache_bytes = 0;
+                for (int apart = 0; apart < 2; apart++) {
+                    struct kern_tensor qkv = poisoned(gpu, width, 1),
+                                       cache = upload(gpu, caches[ci], 2 * kv_dim, 64, zeros);
+                    struct kern_tensor q = view(&qkv, 0, 0, q_dim, 1), kk = view(&qkv, 0, q_dim, kv_dim, 1),
+                                       v = view(&qkv, 0, q_dim + kv_dim, kv_dim, 1),
+                                       qk = view(&qkv, 0, 0, q_dim + kv_dim, 1),
+                                       kv = view(&qkv, 0, q_dim, 2 * kv_dim, 1);
+                    const struct kern_matmul mm[3] = {{&wq, &bq, &q}, {&wk, &bk, &kk}, {&wv, &bv, &v}};
+                    if (split) {
+                        cr_assert_eq(gpu->ops->matmuls(gpu, &in, mm, 2, KERN_MATMULS_PLAIN), 0, "%s", what);
+                        cr_assert_eq(gpu->ops->matmuls(gpu, &in, &mm[2], 1, KERN_MATMULS_PLAIN), 0, "%s", what);
+                    } else {
+                        cr_assert_eq(gpu->ops->matmuls(gpu, &in, mm, 3, KERN_MATMULS_PLAIN), 0, "%s", what);
+                    }
+                    if (apart)
+                        free(download(gpu, &qkv)); /* the matmuls run before the rope is issued */
+                    cr_assert_eq(gpu->ops->rope(gpu, &qk, n_head + n_kv, hd, pos, &p), 0, "%s", what);
+                    cr_assert_eq(gpu->ops->store_rows(gpu, &kv, &cache, 20), 0, "%s", what);
+                    got[apart][0] = download(gpu, &qkv);
+                    got[apart][1] = download(gpu, &cache);
+                    cache_bytes = 64 * cache.row_bytes;
+                    free_t(gpu, &qkv), free_t(gpu, &cache);
+                }
+                char which[128];
+                snprintf(which, sizeof which, "%s: q, k rotated and v", what);
+                assert_bits(got[0][0], got[1][0], (size_t)width * sizeof(float), which);
+                snprintf(which, sizeof which, "%s: the cache", what);
+                assert_bits(got[0][1], got[1][1], cache_bytes, which);
+                for (int i = 0; i < 2; i++)
+                    free(got[i][0]), free(got[i][1]);
+            }
+        }
+        free_t(gpu, &wq), free_t(gpu, &wk), free_t(gpu, &wv);
+        for (int i = 0; i < 3; i++)
+            free(wh[i]);
+    }
+    free_t(gpu, &in), free_t(gpu, &bq), free_t(gpu, &bk), free_t(gpu, &bv);
+    free(inh), free(bh), free(zeros);
+}
+
 Test(conformance, store_rows_add_and_swiglu_match_the_cpu)
 {
     need_cuda();
@@ -1790,13 +1861,13 @@ Test(conformance, steps_recorded_as_graphs_give_the_bits_of_op_by_op_steps)
     /* step 0 runs op by op, step 1 is recorded, then replays; at position 128 (step 123) the keys need
      * a second chunk: that replay is given up, the step issued again and recorded */
     assert_steps(before, step_stats(graphs), 141, 2, 137, 1, "decode");
-    /* the fusions hold in the model's own steps: 6 nodes a layer (q|k|v, rope with the store of k and
-     * v, attention with wo's conversion, wo with the ffn norm and its conversion, gate|up with the
-     * swiglu and w_down's conversion, w_down with the next layer's attention norm and its conversion),
-     * and 10 more: the step values, token ids and RoPE table copied in, the embedding rows, the first
-     * layer's attention norm with its conversion, the last residual add, the output rows (their ids
-     * copied in), the output norm with its conversion and the output head */
-    cr_assert_eq(step_stats(graphs).nodes, 6 * c.n_layer + 10, "%ld nodes a decode step", step_stats(graphs).nodes);
+    /* the fusions hold in the model's own steps: 5 nodes a layer (q|k|v with the rope and the store of
+     * k and v, attention with wo's conversion, wo with the ffn norm and its conversion, gate|up with
+     * the swiglu and w_down's conversion, w_down with the next layer's attention norm and its
+     * conversion), and 10 more: the step values, token ids and RoPE table copied in, the embedding rows,
+     * the first layer's attention norm with its conversion, the last residual add, the output rows
+     * (their ids copied in), the output norm with its conversion and the output head */
+    cr_assert_eq(step_stats(graphs).nodes, 5 * c.n_layer + 10, "%ld nodes a decode step", step_stats(graphs).nodes);
     before = step_stats(graphs);
     for (int round = 0; round < 3; round++) { /* verification passes of 5, rolled back but one */
         const int32_t draft[5] = {tok, 17, 250, (int32_t)(round + 3), 99};
@@ -1837,9 +1908,9 @@ Test(conformance, steps_recorded_as_graphs_give_the_bits_of_op_by_op_steps)
         assert_bits(lg, le, sizeof(float) * (size_t)(2 * nv), "two sequences in one step");
     }
     assert_steps(before, step_stats(graphs), 4, 1, 2, 0, "two sequences in one step");
-    /* and with the nodes of a step of one but for its norms, which launch alone after matmuls of two
-     * rows (8 a layer and 9): the two sequences' stores launch with the rope, their attentions together
-     * (wo's conversion with them) */
+    /* and with the nodes of a step of one but for its norms and rope, which launch alone after matmuls
+     * of two rows (8 a layer and 9): the two sequences' stores launch with the rope, their attentions
+     * together (wo's conversion with them) */
     cr_assert_eq(step_stats(graphs).nodes, 8 * c.n_layer + 9, "%ld nodes a step of two sequences",
                  step_stats(graphs).nodes);
     free(lg), free(le);
