@@ -601,19 +601,30 @@ static int output_ids(struct model *m, const struct segment *sg, int n_sg)
     return n_out;
 }
 
-/* The logits of the step's n_out output rows (output_ids): the rows are gathered into xb,
- * normalised and multiplied by the output matrix (its first n_logits rows). */
-static int step_logits(struct model *m, const struct segment *sg, int n_sg)
+/* The logits of the step's n_out output rows (output_ids), after the last layer: its feed-forward
+ * output (in xb) is added to x, the output rows are normalised into xb and multiplied by the output
+ * matrix (its first n_logits rows). When every row of the step is an output row (a decode step, a
+ * verification pass), the output norm adds the residual itself, and no rows are gathered: the same
+ * expressions, so the same bits, in fewer ops. */
+static int step_logits(struct model *m, const struct segment *sg, int n_sg, int n)
 {
     struct kern_backend *be = m->be;
     const struct kern_backend_ops *op = be->ops;
     const int n_out = output_ids(m, sg, n_sg);
-    if (n_out == 0)
-        return SPEC_OK;
-    struct kern_tensor xo = rows(&m->s.xb, 0, n_out), lg = rows(&m->s.logits, 0, n_out),
-                       head = rows(&m->output, 0, m->n_logits);
-    SPEC_TRY(op->get_rows(be, &m->s.x, m->s.ids, n_out, &xo));
-    SPEC_TRY(op->rms_norm(be, &xo, NULL, &m->output_norm, m->hp.norm_eps, &xo));
+    bool every_row = n_out == n;
+    for (int i = 0; every_row && i < n_out; i++)
+        every_row = m->s.ids[i] == i;
+    struct kern_tensor x = rows(&m->s.x, 0, n), xb = rows(&m->s.xb, 0, n), xo = rows(&m->s.xb, 0, n_out),
+                       lg = rows(&m->s.logits, 0, n_out), head = rows(&m->output, 0, m->n_logits);
+    if (every_row) {
+        SPEC_TRY(op->rms_norm(be, &x, &xb, &m->output_norm, m->hp.norm_eps, &xb));
+    } else {
+        SPEC_TRY(op->add(be, &x, &xb, &x));
+        if (n_out == 0)
+            return SPEC_OK;
+        SPEC_TRY(op->get_rows(be, &m->s.x, m->s.ids, n_out, &xo));
+        SPEC_TRY(op->rms_norm(be, &xo, NULL, &m->output_norm, m->hp.norm_eps, &xo));
+    }
     return op->matmul(be, &head, &xo, NULL, &lg);
 }
 
@@ -716,7 +727,7 @@ static int step_layers(struct model *m, const struct segment *sg, int n_sg, int 
 
     SPEC_TRY(op->get_rows(be, &m->tok_embd, m->s.ids, n, &x));
     /* Each residual add is folded into the norm that reads its result: the feed-forward output
-     * (in xb) is added to x by the next layer's attention norm, the last one by a plain add. */
+     * (in xb) is added to x by the next layer's attention norm, the last one in step_logits. */
     for (int il = 0; il < hp->n_layer; il++) {
         const struct model_layer *L = &m->layers[il];
 
@@ -759,8 +770,7 @@ static int step_layers(struct model *m, const struct segment *sg, int n_sg, int 
         }
         SPEC_TRY(layer_matmul(m, prefill, &L->w_down, &gate, &xb));
     }
-    SPEC_TRY(op->add(be, &x, &xb, &x));
-    return step_logits(m, sg, n_sg);
+    return step_logits(m, sg, n_sg, n);
 }
 
 /* The device work of one internal step, bracketed by step_begin/step_end (the CUDA backend records it
