@@ -672,11 +672,10 @@ static int cuda_rms_norm_op(struct kern_backend *be, struct kern_tensor *x, cons
     if (err)
         return err;
     /* adding the output of the matmul waiting (one row): it waits with it, for that matmul's last block */
-    const struct cuda_mm_part *mm = &cb->act.mm.part[0];
+    const struct cuda_mm_part *waiting = &cb->act.mm.part[0];
     const bool after_matmul = cb->act.mm_pending && !cb->act.rope_pending && residual &&
-                              (const float *)residual->data == mm->y &&
-                              fstride(residual) == mm->y_stride && x->data != residual->data && x->ne1 == 1 &&
-                              x->ne0 == mm->rows;
+                              (const float *)residual->data == waiting->y && fstride(residual) == waiting->y_stride &&
+                              x->data != residual->data && x->ne1 == 1 && x->ne0 == waiting->rows;
     if (after_matmul)
         cuda_act_forget(&cb->act);
     else if ((err = writing(cb)))

@@ -647,6 +647,13 @@ static __device__ __forceinline__ void block_best(float *best_v, int *best_i, in
     }
 }
 
+/* Loads of what other blocks of the launch wrote go through L2 (L2 true). */
+template <bool L2>
+static __device__ __forceinline__ float cuda_load(const float *p)
+{
+    return L2 ? __ldcg(p) : *p;
+}
+
 /* RMS norm: the CPU sums the squares in double; so does each thread here over its elements, and the
  * block adds the threads' sums by a fixed tree. A double sum of floats rounds to the same float mean
  * in all but vanishingly rare cases, and the rest is the CPU's expression. */
@@ -667,10 +674,8 @@ static __device__ __forceinline__ void rms_norm_row(const struct cuda_norm &nm, 
     for (int v = tid; v < RMS_THREADS; v += THREADS) {
         double s = 0.0;
         for (int i = v; i < nm.ne0; i += RMS_THREADS) {
-            if (nm.res) { /* the add op's expression */
-                const float *ri = nm.res + (size_t)r * nm.res_stride + i;
-                xr[i] = xr[i] + (RES_L2 ? __ldcg(ri) : *ri);
-            }
+            if (nm.res) /* the add op's expression */
+                xr[i] = xr[i] + cuda_load<RES_L2>(nm.res + (size_t)r * nm.res_stride + i);
             s += (double)(xr[i] * xr[i]);
         }
         part[v] = s;
@@ -688,13 +693,6 @@ static __device__ __forceinline__ void rms_norm_row(const struct cuda_norm &nm, 
 static __device__ __forceinline__ int cuda_step_value(const int *at, int value)
 {
     return at ? *at : value;
-}
-
-/* Loads of what other blocks of the launch wrote go through L2 (L2 true). */
-template <bool L2>
-static __device__ __forceinline__ float cuda_load(const float *p)
-{
-    return L2 ? __ldcg(p) : *p;
 }
 
 /* RoPE with the host's (cos, sin) table: x0 c - x1 s and x0 s + x1 c, each product rounded. Pair `pair`
@@ -814,7 +812,7 @@ template <bool Q8_1, bool L2>
 static __device__ __forceinline__ void quantize_block_q8_32(const float *x, int8_t *q, float *d, float *s, int *sum16,
                                                             int lane)
 {
-    const float v = L2 ? __ldcg(x + lane) : x[lane];
+    const float v = cuda_load<L2>(x + lane);
     float amax = fabsf(v);
     for (int off = 16; off > 0; off >>= 1)
         amax = fmaxf(amax, __shfl_xor_sync(CUDA_FULL_MASK, amax, off));
@@ -846,7 +844,7 @@ static __device__ __forceinline__ void quantize_block_q8_K(const float *x, int8_
     int idx = INT_MAX;
 #pragma unroll
     for (int t = 0; t < 8; t++) {
-        v[t] = L2 ? __ldcg(x + lane + 32 * t) : x[lane + 32 * t];
+        v[t] = cuda_load<L2>(x + lane + 32 * t);
         if (fabsf(v[t]) > amax) {
             amax = fabsf(v[t]);
             max = v[t];
