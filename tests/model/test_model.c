@@ -192,6 +192,12 @@ Test(model, forward_last_gives_the_last_row_of_forward)
     cr_assert_eq(model_seq_len(b), 10);
     cr_assert_eq(model_forward_last(mm.m, b, prompt + 10, 1, last), 0);
     cr_assert_arr_eq(last, all + (size_t)10 * nv, sizeof(float) * nv);
+    /* the last row of 11 at once: gathered after a plain residual add, where the steps above (every
+     * row an output) add the residual in the output norm */
+    struct model_seq *c1 = new_seq(mm.m, 0);
+    cr_assert_eq(model_forward_last(mm.m, c1, prompt, 11, last), 0);
+    cr_assert_arr_eq(last, all + (size_t)10 * nv, sizeof(float) * nv);
+    model_seq_free(c1);
     model_seq_free(a);
     model_seq_free(b);
     free(all);
