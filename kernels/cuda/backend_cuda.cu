@@ -430,6 +430,16 @@ static int writing(struct cuda_backend *cb)
     return err;
 }
 
+/* For an op about to write device memory that waits in act with what waits there (joins: its launch
+ * will follow theirs), only the kept conversion is forgotten; any other op runs what waits first. */
+static int writing_after(struct cuda_backend *cb, bool joins)
+{
+    if (!joins)
+        return writing(cb);
+    cuda_act_forget(&cb->act);
+    return SPEC_OK;
+}
+
 static char *row_ptr(const struct kern_tensor *t, int64_t r)
 {
     return (char *)t->data + (size_t)r * t->row_bytes;
@@ -676,9 +686,7 @@ static int cuda_rms_norm_op(struct kern_backend *be, struct kern_tensor *x, cons
     const bool after_matmul = cb->act.mm_pending && !cb->act.rope_pending && residual &&
                               (const float *)residual->data == waiting->y && fstride(residual) == waiting->y_stride &&
                               x->data != residual->data && x->ne1 == 1 && x->ne0 == waiting->rows;
-    if (after_matmul)
-        cuda_act_forget(&cb->act);
-    else if ((err = writing(cb)))
+    if ((err = writing_after(cb, after_matmul)))
         return err;
     /* launched by the next op: with a matmul of y by a quantised weight, in the same kernel */
     cb->act.norm = cuda_norm{(float *)x->data, fstride(x), residual ? (const float *)residual->data : NULL,
@@ -762,9 +770,7 @@ static int cuda_rope_op(struct kern_backend *be, struct kern_tensor *x, int n_he
     /* a rope of one row waits with the matmul waiting (one row; everything before it is done when its
      * last block runs the rope) */
     const bool after_matmul = cb->act.mm_pending && !cb->act.norm_pending && x->ne1 == 1;
-    if (after_matmul)
-        cuda_act_forget(&cb->act);
-    else if ((err = writing(cb)))
+    if ((err = writing_after(cb, after_matmul)))
         return err;
     if ((err = rope_table(cb, pos, (int)x->ne1, p)))
         return err;
@@ -798,9 +804,7 @@ static int cuda_store_rows_op(struct kern_backend *be, const struct kern_tensor 
                             fstride(src) == stride && at >= x0 &&
                             (at - x0) % sizeof(float) == 0 && off / stride + (size_t)src->ne1 <= (size_t)rp->rows &&
                             off % stride + (size_t)src->ne0 <= stride;
-    if (after_rope)
-        cuda_act_forget(&cb->act);
-    else if ((err = writing(cb)))
+    if ((err = writing_after(cb, after_rope)))
         return err;
     const int *row0_at = step_value(cb, dst_row0);
     const int row0 = row0_at ? 0 : (int)dst_row0;

@@ -614,8 +614,9 @@ static __device__ __forceinline__ float warp_sum(float v)
     return v;
 }
 
-/* part[0] = the sum of part[0 .. N) by a fixed tree. Every thread of the block (N threads) calls it
- * after writing its own part[tid]; all may read part[0] afterwards. */
+/* part[0] = the sum of part[0 .. N) by a fixed tree, the same whatever the block's THREADS (a divisor
+ * of N; N by default). Every thread of the block calls it after writing its parts (tid, tid + THREADS,
+ * ...); all may read part[0] afterwards. */
 template <int N, int THREADS = N>
 static __device__ __forceinline__ void block_sum(double *part, int tid)
 {

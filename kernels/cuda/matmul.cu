@@ -1239,7 +1239,8 @@ static q8_layout q8_layout_of(enum spec_dtype form, int k, int n)
 }
 
 /* Converts x to the activation type of a quantised weight type into act and fills a's x fields; when
- * x is the output of the norm waiting in act, the norm runs in the same launch. */
+ * x is the output of the norm waiting in act, the norm runs in the same launch, or in the last block
+ * of the matmul waiting with it (which converts x there). */
 static cudaError_t quantize_act(cudaStream_t st, struct cuda_act *act, enum spec_dtype wtype, int k, const float *x,
                                 size_t x_stride, int n, cuda_mm_args &a)
 {
