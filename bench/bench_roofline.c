@@ -4,6 +4,7 @@
  *   bench_roofline --model M.gguf [--device auto|cpu|cuda] [--threads N] [--pos P] [--gamma-max G]
  *                  [--seconds S] [--copy-mib MIB] [--profile STEPS] [--graphs]
  *                  [--tensor-cores] [--blas-prefill] [--batch N] [--seqs S]
+ *                  [--trace PASSES [--trace-positions N]]
  *
  * It prints, as markdown:
  *  - copy bandwidth: the backend copying an F32 tensor of MIB MiB into another (store_rows), counted
@@ -30,7 +31,12 @@
  * With --profile, STEPS more decode steps run with every op timed (kern_profile_start), then STEPS
  * verification passes of 8 positions: per kind of op, calls, host time and device time per pass, and the bandwidth of the ones that read weights or
  * the cache; the device's busy share of the profiled step says whether the kernels or their
- * launching set the pace (the timing itself slows the steps a little). */
+ * launching set the pace (the timing itself slows the steps a little).
+ * With --trace, it times nothing else: after the prefill and 3 passes of N positions (default 1, a
+ * decode step; with --graphs, one recorded and two replayed), PASSES more run inside the backend's
+ * profiler region (kern_backend_ops.profiler_region), and it prints their wall time a pass. Under
+ * `ncu --profile-from-start off` the region's kernels, and only they, are profiled: each kernel of a
+ * steady-state step on its own, the graphs' included (bench/gpu/measure.sh's kernels step). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,7 +52,7 @@
 
 struct args {
     const char *model, *device;
-    int n_threads, pos, gamma_max, profile_steps;
+    int n_threads, pos, gamma_max, profile_steps, trace, trace_positions;
     bool graphs, tensor_cores, blas_prefill;
     double seconds;
     int copy_mib, batch, seqs;
@@ -54,7 +60,8 @@ struct args {
 
 static int parse_args(int argc, char **argv, struct args *a)
 {
-    *a = (struct args){.device = "auto", .pos = 512, .gamma_max = 16, .seconds = 1.0, .copy_mib = 256};
+    *a = (struct args){.device = "auto", .pos = 512, .gamma_max = 16, .seconds = 1.0, .copy_mib = 256,
+                       .trace_positions = 1};
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i];
         if (!strcmp(o, "--graphs")) {
@@ -92,11 +99,16 @@ static int parse_args(int argc, char **argv, struct args *a)
             a->batch = atoi(v);
         else if (!strcmp(o, "--seqs"))
             a->seqs = atoi(v);
+        else if (!strcmp(o, "--trace"))
+            a->trace = atoi(v);
+        else if (!strcmp(o, "--trace-positions"))
+            a->trace_positions = atoi(v);
         else
             return -1;
     }
     if (!a->model || a->pos < 1 || a->gamma_max < 1 || a->gamma_max > 64 || a->seconds <= 0 || a->copy_mib < 1 ||
-        a->profile_steps < 0 || a->batch < 0 || a->seqs < 0 || a->seqs == 1 || a->seqs > MAX_SEQS)
+        a->profile_steps < 0 || a->batch < 0 || a->seqs < 0 || a->seqs == 1 || a->seqs > MAX_SEQS || a->trace < 0 ||
+        a->trace_positions < 1 || a->trace_positions > a->gamma_max + 1)
         return -1;
     return 0;
 }
@@ -300,6 +312,40 @@ static int profile_pass(struct kern_backend *be, struct model *m, struct model_s
     return SPEC_OK;
 }
 
+/* --trace: `passes` passes of n positions inside the backend's profiler region, after 3 outside it (with
+ * graphs: the step recorded, then replayed), so that the region holds steady-state steps only; *ms: the
+ * wall time of a pass there, *ran: how the region's steps ran (zeros without step_stats). */
+static int trace_passes(struct kern_backend *be, struct model *m, struct model_seq *s, const int32_t *tokens, int n,
+                        int passes, double *ms, struct kern_step_stats *ran)
+{
+    int32_t ids[65];
+    const struct model_batch_item it = {.s = s, .tokens = tokens, .n = n, .all_logits = true, .argmax = ids};
+    const int pos = model_seq_len(s), warm = 3;
+    struct kern_step_stats st0 = {0};
+    *ran = (struct kern_step_stats){0};
+    int err = SPEC_OK;
+    double t0 = 0.0;
+    for (int i = 0; i < warm + passes && !err; i++) {
+        if (i == warm && be->ops->step_stats && (err = be->ops->step_stats(be, &st0)))
+            break;
+        if (i == warm && be->ops->profiler_region && (err = be->ops->profiler_region(be, true)))
+            break;
+        if (i == warm)
+            t0 = bench_now_s();
+        if (!(err = model_forward_batch(m, &it, 1)))
+            err = model_seq_truncate(s, pos);
+    }
+    if (err)
+        return err;
+    *ms = (bench_now_s() - t0) * 1e3 / passes;
+    if (be->ops->profiler_region && (err = be->ops->profiler_region(be, false)))
+        return err;
+    if (be->ops->step_stats && !(err = be->ops->step_stats(be, ran)))
+        *ran = (struct kern_step_stats){ran->steps - st0.steps, ran->recorded - st0.recorded,
+                                        ran->replayed - st0.replayed, ran->repeated - st0.repeated, ran->nodes};
+    return err;
+}
+
 /* What one decode step reads: every tensor but the token embedding, which is read one row at a time
  * unless the output layer shares it (no output.weight). */
 static int weight_bytes(const char *path, double *bytes)
@@ -321,13 +367,40 @@ static int weight_bytes(const char *path, double *bytes)
     return SPEC_OK;
 }
 
+static void release(struct kern_backend *be, struct model *m, struct model_seq *s, int32_t *tokens, float *logits)
+{
+    free(logits);
+    free(tokens);
+    model_seq_free(s);
+    model_free(m);
+    kern_backend_destroy(be);
+}
+
+/* The table of a --trace run: what ran in the profiler region, and its wall time a pass. */
+static void print_trace(const struct kern_backend *be, const struct kern_backend_config *cfg, const struct model *m,
+                        const struct args *a, double ms, const struct kern_step_stats *ran)
+{
+    const struct model_hparams *hp = model_hparams(m);
+    char backend[128];
+    kern_backend_describe(be, cfg, backend, sizeof backend);
+    printf("| measure | value |\n|---|---|\n| backend | %s |\n", backend);
+    printf("| model | %s (%s, %d layers, n_embd %d, n_vocab %d) |\n", a->model, model_arch_name(hp->arch), hp->n_layer,
+           hp->n_embd, model_n_vocab(m));
+    printf("| traced (the profiler's region) | %d passes of %d position%s at pos %d: %.3f ms a pass |\n", a->trace,
+           a->trace_positions, a->trace_positions > 1 ? "s" : "", a->pos, ms);
+    if (cfg->graphs && be->ops->step_stats)
+        printf("| the region's steps as graphs | %ld begun: %ld recorded, %ld replayed, %ld issued again; %ld nodes a "
+               "step |\n", ran->steps, ran->recorded, ran->replayed, ran->repeated, ran->nodes);
+}
+
 int main(int argc, char **argv)
 {
     struct args a;
     if (parse_args(argc, argv, &a)) {
         fprintf(stderr, "usage: bench_roofline --model M.gguf [--device auto|cpu|cuda] [--threads N] [--pos P] "
                         "[--gamma-max G] [--seconds S] [--copy-mib MIB] [--profile STEPS] [--graphs] "
-                        "[--tensor-cores] [--blas-prefill] [--batch N] [--seqs S]\n");
+                        "[--tensor-cores] [--blas-prefill] [--batch N] [--seqs S] "
+                        "[--trace PASSES [--trace-positions N]]\n");
         return 2;
     }
     struct kern_backend *be = NULL;
@@ -340,7 +413,7 @@ int main(int argc, char **argv)
                                             .graphs = a.graphs, .tensor_cores = a.tensor_cores,
                                             .blas_prefill = a.blas_prefill};
     int err = kern_backend_create(a.device, &cfg, &be);
-    if (!err)
+    if (!err && !a.trace)
         err = copy_bandwidth(be, a.copy_mib, a.seconds, &copy_bw);
     if (!err)
         err = weight_bytes(a.model, &wbytes);
@@ -365,6 +438,16 @@ int main(int argc, char **argv)
     }
     if (!err)
         fprintf(stderr, "bench_roofline: prefill of %d tokens %.3f ms\n", a.pos, t_prefill * 1e3);
+    if (!err && a.trace) {
+        double ms = 0.0;
+        struct kern_step_stats ran;
+        if (!(err = trace_passes(be, m, s, tokens + a.pos, a.trace_positions, a.trace, &ms, &ran)))
+            print_trace(be, &cfg, m, &a, ms, &ran);
+        else
+            fprintf(stderr, "bench_roofline: trace: %s (%s)\n", spec_strerror(err), spec_errname(err));
+        release(be, m, s, tokens, logits);
+        return err ? 1 : 0;
+    }
     /* each figure also goes to stderr as it is measured: a run cut short still says how far it got */
     double t1 = 0.0, t1_logits = 0.0, tv[65] = {0};
     struct kern_step_stats st0 = {0}, st = {0}; /* around the decode timing, with --graphs */
@@ -415,11 +498,7 @@ int main(int argc, char **argv)
     }
     if (err) {
         fprintf(stderr, "bench_roofline: %s (%s)\n", spec_strerror(err), spec_errname(err));
-        free(logits);
-        free(tokens);
-        model_seq_free(s);
-        model_free(m);
-        kern_backend_destroy(be);
+        release(be, m, s, tokens, logits);
         return 1;
     }
     const struct model_hparams *hp = model_hparams(m);
@@ -470,10 +549,6 @@ int main(int argc, char **argv)
         if (n == n_verify)
             break;
     }
-    free(logits);
-    free(tokens);
-    model_seq_free(s);
-    model_free(m);
-    kern_backend_destroy(be);
+    release(be, m, s, tokens, logits);
     return err ? 1 : 0;
 }

@@ -325,6 +325,11 @@ struct kern_backend_ops {
     int (*step_end)(struct kern_backend *be, bool *again);
     /* Optional: how the steps ran so far. */
     int (*step_stats)(struct kern_backend *be, struct kern_step_stats *out);
+    /* Optional (NULL: no kernel profiler to tell, as on the CPU): from on to off is the region a kernel
+     * profiler started with its collection off records (CUDA: cudaProfilerStart/Stop, for `ncu
+     * --profile-from-start off`). Both wait for what was enqueued before them, so the region holds the
+     * work enqueued between them and nothing else. */
+    int (*profiler_region)(struct kern_backend *be, bool on);
 };
 
 struct kern_backend {

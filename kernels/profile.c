@@ -228,6 +228,11 @@ static int prof_step_stats(struct kern_backend *be, struct kern_step_stats *out)
     return INNER(be)->ops->step_stats(INNER(be), out);
 }
 
+static int prof_profiler_region(struct kern_backend *be, bool on)
+{
+    return INNER(be)->ops->profiler_region(INNER(be), on);
+}
+
 static int prof_rms_norm(struct kern_backend *be, struct kern_tensor *x, const struct kern_tensor *residual,
                          const struct kern_tensor *w, float eps, struct kern_tensor *y)
 {
@@ -319,6 +324,7 @@ int kern_profile_wrap(struct kern_backend *inner, struct kern_backend **out)
     p->ops.sample_process = inner->ops->sample_process ? prof_sample_process : NULL;
     p->ops.sample_choose = inner->ops->sample_choose ? prof_sample_choose : NULL;
     p->ops.step_stats = inner->ops->step_stats ? prof_step_stats : NULL;
+    p->ops.profiler_region = inner->ops->profiler_region ? prof_profiler_region : NULL;
     p->base.ops = &p->ops;
     *out = &p->base;
     return SPEC_OK;

@@ -9,7 +9,8 @@
 # microseconds). Results go to $OUT (or /tmp/specd-out).
 #
 #   bench/gpu/measure.sh [STEP...]     STEP: info conformance roofline identity tensor-cores prefill
-#                                      context speedup sampled suites (default: all, in that order)
+#                                      context speedup sampled suites kernels (default: all, in that
+#                                      order)
 #
 # Everything the bundle brings is kept under /tmp/specd-gpu, which outlives a call while the machine
 # stays warm: SmolLM2 travels in parts over several calls and the speedup step runs once all are there.
@@ -34,6 +35,11 @@
 # of one (query, head) pair (SPECD_CUDA_ATT_TILE=0, the A/B of its blocks of 8), then greedy identity
 # with cuBLAS prefills. The context step times decode and verification of the target at position
 # 4000 (its profile: what attention costs when each of a KV head's 6 query heads reads 4000 keys).
+# The kernels step profiles each kernel of the target's steady-state steps replayed as graphs, decode
+# steps and verification passes of 8 positions, dp4a and tensor cores, with Nsight Compute (ncu, on
+# the machine; bench_roofline --trace marks the passes, bench/gpu/ncu_table.py makes the tables): each
+# kernel's own time and DRAM bytes, and their sum against the wall time of the same passes without the
+# profiler, which says how much of a step is kernels and how much the time between them.
 #
 # With the device tool (64 MiB travel per call; the bundle's parts are sized for two calls; seen on
 # an H200 in 2026-11: ~35 s to start a machine, ~150 s for call 2's steps without the suites):
@@ -43,7 +49,8 @@
 #      "bench/gpu/measure.sh info conformance roofline identity", timeout 300
 #   3. at once (while warm): carry=[.gpu/model/smollm2.part01, .gpu/model/smollm2.part02] (~64 MB),
 #      command "bench/gpu/measure.sh tensor-cores prefill context speedup sampled suites", timeout 300
-#   4. give_back; commit $OUT's tables as bench/results/<date>-<gpu>.md with these commands.
+#   4. at once: command "bench/gpu/measure.sh kernels", timeout 300 (nothing to carry)
+#   5. give_back; commit $OUT's tables as bench/results/<date>-<gpu>.md with these commands.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 stash=/tmp/specd-gpu
@@ -86,7 +93,7 @@ models_ready() {
     [ "$models_rc" -eq 0 ] || { cat "$out/mkmodel.log"; return 1; }
 }
 
-steps=${*:-info conformance roofline identity tensor-cores prefill context speedup sampled suites}
+steps=${*:-info conformance roofline identity tensor-cores prefill context speedup sampled suites kernels}
 status=0
 for step in $steps; do
     t_step=$SECONDS
@@ -210,6 +217,35 @@ for step in $steps; do
             "$B/bench_spec" --device "$device" --target "$target" --draft "$draft" --prompts "$stash/prompts-dev.jsonl" \
                 --per-category 1 -n 32 --gammas 4,0 --temperature 0.8 --sampling $where 2>"$out/sampled-$where.log" |
                 tee "$out/sampled-$where.md" || status=1
+        done
+        ;;
+    kernels)
+        models_ready || { status=1; continue; }
+        ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | tail -1)
+        [ -n "$ncu" ] || echo "kernels: no ncu on this machine: the passes' wall times only"
+        for how in "" --tensor-cores; do
+            for n in 1 8; do
+                name=kernels-target${how:+-tc}-$n
+                what="decode steps"
+                [ "$n" -eq 1 ] || what="verification passes of $n positions"
+                run="$B/bench_roofline --device $device --model $target --pos 512 --gamma-max 8 --seconds 0.2
+                     --graphs $how --trace-positions $n"
+                $run --trace 16 | tee "$out/$name.md" || { status=1; continue; }
+                [ -n "$ncu" ] || continue
+                wall=$(sed -n 's/.*: \([0-9.]*\) ms a pass.*/\1/p' "$out/$name.md")
+                if "$ncu" --profile-from-start off --graph-profiling node --clock-control none --cache-control none \
+                    --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,launch__registers_per_thread \
+                    -f -o "$out/$name" $run --trace 2 >"$out/$name-ncu.log" 2>&1 &&
+                    "$ncu" --import "$out/$name.ncu-rep" --csv --page raw --print-units base >"$out/$name.csv"; then
+                    echo | tee -a "$out/$name.md"
+                    python3 bench/gpu/ncu_table.py --passes 2 --wall-ms "$wall" \
+                        --title "kernel (ncu; ${how:+tensor cores, }$what)" "$out/$name.csv" |
+                        tee -a "$out/$name.md" || status=1
+                else
+                    tail -5 "$out/$name-ncu.log"
+                    status=1
+                fi
+            done
         done
         ;;
     *) echo "measure: unknown step $step" >&2; status=2 ;;

@@ -32,6 +32,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cuda_profiler_api.h>
+
 extern "C" {
 #include "common/err.h"
 }
@@ -993,7 +995,7 @@ static int cuda_sample_choose_op(struct kern_backend *be, struct kern_choose *jo
 }
 
 /* ---------------------------------------------------------------------------------------------- */
-/* Profiling marks                                                                                */
+/* Profiling marks and the profiler's region                                                      */
 
 static int cuda_mark(struct kern_backend *be, int *id)
 {
@@ -1035,6 +1037,14 @@ static int cuda_mark_elapsed(struct kern_backend *be, int from, int to, float *m
 static void cuda_marks_reset(struct kern_backend *be)
 {
     cuda_of(be)->n_marks = 0;
+}
+
+static int cuda_profiler_region(struct kern_backend *be, bool on)
+{
+    struct cuda_backend *cb = cuda_of(be);
+    SPEC_TRY(settle(cb));
+    SPEC_TRY(err_of(cudaStreamSynchronize(cb->stream)));
+    return err_of(on ? cudaProfilerStart() : cudaProfilerStop());
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -1100,6 +1110,7 @@ static const struct kern_backend_ops cuda_ops = {
     .step_begin = cuda_step_begin,
     .step_end = cuda_step_end,
     .step_stats = cuda_step_stats,
+    .profiler_region = cuda_profiler_region,
 };
 
 /* The A/B switches (SPECD_CUDA_PDL, _PREFETCH, _ATT_TILE, _AFTER_MATMUL, _JOIN): on unless set to 0. */

@@ -25,6 +25,7 @@
 
 #include "cublas_v2.h"
 #include "cuda_fp16.h"
+#include "cuda_profiler_api.h"
 #include "cuda_runtime.h"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -596,6 +597,18 @@ cudaError_t cudaStreamSynchronize(cudaStream_t)
 cudaError_t cudaDeviceSynchronize(void)
 {
     forbid_in_capture("cudaDeviceSynchronize");
+    return cudaSuccess;
+}
+
+cudaError_t cudaProfilerStart(void)
+{
+    forbid_in_capture("cudaProfilerStart");
+    return cudaSuccess;
+}
+
+cudaError_t cudaProfilerStop(void)
+{
+    forbid_in_capture("cudaProfilerStop");
     return cudaSuccess;
 }
 
