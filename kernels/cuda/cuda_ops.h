@@ -33,8 +33,8 @@ struct cuda_trace;
 extern thread_local struct cuda_trace *cuda_tracing; /* the backend's trace during such a step, else NULL */
 /* Recorded kernels launch as programmatic dependents (below) unless SPECD_CUDA_PDL=0 (for the A/B). */
 extern bool cuda_dependent_launches;
-/* The matmuls prefetch their weights before they wait (cuda_prefetch_l2) unless SPECD_CUDA_PREFETCH=0
- * (for the A/B). */
+/* The matmuls prefetch their weights, and attention its chunks' keys and values, before they wait
+ * (cuda_prefetch_l2) unless SPECD_CUDA_PREFETCH=0 (for the A/B). */
 extern bool cuda_prefetch_weights;
 /* A prefill's attention takes several (query, head) pairs a block (cuda_attention) unless
  * SPECD_CUDA_ATT_TILE=0 (for the A/B). */
@@ -124,9 +124,10 @@ static __device__ __forceinline__ void cuda_grid_wait(void)
 }
 
 /* A hint that the block reads [p, p + bytes) soon: its threads bring the range's 128-byte lines into
- * L2. Issued before cuda_grid_wait for what no kernel of a step writes (weights), it lets a recorded
- * step's memory traffic overlap the end of the kernel before, whose last blocks leave the memory idle.
- * L2 is where global memory is coherent, so the hint can never make a load see stale values. */
+ * L2. Issued before cuda_grid_wait for what the kernels before mostly do not write (weights, the cache
+ * rows of earlier steps), it lets a recorded step's memory traffic overlap the end of the kernel
+ * before, whose last blocks leave the memory idle. L2 is where global memory is coherent, so the hint
+ * can never make a load see stale values, even of a line written after it. */
 static __device__ __forceinline__ void cuda_prefetch_l2(const void *p, size_t bytes)
 {
     const uintptr_t start = (uintptr_t)p, end = start + bytes;

@@ -388,6 +388,7 @@ cudaError_t cuda_argmax(cudaStream_t st, struct cuda_buf *scratch, struct cuda_b
 #define ATT_THREADS ATT_CHUNK
 #define ATT_WARPS (ATT_THREADS / CUDA_WARP)
 #define ATT_LOADS 8 /* cache loads a thread issues before using the first: their latencies overlap */
+#define ATT_DIMS (CUDA_ATTN_MAX_HEAD_DIM / ATT_THREADS) /* output dimensions a thread combines, at most */
 #define ATT_TILE 8  /* (query, head) pairs a block of a prefill takes; verification passes (at most 33
                      * queries a sequence) and decode steps keep a pair a block, the most blocks for the
                      * latency-bound shapes */
@@ -486,9 +487,8 @@ __global__ void __launch_bounds__(ATT_THREADS)
     attn_chunk_kernel(const float *q, size_t q_stride, const attn_seqs ss, size_t k_row_bytes, bool k_f16, bool k_vec,
                       size_t v_row_bytes, bool v_f16, bool v_vec, int n_head, int group, int head_dim, float scale,
                       int n_chunks, float *part_o, float *part_ml, int *done, float *out, size_t out_stride,
-                      const cuda_q8_out conv)
+                      const cuda_q8_out conv, bool prefetch)
 {
-    cuda_grid_wait();
     constexpr int V_LOADS = R == 1 ? ATT_LOADS : 4; /* value loads ahead: R pairs' o[8] share the registers */
     __shared__ float qs[R][CUDA_ATTN_MAX_HEAD_DIM];
     __shared__ float p[R][ATT_CHUNK];
@@ -505,6 +505,16 @@ __global__ void __launch_bounds__(ATT_THREADS)
     for (int r = 0; r < R; r++)
         len[r] = r < pairs ? min(ATT_CHUNK, first_kv + (f0 + r) / group - j0) : 0;
     const int len_max = min(ATT_CHUNK, first_kv + (f0 + pairs - 1) / group - j0); /* the last pair's len */
+    /* The chunk's key and value rows into L2 before the wait, as the matmuls prefetch their weights: the
+     * rows before this step's are not written in it, and the hint cannot make a load see stale values
+     * of the ones that are (cuda_prefetch_l2). The position read above is the step's first copy's, done
+     * before any kernel of the step started. */
+    if (prefetch && len_max > 0) { /* a row's values end before its stride does (a view of K|V rows) */
+        const size_t kv_width = (size_t)(n_head / group) * head_dim;
+        cuda_prefetch_l2(k + (size_t)j0 * k_row_bytes, (size_t)(len_max - 1) * k_row_bytes + kv_width * (k_f16 ? 2 : 4));
+        cuda_prefetch_l2(v + (size_t)j0 * v_row_bytes, (size_t)(len_max - 1) * v_row_bytes + kv_width * (v_f16 ? 2 : 4));
+    }
+    cuda_grid_wait();
     if (len_max <= 0)
         return; /* past every pair's keys: the whole block leaves, before any barrier */
     const int tid = threadIdx.x, lane = tid % CUDA_WARP, warp = tid / CUDA_WARP;
@@ -625,8 +635,13 @@ __global__ void __launch_bounds__(ATT_THREADS)
         __syncthreads(); /* os is written again for the next pair */
     }
 
-    /* the last of a pair's used chunks combines them (the partials of other blocks are read from L2:
-     * __ldcg, after their writers' fences) */
+    /* the last of a pair's used chunks combines them (what other blocks wrote is read from L2: __ldcg,
+     * after their writers' fences): the chunks' maxima at once, then up to ATT_THREADS chunks at a time
+     * their weights exp(m - max) and sums into shared memory, and each thread's partials ATT_LOADS at a
+     * time, so that the reads are a few round trips to L2 and not three a chunk; the float operations
+     * are the chunks' in order all the same */
+    __shared__ float cmax[ATT_WARPS];
+    float *wsh = os, *lsh = os + ATT_THREADS; /* os is free again */
 #pragma unroll
     for (int r = 0; r < R; r++) {
         if (len[r] <= 0)
@@ -637,19 +652,53 @@ __global__ void __launch_bounds__(ATT_THREADS)
             continue;
         const size_t slot0 = ((size_t)i * n_head + h) * n_chunks;
         float mx = -INFINITY;
-        for (int cc = 0; cc < used; cc++)
+        for (int cc = tid; cc < used; cc += ATT_THREADS)
             mx = fmaxf(mx, __ldcg(&part_ml[2 * (slot0 + cc)]));
-        float lsum = 0.0f;
-        for (int cc = 0; cc < used; cc++)
-            lsum = __fmaf_rn(expf(__ldcg(&part_ml[2 * (slot0 + cc)]) - mx), __ldcg(&part_ml[2 * (slot0 + cc) + 1]),
-                             lsum);
-        for (int d = tid; d < head_dim; d += ATT_THREADS) {
-            float od = 0.0f;
-            for (int cc = 0; cc < used; cc++)
-                od = __fmaf_rn(expf(__ldcg(&part_ml[2 * (slot0 + cc)]) - mx),
-                               __ldcg(&part_o[(slot0 + cc) * head_dim + d]), od);
-            out[(size_t)i * out_stride + (size_t)h * head_dim + d] = od / lsum;
+        for (int off = CUDA_WARP / 2; off > 0; off >>= 1)
+            mx = fmaxf(mx, __shfl_xor_sync(CUDA_FULL_MASK, mx, off));
+        if (lane == 0)
+            cmax[warp] = mx;
+        __syncthreads();
+        mx = cmax[0];
+        for (int w = 1; w < ATT_WARPS; w++)
+            mx = fmaxf(mx, cmax[w]);
+        float lsum = 0.0f, od[ATT_DIMS];
+#pragma unroll
+        for (int k = 0; k < ATT_DIMS; k++)
+            od[k] = 0.0f;
+        for (int c0 = 0; c0 < used; c0 += ATT_THREADS) {
+            const int nc = min(ATT_THREADS, used - c0);
+            if (tid < nc) {
+                const size_t slot = slot0 + c0 + tid;
+                wsh[tid] = expf(__ldcg(&part_ml[2 * slot]) - mx);
+                lsh[tid] = __ldcg(&part_ml[2 * slot + 1]);
+            }
+            __syncthreads();
+            for (int cc = 0; cc < nc; cc++)
+                lsum = __fmaf_rn(wsh[cc], lsh[cc], lsum);
+#pragma unroll
+            for (int k = 0; k < ATT_DIMS; k++) {
+                const int d = tid + k * ATT_THREADS;
+                if (d >= head_dim)
+                    break;
+                const float *po = part_o + (slot0 + c0) * head_dim + d;
+                for (int b0 = 0; b0 < nc; b0 += ATT_LOADS) {
+                    float pv[ATT_LOADS];
+#pragma unroll
+                    for (int b = 0; b < ATT_LOADS; b++)
+                        pv[b] = b0 + b < nc ? __ldcg(po + (size_t)(b0 + b) * head_dim) : 0.0f;
+#pragma unroll
+                    for (int b = 0; b < ATT_LOADS; b++)
+                        if (b0 + b < nc)
+                            od[k] = __fmaf_rn(wsh[b0 + b], pv[b], od[k]);
+                }
+            }
+            __syncthreads(); /* wsh and lsh are written again for the next chunks, or the next pair */
         }
+#pragma unroll
+        for (int k = 0; k < ATT_DIMS; k++)
+            if (tid + k * ATT_THREADS < head_dim)
+                out[(size_t)i * out_stride + (size_t)h * head_dim + tid + k * ATT_THREADS] = od[k] / lsum;
         if (conv.q)
             convert_heads(conv, out, out_stride, n_head, head_dim, h, i);
     }
@@ -706,7 +755,8 @@ cudaError_t cuda_attention(cudaStream_t st, struct cuda_act *act, const struct c
     }
     CUDA_LAUNCH(grid, ATT_THREADS, st, *(per_block == 1 ? attn_chunk_kernel<1> : attn_chunk_kernel<ATT_TILE>))(
         a->q, a->q_stride, ss, a->k_row_bytes, a->k_type == SPEC_F16, k_vec, a->v_row_bytes, a->v_type == SPEC_F16,
-        v_vec, a->n_head, group, a->head_dim, a->scale, n_chunks, part_o, part_ml, done, a->out, a->out_stride, conv);
+        v_vec, a->n_head, group, a->head_dim, a->scale, n_chunks, part_o, part_ml, done, a->out, a->out_stride, conv,
+        cuda_prefetch_weights);
     const cudaError_t lerr = cudaGetLastError();
     if (lerr == cudaSuccess && conv.q)
         cuda_act_out_keep(act, a->out, a->out_stride, width, a->n, form);

@@ -1449,6 +1449,8 @@ Test(conformance, attention_matches_the_cpu_and_is_batch_invariant)
         {.n_head = 6, .n_head_kv = 2, .head_dim = 64, .pos0 = 100, .n = 50, .rows = 150, .kv = SPEC_F16},
         {.n_head = 2, .n_head_kv = 1, .head_dim = 256, .pos0 = 0, .n = 48, .rows = 48, .kv = SPEC_F32},
         {.n_head = 3, .n_head_kv = 1, .head_dim = 20, .pos0 = 110, .n = 49, .rows = 159, .kv = SPEC_F16},
+        /* keys in 129 chunks: CUDA combines a query's chunks 128 at a time */
+        {.n_head = 2, .n_head_kv = 1, .head_dim = 16, .pos0 = 16500, .n = 2, .rows = 16502, .kv = SPEC_F16},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         check_attention(&cases[i]);
