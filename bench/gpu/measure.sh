@@ -223,6 +223,8 @@ for step in $steps; do
         models_ready || { status=1; continue; }
         ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | tail -1)
         [ -n "$ncu" ] || echo "kernels: no ncu on this machine: the passes' wall times only"
+        metrics=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,launch__registers_per_thread
+        metrics=$metrics,sm__warps_active.avg.pct_of_peak_sustained_active
         for how in "" --tensor-cores; do
             for n in 1 8; do
                 name=kernels-target${how:+-tc}-$n
@@ -234,7 +236,7 @@ for step in $steps; do
                 [ -n "$ncu" ] || continue
                 wall=$(sed -n 's/.*: \([0-9.]*\) ms a pass.*/\1/p' "$out/$name.md")
                 if "$ncu" --profile-from-start off --graph-profiling node --clock-control none --cache-control none \
-                    --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,launch__registers_per_thread \
+                    --metrics "$metrics" \
                     -f -o "$out/$name" $run --trace 2 >"$out/$name-ncu.log" 2>&1 &&
                     "$ncu" --import "$out/$name.ncu-rep" --csv --page raw --print-units base >"$out/$name.csv"; then
                     echo | tee -a "$out/$name.md"

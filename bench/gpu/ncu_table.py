@@ -7,7 +7,7 @@ step's wall time no kernel runs in.
 
 REPORT.csv: `ncu --import R.ncu-rep --csv --page raw --print-units base`, profiled with the metrics
 gpu__time_duration.sum, dram__bytes_read.sum, dram__bytes_write.sum (launch__registers_per_thread
-when present). Kernels are grouped by name, grid and block (a matmul kernel per weight shape), and
+and sm__warps_active.avg.pct_of_peak_sustained_active, the achieved occupancy, when present). Kernels are grouped by name, grid and block (a matmul kernel per weight shape), and
 sorted by their time a pass. --passes: the traced passes (bench_roofline --trace); --wall-ms: the wall
 time of a pass of the same run without the profiler, whose difference from the kernels' sum is the
 time between kernels (launch latency, waits, the host)."""
@@ -19,6 +19,7 @@ TIME = "gpu__time_duration.sum"
 READ = "dram__bytes_read.sum"
 WRITE = "dram__bytes_write.sum"
 REGS = "launch__registers_per_thread"
+OCCUPANCY = "sm__warps_active.avg.pct_of_peak_sustained_active"
 SCALE = {  # units ncu may print, to nanoseconds and bytes
     "nsecond": 1.0, "usecond": 1e3, "msecond": 1e6, "second": 1e9,
     "byte": 1.0, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9, "KB": 1e3, "MB": 1e6, "GB": 1e9,
@@ -74,7 +75,8 @@ def read_report(path):
         kernels.append({"name": short_name(r[cols["Kernel Name"]]),
                         "grid": r[cols["Grid Size"]] if "Grid Size" in cols else "",
                         "block": r[cols["Block Size"]] if "Block Size" in cols else "",
-                        "ns": get(TIME), "read": get(READ), "write": get(WRITE), "regs": get(REGS)})
+                        "ns": get(TIME), "read": get(READ), "write": get(WRITE), "regs": get(REGS),
+                        "occupancy": get(OCCUPANCY)})
     return kernels
 
 
@@ -93,22 +95,25 @@ def main():
     groups = {}
     for k in kernels:
         g = groups.setdefault((k["name"], k["grid"], k["block"]),
-                              {"calls": 0, "ns": 0.0, "read": 0.0, "write": 0.0, "regs": k["regs"]})
+                              {"calls": 0, "ns": 0.0, "read": 0.0, "write": 0.0, "regs": k["regs"], "occ_ns": 0.0})
         g["calls"] += 1
         g["ns"] += k["ns"]
+        g["occ_ns"] += k["occupancy"] * k["ns"]
         g["read"] += k["read"]
         g["write"] += k["write"]
     p = a.passes
-    print(f"| {a.title} | grid x block | registers | calls/pass | µs/pass | µs/call | DRAM MB/pass (read + write) "
-          "| GB/s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"| {a.title} | grid x block | registers | occupancy | calls/pass | µs/pass | µs/call "
+          "| DRAM MB/pass (read + write) | GB/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for (name, grid, block), g in sorted(groups.items(), key=lambda kv: -kv[1]["ns"]):
         moved = g["read"] + g["write"]
-        print(f"| `{name}` | {grid} x {block} | {g['regs']:.0f} | {g['calls'] / p:.1f} | {g['ns'] / p / 1e3:.1f} "
+        occupancy = g["occ_ns"] / g["ns"] if g["ns"] else 0.0  # the calls' mean, weighted by their time
+        print(f"| `{name}` | {grid} x {block} | {g['regs']:.0f} | {occupancy:.0f}% | {g['calls'] / p:.1f} "
+              f"| {g['ns'] / p / 1e3:.1f} "
               f"| {g['ns'] / g['calls'] / 1e3:.2f} | {moved / p / 1e6:.2f} | {moved / g['ns'] if g['ns'] else 0:.0f} |")
     ns = sum(k["ns"] for k in kernels)
     moved = sum(k["read"] + k["write"] for k in kernels)
-    print(f"| all kernels | | | {len(kernels) / p:.1f} | {ns / p / 1e3:.1f} | | {moved / p / 1e6:.2f} "
+    print(f"| all kernels | | | | {len(kernels) / p:.1f} | {ns / p / 1e3:.1f} | | {moved / p / 1e6:.2f} "
           f"| {moved / ns if ns else 0:.0f} |")
     if a.wall_ms:
         wall_us, busy_us = a.wall_ms * 1e3, ns / p / 1e3
