@@ -32,6 +32,7 @@
 
 #define MMV_WARPS 4 /* warps per thread block */
 #define MMV_TILE 8  /* activation rows per pass over a weight row */
+#define MMV_AHEAD 4 /* units of its row a lane loads before using the first, where it has many (launch_mmv_deep) */
 #define MMV_THREADS (MMV_WARPS * CUDA_WARP)
 
 /* For a recorded step's trace: the members that reach the kernel (not the padding between them). */
@@ -216,7 +217,7 @@ struct w_q4_0 : mma_q32<false> {
         uint32_t lo[4], hi[4];
     };
     typedef x_q8_32 X;
-    static __device__ int units(int k) { return k / 32; }
+    static __host__ __device__ int units(int k) { return k / 32; }
     static __device__ void load(const cuda_mm_args &a, const uint8_t *wrow, int u, U &w)
     {
         const uint8_t *b = wrow + 18 * (size_t)u;
@@ -257,7 +258,7 @@ struct w_q4_1 : mma_q32<true> {
         uint32_t lo[4], hi[4];
     };
     typedef x_q8_32 X;
-    static __device__ int units(int k) { return k / 32; }
+    static __host__ __device__ int units(int k) { return k / 32; }
     static __device__ void load(const cuda_mm_args &a, const uint8_t *wrow, int u, U &w)
     {
         const uint8_t *b = wrow + 20 * (size_t)u;
@@ -308,7 +309,7 @@ struct w_q5_0 : mma_q32<false> {
         uint32_t lo[4], hi[4]; /* with the fifth bits */
     };
     typedef x_q8_32 X;
-    static __device__ int units(int k) { return k / 32; }
+    static __host__ __device__ int units(int k) { return k / 32; }
     static __device__ void load(const cuda_mm_args &a, const uint8_t *wrow, int u, U &w)
     {
         const uint8_t *b = wrow + 22 * (size_t)u;
@@ -352,7 +353,7 @@ struct w_q8_0 : mma_q32<false> {
         int qs[8];
     };
     typedef x_q8_32 X;
-    static __device__ int units(int k) { return k / 32; }
+    static __host__ __device__ int units(int k) { return k / 32; }
     static __device__ void load(const cuda_mm_args &a, const uint8_t *wrow, int u, U &w)
     {
         const uint8_t *b = wrow + 34 * (size_t)u;
@@ -422,7 +423,7 @@ struct w_q4_K {
         uint32_t lo[8], hi[8]; /* sub-blocks 2p and 2p+1 */
     };
     typedef x_q8_K64 X;
-    static __device__ int units(int k) { return k / 64; }
+    static __host__ __device__ int units(int k) { return k / 64; }
     static __device__ void load(const cuda_mm_args &a, const uint8_t *wrow, int u, U &w)
     {
         const int p = u % 4;
@@ -531,7 +532,7 @@ struct w_q6_K {
         float d;
         int sum16[4];
     };
-    static __device__ int units(int k) { return k / 64; }
+    static __host__ __device__ int units(int k) { return k / 64; }
     static __device__ void load(const cuda_mm_args &a, const uint8_t *wrow, int u, U &w)
     {
         const int h = (u % 4) / 2, qa = u % 2;
@@ -649,7 +650,7 @@ struct w_float {
         float v[8];
     };
     typedef U X;
-    static __device__ int units(int k) { return (k + 7) / 8; }
+    static __host__ __device__ int units(int k) { return (k + 7) / 8; }
     static __device__ float elem(const uint8_t *row, int e)
     {
         if (T == SPEC_F32)
@@ -806,8 +807,9 @@ static __device__ __forceinline__ void mmv_units(const cuda_mm_args &a, const ui
  * SW (swiglu) RPW/2 rows of part 0 and the same rows of part 1. T: activation rows a pass over the
  * weights (MMV_TILE for batches; 1 for one row, whose accumulators then hold no registers for rows
  * that are not there: more warps fit an SM, and more weight bytes are in flight). AFTER: one row with
- * work after it (after_matmul; a kernel of its own, so that the others keep their registers). */
-template <class W, int RPW, bool SW, int T, bool AFTER = false>
+ * work after it (after_matmul; a kernel of its own, so that the others keep their registers). AHEAD:
+ * units of each row a lane loads before it uses the first (mmv_units). */
+template <class W, int RPW, bool SW, int T, bool AFTER = false, int AHEAD = 1>
 __global__ void __launch_bounds__(MMV_THREADS) mmv(const cuda_mm_args a)
 {
     static_assert(!AFTER || (!SW && T == 1), "work after a matmul of one row");
@@ -828,7 +830,7 @@ __global__ void __launch_bounds__(MMV_THREADS) mmv(const cuda_mm_args a)
     for (int t0 = 0; t0 < a.n; t0 += T) {
         const int nt = min(T, a.n - t0);
         float acc[RPW][T];
-        mmv_units<W, RPW, 1, T>(a, wrow, t0, nt, lane, CUDA_WARP, acc);
+        mmv_units<W, RPW, AHEAD, T>(a, wrow, t0, nt, lane, CUDA_WARP, acc);
 #pragma unroll
         for (int r = 0; r < T; r++) {
             if (r < nt) {
@@ -1110,10 +1112,29 @@ static int mmv_rows_per_warp(int n)
     return n > 1 ? 4 : 2;
 }
 
+/* One activation row by quantised weights with more units a row than a warp has lanes (w_down's 140 of
+ * Q4_K at k = 8960): each lane then adds several units of each row, one load after another if it
+ * waited for each, and such a matrix is narrow (w_down's 1536 rows: 768 warps at 2 rows a warp, fewer
+ * than an H200 holds). So a warp takes one row and loads MMV_AHEAD units of it before it uses the
+ * first: the same sums in the same order, in fewer round trips to memory. A swiglu pair (gate|up:
+ * rows enough to fill the GPU) keeps launch_mmv_rpw's kernel; a block's rows a part are MMV_WARPS
+ * either way (output_conversion counts on it). */
+template <class W>
+static cudaError_t launch_mmv_deep(cudaStream_t st, const cuda_mm_args &a)
+{
+    return launch_parts(st, a, MMV_WARPS, MMV_THREADS, mmv<W, 2, true, 1>, mmv<W, 1, false, 1, true, MMV_AHEAD>,
+                        mmv<W, 1, false, 1, false, MMV_AHEAD>);
+}
+
 template <class W>
 static cudaError_t launch_mmv(cudaStream_t st, const cuda_mm_args &a)
 {
-    return mmv_rows_per_warp(a.n) == 4 ? launch_mmv_rpw<W, 4, MMV_TILE>(st, a) : launch_mmv_rpw<W, 2, 1>(st, a);
+    if (mmv_rows_per_warp(a.n) == 4)
+        return launch_mmv_rpw<W, 4, MMV_TILE>(st, a);
+    if constexpr (!float_weights<W>)
+        if (W::units(a.k) > CUDA_WARP)
+            return launch_mmv_deep<W>(st, a);
+    return launch_mmv_rpw<W, 2, 1>(st, a);
 }
 
 /* A quantised type's kernel. dp4a (mmv) for every batch size, or with tensor cores mmq's order for

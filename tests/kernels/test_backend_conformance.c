@@ -1081,15 +1081,16 @@ Test(conformance, a_norm_and_the_matmul_reading_it_give_the_bits_of_the_two_apar
     free(xh), free(rh), free(wh);
 }
 
-/* A decode step's wo, ffn norm and gate|up: a norm adding a one-row matmul's output as its residual,
- * between that matmul and a matmul of the norm's output, runs in the first matmul's last thread block
- * and converts for the second one. It gives the bits of the three ops apart (the first matmul's output
- * read back before the norm), after every weight type, into each conversion (Q8_0, Q8_1, Q8_K), with
- * the norm's output in a tensor of its own or over the residual. */
+/* A decode step's w_down, attention norm and q|k|v: a norm adding a one-row matmul's output as its
+ * residual, between that matmul and a matmul of the norm's output, runs in the first matmul's last
+ * thread block and converts for the second one. It gives the bits of the three ops apart (the first
+ * matmul's output read back before the norm), after every weight type (the quantised ones at more
+ * units a row than a warp has lanes, as w_down's), into each conversion (Q8_0, Q8_1, Q8_K), with the
+ * norm's output in a tensor of its own or over the residual. */
 Test(conformance, a_norm_between_two_matmuls_of_one_row_gives_the_bits_of_the_ops_apart)
 {
     need_cuda();
-    const int64_t k = 512, ne0 = 768, rows = 67;
+    const int64_t k = 2304, ne0 = 768, rows = 67;
     const enum spec_dtype after[] = {SPEC_Q4_0, SPEC_Q4_1, SPEC_Q4_K};
     float *inh = random_f32(k, 1.0f), *xh = random_f32(ne0, 3.0f), *nwh = random_f32(ne0, 1.0f);
     struct kern_tensor in = upload(gpu, SPEC_F32, k, 1, inh), nw = upload(gpu, SPEC_F32, ne0, 1, nwh);
