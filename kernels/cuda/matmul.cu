@@ -12,7 +12,8 @@
  *    fused multiply-add per scale; float units add their 8 products in order, also with fmaf.
  *  - One warp owns a few weight rows (RPW): lane l adds units l, l+32, l+64, ... of each in that order
  *    into one accumulator per (weight row, activation row), and lane 0 takes the sum of the 32 lanes
- *    by a fixed butterfly.
+ *    by a fixed butterfly. A quantised row of more units than lanes takes a block of 4 warps instead
+ *    (mmv_wide: lane l of 128 adds units l, l+128, ...; the warps' sums added in order).
  *    The activation rows are walked in tiles of MMV_TILE (a single row in a tile of one), each row in
  *    its own accumulator with the same instructions, so nothing in a row's order of operations
  *    depends on how many rows share the call or where the row sits in it: n rows in one call give the
@@ -32,7 +33,7 @@
 
 #define MMV_WARPS 4 /* warps per thread block */
 #define MMV_TILE 8  /* activation rows per pass over a weight row */
-#define MMV_AHEAD 4 /* units of its row a lane loads before using the first, where it has many (launch_mmv_deep) */
+#define MMV_WIDE_AHEAD 2 /* units of its row a lane of mmv_wide loads before using the first */
 #define MMV_THREADS (MMV_WARPS * CUDA_WARP)
 
 /* For a recorded step's trace: the members that reach the kernel (not the padding between them). */
@@ -807,9 +808,8 @@ static __device__ __forceinline__ void mmv_units(const cuda_mm_args &a, const ui
  * SW (swiglu) RPW/2 rows of part 0 and the same rows of part 1. T: activation rows a pass over the
  * weights (MMV_TILE for batches; 1 for one row, whose accumulators then hold no registers for rows
  * that are not there: more warps fit an SM, and more weight bytes are in flight). AFTER: one row with
- * work after it (after_matmul; a kernel of its own, so that the others keep their registers). AHEAD:
- * units of each row a lane loads before it uses the first (mmv_units). */
-template <class W, int RPW, bool SW, int T, bool AFTER = false, int AHEAD = 1>
+ * work after it (after_matmul; a kernel of its own, so that the others keep their registers). */
+template <class W, int RPW, bool SW, int T, bool AFTER = false>
 __global__ void __launch_bounds__(MMV_THREADS) mmv(const cuda_mm_args a)
 {
     static_assert(!AFTER || (!SW && T == 1), "work after a matmul of one row");
@@ -830,7 +830,7 @@ __global__ void __launch_bounds__(MMV_THREADS) mmv(const cuda_mm_args a)
     for (int t0 = 0; t0 < a.n; t0 += T) {
         const int nt = min(T, a.n - t0);
         float acc[RPW][T];
-        mmv_units<W, RPW, AHEAD, T>(a, wrow, t0, nt, lane, CUDA_WARP, acc);
+        mmv_units<W, RPW, 1, T>(a, wrow, t0, nt, lane, CUDA_WARP, acc);
 #pragma unroll
         for (int r = 0; r < T; r++) {
             if (r < nt) {
@@ -859,6 +859,71 @@ __global__ void __launch_bounds__(MMV_THREADS) mmv(const cuda_mm_args a)
     }
     if (SW && a.out.q)
         convert_out(a, block * MMV_WARPS * per_part, MMV_WARPS * per_part);
+    if constexpr (AFTER)
+        after_matmul<MMV_THREADS>(a);
+}
+
+/* A quantised row of more units than a warp has lanes (k past 32 units: w_down's 140 Q4_K units at
+ * k = 8960) takes a whole block: lane L of its MMV_THREADS adds units L, L + MMV_THREADS, ... in that
+ * order (MMV_WIDE_AHEAD loaded before the first is used), each warp sums its lanes by the butterfly,
+ * and the block adds the warps' sums in warp order, then the bias. Such matrices are narrow (w_down's
+ * 1536 rows): a warp a row would take 4-5 units a lane one after another, and a batch's 4 rows a warp
+ * only 96 blocks, fewer than the GPU's multiprocessors; a block a row gives 1536 blocks of one or two
+ * units a lane. The order depends on k alone, so a row's bits are the same in a decode step and in a
+ * batch. Activation rows in tiles of MMV_TILE, one row too (rare shapes: no kernels of their own for
+ * it). SW: the block holds the row of both parts. AFTER: as mmv's (one activation row). */
+template <class W, bool SW, bool AFTER = false>
+__global__ void __launch_bounds__(MMV_THREADS) mmv_wide(const cuda_mm_args a)
+{
+    static_assert(!AFTER || !SW, "work after a matmul without swiglu");
+    constexpr int T = MMV_TILE;
+    constexpr int NP = SW ? 2 : 1; /* parts whose row the block holds */
+    __shared__ float sums[MMV_WARPS][NP][T];
+    int p;
+    const int row = block_start<SW>(a, 1, &p);
+    const int lane = threadIdx.x % CUDA_WARP, warp = threadIdx.x / CUDA_WARP;
+    const cuda_mm_part mine = part_of(a, p), other = a.part[1]; /* other: swiglu's up row */
+    const uint8_t *wrow[NP];
+#pragma unroll
+    for (int q = 0; q < NP; q++)
+        wrow[q] = (q == 0 ? mine : other).w + (size_t)row * (q == 0 ? mine : other).w_row_bytes;
+    for (int t0 = 0; t0 < a.n; t0 += T) {
+        const int nt = min(T, a.n - t0);
+        float acc[NP][T];
+        mmv_units<W, NP, MMV_WIDE_AHEAD, T>(a, wrow, t0, nt, (int)threadIdx.x, MMV_THREADS, acc);
+#pragma unroll
+        for (int q = 0; q < NP; q++)
+#pragma unroll
+            for (int r = 0; r < T; r++) {
+                if (r >= nt) /* the same for the whole block */
+                    break;
+                const float v = warp_sum(acc[q][r]);
+                if (lane == 0)
+                    sums[warp][q][r] = v;
+            }
+        __syncthreads();
+        const int r = (int)threadIdx.x;
+        if (r < nt) { /* thread r finishes activation row t0 + r */
+            float v[NP];
+#pragma unroll
+            for (int q = 0; q < NP; q++) {
+                const cuda_mm_part &o = q == 0 ? mine : other;
+                float y = sums[0][q][r];
+                for (int w = 1; w < MMV_WARPS; w++)
+                    y = y + sums[w][q][r];
+                v[q] = o.bias ? y + o.bias[row] : y;
+            }
+            if (SW) { /* the gate times the up row, as swiglu does */
+                mine.y[(size_t)(t0 + r) * mine.y_stride + row] = cuda_silu_mul(v[0], v[NP - 1]);
+                other.y[(size_t)(t0 + r) * other.y_stride + row] = v[NP - 1];
+            } else {
+                mine.y[(size_t)(t0 + r) * mine.y_stride + row] = v[0];
+            }
+        }
+        __syncthreads(); /* sums are written again for the next tile */
+    }
+    if (SW && a.out.q)
+        convert_out(a, row, 1);
     if constexpr (AFTER)
         after_matmul<MMV_THREADS>(a);
 }
@@ -1112,29 +1177,20 @@ static int mmv_rows_per_warp(int n)
     return n > 1 ? 4 : 2;
 }
 
-/* One activation row by quantised weights with more units a row than a warp has lanes (w_down's 140 of
- * Q4_K at k = 8960): each lane then adds several units of each row, one load after another if it
- * waited for each, and such a matrix is narrow (w_down's 1536 rows: 768 warps at 2 rows a warp, fewer
- * than an H200 holds). So a warp takes one row and loads MMV_AHEAD units of it before it uses the
- * first: the same sums in the same order, in fewer round trips to memory. A swiglu pair (gate|up:
- * rows enough to fill the GPU) keeps launch_mmv_rpw's kernel; a block's rows a part are MMV_WARPS
- * either way (output_conversion counts on it). */
+/* A block a row (mmv_wide): one row of a block tiles any conversion block (output_conversion). */
 template <class W>
-static cudaError_t launch_mmv_deep(cudaStream_t st, const cuda_mm_args &a)
+static cudaError_t launch_mmv_wide(cudaStream_t st, const cuda_mm_args &a)
 {
-    return launch_parts(st, a, MMV_WARPS, MMV_THREADS, mmv<W, 2, true, 1>, mmv<W, 1, false, 1, true, MMV_AHEAD>,
-                        mmv<W, 1, false, 1, false, MMV_AHEAD>);
+    return launch_parts(st, a, 1, MMV_THREADS, mmv_wide<W, true>, mmv_wide<W, false, true>, mmv_wide<W, false>);
 }
 
 template <class W>
 static cudaError_t launch_mmv(cudaStream_t st, const cuda_mm_args &a)
 {
-    if (mmv_rows_per_warp(a.n) == 4)
-        return launch_mmv_rpw<W, 4, MMV_TILE>(st, a);
     if constexpr (!float_weights<W>)
         if (W::units(a.k) > CUDA_WARP)
-            return launch_mmv_deep<W>(st, a);
-    return launch_mmv_rpw<W, 2, 1>(st, a);
+            return launch_mmv_wide<W>(st, a);
+    return mmv_rows_per_warp(a.n) == 4 ? launch_mmv_rpw<W, 4, MMV_TILE>(st, a) : launch_mmv_rpw<W, 2, 1>(st, a);
 }
 
 /* A quantised type's kernel. dp4a (mmv) for every batch size, or with tensor cores mmq's order for

@@ -197,6 +197,8 @@ Test(conformance, matmul_matches_the_cpu_for_every_weight_type_and_batch)
         for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++)
             check_matmul(kt_cpu_types[ti], 512, 67, ns[ni], 0);
         check_matmul(kt_cpu_types[ti], 768, 21, 9, 0); /* 24 blocks of 32: a warp's units end unpaired */
+        check_matmul(kt_cpu_types[ti], 2304, 13, 1, 0); /* 36-72 units a row: CUDA takes a block a row */
+        check_matmul(kt_cpu_types[ti], 2304, 13, 9, 0);
     }
 }
 
@@ -1090,7 +1092,7 @@ Test(conformance, a_norm_and_the_matmul_reading_it_give_the_bits_of_the_two_apar
 Test(conformance, a_norm_between_two_matmuls_of_one_row_gives_the_bits_of_the_ops_apart)
 {
     need_cuda();
-    const int64_t k = 2304, ne0 = 768, rows = 67;
+    const int64_t k = 2304, ne0 = 256, rows = 67;
     const enum spec_dtype after[] = {SPEC_Q4_0, SPEC_Q4_1, SPEC_Q4_K};
     float *inh = random_f32(k, 1.0f), *xh = random_f32(ne0, 3.0f), *nwh = random_f32(ne0, 1.0f);
     struct kern_tensor in = upload(gpu, SPEC_F32, k, 1, inh), nw = upload(gpu, SPEC_F32, ne0, 1, nwh);
