@@ -39,7 +39,8 @@
 # steps and verification passes of 8 positions, dp4a and tensor cores, with Nsight Compute (ncu, on
 # the machine; bench_roofline --trace marks the passes, bench/gpu/ncu_table.py makes the tables): each
 # kernel's own time and DRAM bytes, and their sum against the wall time of the same passes without the
-# profiler, which says how much of a step is kernels and how much the time between them.
+# profiler, which says how much of a step is kernels and how much the time between them; then the wall
+# time of the same passes with every quantised row a warp's (SPECD_CUDA_WIDE=0, the A/B of mmv_wide).
 #
 # With the device tool (64 MiB travel per call; the bundle's parts are sized for two calls; seen on
 # an H200 in 2026-11: ~35 s to start a machine, ~150 s for call 2's steps without the suites):
@@ -248,6 +249,11 @@ for step in $steps; do
                     status=1
                 fi
             done
+        done
+        for n in 1 8; do
+            SPECD_CUDA_WIDE=0 "$B/bench_roofline" --device "$device" --model "$target" --pos 512 --gamma-max 8 \
+                --seconds 0.2 --graphs --trace-positions $n --trace 16 | tee "$out/kernels-target-nowide-$n.md" ||
+                status=1
         done
         ;;
     *) echo "measure: unknown step $step" >&2; status=2 ;;

@@ -182,6 +182,7 @@ bool cuda_dependent_launches = true;
 bool cuda_prefetch_weights = true;
 bool cuda_attention_tiles = true;
 bool cuda_after_matmul = true;
+bool cuda_wide_rows = true;
 
 bool cuda_trace_node(cudaStream_t st, uint64_t hash)
 {
@@ -1113,7 +1114,7 @@ static const struct kern_backend_ops cuda_ops = {
     .profiler_region = cuda_profiler_region,
 };
 
-/* The A/B switches (SPECD_CUDA_PDL, _PREFETCH, _ATT_TILE, _AFTER_MATMUL, _JOIN): on unless set to 0. */
+/* The A/B switches (SPECD_CUDA_PDL, _PREFETCH, _ATT_TILE, _AFTER_MATMUL, _JOIN, _WIDE): on unless set to 0. */
 static bool env_is_zero(const char *name)
 {
     const char *v = getenv(name);
@@ -1142,6 +1143,7 @@ extern "C" int kern_cuda_backend_create(const struct kern_backend_config *cfg, s
     cuda_prefetch_weights = !env_is_zero("SPECD_CUDA_PREFETCH");
     cuda_attention_tiles = !env_is_zero("SPECD_CUDA_ATT_TILE");
     cuda_after_matmul = !env_is_zero("SPECD_CUDA_AFTER_MATMUL");
+    cuda_wide_rows = !env_is_zero("SPECD_CUDA_WIDE");
     cb->join_sequences = !env_is_zero("SPECD_CUDA_JOIN");
     cb->tensor_cores = cfg && cfg->tensor_cores;
     if (cfg && cfg->blas_prefill) {

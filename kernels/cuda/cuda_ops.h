@@ -42,6 +42,9 @@ extern bool cuda_attention_tiles;
 /* What waits for a matmul of one row (a norm, a rope and its store) runs in the matmul's last thread
  * block (cuda_act) unless SPECD_CUDA_AFTER_MATMUL=0 (for the A/B). */
 extern bool cuda_after_matmul;
+/* Quantised rows of more units than a warp has lanes take a block each (matmul.cu's mmv_wide) unless
+ * SPECD_CUDA_WIDE=0 (for the A/B; either way a run's matmuls all sum such rows one way). */
+extern bool cuda_wide_rows;
 
 /* Adds a node to the trace when st is the traced stream. true: make the launch or copy (not traced,
  * or recording); false: replaying, the graph will run it. */

@@ -1188,7 +1188,7 @@ template <class W>
 static cudaError_t launch_mmv(cudaStream_t st, const cuda_mm_args &a)
 {
     if constexpr (!float_weights<W>)
-        if (W::units(a.k) > CUDA_WARP)
+        if (cuda_wide_rows && W::units(a.k) > CUDA_WARP)
             return launch_mmv_wide<W>(st, a);
     return mmv_rows_per_warp(a.n) == 4 ? launch_mmv_rpw<W, 4, MMV_TILE>(st, a) : launch_mmv_rpw<W, 2, 1>(st, a);
 }
