@@ -871,11 +871,11 @@ __global__ void __launch_bounds__(MMV_THREADS) mmv(const cuda_mm_args a)
  * only 96 blocks, fewer than the GPU's multiprocessors; a block a row gives 1536 blocks of one or two
  * units a lane. The order depends on k alone, so a row's bits are the same in a decode step and in a
  * batch. Activation rows in tiles of MMV_TILE, one row too (rare shapes: no kernels of their own for
- * it). SW: the block holds the row of both parts. AFTER: as mmv's (one activation row). */
-template <class W, bool SW, bool AFTER = false>
+ * it), and the work after a one-row matmul (a.after) in the same kernel, which it costs no registers.
+ * SW: the block holds the row of both parts. */
+template <class W, bool SW>
 __global__ void __launch_bounds__(MMV_THREADS) mmv_wide(const cuda_mm_args a)
 {
-    static_assert(!AFTER || !SW, "work after a matmul without swiglu");
     constexpr int T = MMV_TILE;
     constexpr int NP = SW ? 2 : 1; /* parts whose row the block holds */
     __shared__ float sums[MMV_WARPS][NP][T];
@@ -924,7 +924,7 @@ __global__ void __launch_bounds__(MMV_THREADS) mmv_wide(const cuda_mm_args a)
     }
     if (SW && a.out.q)
         convert_out(a, row, 1);
-    if constexpr (AFTER)
+    if (!SW && a.after != CUDA_MM_AFTER_NONE)
         after_matmul<MMV_THREADS>(a);
 }
 
@@ -1181,7 +1181,7 @@ static int mmv_rows_per_warp(int n)
 template <class W>
 static cudaError_t launch_mmv_wide(cudaStream_t st, const cuda_mm_args &a)
 {
-    return launch_parts(st, a, 1, MMV_THREADS, mmv_wide<W, true>, mmv_wide<W, false, true>, mmv_wide<W, false>);
+    return launch_parts(st, a, 1, MMV_THREADS, mmv_wide<W, true>, mmv_wide<W, false>, mmv_wide<W, false>);
 }
 
 template <class W>
