@@ -511,8 +511,10 @@ __global__ void __launch_bounds__(ATT_THREADS)
      * before any kernel of the step started. */
     if (prefetch && len_max > 0) { /* a row's values end before its stride does (a view of K|V rows) */
         const size_t kv_width = (size_t)(n_head / group) * head_dim;
-        cuda_prefetch_l2(k + (size_t)j0 * k_row_bytes, (size_t)(len_max - 1) * k_row_bytes + kv_width * (k_f16 ? 2 : 4));
-        cuda_prefetch_l2(v + (size_t)j0 * v_row_bytes, (size_t)(len_max - 1) * v_row_bytes + kv_width * (v_f16 ? 2 : 4));
+        cuda_prefetch_l2(k + (size_t)j0 * k_row_bytes,
+                         (size_t)(len_max - 1) * k_row_bytes + kv_width * (k_f16 ? 2 : 4));
+        cuda_prefetch_l2(v + (size_t)j0 * v_row_bytes,
+                         (size_t)(len_max - 1) * v_row_bytes + kv_width * (v_f16 ? 2 : 4));
     }
     cuda_grid_wait();
     if (len_max <= 0)
@@ -664,8 +666,8 @@ __global__ void __launch_bounds__(ATT_THREADS)
             mx = fmaxf(mx, cmax[w]);
         float lsum = 0.0f, od[ATT_DIMS];
 #pragma unroll
-        for (int k = 0; k < ATT_DIMS; k++)
-            od[k] = 0.0f;
+        for (int di = 0; di < ATT_DIMS; di++)
+            od[di] = 0.0f;
         for (int c0 = 0; c0 < used; c0 += ATT_THREADS) {
             const int nc = min(ATT_THREADS, used - c0);
             if (tid < nc) {
@@ -677,8 +679,8 @@ __global__ void __launch_bounds__(ATT_THREADS)
             for (int cc = 0; cc < nc; cc++)
                 lsum = __fmaf_rn(wsh[cc], lsh[cc], lsum);
 #pragma unroll
-            for (int k = 0; k < ATT_DIMS; k++) {
-                const int d = tid + k * ATT_THREADS;
+            for (int di = 0; di < ATT_DIMS; di++) {
+                const int d = tid + di * ATT_THREADS;
                 if (d >= head_dim)
                     break;
                 const float *po = part_o + (slot0 + c0) * head_dim + d;
@@ -690,15 +692,15 @@ __global__ void __launch_bounds__(ATT_THREADS)
 #pragma unroll
                     for (int b = 0; b < ATT_LOADS; b++)
                         if (b0 + b < nc)
-                            od[k] = __fmaf_rn(wsh[b0 + b], pv[b], od[k]);
+                            od[di] = __fmaf_rn(wsh[b0 + b], pv[b], od[di]);
                 }
             }
             __syncthreads(); /* wsh and lsh are written again for the next chunks, or the next pair */
         }
 #pragma unroll
-        for (int k = 0; k < ATT_DIMS; k++)
-            if (tid + k * ATT_THREADS < head_dim)
-                out[(size_t)i * out_stride + (size_t)h * head_dim + tid + k * ATT_THREADS] = od[k] / lsum;
+        for (int di = 0; di < ATT_DIMS; di++)
+            if (tid + di * ATT_THREADS < head_dim)
+                out[(size_t)i * out_stride + (size_t)h * head_dim + tid + di * ATT_THREADS] = od[di] / lsum;
         if (conv.q)
             convert_heads(conv, out, out_stride, n_head, head_dim, h, i);
     }
