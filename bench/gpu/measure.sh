@@ -226,28 +226,35 @@ for step in $steps; do
         [ -n "$ncu" ] || echo "kernels: no ncu on this machine: the passes' wall times only"
         metrics=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,launch__registers_per_thread
         metrics=$metrics,sm__warps_active.avg.pct_of_peak_sustained_active
+        # kernel_table NAME TITLE ARGS...: bench_roofline ARGS' wall time a pass, then each of its kernels
+        kernel_table() {
+            local name=$1 title=$2 wall
+            shift 2
+            "$B/bench_roofline" "$@" --trace 16 | tee "$out/$name.md" || return 1
+            [ -n "$ncu" ] || return 0
+            wall=$(sed -n 's/.*: \([0-9.]*\) ms a pass.*/\1/p' "$out/$name.md")
+            if ! "$ncu" --profile-from-start off --graph-profiling node --clock-control none --cache-control none \
+                --metrics "$metrics" -f -o "$out/$name" "$B/bench_roofline" "$@" --trace 2 >"$out/$name-ncu.log" 2>&1 ||
+                ! "$ncu" --import "$out/$name.ncu-rep" --csv --page raw --print-units base >"$out/$name.csv"; then
+                tail -5 "$out/$name-ncu.log"
+                return 1
+            fi
+            echo | tee -a "$out/$name.md"
+            python3 bench/gpu/ncu_table.py --passes 2 --wall-ms "$wall" --title "$title" "$out/$name.csv" |
+                tee -a "$out/$name.md"
+        }
         for how in "" --tensor-cores; do
             for n in 1 8; do
                 name=kernels-target${how:+-tc}-$n
-                what="decode steps"
-                [ "$n" -eq 1 ] || what="verification passes of $n positions"
-                run="$B/bench_roofline --device $device --model $target --pos 512 --gamma-max 8 --seconds 0.2
-                     --graphs $how --trace-positions $n"
-                $run --trace 16 | tee "$out/$name.md" || { status=1; continue; }
-                [ -n "$ncu" ] || continue
-                wall=$(sed -n 's/.*: \([0-9.]*\) ms a pass.*/\1/p' "$out/$name.md")
-                if "$ncu" --profile-from-start off --graph-profiling node --clock-control none --cache-control none \
-                    --metrics "$metrics" \
-                    -f -o "$out/$name" $run --trace 2 >"$out/$name-ncu.log" 2>&1 &&
-                    "$ncu" --import "$out/$name.ncu-rep" --csv --page raw --print-units base >"$out/$name.csv"; then
-                    echo | tee -a "$out/$name.md"
-                    python3 bench/gpu/ncu_table.py --passes 2 --wall-ms "$wall" \
-                        --title "kernel (ncu; ${how:+tensor cores, }$what)" "$out/$name.csv" |
-                        tee -a "$out/$name.md" || status=1
-                else
-                    tail -5 "$out/$name-ncu.log"
+                what="${how:+tensor cores, }decode steps"
+                [ "$n" -eq 1 ] || what="${how:+tensor cores, }verification passes of $n positions"
+                args="--device $device --model $target --pos 512 --gamma-max 8 --seconds 0.2 $how --trace-positions $n"
+                # should ncu refuse the graphs' kernels, the same passes op by op still profile each kernel
+                kernel_table "$name" "kernel (ncu; $what)" $args --graphs || {
                     status=1
-                fi
+                    echo "kernels: $name failed with graphs: the same op by op"
+                    kernel_table "$name-ops" "kernel (ncu; $what, op by op)" $args || status=1
+                }
             done
         done
         for n in 1 8; do
