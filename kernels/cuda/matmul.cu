@@ -701,6 +701,20 @@ struct w_float {
 /* ---------------------------------------------------------------------------------------------- */
 /* The mat-vec kernel                                                                             */
 
+/* A finished sum v[0] of weight row `row` for activation row t (with SW, v[1] the up row's: the gate
+ * times the up row, as swiglu does, and the up row as it is). */
+template <bool SW>
+static __device__ __forceinline__ void store_sum(const cuda_mm_part &mine, const cuda_mm_part &other, int t, int row,
+                                                 const float *v)
+{
+    if constexpr (SW) {
+        mine.y[(size_t)t * mine.y_stride + row] = cuda_silu_mul(v[0], v[1]);
+        other.y[(size_t)t * other.y_stride + row] = v[1];
+    } else {
+        mine.y[(size_t)t * mine.y_stride + row] = v[0];
+    }
+}
+
 /* Part q of a, without indexing the kernel's parameters at run time. */
 static __device__ __forceinline__ cuda_mm_part part_of(const cuda_mm_args &a, int q)
 {
@@ -913,12 +927,7 @@ __global__ void __launch_bounds__(MMV_THREADS) mmv_wide(const cuda_mm_args a)
                     y = y + sums[w][q][r];
                 v[q] = o.bias ? y + o.bias[row] : y;
             }
-            if (SW) { /* the gate times the up row, as swiglu does */
-                mine.y[(size_t)(t0 + r) * mine.y_stride + row] = cuda_silu_mul(v[0], v[NP - 1]);
-                other.y[(size_t)(t0 + r) * other.y_stride + row] = v[NP - 1];
-            } else {
-                mine.y[(size_t)(t0 + r) * mine.y_stride + row] = v[0];
-            }
+            store_sum<SW>(mine, other, t0 + r, row, v);
         }
         __syncthreads(); /* sums are written again for the next tile */
     }
@@ -974,12 +983,7 @@ __global__ void __launch_bounds__(MMV_THREADS) mmv_ordered(const cuda_mm_args a)
         }
         if (w != 0 || row >= rows)
             continue;
-        if (SW) { /* the gate times the up row, as swiglu does */
-            mine.y[(size_t)t * mine.y_stride + row] = cuda_silu_mul(v[0], v[NW - 1]);
-            other.y[(size_t)t * other.y_stride + row] = v[NW - 1];
-        } else {
-            mine.y[(size_t)t * mine.y_stride + row] = v[0];
-        }
+        store_sum<SW>(mine, other, t, row, v);
     }
     if (SW && a.out.q)
         convert_out(a, block * MMO_ROWS, MMO_ROWS);
@@ -1072,12 +1076,7 @@ __global__ void __launch_bounds__(MMQ_THREADS) mmq(const cuda_mm_args a)
                     y = y + sums[ww][q][i][j][l];
                 v[q] = o.bias ? y + o.bias[row] : y;
             }
-            if (SW) { /* the gate times the up row, as swiglu does */
-                mine.y[(size_t)r * mine.y_stride + row] = cuda_silu_mul(v[0], v[NW - 1]);
-                other.y[(size_t)r * other.y_stride + row] = v[NW - 1];
-            } else {
-                mine.y[(size_t)r * mine.y_stride + row] = v[0];
-            }
+            store_sum<SW>(mine, other, r, row, v);
         }
         __syncthreads(); /* sums is written again by the next pass */
     }
