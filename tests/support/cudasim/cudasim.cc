@@ -9,10 +9,10 @@
  * the others left, is not always the one with the highest index.
  *
  * The scheduler resumes the threads of a block in order (every other block from the last thread
- * down), each until it waits or ends. When none can run, it releases every warp whose live lanes all
- * wait at a shuffle, else the block if all its live threads wait at __syncthreads(); when nothing can
- * be released the kernel is wrong (a barrier or a shuffle that some threads never reach) and the
- * process aborts with what was found. */
+ * down), each until it waits or ends, when it hands over to the next directly. When none can run, it
+ * releases every warp whose live lanes all wait at a shuffle, else the block if all its live threads
+ * wait at __syncthreads(); when nothing can be released the kernel is wrong (a barrier or a shuffle
+ * that some threads never reach) and the process aborts with what was found. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -102,6 +102,8 @@ struct sim_state {
     void (*body)(void *) = nullptr;
     void *ctx = nullptr;
     bool dependent = false; /* the running kernel was launched as a programmatic dependent */
+    bool backwards = false; /* the block's threads resume from the last one down */
+    bool from_scheduler = false; /* the running thread was resumed by the scheduler, not by another thread */
     cudaError_t last_error = cudaSuccess;
     unsigned long launches = 0;
 };
@@ -118,14 +120,45 @@ sim_state sim;
     abort();
 }
 
-/* Switches from the running thread back to the scheduler; `dying` when the thread has ended. */
-void yield_to_scheduler(bool dying)
+/* The first thread after position `pos` of the scheduler's pass over the block that can run, or -1. */
+int next_runnable(int pos)
+{
+    for (int j = pos + 1; j < sim.n_threads; j++) {
+        const int i = sim.backwards ? sim.n_threads - 1 - j : j;
+        if (sim.threads[i].state == RUNNABLE)
+            return i;
+    }
+    return -1;
+}
+
+/* Thread i runs next (its cur and threadIdx); the caller switches to it. */
+void make_current(int i)
+{
+    sim.cur = i;
+    threadIdx = sim.threads[i].idx;
+}
+
+/* The running thread stops (`dying` when it has ended): the next thread of the scheduler's pass that
+ * can run goes on in its place, directly, which is one switch where going through the scheduler is two
+ * (each with ASan's bookkeeping); at the pass's end the scheduler goes on. */
+void yield_thread(bool dying)
 {
     sim_thread &t = sim.threads[sim.cur];
+    const int next = next_runnable(sim.backwards ? sim.n_threads - 1 - sim.cur : sim.cur);
+    if (next >= 0) {
+        make_current(next);
+        sim.from_scheduler = false;
 #if SIM_ASAN
-    __sanitizer_start_switch_fiber(dying ? nullptr : &t.fake_stack, sim.sched_stack_bottom, sim.sched_stack_size);
+        __sanitizer_start_switch_fiber(dying ? nullptr : &t.fake_stack, sim.threads[next].stack, STACK_BYTES);
 #endif
-    cudasim_switch(&t.sp, sim.sched_sp); /* a dying thread is never resumed */
+        cudasim_switch(&t.sp, sim.threads[next].sp); /* a dying thread is never resumed */
+    } else {
+#if SIM_ASAN
+        __sanitizer_start_switch_fiber(dying ? nullptr : &t.fake_stack, sim.sched_stack_bottom,
+                                       sim.sched_stack_size);
+#endif
+        cudasim_switch(&t.sp, sim.sched_sp);
+    }
 #if SIM_ASAN
     __sanitizer_finish_switch_fiber(t.fake_stack, nullptr, nullptr);
 #endif
@@ -142,20 +175,26 @@ void check_waited(const char *what)
 [[noreturn]] void thread_main()
 {
 #if SIM_ASAN
-    __sanitizer_finish_switch_fiber(nullptr, &sim.sched_stack_bottom, &sim.sched_stack_size);
+    /* the stack that yield_thread returns to at a pass's end (no locals here: the frame of a
+     * thread that ends is never left, and ASan's redzones around them would stay on its stack) */
+    const bool sched = sim.from_scheduler;
+    __sanitizer_finish_switch_fiber(nullptr, sched ? &sim.sched_stack_bottom : nullptr,
+                                    sched ? &sim.sched_stack_size : nullptr);
 #endif
     sim.body(sim.ctx);
     check_waited("a kernel launched as a programmatic dependent ended without cuda_grid_wait");
     sim.threads[sim.cur].state = DONE;
-    yield_to_scheduler(true);
+    yield_thread(true);
     die("a finished thread was resumed");
 }
 
+/* The scheduler's pass over the block from thread i, the first of the pass that can run; returns when
+ * the pass has ended. */
 void resume(int i)
 {
     sim_thread &t = sim.threads[i];
-    sim.cur = i;
-    threadIdx = t.idx;
+    make_current(i);
+    sim.from_scheduler = true;
 #if SIM_ASAN
     void *fake = nullptr;
     __sanitizer_start_switch_fiber(&fake, t.stack, STACK_BYTES);
@@ -247,19 +286,17 @@ void run_block(bool backwards)
 {
     for (int i = 0; i < sim.n_threads; i++)
         start_thread(i);
+    sim.backwards = backwards;
     for (;;) {
-        bool ran = false, live = false;
-        for (int j = 0; j < sim.n_threads; j++) {
-            const int i = backwards ? sim.n_threads - 1 - j : j;
-            if (sim.threads[i].state == RUNNABLE) {
-                resume(i);
-                ran = true;
-            }
-            live = live || sim.threads[i].state != DONE;
-        }
+        const int first = next_runnable(-1);
+        if (first >= 0)
+            resume(first);
+        bool live = false;
+        for (int i = 0; i < sim.n_threads && !live; i++)
+            live = sim.threads[i].state != DONE;
         if (!live)
             return;
-        if (!ran && !release_barriers())
+        if (first < 0 && !release_barriers())
             die("deadlock: threads wait at a __syncthreads() that the others never reach");
     }
 }
@@ -336,7 +373,7 @@ static const uint64_t *exchange(unsigned mask, uint64_t bits, const char *what)
     const unsigned row = t.shfl_count++ & 1u;
     w.xch[row][i % WARP] = bits;
     t.state = AT_SHFL;
-    yield_to_scheduler(false);
+    yield_thread(false);
     return w.xch[row];
 }
 
@@ -376,7 +413,7 @@ void mma_s8(int k, int d[4], const uint32_t *a, const uint32_t *b)
     for (int r = 0; r < nb; r++)
         w.frag[row][lane][4 + r] = b[r];
     t.state = AT_SHFL;
-    yield_to_scheduler(false);
+    yield_thread(false);
     /* element (m, kk) of A: lane 4 (m % 8) + (kk % 16) / 4, register (m >= 8) + 2 (kk >= 16), byte kk % 4;
      * element (kk, n) of B: lane 4 n + (kk % 16) / 4, register kk >= 16, byte kk % 4 */
     const uint32_t(*f)[6] = w.frag[row];
@@ -401,7 +438,7 @@ void __syncthreads(void)
         die("__syncthreads outside a kernel");
     check_waited("a barrier before cuda_grid_wait in a programmatic dependent");
     sim.threads[sim.cur].state = AT_SYNC;
-    yield_to_scheduler(false);
+    yield_thread(false);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
