@@ -44,6 +44,7 @@ struct options {
     int n_allow_uid;
     const char *device;
     bool cuda_graphs, tensor_cores, blas_prefill; /* kern_backend_config.graphs, .tensor_cores, .blas_prefill */
+    int gpu_memory_mib;                           /* kern_backend_config.device_bytes in MiB; 0: no cap */
     bool ctx_given;
     int n_ctx, draft_max, draft_min, draft_vocab, max_seqs, max_clients, max_queue, max_pending, threads;
     size_t max_frame;

@@ -25,6 +25,8 @@ static void usage(FILE *f)
             "  --cuda-graphs        CUDA: record each model step as a graph and replay it (experimental)\n"
             "  --tensor-cores       CUDA: quantised matmuls on int8 tensor cores (experimental)\n"
             "  --blas-prefill       CUDA: prompts' matmuls through cuBLAS (experimental)\n"
+            "  --gpu-memory MIB     CUDA: hold at most this much GPU memory (weights, caches, scratch);\n"
+            "                       a request needing more fails with SPEC_E_NOMEM (default: the GPU's)\n"
             "  --threads N          CPU compute threads (default: one per core)\n"
             "  --ctx N              context per request in tokens (default 4096, at most the target's)\n"
             "  --draft-max N        largest draft length per round (default 8, 1..%d)\n"
@@ -46,7 +48,8 @@ static void usage(FILE *f)
 }
 
 enum {
-    O_TARGET = 256, O_DRAFT, O_SOCKET, O_SOCKET_MODE, O_ALLOW_UID, O_DEVICE, O_CUDA_GRAPHS, O_TENSOR_CORES, O_BLAS_PREFILL, O_THREADS,
+    O_TARGET = 256, O_DRAFT, O_SOCKET, O_SOCKET_MODE, O_ALLOW_UID, O_DEVICE, O_CUDA_GRAPHS, O_TENSOR_CORES, O_BLAS_PREFILL, O_GPU_MEMORY,
+    O_THREADS,
     O_CTX, O_DRAFT_MAX,
     O_DRAFT_MIN, O_DRAFT_VOCAB, O_MAX_SEQS, O_MAX_QUEUE, O_MAX_CLIENTS, O_MAX_PENDING, O_MAX_FRAME, O_MAX_OUTPUT, O_DRAIN,
     O_LOG_LEVEL, O_HELP, O_VERSION,
@@ -62,6 +65,7 @@ static const struct option longopts[] = {
     {"cuda-graphs", no_argument, NULL, O_CUDA_GRAPHS},
     {"tensor-cores", no_argument, NULL, O_TENSOR_CORES},
     {"blas-prefill", no_argument, NULL, O_BLAS_PREFILL},
+    {"gpu-memory", required_argument, NULL, O_GPU_MEMORY},
     {"threads", required_argument, NULL, O_THREADS},
     {"ctx", required_argument, NULL, O_CTX},
     {"draft-max", required_argument, NULL, O_DRAFT_MAX},
@@ -131,6 +135,10 @@ static int parse_args(int argc, char **argv, struct options *o)
         case O_CUDA_GRAPHS: o->cuda_graphs = true; break;
         case O_TENSOR_CORES: o->tensor_cores = true; break;
         case O_BLAS_PREFILL: o->blas_prefill = true; break;
+        case O_GPU_MEMORY:
+            if (!(rc = num(name, optarg, 10, 1, 1 << 30, &v)))
+                o->gpu_memory_mib = (int)v;
+            break;
         case O_THREADS:
             if (!(rc = num(name, optarg, 10, 0, 1024, &v)))
                 o->threads = (int)v;
@@ -224,7 +232,8 @@ static int parse_args(int argc, char **argv, struct options *o)
 static struct kern_backend_config backend_config(const struct options *o)
 {
     return (struct kern_backend_config){.n_threads = o->threads, .graphs = o->cuda_graphs,
-                                        .tensor_cores = o->tensor_cores, .blas_prefill = o->blas_prefill};
+                                        .tensor_cores = o->tensor_cores, .blas_prefill = o->blas_prefill,
+                                        .device_bytes = (size_t)o->gpu_memory_mib << 20};
 }
 
 static int create_backend(const struct options *o, struct kern_backend **be, const char **name)
@@ -244,7 +253,7 @@ static int create_backend(const struct options *o, struct kern_backend **be, con
     if (rc)
         dlog(DLOG_ERROR, "device %s: %s (%s)", *name, spec_strerror(rc), spec_errname(rc));
     else if (!strcmp(*name, "cpu") && kern_backend_config_cuda_only(&cfg))
-        dlog(DLOG_WARN, "--cuda-graphs, --tensor-cores and --blas-prefill do nothing on the CPU");
+        dlog(DLOG_WARN, "--cuda-graphs, --tensor-cores, --blas-prefill and --gpu-memory do nothing on the CPU");
     return rc;
 }
 

@@ -56,12 +56,15 @@ void kern_backend_describe(const struct kern_backend *be, const struct kern_back
                            size_t cap)
 {
     const bool cuda = strcmp(be->ops->name, "cuda") == 0; /* the settings are the CUDA backend's */
-    snprintf(buf, cap, "%s%s%s%s", be->ops->name, cuda && cfg->graphs ? ", steps as graphs" : "",
+    char mem[48] = "";
+    if (cuda && cfg->device_bytes)
+        snprintf(mem, sizeof mem, ", at most %zu MiB of GPU memory", cfg->device_bytes >> 20);
+    snprintf(buf, cap, "%s%s%s%s%s", be->ops->name, cuda && cfg->graphs ? ", steps as graphs" : "",
              cuda && cfg->tensor_cores ? ", quantised matmuls on tensor cores" : "",
-             cuda && cfg->blas_prefill ? ", prefill through cuBLAS" : "");
+             cuda && cfg->blas_prefill ? ", prefill through cuBLAS" : "", mem);
 }
 
 bool kern_backend_config_cuda_only(const struct kern_backend_config *cfg)
 {
-    return cfg->graphs || cfg->tensor_cores || cfg->blas_prefill;
+    return cfg->graphs || cfg->tensor_cores || cfg->blas_prefill || cfg->device_bytes;
 }

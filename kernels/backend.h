@@ -330,6 +330,9 @@ struct kern_backend_ops {
      * --profile-from-start off`). Both wait for what was enqueued before them, so the region holds the
      * work enqueued between them and nothing else. */
     int (*profiler_region)(struct kern_backend *be, bool on);
+    /* Optional (NULL where memory is the host's, as on the CPU): the device memory the backend holds now
+     * (kern_backend_config.device_bytes counts it). */
+    int (*device_memory)(struct kern_backend *be, size_t *used);
 };
 
 struct kern_backend {
@@ -347,6 +350,10 @@ struct kern_backend_config {
     bool blas_prefill; /* CUDA: a prefill's matmuls (matmuls_prefill) through cuBLAS on F16 copies of the
                         * weights, made per matmul. Opt-in until timed on a GPU against dp4a and tensor
                         * cores; needs libcublas at run time (else kern_backend_create fails) */
+    size_t device_bytes; /* CUDA: the most device memory the backend holds at once (weights, KV caches,
+                          * scratch; not cuBLAS's workspace), for a GPU shared with other programs; an
+                          * allocation past it fails with SPEC_E_NOMEM as one past the GPU's memory does.
+                          * 0: no cap but the GPU's */
 };
 
 /* name: "cpu", "cuda" or "auto" (CUDA when a device is usable, else CPU).

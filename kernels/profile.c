@@ -233,6 +233,11 @@ static int prof_profiler_region(struct kern_backend *be, bool on)
     return INNER(be)->ops->profiler_region(INNER(be), on);
 }
 
+static int prof_device_memory(struct kern_backend *be, size_t *used)
+{
+    return INNER(be)->ops->device_memory(INNER(be), used);
+}
+
 static int prof_rms_norm(struct kern_backend *be, struct kern_tensor *x, const struct kern_tensor *residual,
                          const struct kern_tensor *w, float eps, struct kern_tensor *y)
 {
@@ -325,6 +330,7 @@ int kern_profile_wrap(struct kern_backend *inner, struct kern_backend **out)
     p->ops.sample_choose = inner->ops->sample_choose ? prof_sample_choose : NULL;
     p->ops.step_stats = inner->ops->step_stats ? prof_step_stats : NULL;
     p->ops.profiler_region = inner->ops->profiler_region ? prof_profiler_region : NULL;
+    p->ops.device_memory = inner->ops->device_memory ? prof_device_memory : NULL;
     p->base.ops = &p->ops;
     *out = &p->base;
     return SPEC_OK;

@@ -76,10 +76,12 @@ struct cuda_trace {
 struct cuda_backend {
     struct kern_backend base; /* first: the interface's pointer is this struct's */
     cudaStream_t stream;
+    uint64_t step_shape;  /* the shape of the step begun (step_begin) */
     struct cuda_act act;  /* matmul: converted activations, kept until device memory is written */
     bool tensor_cores;    /* kern_backend_config.tensor_cores: quantised matmuls on int8 tensor cores */
     bool join_sequences;  /* a step's sequences share the store and attention launches (off with
                            * SPECD_CUDA_JOIN=0, for the A/B: each sequence's launch alone) */
+    struct cuda_mem mem;  /* every byte of device memory below, the tensors', weights' and caches' too */
     struct cuda_blas *blas; /* kern_backend_config.blas_prefill: a prefill's matmuls through cuBLAS */
     struct cuda_buf part; /* attention: per-chunk partial results */
     struct cuda_buf counters; /* attention and argmax: their blocks' arrival counters (cuda_reserve_counters) */
@@ -129,6 +131,24 @@ static int err_of(cudaError_t e)
     return e == cudaErrorMemoryAllocation ? SPEC_E_NOMEM : SPEC_E_IO;
 }
 
+cudaError_t cuda_mem_alloc(struct cuda_mem *m, void **p, size_t bytes)
+{
+    const cudaError_t e = m->cap && bytes > m->cap - m->used ? cudaErrorMemoryAllocation : cudaMalloc(p, bytes);
+    if (e == cudaSuccess)
+        m->used += bytes;
+    else
+        m->short_of = true;
+    return e;
+}
+
+void cuda_mem_free(struct cuda_mem *m, void *p, size_t bytes)
+{
+    if (!p)
+        return;
+    cudaFree(p);
+    m->used -= bytes;
+}
+
 cudaError_t cuda_buf_reserve(cudaStream_t st, struct cuda_buf *b, size_t bytes)
 {
     if (bytes <= b->cap)
@@ -146,11 +166,12 @@ cudaError_t cuda_buf_reserve(cudaStream_t st, struct cuda_buf *b, size_t bytes)
         if (i == CUDA_BUF_RETIRED)
             return cudaErrorMemoryAllocation;
         b->retired[i] = b->p;
+        b->retired_cap[i] = b->cap;
         b->p = NULL;
         b->cap = 0;
     }
     void *p;
-    if ((e = cudaMalloc(&p, bytes)) != cudaSuccess)
+    if ((e = cuda_mem_alloc(b->mem, &p, bytes)) != cudaSuccess)
         return e;
     b->p = p;
     b->cap = bytes;
@@ -165,9 +186,9 @@ void cuda_buf_release(struct cuda_buf *b)
     if (!any)
         return;
     cudaDeviceSynchronize(); /* kernels in flight may still read them */
-    cudaFree(b->p);
+    cuda_mem_free(b->mem, b->p, b->cap);
     for (int i = 0; i < CUDA_BUF_RETIRED; i++) {
-        cudaFree(b->retired[i]);
+        cuda_mem_free(b->mem, b->retired[i], b->retired_cap[i]);
         b->retired[i] = NULL;
     }
     b->p = NULL;
@@ -329,6 +350,8 @@ static int cuda_step_begin(struct kern_backend *be, uint64_t shape)
     cb->stats.steps++;
     if (!cb->graphs || cb->step != STEP_OPS)
         return SPEC_OK;
+    cb->step_shape = shape;
+    cb->mem.short_of = false;
     struct cuda_graph *g = graph_of(cb, shape);
     if (!g) { /* a new shape: this step runs op by op and sizes the buffers */
         struct cuda_graph *victim = &cb->graph[0];
@@ -347,10 +370,12 @@ static int cuda_step_begin(struct kern_backend *be, uint64_t shape)
     int err = err_of(cudaStreamSynchronize(cb->stream));
     if (err)
         return err;
-    if (!cb->stage && (err = err_of(cudaMallocHost((void **)&cb->stage, CUDA_STAGE_BYTES))))
-        return err;
-    if (!cb->values && (err = err_of(cudaMalloc((void **)&cb->values, CUDA_STEP_VALUES * sizeof(int)))))
-        return err;
+    /* a graph is for speed: without the memory to record one, the step runs op by op */
+    if ((!cb->stage && err_of(cudaMallocHost((void **)&cb->stage, CUDA_STAGE_BYTES))) ||
+        (!cb->values && err_of(cuda_mem_alloc(&cb->mem, (void **)&cb->values, CUDA_STEP_VALUES * sizeof(int))))) {
+        cb->mem.short_of = false;
+        return SPEC_OK;
+    }
     forget_device_state(cb);
     const bool replay = g->replayable && g->exec;
     if (!replay) {
@@ -369,10 +394,38 @@ static int cuda_step_begin(struct kern_backend *be, uint64_t shape)
     return copy_in(cb, cb->values, cb->stage, CUDA_STEP_VALUES * sizeof(int));
 }
 
+/* The end of a step whose op found no device memory (and failed): nothing recorded or replayed runs, and
+ * the shape's next step runs op by op and sizes the buffers anew, as a recording that grows a buffer
+ * holds the old one and the new at once. */
+static void step_short_of_memory(struct cuda_backend *cb)
+{
+    if (cb->step == STEP_RECORD) {
+        cudaGraph_t recorded = NULL;
+        if (cudaStreamEndCapture(cb->stream, &recorded) == cudaSuccess && recorded)
+            cudaGraphDestroy(recorded);
+        cudaGetLastError();
+    }
+    step_ops(cb);
+    cuda_act_forget(&cb->act); /* what it kept may never have been made */
+    cb->rope_n = 0;
+    struct cuda_graph *g = graph_of(cb, cb->step_shape);
+    if (g) {
+        if (g->exec)
+            cudaGraphExecDestroy(g->exec);
+        g->exec = NULL;
+        g->set = false;
+    }
+    cb->mem.short_of = false;
+}
+
 static int cuda_step_end(struct kern_backend *be, bool *again)
 {
     struct cuda_backend *cb = cuda_of(be);
     *again = false;
+    if (cb->graphs && cb->mem.short_of) {
+        step_short_of_memory(cb);
+        return SPEC_OK;
+    }
     const bool replaying = cb->step == STEP_REPLAY;
     const int err = settle(cb);
     if (replaying && err == SPEC_E_CANCELLED) {
@@ -473,12 +526,12 @@ static int cuda_tensor_alloc(struct kern_backend *be, enum spec_dtype type, int6
     if (err || (err = settle(cuda_of(be))))
         return err;
     void *data;
-    if ((err = err_of(cudaMalloc(&data, total))))
+    struct cuda_backend *cb = cuda_of(be);
+    if ((err = err_of(cuda_mem_alloc(&cb->mem, &data, total))))
         return err;
     /* zeroed, as the CPU backend's tensors are */
-    struct cuda_backend *cb = cuda_of(be);
     if ((err = writing(cb)) || (err = err_of(cudaMemsetAsync(data, 0, total, cb->stream)))) {
-        cudaFree(data);
+        cuda_mem_free(&cb->mem, data, total);
         return err;
     }
     *out = (struct kern_tensor){.type = type, .ne0 = ne0, .ne1 = ne1, .row_bytes = row_bytes, .data = data,
@@ -495,7 +548,7 @@ static void cuda_tensor_free(struct kern_backend *be, struct kern_tensor *t)
         settle(cb); /* what waits in act (a norm, a rope, attentions), if anything, runs */
         cuda_act_forget(&cb->act);
         cudaStreamSynchronize(cb->stream); /* kernels in flight may still use it */
-        cudaFree(t->data);
+        cuda_mem_free(&cb->mem, t->data, t->row_bytes * (size_t)t->ne1);
     }
     *t = (struct kern_tensor){};
 }
@@ -509,11 +562,12 @@ static int cuda_weight_from_host(struct kern_backend *be, enum spec_dtype type, 
     int err = cuda_tensor_alloc(be, type, ne0, ne1, &t);
     if (err)
         return err;
-    const cudaStream_t st = cuda_of(be)->stream; /* the allocation ran writing() */
+    struct cuda_backend *cb = cuda_of(be);
+    const cudaStream_t st = cb->stream; /* the allocation ran writing() */
     const size_t bytes = t.row_bytes * (size_t)t.ne1;
     if ((err = err_of(cudaMemcpyAsync(t.data, host, bytes, cudaMemcpyHostToDevice, st))) ||
         (err = err_of(cudaStreamSynchronize(st)))) {
-        cudaFree(t.data);
+        cuda_mem_free(&cb->mem, t.data, bytes);
         return err;
     }
     *out = t;
@@ -1062,7 +1116,7 @@ static void cuda_destroy(struct kern_backend *be)
         free(cb->graph[i].trace);
     }
     cudaFreeHost(cb->stage);
-    cudaFree(cb->values);
+    cuda_mem_free(&cb->mem, cb->values, CUDA_STEP_VALUES * sizeof(int));
     cuda_buf_release(&cb->act.buf);
     cuda_buf_release(&cb->act.next);
     cuda_buf_release(&cb->act.count);
@@ -1082,6 +1136,12 @@ static void cuda_destroy(struct kern_backend *be)
     free(cb->rope_ff);
     free(cb->rope_host);
     free(cb);
+}
+
+static int cuda_device_memory(struct kern_backend *be, size_t *used)
+{
+    *used = cuda_of(be)->mem.used;
+    return SPEC_OK;
 }
 
 static const struct kern_backend_ops cuda_ops = {
@@ -1112,6 +1172,7 @@ static const struct kern_backend_ops cuda_ops = {
     .step_end = cuda_step_end,
     .step_stats = cuda_step_stats,
     .profiler_region = cuda_profiler_region,
+    .device_memory = cuda_device_memory,
 };
 
 /* The A/B switches (SPECD_CUDA_PDL, _PREFETCH, _ATT_TILE, _AFTER_MATMUL, _JOIN, _WIDE): on unless set to 0. */
@@ -1138,6 +1199,11 @@ extern "C" int kern_cuda_backend_create(const struct kern_backend_config *cfg, s
         return SPEC_E_NOMEM;
     }
     cb->base.ops = &cuda_ops;
+    cb->mem.cap = cfg ? cfg->device_bytes : 0;
+    struct cuda_buf *const bufs[] = {&cb->act.buf, &cb->act.next, &cb->act.count, &cb->part, &cb->counters,
+                                     &cb->ids, &cb->rope, &cb->pick, &cb->sample};
+    for (struct cuda_buf *b : bufs)
+        b->mem = &cb->mem;
     cb->graphs = cfg && cfg->graphs;
     cuda_dependent_launches = !env_is_zero("SPECD_CUDA_PDL");
     cuda_prefetch_weights = !env_is_zero("SPECD_CUDA_PREFETCH");
@@ -1147,7 +1213,7 @@ extern "C" int kern_cuda_backend_create(const struct kern_backend_config *cfg, s
     cb->join_sequences = !env_is_zero("SPECD_CUDA_JOIN");
     cb->tensor_cores = cfg && cfg->tensor_cores;
     if (cfg && cfg->blas_prefill) {
-        const int err = cuda_blas_open(cb->stream, &cb->blas);
+        const int err = cuda_blas_open(cb->stream, &cb->mem, &cb->blas);
         if (err) {
             cuda_destroy(&cb->base);
             return err;

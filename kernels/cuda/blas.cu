@@ -70,11 +70,12 @@ static bool blas_load(struct cuda_blas *b)
 #endif
 }
 
-int cuda_blas_open(cudaStream_t st, struct cuda_blas **out)
+int cuda_blas_open(cudaStream_t st, struct cuda_mem *mem, struct cuda_blas **out)
 {
     struct cuda_blas *b = (struct cuda_blas *)calloc(1, sizeof *b);
     if (!b)
         return SPEC_E_NOMEM;
+    b->w16.mem = b->x16.mem = b->out.mem = mem;
     *out = NULL;
     if (!blas_load(b) || b->create(&b->handle) != CUBLAS_STATUS_SUCCESS) {
         cuda_blas_close(b);

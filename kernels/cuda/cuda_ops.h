@@ -184,6 +184,18 @@ static inline cuda_launch<P...> cuda_launcher(dim3 grid, dim3 block, cudaStream_
 /* Every kernel launch: CUDA_LAUNCH(grid, block, stream, kernel)(arguments...). */
 #define CUDA_LAUNCH(grid, block, st, ...) cuda_launcher(grid, block, st, &__VA_ARGS__)
 
+/* A backend's device memory: the bytes it holds (weights, caches, scratch) and the most it may hold
+ * (kern_backend_config.device_bytes; 0: what the GPU has). */
+struct cuda_mem {
+    size_t used, cap;
+    bool short_of; /* an allocation failed since the step began */
+};
+
+/* cudaMalloc within m's cap (cudaErrorMemoryAllocation past it, as from the GPU; either sets
+ * m->short_of), and its cudaFree; bytes as allocated. */
+cudaError_t cuda_mem_alloc(struct cuda_mem *m, void **p, size_t bytes);
+void cuda_mem_free(struct cuda_mem *m, void *p, size_t bytes);
+
 /* A grow-only device buffer for scratch data (converted activations, attention partials, ids). */
 #define CUDA_BUF_RETIRED 4
 
@@ -191,6 +203,8 @@ struct cuda_buf {
     void *p;
     size_t cap;
     void *retired[CUDA_BUF_RETIRED]; /* outgrown during a capture: freed when nothing can use them */
+    size_t retired_cap[CUDA_BUF_RETIRED];
+    struct cuda_mem *mem; /* the backend's, set when the backend is made */
 };
 
 /* Scratch buffers are carved into parts at 256-byte boundaries. */
@@ -511,10 +525,10 @@ static inline void cuda_act_forget(struct cuda_act *a)
 /* The same matmuls through cuBLAS (kernels/cuda/blas.cu), for a prefill's wide steps: weights dequantised
  * to F16, activations rounded to F16, F32 accumulation, every GEMM CUDA_BLAS_ROWS rows wide so that a
  * row's bits depend on that row alone. cuda_blas_open: SPEC_E_UNSUPPORTED when libcublas cannot be
- * loaded or gives no handle. */
+ * loaded or gives no handle; its buffers count against mem (the library's own workspace does not). */
 #define CUDA_BLAS_ROWS 128
 struct cuda_blas;
-int cuda_blas_open(cudaStream_t st, struct cuda_blas **out);
+int cuda_blas_open(cudaStream_t st, struct cuda_mem *mem, struct cuda_blas **out);
 void cuda_blas_close(struct cuda_blas *b);
 cudaError_t cuda_blas_matmul(cudaStream_t st, struct cuda_blas *b, enum spec_dtype wtype, int k, const float *x,
                              size_t x_stride, int n, const struct cuda_mm_part *parts, int n_parts, bool swiglu);

@@ -1274,13 +1274,14 @@ Test(daemon, cuda_settings_on_the_cpu_are_named_and_harmless)
 {
     struct daemon d;
     daemon_init(&d);
-    const char *extra[] = {"--device", "cpu", "--cuda-graphs", "--tensor-cores", "--blas-prefill", NULL};
+    const char *extra[] = {"--device", "cpu", "--cuda-graphs", "--tensor-cores", "--blas-prefill", "--gpu-memory", "512",
+                           NULL};
     daemon_start(&d, extra);
     struct client *c = cl_wrap(connect_to(d.sock));
     health_ok(c, 1);
     cl_close(c);
     daemon_stop(&d);
-    cr_assert(log_has(&d, "--cuda-graphs, --tensor-cores and --blas-prefill do nothing on the CPU"));
+    cr_assert(log_has(&d, "--cuda-graphs, --tensor-cores, --blas-prefill and --gpu-memory do nothing on the CPU"));
     cr_assert(log_has(&d, "backend cpu") && !log_has(&d, "backend cpu, "), "the backend line names no CUDA setting");
     daemon_cleanup(&d);
 }
