@@ -1274,8 +1274,8 @@ Test(daemon, cuda_settings_on_the_cpu_are_named_and_harmless)
 {
     struct daemon d;
     daemon_init(&d);
-    const char *extra[] = {"--device", "cpu", "--cuda-graphs", "--tensor-cores", "--blas-prefill", "--gpu-memory", "512",
-                           NULL};
+    const char *extra[] = {"--device", "cpu", "--cuda-graphs", "--tensor-cores", "--blas-prefill",
+                           "--gpu-memory", "512", NULL};
     daemon_start(&d, extra);
     struct client *c = cl_wrap(connect_to(d.sock));
     health_ok(c, 1);
