@@ -43,14 +43,18 @@
 # time of the same passes with every quantised row a warp's (SPECD_CUDA_WIDE=0, the A/B of mmv_wide).
 #
 # With the device tool (64 MiB travel per call; the bundle's parts are sized for two calls; seen on
-# an H200 in 2026-11: ~35 s to start a machine, ~150 s for call 2's steps without the suites):
+# an H200 in 2026-11: ~35 s to start a machine, ~150 s for the steps of prefill to sampled). Three
+# calls of 300 s and a start do not fit a session's 15 minutes of device time, so what the issue's
+# must-shows need comes first: the roofline, verify/decode and identity, then the kernels' profile
+# that explains decode's gap and the tensor cores' verify/decode; the rest last.
 #   1. here: bench/gpu/bundle.sh
 #   2. run carry=[.gpu/bin.tar.xz, .gpu/prompts-dev.jsonl, .gpu/model/smollm2.part00,
 #      .gpu/model/smollm2.sha256] (~48 MB with the tree), command
 #      "bench/gpu/measure.sh info conformance roofline identity", timeout 300
-#   3. at once (while warm): carry=[.gpu/model/smollm2.part01, .gpu/model/smollm2.part02] (~64 MB),
-#      command "bench/gpu/measure.sh tensor-cores prefill context speedup sampled suites", timeout 300
-#   4. at once: command "bench/gpu/measure.sh kernels", timeout 300 (nothing to carry)
+#   3. at once (while warm): command "bench/gpu/measure.sh kernels tensor-cores", timeout 300 (nothing
+#      to carry; the synthetic models the call before made are reused)
+#   4. at once, with what is left: carry=[.gpu/model/smollm2.part01, .gpu/model/smollm2.part02]
+#      (~64 MB), command "bench/gpu/measure.sh prefill context speedup sampled suites"
 #   5. give_back; commit $OUT's tables as bench/results/<date>-<gpu>.md with these commands.
 set -uo pipefail
 cd "$(dirname "$0")/../.."

@@ -1932,20 +1932,52 @@ static size_t device_used(struct kern_backend *b)
     return used;
 }
 
-/* The steps of the test below, on a sequence of m: the prompt (5 tokens), decode steps of tokens 7, 8,
- * 9, ..., and a step of 40 tokens. */
+/* Another program takes what is left of b's cap (*taken: whether there was anything to take). */
+static struct kern_tensor take_the_rest(struct kern_backend *b, size_t cap, bool *taken)
+{
+    struct kern_tensor t = {0};
+    const size_t left = cap - device_used(b);
+    *taken = left >= sizeof(float);
+    if (*taken)
+        cr_assert_eq(b->ops->tensor_alloc(b, SPEC_F32, 1, (int64_t)(left / sizeof(float)), &t), 0);
+    struct kern_tensor more;
+    cr_assert_eq(b->ops->tensor_alloc(b, SPEC_F32, 64, 1, &more), SPEC_E_NOMEM, "past the cap");
+    return t;
+}
+
+/* The steps of the test below on a sequence of m: n (<= 40) tokens, a function of their positions, with
+ * the logits of the last position, or of every position when n is 5 (the prompt's shape). */
+static int tokens_step(struct model *m, struct model_seq *s, int n, float *logits)
+{
+    int32_t t[40];
+    for (int i = 0; i < n; i++)
+        t[i] = (int32_t)(((model_seq_len(s) + i) * 37 + 11) % model_n_vocab(m));
+    return n == 5 ? model_forward(m, s, t, n, logits) : model_forward_last(m, s, t, n, logits);
+}
+
 static int decode_step(struct model *m, struct model_seq *s, float *logits)
 {
-    const int32_t t = (int32_t)(model_seq_len(s) + 2);
-    return model_forward(m, s, &t, 1, logits);
+    return tokens_step(m, s, 1, logits);
+}
+
+static int prompt_step(struct model *m, struct model_seq *s, float *logits)
+{
+    return tokens_step(m, s, 5, logits);
+}
+
+/* A step on both sequences (the capped backend's and the reference's): their logits bit for bit. */
+static void both(int (*step)(struct model *, struct model_seq *, float *), struct model *mc, struct model_seq *sc,
+                 struct model *me, struct model_seq *se, float *lc, float *le, const char *what)
+{
+    cr_assert_eq(step(mc, sc, lc), 0, "%s", what);
+    cr_assert_eq(step(me, se, le), 0);
+    const size_t rows = step == prompt_step ? 5 : 1;
+    assert_bits(lc, le, sizeof(float) * rows * (size_t)model_n_vocab(mc), what);
 }
 
 static int long_step(struct model *m, struct model_seq *s, float *logits)
 {
-    int32_t t[40];
-    for (int i = 0; i < 40; i++)
-        t[i] = (int32_t)((i * 37 + 11) % model_n_vocab(m));
-    return model_forward_last(m, s, t, 40, logits);
+    return tokens_step(m, s, 40, logits);
 }
 
 /* A backend short of device memory (kern_backend_config.device_bytes, the rest taken by another tensor
@@ -1955,20 +1987,21 @@ static int long_step(struct model *m, struct model_seq *s, float *logits)
 Test(conformance, a_backend_out_of_device_memory_fails_the_step_and_goes_on)
 {
     need_cuda();
-    struct model_synth_config c = qwen2_cfg(SPEC_Q4_K);
+    struct model_synth_config c = llama_cfg(SPEC_Q8_0);
     struct kern_backend_config cfg = tsupport_backend_config(0);
     cfg.graphs = true;
-    /* what the steps need where memory is plenty: the cap */
+    /* what the steps below need where memory is plenty: the cap */
     struct kern_backend *probe = NULL;
     cr_assert_eq(kern_backend_create("cuda", &cfg, &probe), 0);
     struct mem_model mp = tsupport_load_synth(&c, probe, (struct model_config){0});
     const int nv = model_n_vocab(mp.m);
-    float *lg = malloc(sizeof(float) * (size_t)(5 * nv)), *le = malloc(sizeof(float) * (size_t)(5 * nv));
+    float *lc = malloc(sizeof(float) * (size_t)(5 * nv)), *le = malloc(sizeof(float) * (size_t)(5 * nv));
     struct model_seq *sp = new_seq(mp.m, 64);
-    cr_assert_eq(model_forward(mp.m, sp, prompt, 5, lg), 0);
     for (int i = 0; i < 2; i++) /* the second is recorded */
-        cr_assert_eq(decode_step(mp.m, sp, lg), 0);
-    cr_assert_eq(long_step(mp.m, sp, lg), 0);
+        cr_assert_eq(prompt_step(mp.m, sp, lc), 0);
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(decode_step(mp.m, sp, lc), 0);
+    cr_assert_eq(long_step(mp.m, sp, lc), 0);
     cfg.device_bytes = device_used(probe);
     model_seq_free(sp);
     tsupport_mem_model_free(&mp);
@@ -1979,42 +2012,31 @@ Test(conformance, a_backend_out_of_device_memory_fails_the_step_and_goes_on)
     struct mem_model mc = tsupport_load_synth(&c, capped, (struct model_config){0}),
                      me = tsupport_load_synth(&c, gpu, (struct model_config){0});
     struct model_seq *sc = new_seq(mc.m, 64), *se = new_seq(me.m, 64);
-    cr_assert_eq(model_forward(mc.m, sc, prompt, 5, lg), 0);
-    cr_assert_eq(model_forward(me.m, se, prompt, 5, le), 0);
-    cr_assert_eq(decode_step(mc.m, sc, lg), 0);
-    cr_assert_eq(decode_step(me.m, se, le), 0);
-    assert_bits(lg, le, sizeof(float) * (size_t)nv, "a decode step");
-    /* another program takes what is left */
-    struct kern_tensor other;
-    const size_t left = cfg.device_bytes - device_used(capped);
-    cr_assert_gt(left, 64, "%zu bytes left: the steps to come would need none", left);
-    cr_assert_eq(capped->ops->tensor_alloc(capped, SPEC_F32, 1, (int64_t)(left / sizeof(float)), &other), 0);
-    struct kern_tensor more;
-    cr_assert_eq(capped->ops->tensor_alloc(capped, SPEC_F32, 64, 1, &more), SPEC_E_NOMEM, "past the cap");
-
+    both(prompt_step, mc.m, sc, me.m, se, lc, le, "the prompt");
+    bool taken;
+    struct kern_tensor other = take_the_rest(capped, cfg.device_bytes, &taken);
     struct kern_step_stats before = step_stats(capped);
-    cr_assert_eq(decode_step(mc.m, sc, lg), 0, "a step whose recording finds no memory runs op by op");
-    cr_assert_eq(decode_step(me.m, se, le), 0);
-    assert_bits(lg, le, sizeof(float) * (size_t)nv, "a decode step not recorded");
+    both(prompt_step, mc.m, sc, me.m, se, lc, le, "a step whose recording finds no memory runs op by op");
     assert_steps(before, step_stats(capped), 1, 0, 0, 0, "without memory to record");
+    if (taken)
+        capped->ops->tensor_free(capped, &other);
+
+    before = step_stats(capped);
+    for (int i = 0; i < 2; i++)
+        both(decode_step, mc.m, sc, me.m, se, lc, le, "a decode step");
+    assert_steps(before, step_stats(capped), 2, 1, 0, 0, "decode, op by op then recorded");
+    other = take_the_rest(capped, cfg.device_bytes, &taken);
     const int len = model_seq_len(sc);
-    cr_assert_eq(long_step(mc.m, sc, lg), SPEC_E_NOMEM, "a step that needs more memory than there is");
+    cr_assert_eq(long_step(mc.m, sc, lc), SPEC_E_NOMEM, "a step that needs more memory than there is");
     cr_assert_eq(model_seq_len(sc), len, "the failed step left the sequence as it was");
 
-    capped->ops->tensor_free(capped, &other);
-    before = step_stats(capped);
-    cr_assert_eq(decode_step(mc.m, sc, lg), 0);
-    cr_assert_eq(decode_step(me.m, se, le), 0);
-    assert_bits(lg, le, sizeof(float) * (size_t)nv, "a decode step with memory again");
-    assert_steps(before, step_stats(capped), 1, 1, 0, 0, "recorded, with memory again");
-    cr_assert_eq(long_step(mc.m, sc, lg), 0, "the step that failed, with memory again");
-    cr_assert_eq(long_step(me.m, se, le), 0);
-    assert_bits(lg, le, sizeof(float) * (size_t)nv, "the step that failed, with memory again");
-    cr_assert_eq(decode_step(mc.m, sc, lg), 0);
-    cr_assert_eq(decode_step(me.m, se, le), 0);
-    assert_bits(lg, le, sizeof(float) * (size_t)nv, "a decode step after it");
+    if (taken)
+        capped->ops->tensor_free(capped, &other);
+    both(long_step, mc.m, sc, me.m, se, lc, le, "the step that failed, with memory again");
+    for (int i = 0; i < 3; i++)
+        both(decode_step, mc.m, sc, me.m, se, lc, le, "a decode step after it");
     cr_assert_leq(device_used(capped), cfg.device_bytes);
-    free(lg), free(le);
+    free(lc), free(le);
     model_seq_free(sc), model_seq_free(se);
     tsupport_mem_model_free(&mc);
     tsupport_mem_model_free(&me);
