@@ -163,8 +163,10 @@ cudaError_t cuda_buf_reserve(cudaStream_t st, struct cuda_buf *b, size_t bytes)
         int i = 0;
         while (i < CUDA_BUF_RETIRED && b->retired[i])
             i++;
-        if (i == CUDA_BUF_RETIRED)
+        if (i == CUDA_BUF_RETIRED) { /* short of places to keep it: the step ran short, as of memory */
+            b->mem->short_of = true;
             return cudaErrorMemoryAllocation;
+        }
         b->retired[i] = b->p;
         b->retired_cap[i] = b->cap;
         b->p = NULL;
