@@ -10,7 +10,7 @@
  * recorded: between step_begin and step_end the stream is captured (cudaStreamBeginCapture), and
  * step_end launches what it recorded as one graph, updating the executable graph kept for the shape
  * (cudaGraphExecUpdate) instead of building one. While recording, every launch and copy also goes
- * into the shape's trace (cuda_ops.h: a hash of each node). The steps after that are replayed: their
+ * into the shape's trace (cuda_ops.h: the words of each node). The steps after that are replayed: their
  * ops launch nothing and capture nothing, they only trace and stage their host arrays, and when the
  * trace equals the recorded one, step_end launches the kept graph as it is. That is what pays: a small
  * model's decode step is bound by the host's launches, and capturing them costs the host nearly as
@@ -50,8 +50,9 @@ struct cuda_graph {
     cudaGraphExec_t exec; /* NULL until the shape's first recorded step */
     unsigned long used;   /* for eviction: the least recently used goes */
     bool set;
-    uint64_t *trace;      /* the recording's nodes (cuda_ops.h) */
-    int n_trace, trace_cap;
+    uint64_t *trace;      /* the recording's nodes (cuda_ops.h), each its count of words, then its words */
+    int n_trace, trace_cap; /* words */
+    int n_nodes;
     bool replayable;      /* trace stands for every node of exec */
 };
 
@@ -67,7 +68,7 @@ struct cuda_trace {
     cudaStream_t st;
     struct cuda_graph *g;
     bool replaying;
-    int at;       /* replaying: nodes that matched the recording so far */
+    int at;       /* replaying: the trace's words that matched the recording so far */
     bool invalid; /* the trace cannot stand for the graph: a replayed node differed, or a recorded one
                    * could not be kept */
     struct cuda_trace *next;
@@ -207,7 +208,7 @@ bool cuda_attention_tiles = true;
 bool cuda_after_matmul = true;
 bool cuda_wide_rows = true;
 
-bool cuda_trace_node(cudaStream_t st, uint64_t hash)
+bool cuda_trace_node(cudaStream_t st, const cuda_node &nd)
 {
     struct cuda_trace *t = cuda_tracing;
     while (t && t->st != st)
@@ -215,15 +216,23 @@ bool cuda_trace_node(cudaStream_t st, uint64_t hash)
     if (!t)
         return true;
     struct cuda_graph *g = t->g;
+    if (nd.n > CUDA_NODE_WORDS) { /* cannot stand in the trace: the step runs, and is never replayed */
+        t->invalid = true;
+        return !t->replaying;
+    }
+    const int words = 1 + nd.n;
     if (t->replaying) {
-        if (!t->invalid && t->at < g->n_trace && g->trace[t->at] == hash)
-            t->at++;
+        if (!t->invalid && words <= g->n_trace - t->at && g->trace[t->at] == (uint64_t)nd.n &&
+            !memcmp(g->trace + t->at + 1, nd.w, (size_t)nd.n * sizeof nd.w[0]))
+            t->at += words;
         else
             t->invalid = true;
         return false;
     }
-    if (g->n_trace == g->trace_cap) {
-        const int cap = g->trace_cap ? 2 * g->trace_cap : 1024;
+    if (words > g->trace_cap - g->n_trace) {
+        int cap = g->trace_cap ? 2 * g->trace_cap : 16384;
+        while (cap - g->n_trace < words)
+            cap *= 2;
         uint64_t *grown = (uint64_t *)realloc(g->trace, (size_t)cap * sizeof *grown);
         if (!grown) {
             t->invalid = true; /* the step still runs; the next one is recorded again */
@@ -232,7 +241,10 @@ bool cuda_trace_node(cudaStream_t st, uint64_t hash)
         g->trace = grown;
         g->trace_cap = cap;
     }
-    g->trace[g->n_trace++] = hash;
+    g->trace[g->n_trace] = (uint64_t)nd.n;
+    memcpy(g->trace + g->n_trace + 1, nd.w, (size_t)nd.n * sizeof nd.w[0]);
+    g->n_trace += words;
+    g->n_nodes++;
     return true;
 }
 
@@ -282,7 +294,7 @@ static int record_launch(struct cuda_backend *cb)
         cudaGraphDestroy(recorded);
     g->replayable = e == cudaSuccess && traced;
     cb->stats.recorded++;
-    cb->stats.nodes = g->n_trace;
+    cb->stats.nodes = g->n_nodes;
     return err_of(e);
 }
 
@@ -339,8 +351,10 @@ static int settle(struct cuda_backend *cb)
 static int copy_in(struct cuda_backend *cb, void *dst, const void *src, size_t bytes)
 {
     if (cb->step != STEP_OPS) {
-        const uintptr_t ends[3] = {(uintptr_t)dst, (uintptr_t)src, (uintptr_t)bytes};
-        if (!cuda_trace_node(cb->stream, cuda_hash_bytes(CUDA_HASH_SEED, ends, sizeof ends)))
+        cuda_node nd;
+        nd.n = 0;
+        cuda_trace_args(nd, dst, src, bytes);
+        if (!cuda_trace_node(cb->stream, nd))
             return SPEC_OK;
     }
     return err_of(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cb->stream));
@@ -364,7 +378,7 @@ static int cuda_step_begin(struct kern_backend *be, uint64_t shape)
             cudaGraphExecDestroy(victim->exec);
         uint64_t *trace = victim->trace;
         const int cap = victim->trace_cap;
-        *victim = cuda_graph{shape, NULL, ++cb->clock, true, trace, 0, cap, false};
+        *victim = cuda_graph{shape, NULL, ++cb->clock, true, trace, 0, cap, 0, false};
         return SPEC_OK;
     }
     g->used = ++cb->clock;
@@ -386,6 +400,7 @@ static int cuda_step_begin(struct kern_backend *be, uint64_t shape)
             return SPEC_OK;
         }
         g->n_trace = 0;
+        g->n_nodes = 0;
         g->replayable = false;
     }
     cb->step = replay ? STEP_REPLAY : STEP_RECORD;

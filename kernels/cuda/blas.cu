@@ -128,13 +128,11 @@ struct blas_epilogue {
     bool swiglu;
 };
 
-static inline uint64_t cuda_trace_arg(uint64_t h, const blas_epilogue &ep)
+static inline void cuda_trace_arg(cuda_node &nd, const blas_epilogue &ep)
 {
-    for (int p = 0; p < CUDA_MM_PARTS; p++) {
-        h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, ep.out[p]), ep.bias[p]), ep.y[p]);
-        h = cuda_trace_arg(cuda_trace_arg(h, ep.y_stride[p]), ep.width[p]);
-    }
-    return cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, ep.n_parts), ep.n), ep.swiglu);
+    for (int p = 0; p < CUDA_MM_PARTS; p++)
+        cuda_trace_args(nd, ep.out[p], ep.bias[p], ep.y[p], ep.y_stride[p], ep.width[p]);
+    cuda_trace_args(nd, ep.n_parts, ep.n, ep.swiglu);
 }
 
 __global__ void blas_epilogue_kernel(const blas_epilogue ep)

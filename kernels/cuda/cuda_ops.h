@@ -25,10 +25,12 @@ extern "C" {
 /* Launches, and the trace that lets a recorded step be replayed                                  */
 
 /* While the backend records a step as a graph or replays one (backend_cuda.cu), every launch and copy
- * on its stream is also a node of the step's trace: a hash of what the node does (the kernel, the
+ * on its stream is also a node of the step's trace: the words of what the node does (the kernel, the
  * launch shape and every argument's bits; a copy's ends and length). Two steps with equal traces make
  * the same graph, so a recorded graph can run again without its ops being launched or captured: only
- * the host arrays it copies from change, and those it reads when it runs. */
+ * the host arrays it copies from change, and those it reads when it runs. A replay compares its
+ * nodes' words with the recording's, which is exact and, unlike a hash's chain of multiplies, costs
+ * the host little: it is done for every argument of a step's ~150 launches while the GPU waits. */
 struct cuda_trace;
 extern thread_local struct cuda_trace *cuda_tracing; /* the backend's trace during such a step, else NULL */
 /* Recorded kernels launch as programmatic dependents (below) unless SPECD_CUDA_PDL=0 (for the A/B). */
@@ -46,44 +48,42 @@ extern bool cuda_after_matmul;
  * SPECD_CUDA_WIDE=0 (for the A/B; either way a run's matmuls all sum such rows one way). */
 extern bool cuda_wide_rows;
 
+/* One node's words (a launch of 16 sequences' stores and attention takes ~200). A node of more cannot
+ * be traced: its step is never replayed. */
+#define CUDA_NODE_WORDS 512
+
+struct cuda_node {
+    uint64_t w[CUDA_NODE_WORDS];
+    int n;
+};
+
+static inline void cuda_node_word(cuda_node &nd, uint64_t w)
+{
+    if (nd.n < CUDA_NODE_WORDS)
+        nd.w[nd.n] = w;
+    nd.n++;
+}
+
 /* Adds a node to the trace when st is the traced stream. true: make the launch or copy (not traced,
  * or recording); false: replaying, the graph will run it. */
-bool cuda_trace_node(cudaStream_t st, uint64_t hash);
+bool cuda_trace_node(cudaStream_t st, const cuda_node &nd);
 
-/* h and the next 64 bits: a bijection of h ^ w (a multiply by an odd number, then an xor-shift), so
- * that two traces differing in one word never hash alike; a replayed step pays this for each of its
- * kernels' arguments, a word at a time. */
-static inline uint64_t cuda_hash_word(uint64_t h, uint64_t w)
-{
-    h = (h ^ w) * 0x9e3779b97f4a7c15u;
-    return h ^ (h >> 29);
-}
-
-static inline uint64_t cuda_hash_bytes(uint64_t h, const void *p, size_t n)
-{
-    const unsigned char *b = (const unsigned char *)p;
-    uint64_t w;
-    for (; n >= 8; n -= 8, b += 8) {
-        memcpy(&w, b, 8);
-        h = cuda_hash_word(h, w);
-    }
-    if (n > 0) {
-        w = 0;
-        memcpy(&w, b, n);
-        h = cuda_hash_word(h ^ n, w);
-    }
-    return h;
-}
-
-#define CUDA_HASH_SEED 0xcbf29ce484222325u
-
-/* A kernel argument's bits. A struct passed by value hashes its members in an overload of its own
- * (padding bytes hold anything). */
+/* A kernel argument's bits, a word each. A struct passed by value adds its members in an overload of
+ * its own (padding bytes hold anything). */
 template <class T>
-static inline uint64_t cuda_trace_arg(uint64_t h, const T &v)
+static inline void cuda_trace_arg(cuda_node &nd, const T &v)
 {
     static_assert(std::is_scalar<T>::value, "a kernel parameter passed by value needs a cuda_trace_arg overload");
-    return cuda_hash_bytes(h, &v, sizeof v);
+    static_assert(sizeof v <= sizeof(uint64_t), "a scalar wider than a word");
+    uint64_t w = 0;
+    memcpy(&w, &v, sizeof v);
+    cuda_node_word(nd, w);
+}
+
+template <class... T>
+static inline void cuda_trace_args(cuda_node &nd, const T &...v)
+{
+    (cuda_trace_arg(nd, v), ...);
 }
 
 /* The launch itself: <<< >>> for nvcc; the CPU simulator that runs these sources in CI
@@ -160,11 +160,10 @@ struct cuda_launch {
     void run(P... p) const
     {
         if (cuda_tracing) {
-            uint64_t h = cuda_hash_bytes(CUDA_HASH_SEED, &kernel, sizeof kernel);
-            const unsigned shape[6] = {grid.x, grid.y, grid.z, block.x, block.y, block.z};
-            h = cuda_hash_bytes(h, shape, sizeof shape);
-            ((h = cuda_trace_arg(h, p)), ...);
-            if (!cuda_trace_node(st, h)) /* replaying */
+            cuda_node nd;
+            nd.n = 0;
+            cuda_trace_args(nd, kernel, grid.x, grid.y, grid.z, block.x, block.y, block.z, p...);
+            if (!cuda_trace_node(st, nd)) /* replaying */
                 return;
             if (cuda_dependent_launches) {
                 CUDA_KERNEL_LAUNCH_DEPENDENT(grid, block, st, kernel, p...);
@@ -288,11 +287,9 @@ struct cuda_norm {
 };
 
 /* For a recorded step's trace: a norm passed by value, member by member. */
-static inline uint64_t cuda_trace_arg(uint64_t h, const cuda_norm &nm)
+static inline void cuda_trace_arg(cuda_node &nd, const cuda_norm &nm)
 {
-    h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, nm.x), nm.x_stride), nm.res), nm.res_stride);
-    h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, nm.w), nm.eps), nm.y), nm.y_stride);
-    return cuda_trace_arg(cuda_trace_arg(h, nm.ne0), nm.rows);
+    cuda_trace_args(nd, nm.x, nm.x_stride, nm.res, nm.res_stride, nm.w, nm.eps, nm.y, nm.y_stride, nm.ne0, nm.rows);
 }
 
 /* A rope: the first n_rot dimensions of every head of every row of x rotated in place; table holds,
@@ -306,11 +303,9 @@ struct cuda_rope {
     const float *table;
 };
 
-static inline uint64_t cuda_trace_arg(uint64_t h, const cuda_rope &rp)
+static inline void cuda_trace_arg(cuda_node &nd, const cuda_rope &rp)
 {
-    h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, rp.x), rp.x_stride), rp.rows), rp.n_head);
-    h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, rp.head_dim), rp.n_rot), rp.neox);
-    return cuda_trace_arg(h, rp.table);
+    cuda_trace_args(nd, rp.x, rp.x_stride, rp.rows, rp.n_head, rp.head_dim, rp.n_rot, rp.neox, rp.table);
 }
 
 cudaError_t cuda_rope_rows(cudaStream_t st, const struct cuda_rope *rp);
@@ -331,12 +326,10 @@ struct cuda_store {
     bool f16;
 };
 
-static inline uint64_t cuda_trace_arg(uint64_t h, const cuda_store &sp)
+static inline void cuda_trace_arg(cuda_node &nd, const cuda_store &sp)
 {
-    h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, sp.src), sp.src_stride), sp.dst),
-                       sp.dst_row_bytes);
-    h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, sp.row0_at), sp.row0), sp.src_row0), sp.ne0);
-    return cuda_trace_arg(cuda_trace_arg(h, sp.rows), sp.f16);
+    cuda_trace_args(nd, sp.src, sp.src_stride, sp.dst, sp.dst_row_bytes, sp.row0_at, sp.row0, sp.src_row0, sp.ne0,
+                    sp.rows, sp.f16);
 }
 
 /* The stores of a step's sequences (each its K and V into its own cache), of rows of one rope. */
@@ -345,11 +338,11 @@ struct cuda_stores {
     int n;
 };
 
-static inline uint64_t cuda_trace_arg(uint64_t h, const cuda_stores &ss)
+static inline void cuda_trace_arg(cuda_node &nd, const cuda_stores &ss)
 {
     for (int i = 0; i < ss.n; i++)
-        h = cuda_trace_arg(h, ss.s[i]);
-    return cuda_trace_arg(h, ss.n);
+        cuda_trace_arg(nd, ss.s[i]);
+    cuda_trace_arg(nd, ss.n);
 }
 
 /* kern_backend.h's attention for a step's sequences in one launch: sequence i's n queries are the rows
@@ -397,10 +390,9 @@ struct cuda_q8_out {
     int form; /* enum q8_form */
 };
 
-static inline uint64_t cuda_trace_arg(uint64_t h, const cuda_q8_out &o)
+static inline void cuda_trace_arg(cuda_node &nd, const cuda_q8_out &o)
 {
-    h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, o.q), o.d), o.s);
-    return cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, o.sum16), o.count), o.form);
+    cuda_trace_args(nd, o.q, o.d, o.s, o.sum16, o.count, o.form);
 }
 
 /* Elements in a conversion block of the activation type `form` (Q8_0, Q8_1, Q8_K); 0 for any other. */

@@ -37,22 +37,18 @@
 #define MMV_THREADS (MMV_WARPS * CUDA_WARP)
 
 /* For a recorded step's trace: the members that reach the kernel (not the padding between them). */
-static inline uint64_t cuda_trace_arg(uint64_t h, const cuda_mm_args &a)
+static inline void cuda_trace_arg(cuda_node &nd, const cuda_mm_args &a)
 {
     for (int i = 0; i < a.n_parts; i++) {
         const cuda_mm_part &p = a.part[i];
-        h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, p.w), p.w_row_bytes), p.rows);
-        h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, p.bias), p.y), p.y_stride);
+        cuda_trace_args(nd, p.w, p.w_row_bytes, p.rows, p.bias, p.y, p.y_stride);
     }
-    const int ints[5] = {a.n_parts, a.block1, a.block2, a.k, a.n};
-    const bool flags[3] = {a.swiglu, a.vec, a.prefetch};
-    h = cuda_hash_bytes(cuda_hash_bytes(h, ints, sizeof ints), flags, sizeof flags);
-    h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, a.xq), a.q_stride), a.xd);
-    h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, a.xs), a.xsum), a.out);
-    h = cuda_trace_arg(cuda_trace_arg(h, a.after), a.after_count);
+    cuda_trace_args(nd, a.n_parts, a.block1, a.block2, a.k, a.n, a.swiglu, a.vec, a.prefetch, a.xq, a.q_stride, a.xd,
+                    a.xs, a.xsum, a.out, a.after, a.after_count);
     if (a.after == CUDA_MM_AFTER_NORM)
-        return cuda_trace_arg(cuda_trace_arg(h, a.norm), a.norm_out);
-    return a.after == CUDA_MM_AFTER_ROPE ? cuda_trace_arg(cuda_trace_arg(h, a.rope), a.store) : h;
+        cuda_trace_args(nd, a.norm, a.norm_out);
+    else if (a.after == CUDA_MM_AFTER_ROPE)
+        cuda_trace_args(nd, a.rope, a.store);
 }
 
 /* ---------------------------------------------------------------------------------------------- */

@@ -450,17 +450,16 @@ struct attn_seqs {
     int n;
 };
 
-static inline uint64_t cuda_trace_arg(uint64_t h, const attn_seq &sq)
+static inline void cuda_trace_arg(cuda_node &nd, const attn_seq &sq)
 {
-    h = cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, sq.k), sq.v), sq.pos0_at), sq.pos0);
-    return cuda_trace_arg(cuda_trace_arg(cuda_trace_arg(h, sq.n), sq.row0), sq.z0);
+    cuda_trace_args(nd, sq.k, sq.v, sq.pos0_at, sq.pos0, sq.n, sq.row0, sq.z0);
 }
 
-static inline uint64_t cuda_trace_arg(uint64_t h, const attn_seqs &ss)
+static inline void cuda_trace_arg(cuda_node &nd, const attn_seqs &ss)
 {
     for (int i = 0; i < ss.n; i++)
-        h = cuda_trace_arg(h, ss.s[i]);
-    return cuda_trace_arg(h, ss.n);
+        cuda_trace_arg(nd, ss.s[i]);
+    cuda_trace_arg(nd, ss.n);
 }
 
 /* The sequence whose blocks include block z (constant indices: the sequences stay in parameter
