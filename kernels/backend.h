@@ -206,6 +206,11 @@ int kern_attention_check(const struct kern_tensor *q, const struct kern_tensor *
                          const struct kern_tensor *v_cache, const struct kern_attn_params *p,
                          const struct kern_tensor *out);
 int kern_argmax_check(const struct kern_tensor *x, const int32_t *ids);
+/* ids: one SPEC_I32 column (SPEC_E_INVALID_ARG), whose rows from row0 must hold x's rows' or n
+ * (SPEC_E_RANGE). */
+int kern_argmax_keep_check(const struct kern_tensor *x, const struct kern_tensor *ids, int64_t row0);
+int kern_get_rows_kept_check(const struct kern_tensor *table, const struct kern_tensor *ids, int64_t row0, int n,
+                             const struct kern_tensor *out);
 /* SPEC_E_RANGE for a setting out of range or NaN (verify_params_check's rules). */
 int kern_sampler_check(const struct kern_sampler *s);
 /* Rows: logits F32 and each out F32, one width for all, at least the logits' (SPEC_E_INVALID_ARG, as a
@@ -291,6 +296,17 @@ struct kern_backend_ops {
      * 1 / sum_j exp(x_j - x_best) over the non-NaN x_j, summed in double (1 when x_best is +inf, 0
      * when ids[r] is -1). ids and probs are host arrays of x->ne1 entries. */
     int (*argmax)(struct kern_backend *be, const struct kern_tensor *x, int32_t *ids, float *probs);
+    /* Optional (NULL: every greedy id crosses to the host, through argmax and get_rows): greedy choices
+     * that stay on the backend, so that a chain of steps each fed the token the step before chose (a
+     * draft model's run) takes no round trip to the host per token. argmax_keep writes argmax's id of
+     * each row of x (the same choice) into rows row0 .. row0 + x->ne1 - 1 of ids, a tensor of one
+     * SPEC_I32 column; get_rows_kept is get_rows with its n ids read from rows row0 .. of such a
+     * tensor. An id outside the table there (argmax's -1 of a row without a number) gives a row of
+     * zeros, so the chain goes on with numbers: where it failed shows in its ids, read back at its end
+     * (rows_to_host). Neither waits for the device: in a step (step_begin), both are part of it. */
+    int (*argmax_keep)(struct kern_backend *be, const struct kern_tensor *x, struct kern_tensor *ids, int64_t row0);
+    int (*get_rows_kept)(struct kern_backend *be, const struct kern_tensor *table, const struct kern_tensor *ids,
+                         int64_t row0, int n, struct kern_tensor *out);
 
     /* Optional (NULL: the caller samples on the host with verify/, as with the CPU backend, where the
      * logits are host memory already): sampling without moving rows of logits to the host.

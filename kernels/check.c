@@ -147,6 +147,27 @@ int kern_argmax_check(const struct kern_tensor *x, const int32_t *ids)
     return SPEC_OK;
 }
 
+/* A tensor of ids kept on the backend: one SPEC_I32 column, rows packed. */
+static bool is_ids(const struct kern_tensor *t)
+{
+    return t && t->data && t->type == SPEC_I32 && t->ne0 == 1 && t->row_bytes == sizeof(int32_t);
+}
+
+int kern_argmax_keep_check(const struct kern_tensor *x, const struct kern_tensor *ids, int64_t row0)
+{
+    if (!is_f32(x) || !is_ids(ids))
+        return SPEC_E_INVALID_ARG;
+    return kern_rows_check(ids, row0, x->ne1);
+}
+
+int kern_get_rows_kept_check(const struct kern_tensor *table, const struct kern_tensor *ids, int64_t row0, int n,
+                             const struct kern_tensor *out)
+{
+    if (!table || !table->data || !is_ids(ids) || !is_f32(out) || out->ne0 != table->ne0 || out->ne1 != n)
+        return SPEC_E_INVALID_ARG;
+    return kern_rows_check(ids, row0, n);
+}
+
 int kern_sampler_check(const struct kern_sampler *s)
 {
     if (!s)

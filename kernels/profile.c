@@ -284,6 +284,17 @@ static int prof_argmax(struct kern_backend *be, const struct kern_tensor *x, int
     TIMED(be, "argmax", NULL, 0.0, INNER(be)->ops->argmax(INNER(be), x, ids, probs));
 }
 
+static int prof_argmax_keep(struct kern_backend *be, const struct kern_tensor *x, struct kern_tensor *ids, int64_t row0)
+{
+    TIMED(be, "argmax", NULL, 0.0, INNER(be)->ops->argmax_keep(INNER(be), x, ids, row0));
+}
+
+static int prof_get_rows_kept(struct kern_backend *be, const struct kern_tensor *table, const struct kern_tensor *ids,
+                              int64_t row0, int n, struct kern_tensor *out)
+{
+    TIMED(be, "get_rows", NULL, 0.0, INNER(be)->ops->get_rows_kept(INNER(be), table, ids, row0, n, out));
+}
+
 static int prof_sample_process(struct kern_backend *be, const struct kern_tensor *logits,
                                const struct kern_sample_row *rows, int n)
 {
@@ -326,6 +337,8 @@ int kern_profile_wrap(struct kern_backend *inner, struct kern_backend **out)
     p->ops = prof_ops;
     p->ops.name = inner->ops->name;
     p->ops.matmuls_prefill = inner->ops->matmuls_prefill ? prof_matmuls_prefill : NULL;
+    p->ops.argmax_keep = inner->ops->argmax_keep ? prof_argmax_keep : NULL;
+    p->ops.get_rows_kept = inner->ops->get_rows_kept ? prof_get_rows_kept : NULL;
     p->ops.sample_process = inner->ops->sample_process ? prof_sample_process : NULL;
     p->ops.sample_choose = inner->ops->sample_choose ? prof_sample_choose : NULL;
     p->ops.step_stats = inner->ops->step_stats ? prof_step_stats : NULL;

@@ -130,6 +130,22 @@ static int cpu_get_rows(struct kern_backend *be, const struct kern_tensor *table
     return SPEC_OK;
 }
 
+static int cpu_get_rows_kept(struct kern_backend *be, const struct kern_tensor *table, const struct kern_tensor *ids,
+                             int64_t row0, int n, struct kern_tensor *out)
+{
+    int err = kern_get_rows_kept_check(table, ids, row0, n, out);
+    if (err)
+        return err;
+    const int32_t *id = (const int32_t *)ids->data + row0;
+    for (int i = 0; i < n && !err; i++) {
+        if (id[i] < 0 || id[i] >= table->ne1)
+            memset(row_ptr(out, i), 0, (size_t)out->ne0 * sizeof(float));
+        else
+            err = kern_dequantize_row(table->type, row_ptr(table, id[i]), row_ptr(out, i), table->ne0);
+    }
+    return err;
+}
+
 /* ---------------------------------------------------------------------------------------------- */
 /* Elementwise, and matmul (whose bias is an elementwise add)                                     */
 
@@ -510,6 +526,12 @@ static int cpu_argmax(struct kern_backend *be, const struct kern_tensor *x, int3
     return SPEC_OK;
 }
 
+static int cpu_argmax_keep(struct kern_backend *be, const struct kern_tensor *x, struct kern_tensor *ids, int64_t row0)
+{
+    const int err = kern_argmax_keep_check(x, ids, row0);
+    return err ? err : cpu_argmax(be, x, (int32_t *)ids->data + row0, NULL);
+}
+
 /* ---------------------------------------------------------------------------------------------- */
 
 static void cpu_destroy(struct kern_backend *be)
@@ -537,6 +559,8 @@ static const struct kern_backend_ops cpu_ops = {
     .swiglu = cpu_swiglu,
     .add = cpu_add,
     .argmax = cpu_argmax,
+    .argmax_keep = cpu_argmax_keep,
+    .get_rows_kept = cpu_get_rows_kept,
 };
 
 int kern_cpu_backend_create(const struct kern_backend_config *cfg, struct kern_backend **out)

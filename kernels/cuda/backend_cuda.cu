@@ -634,7 +634,25 @@ static int cuda_get_rows_op(struct kern_backend *be, const struct kern_tensor *t
     if ((err = upload(cb, cb->ids.p, ids, (size_t)n * sizeof(int32_t))))
         return err;
     return err_of(cuda_get_rows(cb->stream, table->type, table->data, table->row_bytes, (int)table->ne0,
-                                (const int32_t *)cb->ids.p, n, (float *)out->data, fstride(out)));
+                                (int)table->ne1, (const int32_t *)cb->ids.p, NULL, n, (float *)out->data, fstride(out)));
+}
+
+/* In a recorded step, row0 is a step value: the chain's steps replay one graph. */
+static int cuda_get_rows_kept_op(struct kern_backend *be, const struct kern_tensor *table,
+                                 const struct kern_tensor *ids, int64_t row0, int n, struct kern_tensor *out)
+{
+    int err = kern_get_rows_kept_check(table, ids, row0, n, out);
+    if (err)
+        return err;
+    if (!cuda_weight_type_ok(table->type))
+        return SPEC_E_UNSUPPORTED;
+    struct cuda_backend *cb = cuda_of(be);
+    if ((err = writing(cb)))
+        return err;
+    const int *row0_at = step_value(cb, row0);
+    const int32_t *first = (const int32_t *)ids->data + (row0_at ? 0 : row0);
+    return err_of(cuda_get_rows(cb->stream, table->type, table->data, table->row_bytes, (int)table->ne0,
+                                (int)table->ne1, first, row0_at, n, (float *)out->data, fstride(out)));
 }
 
 /* mm[0..n)'s weights as the kernels take them; SPEC_E_UNSUPPORTED or SPEC_E_RANGE for what they cannot. */
@@ -942,13 +960,29 @@ static int cuda_argmax_op(struct kern_backend *be, const struct kern_tensor *x, 
     int32_t *d_ids;
     float *d_probs;
     if ((err = err_of(cuda_argmax(cb->stream, &cb->pick, &cb->counters, (const float *)x->data, fstride(x),
-                                  (int)x->ne0, (int)rows, probs != NULL, &d_ids, &d_probs))) ||
+                                  (int)x->ne0, (int)rows, probs != NULL, NULL, NULL, &d_ids, &d_probs))) ||
         (err = err_of(cudaMemcpyAsync(ids, d_ids, rows * sizeof(int32_t), cudaMemcpyDeviceToHost, cb->stream))))
         return err;
     if (probs &&
         (err = err_of(cudaMemcpyAsync(probs, d_probs, rows * sizeof(float), cudaMemcpyDeviceToHost, cb->stream))))
         return err;
     return err_of(cudaStreamSynchronize(cb->stream));
+}
+
+/* Returns nothing, so it stays in a recorded step, row0 a step value (as get_rows_kept's). */
+static int cuda_argmax_keep_op(struct kern_backend *be, const struct kern_tensor *x, struct kern_tensor *ids,
+                               int64_t row0)
+{
+    struct cuda_backend *cb = cuda_of(be);
+    int err = kern_argmax_keep_check(x, ids, row0);
+    if (err || (err = writing(cb)))
+        return err;
+    const int *row0_at = step_value(cb, row0);
+    int32_t *d_ids;
+    float *d_probs;
+    return err_of(cuda_argmax(cb->stream, &cb->pick, &cb->counters, (const float *)x->data, fstride(x), (int)x->ne0,
+                              (int)x->ne1, false, (int32_t *)ids->data + (row0_at ? 0 : row0), row0_at, &d_ids,
+                              &d_probs));
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -1180,6 +1214,8 @@ static const struct kern_backend_ops cuda_ops = {
     .swiglu = cuda_swiglu,
     .add = cuda_add,
     .argmax = cuda_argmax_op,
+    .argmax_keep = cuda_argmax_keep_op,
+    .get_rows_kept = cuda_get_rows_kept_op,
     .sample_process = cuda_sample_process_op,
     .sample_choose = cuda_sample_choose_op,
     .mark = cuda_mark,

@@ -525,9 +525,10 @@ void cuda_blas_close(struct cuda_blas *b);
 cudaError_t cuda_blas_matmul(cudaStream_t st, struct cuda_blas *b, enum spec_dtype wtype, int k, const float *x,
                              size_t x_stride, int n, const struct cuda_mm_part *parts, int n_parts, bool swiglu);
 
-/* out[i * out_stride + e] = dequant(table row ids[i])[e] for i < n, e < ne0; ids in device memory. */
+/* out[i * out_stride + e] = dequant(table row ids[i])[e] for i < n, e < ne0, zeros for an id outside the
+ * table's n_table rows; ids in device memory, from ids + *ids_at on when ids_at (device memory) is not NULL. */
 cudaError_t cuda_get_rows(cudaStream_t st, enum spec_dtype type, const void *table, size_t row_bytes, int ne0,
-                          const int32_t *ids, int n, float *out, size_t out_stride);
+                          int n_table, const int32_t *ids, const int *ids_at, int n, float *out, size_t out_stride);
 
 /* out[r * ne0 + e] = dequant(w row r)[e] rounded to F16, for r < rows, e < ne0 (weights for cuBLAS). */
 cudaError_t cuda_rows_to_f16(cudaStream_t st, enum spec_dtype type, const void *w, size_t row_bytes, int ne0,
@@ -567,9 +568,11 @@ cudaError_t cuda_attention(cudaStream_t st, struct cuda_act *act, const struct c
 
 /* kern_backend.h's argmax of `rows` rows of ne0 logits into scratch (grown as needed): *ids the ids,
  * *probs (with_probs, else NULL) the probabilities, both in device memory; `counters`
- * (cuda_reserve_counters) finds each row's last slice to finish. */
+ * (cuda_reserve_counters) finds each row's last slice to finish. keep (not NULL): the ids go there
+ * instead (from keep + *keep_at on when keep_at, device memory, is not NULL), and *ids is keep. */
 cudaError_t cuda_argmax(cudaStream_t st, struct cuda_buf *scratch, struct cuda_buf *counters, const float *x,
-                        size_t x_stride, int ne0, int rows, bool with_probs, int32_t **ids, float **probs);
+                        size_t x_stride, int ne0, int rows, bool with_probs, int32_t *keep, const int *keep_at,
+                        int32_t **ids, float **probs);
 
 /* Sampling (sample.cu). A row to process: logits `in` into the distribution `out`, with the penalty
  * window recent[recent_off .. recent_off + n_recent) of the launch's token array. */

@@ -64,16 +64,19 @@ static __device__ float dequant(const uint8_t *row, int e)
     }
 }
 
-/* Rows ids[r] of table (rows r when ids is NULL), dequantised into F32 or (HALF) rounded to F16. */
+/* Rows ids[r] of table (rows r when ids is NULL; ids from *ids_at on when that is not NULL), dequantised
+ * into F32 or (HALF) rounded to F16. An id outside the table's n_table rows (argmax's -1, chained on the
+ * device) gives zeros. */
 template <enum spec_dtype T, bool HALF>
-__global__ void get_rows_kernel(const uint8_t *table, size_t row_bytes, int ne0, const int32_t *ids, int n,
-                                void *out, size_t out_stride)
+__global__ void get_rows_kernel(const uint8_t *table, size_t row_bytes, int ne0, int n_table, const int32_t *ids,
+                                const int *ids_at, int n, void *out, size_t out_stride)
 {
     cuda_grid_wait();
+    const int32_t *id = ids && ids_at ? ids + *ids_at : ids;
     CUDA_GRID_STRIDE(i, (int64_t)ne0 * n)
     {
-        const int r = (int)(i / ne0), e = (int)(i % ne0);
-        const float v = dequant<T>(table + (size_t)(ids ? ids[r] : r) * row_bytes, e);
+        const int r = (int)(i / ne0), e = (int)(i % ne0), row = id ? id[r] : r;
+        const float v = row >= 0 && row < n_table ? dequant<T>(table + (size_t)row * row_bytes, e) : 0.0f;
         if (HALF)
             ((__half *)out)[(size_t)r * out_stride + e] = __float2half_rn(v);
         else
@@ -81,53 +84,62 @@ __global__ void get_rows_kernel(const uint8_t *table, size_t row_bytes, int ne0,
     }
 }
 
+struct rows_args {
+    const void *table;
+    size_t row_bytes;
+    int ne0, n_table;
+    const int32_t *ids;
+    const int *ids_at;
+    int n;
+    void *out;
+    size_t out_stride;
+};
+
 template <enum spec_dtype T, bool HALF>
-static cudaError_t launch_rows(cudaStream_t st, const void *table, size_t row_bytes, int ne0, const int32_t *ids,
-                               int n, void *out, size_t out_stride)
+static cudaError_t launch_rows(cudaStream_t st, const rows_args &a)
 {
-    CUDA_LAUNCH(cuda_elt_blocks((int64_t)ne0 * n), CUDA_ELT_THREADS, st, get_rows_kernel<T, HALF>)
-    ((const uint8_t *)table, row_bytes, ne0, ids, n, out, out_stride);
+    CUDA_LAUNCH(cuda_elt_blocks((int64_t)a.ne0 * a.n), CUDA_ELT_THREADS, st, get_rows_kernel<T, HALF>)
+    ((const uint8_t *)a.table, a.row_bytes, a.ne0, a.n_table, a.ids, a.ids_at, a.n, a.out, a.out_stride);
     return cudaGetLastError();
 }
 
 template <bool HALF>
-static cudaError_t dequant_rows(cudaStream_t st, enum spec_dtype type, const void *table, size_t row_bytes, int ne0,
-                                const int32_t *ids, int n, void *out, size_t out_stride)
+static cudaError_t dequant_rows(cudaStream_t st, enum spec_dtype type, const rows_args &a)
 {
     switch (type) {
     case SPEC_F32:
-        return launch_rows<SPEC_F32, HALF>(st, table, row_bytes, ne0, ids, n, out, out_stride);
+        return launch_rows<SPEC_F32, HALF>(st, a);
     case SPEC_F16:
-        return launch_rows<SPEC_F16, HALF>(st, table, row_bytes, ne0, ids, n, out, out_stride);
+        return launch_rows<SPEC_F16, HALF>(st, a);
     case SPEC_BF16:
-        return launch_rows<SPEC_BF16, HALF>(st, table, row_bytes, ne0, ids, n, out, out_stride);
+        return launch_rows<SPEC_BF16, HALF>(st, a);
     case SPEC_Q4_0:
-        return launch_rows<SPEC_Q4_0, HALF>(st, table, row_bytes, ne0, ids, n, out, out_stride);
+        return launch_rows<SPEC_Q4_0, HALF>(st, a);
     case SPEC_Q4_1:
-        return launch_rows<SPEC_Q4_1, HALF>(st, table, row_bytes, ne0, ids, n, out, out_stride);
+        return launch_rows<SPEC_Q4_1, HALF>(st, a);
     case SPEC_Q5_0:
-        return launch_rows<SPEC_Q5_0, HALF>(st, table, row_bytes, ne0, ids, n, out, out_stride);
+        return launch_rows<SPEC_Q5_0, HALF>(st, a);
     case SPEC_Q8_0:
-        return launch_rows<SPEC_Q8_0, HALF>(st, table, row_bytes, ne0, ids, n, out, out_stride);
+        return launch_rows<SPEC_Q8_0, HALF>(st, a);
     case SPEC_Q4_K:
-        return launch_rows<SPEC_Q4_K, HALF>(st, table, row_bytes, ne0, ids, n, out, out_stride);
+        return launch_rows<SPEC_Q4_K, HALF>(st, a);
     case SPEC_Q6_K:
-        return launch_rows<SPEC_Q6_K, HALF>(st, table, row_bytes, ne0, ids, n, out, out_stride);
+        return launch_rows<SPEC_Q6_K, HALF>(st, a);
     default:
         return cudaErrorInvalidValue;
     }
 }
 
 cudaError_t cuda_get_rows(cudaStream_t st, enum spec_dtype type, const void *table, size_t row_bytes, int ne0,
-                          const int32_t *ids, int n, float *out, size_t out_stride)
+                          int n_table, const int32_t *ids, const int *ids_at, int n, float *out, size_t out_stride)
 {
-    return dequant_rows<false>(st, type, table, row_bytes, ne0, ids, n, out, out_stride);
+    return dequant_rows<false>(st, type, rows_args{table, row_bytes, ne0, n_table, ids, ids_at, n, out, out_stride});
 }
 
 cudaError_t cuda_rows_to_f16(cudaStream_t st, enum spec_dtype type, const void *w, size_t row_bytes, int ne0,
                              int rows, uint16_t *out)
 {
-    return dequant_rows<true>(st, type, w, row_bytes, ne0, NULL, rows, out, (size_t)ne0);
+    return dequant_rows<true>(st, type, rows_args{w, row_bytes, ne0, rows, NULL, NULL, rows, out, (size_t)ne0});
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -281,8 +293,8 @@ static int pick_slices(int ne0)
  * by a fixed tree, whose inverse is the argmax's probability. A wide row (151,936 logits) is then
  * read by 37 blocks instead of one. */
 __global__ void __launch_bounds__(PICK_THREADS)
-    argmax_kernel(const float *x, size_t x_stride, int ne0, int slices, int32_t *ids, float *probs, float *part_v,
-                  int *part_i, double *part_s, int *done)
+    argmax_kernel(const float *x, size_t x_stride, int ne0, int slices, int32_t *ids, const int *ids_at, float *probs,
+                  float *part_v, int *part_i, double *part_s, int *done)
 {
     cuda_grid_wait();
     __shared__ float best_v[PICK_THREADS];
@@ -330,7 +342,7 @@ __global__ void __launch_bounds__(PICK_THREADS)
     const int row_best = best_i[0];
     const float row_max = best_v[0];
     if (tid == 0)
-        ids[r] = row_best;
+        ids[(ids_at ? *ids_at : 0) + r] = row_best;
     if (!probs)
         return; /* the same for every thread: no barrier follows for anyone */
     sums[tid] = mi >= 0 && row_max != INFINITY ? ms * exp((double)mv - (double)row_max) : 0.0;
@@ -340,7 +352,8 @@ __global__ void __launch_bounds__(PICK_THREADS)
 }
 
 cudaError_t cuda_argmax(cudaStream_t st, struct cuda_buf *scratch, struct cuda_buf *counters, const float *x,
-                        size_t x_stride, int ne0, int rows, bool with_probs, int32_t **ids, float **probs)
+                        size_t x_stride, int ne0, int rows, bool with_probs, int32_t *keep, const int *keep_at,
+                        int32_t **ids, float **probs)
 {
     const int slices = pick_slices(ne0);
     const size_t n = (size_t)rows, parts = n * (size_t)slices;
@@ -353,13 +366,13 @@ cudaError_t cuda_argmax(cudaStream_t st, struct cuda_buf *scratch, struct cuda_b
         return err;
     uint8_t *base = (uint8_t *)scratch->p;
     int *done = (int *)counters->p;
-    *ids = (int32_t *)base;
+    *ids = keep ? keep : (int32_t *)base;
     *probs = with_probs ? (float *)(base + ids_bytes) : NULL;
     float *part_v = (float *)(base + ids_bytes + probs_bytes);
     int *part_i = (int *)((uint8_t *)part_v + v_bytes);
     double *part_s = (double *)((uint8_t *)part_i + i_bytes);
     CUDA_LAUNCH(dim3((unsigned)slices, (unsigned)rows), PICK_THREADS, st, argmax_kernel)(
-        x, x_stride, ne0, slices, *ids, *probs, part_v, part_i, part_s, done);
+        x, x_stride, ne0, slices, *ids, keep ? keep_at : NULL, *probs, part_v, part_i, part_s, done);
     return cudaGetLastError();
 }
 

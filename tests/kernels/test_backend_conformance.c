@@ -757,6 +757,77 @@ Test(conformance, argmax_picks_the_cpus_ids_with_its_probabilities)
     free_t(cpu, &xc), free_t(gpu, &xg);
 }
 
+static struct kern_tensor ids_tensor(struct kern_backend *b, int64_t n, const int32_t *host)
+{
+    struct kern_tensor t;
+    cr_assert_eq(b->ops->tensor_alloc(b, SPEC_I32, 1, n, &t), 0);
+    if (host)
+        cr_assert_eq(b->ops->rows_from_host(b, &t, 0, n, host), 0);
+    return t;
+}
+
+/* The ids a chain of steps keeps on the device: argmax_keep writes argmax's ids where it is told, and
+ * get_rows_kept reads rows by them, an id outside the table (argmax's -1) as zeros. */
+Test(conformance, ids_kept_on_the_device_are_argmaxs_and_feed_get_rows)
+{
+    need_cuda();
+    const int64_t ne0 = 9000, n = 5; /* two slices a row */
+    float *xh = random_f32(ne0 * n, 4.0f);
+    xh[0 * ne0 + 7000] = xh[0 * ne0 + 12] = 30.0f;
+    xh[1 * ne0 + 0] = NAN, xh[1 * ne0 + 5] = -INFINITY;
+    for (int64_t i = 0; i < ne0; i++)
+        xh[3 * ne0 + i] = i % 3 ? -INFINITY : NAN;
+    int32_t want[5], got_c[10], got_g[10];
+    struct kern_tensor xc = upload(cpu, SPEC_F32, ne0, n, xh), xg = upload(gpu, SPEC_F32, ne0, n, xh);
+    cr_assert_eq(cpu->ops->argmax(cpu, &xc, want, NULL), 0);
+    cr_assert_eq(want[0], 12);
+    cr_assert_eq(want[3], -1);
+    const int32_t fill[10] = {41, 41, 41, 41, 41, 41, 41, 41, 41, 41};
+    struct kern_tensor ic = ids_tensor(cpu, 10, fill), ig = ids_tensor(gpu, 10, fill);
+    cr_assert_eq(cpu->ops->argmax_keep(cpu, &xc, &ic, 3), 0);
+    cr_assert_eq(gpu->ops->argmax_keep(gpu, &xg, &ig, 3), 0);
+    cr_assert_eq(cpu->ops->rows_to_host(cpu, &ic, 0, 10, got_c), 0);
+    cr_assert_eq(gpu->ops->rows_to_host(gpu, &ig, 0, 10, got_g), 0);
+    for (int r = 0; r < 10; r++) {
+        const int32_t w = r >= 3 && r < 3 + n ? want[r - 3] : 41;
+        cr_assert_eq(got_c[r], w, "cpu: row %d holds %d, expected %d", r, got_c[r], w);
+        cr_assert_eq(got_g[r], w, "cuda: row %d holds %d, expected %d", r, got_g[r], w);
+    }
+    cr_assert_eq(gpu->ops->argmax_keep(gpu, &xg, &ig, 6), SPEC_E_RANGE); /* rows 6 .. 10 of 10 */
+    cr_assert_eq(gpu->ops->argmax_keep(gpu, &xg, &xg, 0), SPEC_E_INVALID_ARG);
+    cr_assert_eq(cpu->ops->argmax_keep(cpu, &xc, &ic, 6), SPEC_E_RANGE);
+    free_t(cpu, &ic), free_t(gpu, &ig);
+
+    const int64_t k = 512, rows = 7;
+    const int32_t chain[6] = {5, -1, 3, 7, 0, INT32_MIN}; /* 7 and INT32_MIN: past the table */
+    for (size_t ti = 0; ti < KT_N_CPU_TYPES; ti++) {
+        const enum spec_dtype t = kt_cpu_types[ti];
+        size_t rb;
+        void *wh = random_weights(t, k, rows, 0, &rb);
+        struct kern_tensor tc = weight(cpu, t, k, rows, wh), tg = weight(gpu, t, k, rows, wh), oc = poisoned(cpu, k, 5),
+                           og = poisoned(gpu, k, 5), one = poisoned(cpu, k, 1);
+        ic = ids_tensor(cpu, 6, chain), ig = ids_tensor(gpu, 6, chain);
+        cr_assert_eq(cpu->ops->get_rows_kept(cpu, &tc, &ic, 1, 5, &oc), 0);
+        cr_assert_eq(gpu->ops->get_rows_kept(gpu, &tg, &ig, 1, 5, &og), 0);
+        float *wc = download(cpu, &oc), *wg = download(gpu, &og);
+        assert_bits(wg, wc, (size_t)(5 * k) * sizeof(float), kern_dtype_info(t)->name);
+        const int32_t three = 3;
+        cr_assert_eq(cpu->ops->get_rows(cpu, &tc, &three, 1, &one), 0);
+        float *row3 = download(cpu, &one);
+        assert_bits(wc + k, row3, (size_t)k * sizeof(float), "the row of a kept id");
+        for (int64_t e = 0; e < k; e++)
+            cr_assert(wc[e] == 0.0f && wc[2 * k + e] == 0.0f && wc[4 * k + e] == 0.0f,
+                      "%s: an id past the table gives zeros", kern_dtype_info(t)->name);
+        cr_assert_eq(gpu->ops->get_rows_kept(gpu, &tg, &ig, 2, 5, &og), SPEC_E_RANGE);
+        cr_assert_eq(gpu->ops->get_rows_kept(gpu, &tg, &og, 0, 5, &og), SPEC_E_INVALID_ARG);
+        free(wc), free(wg), free(row3), free(wh);
+        free_t(cpu, &tc), free_t(cpu, &oc), free_t(cpu, &one), free_t(cpu, &ic);
+        free_t(gpu, &tg), free_t(gpu, &og), free_t(gpu, &ig);
+    }
+    free(xh);
+    free_t(cpu, &xc), free_t(gpu, &xg);
+}
+
 /* ---------------------------------------------------------------------------------------------- */
 /* Sampling on the device against verify/ on the host                                             */
 
@@ -2099,6 +2170,57 @@ Test(conformance, reading_back_inside_a_recorded_step_sees_the_ops_before_it)
     free(h), free(unchanged);
     free(ah), free(bh);
     free_t(g, &a), free_t(g, &b), free_t(g, &o);
+    kern_backend_destroy(g);
+}
+
+/* A chain of steps each fed the id the step before kept (a draft model's greedy run): no id crosses to
+ * the host until the end, every step after the recorded one replays its graph (the rows it reads and
+ * writes are step values), and the ids are the CPU's. */
+Test(conformance, a_chain_of_steps_fed_their_kept_ids_replays_one_graph_with_the_cpus_ids)
+{
+    need_cuda();
+    struct kern_backend_config graphs_cfg = tsupport_backend_config(0);
+    graphs_cfg.graphs = true;
+    struct kern_backend *g = NULL;
+    cr_assert_eq(kern_backend_create("cuda", &graphs_cfg, &g), 0);
+    const int64_t d = 64, vocab = 300, steps = 9;
+    size_t rb;
+    void *eh = random_weights(SPEC_Q8_0, d, vocab, 0, &rb), *wh = random_weights(SPEC_Q4_K, 256, vocab, 0, &rb);
+    float *ph = random_f32(256 * d, 0.2f);
+    struct kern_backend *be[2] = {cpu, g};
+    int32_t ids[2][10];
+    const struct kern_step_stats before = step_stats(g);
+    for (int b = 0; b < 2; b++) {
+        struct kern_backend *k = be[b];
+        const int32_t seed = 17;
+        struct kern_tensor e = weight(k, SPEC_Q8_0, d, vocab, eh), w = weight(k, SPEC_Q4_K, 256, vocab, wh),
+                           p = weight(k, SPEC_F32, d, 256, ph), x = poisoned(k, d, 1), h = poisoned(k, 256, 1),
+                           lg = poisoned(k, vocab, 1), kept = ids_tensor(k, steps + 1, NULL);
+        cr_assert_eq(k->ops->rows_from_host(k, &kept, 0, 1, &seed), 0);
+        for (int s = 1; s <= steps; s++) {
+            if (k->ops->step_begin)
+                cr_assert_eq(k->ops->step_begin(k, 99), 0);
+            cr_assert_eq(k->ops->get_rows_kept(k, &e, &kept, s - 1, 1, &x), 0);
+            cr_assert_eq(k->ops->matmul(k, &p, &x, NULL, &h), 0);
+            cr_assert_eq(k->ops->matmul(k, &w, &h, NULL, &lg), 0);
+            cr_assert_eq(k->ops->argmax_keep(k, &lg, &kept, s), 0);
+            bool again = false;
+            if (k->ops->step_end)
+                cr_assert_eq(k->ops->step_end(k, &again), 0);
+            cr_assert(!again, "step %d issued again", s);
+        }
+        cr_assert_eq(k->ops->rows_to_host(k, &kept, 0, steps + 1, ids[b]), 0);
+        free_t(k, &e), free_t(k, &w), free_t(k, &p), free_t(k, &x), free_t(k, &h), free_t(k, &lg), free_t(k, &kept);
+    }
+    assert_steps(before, step_stats(g), steps, 1, steps - 2, 0, "a chain of kept ids");
+    int distinct = 0;
+    for (int s = 0; s <= steps; s++) {
+        cr_assert_eq(ids[1][s], ids[0][s], "step %d: cuda kept %d, the cpu %d", s, ids[1][s], ids[0][s]);
+        cr_assert(ids[0][s] >= 0 && ids[0][s] < vocab);
+        distinct += s > 0 && ids[0][s] != ids[0][s - 1];
+    }
+    cr_assert(distinct > 0, "the chain never moved: it tests nothing");
+    free(eh), free(wh), free(ph);
     kern_backend_destroy(g);
 }
 
