@@ -580,7 +580,7 @@ static int output_rows(const struct segment *sg, int *first)
 {
     const struct model_batch_item *it = sg->it;
     *first = 0;
-    if (!it->logits && !it->argmax && !it->probs)
+    if (!it->logits && !it->argmax && !it->probs && !it->keep_argmax)
         return 0;
     if (it->all_logits)
         return sg->n;
@@ -719,13 +719,25 @@ static int step_layers(struct model *m, const struct segment *sg, int n_sg, int 
                        att = rows(&m->s.att, 0, n), gate = rows(&m->s.gate, 0, n), up = rows(&m->s.up, 0, n);
     struct kern_tensor q = cols(&qkv, 0, q_dim), k = cols(&qkv, q_dim, kv_dim), v = cols(&qkv, q_dim + kv_dim, kv_dim),
                        qk = cols(&qkv, 0, q_dim + kv_dim), kv = cols(&qkv, q_dim, 2 * kv_dim);
-    for (int i = 0; i < n_sg; i++)
+    bool kept = false;
+    for (int i = 0; i < n_sg; i++) {
+        kept |= sg[i].it->kept_tokens != NULL;
         for (int r = 0; r < sg[i].n; r++) {
-            m->s.ids[sg[i].row0 + r] = sg[i].it->tokens[sg[i].off + r];
+            m->s.ids[sg[i].row0 + r] = sg[i].it->kept_tokens ? 0 : sg[i].it->tokens[sg[i].off + r];
             m->s.pos[sg[i].row0 + r] = sg[i].it->s->len + sg[i].off + r;
         }
+    }
 
-    SPEC_TRY(op->get_rows(be, &m->tok_embd, m->s.ids, n, &x));
+    if (!kept)
+        SPEC_TRY(op->get_rows(be, &m->tok_embd, m->s.ids, n, &x));
+    for (int i = 0; kept && i < n_sg; i++) {
+        const struct model_batch_item *it = sg[i].it;
+        struct kern_tensor xs = rows(&x, sg[i].row0, sg[i].n);
+        if (it->kept_tokens)
+            SPEC_TRY(op->get_rows_kept(be, &m->tok_embd, it->kept_tokens, it->kept_row0 + sg[i].off, sg[i].n, &xs));
+        else
+            SPEC_TRY(op->get_rows(be, &m->tok_embd, m->s.ids + sg[i].row0, sg[i].n, &xs));
+    }
     /* Each residual add is folded into the norm that reads its result: the feed-forward output
      * (in xb) is added to x by the next layer's attention norm, the last one in step_logits. */
     for (int il = 0; il < hp->n_layer; il++) {
@@ -773,6 +785,25 @@ static int step_layers(struct model *m, const struct segment *sg, int n_sg, int 
     return step_logits(m, sg, n_sg, n);
 }
 
+/* The greedy ids of the output rows of the items that keep them on the backend: part of the step, as
+ * nothing crosses to the host. */
+static int step_keep(struct model *m, const struct segment *sg, int n_sg)
+{
+    int row = 0;
+    for (int i = 0; i < n_sg; i++) {
+        const struct model_batch_item *it = sg[i].it;
+        int first;
+        const int k = output_rows(&sg[i], &first);
+        if (k > 0 && it->keep_argmax) {
+            const struct kern_tensor lg = rows(&m->s.logits, row, k);
+            const int64_t at = it->all_logits ? sg[i].off : 0; /* the item's index of this segment's first output */
+            SPEC_TRY(m->be->ops->argmax_keep(m->be, &lg, it->keep_argmax, it->keep_row0 + at));
+        }
+        row += k;
+    }
+    return SPEC_OK;
+}
+
 /* The device work of one internal step, bracketed by step_begin/step_end (the CUDA backend records it
  * as a graph, or replays the one recorded for its shape). *again: the backend ran none of it. */
 static int step_run(struct model *m, const struct segment *sg, int n_sg, int n, bool prefill, uint64_t shape,
@@ -783,7 +814,9 @@ static int step_run(struct model *m, const struct segment *sg, int n_sg, int n, 
     *again = false;
     if (op->step_begin)
         SPEC_TRY(op->step_begin(be, shape));
-    const int err = step_layers(m, sg, n_sg, n, prefill);
+    int err = step_layers(m, sg, n_sg, n, prefill);
+    if (!err)
+        err = step_keep(m, sg, n_sg);
     const int ended = op->step_end ? op->step_end(be, again) : SPEC_OK;
     return err ? err : ended;
 }
@@ -801,7 +834,9 @@ static int forward_step(struct model *m, const struct segment *sg, int n_sg, int
         const int k = output_rows(&sg[i], &first);
         n_out += k;
         shape = (shape ^ (uint64_t)(uintptr_t)sg[i].it->s) * 0x9e3779b97f4a7c15u;
-        shape = (shape ^ ((uint64_t)sg[i].n | (uint64_t)k << 32)) * 0x9e3779b97f4a7c15u;
+        const uint64_t kept = (uint64_t)(sg[i].it->kept_tokens != NULL) << 62 |
+                              (uint64_t)(sg[i].it->keep_argmax != NULL) << 63;
+        shape = (shape ^ ((uint64_t)sg[i].n | (uint64_t)k << 32 | kept)) * 0x9e3779b97f4a7c15u;
     }
     bool again;
     int err = step_run(m, sg, n_sg, n, n_out == 0, shape, &again);
@@ -818,16 +853,18 @@ static int check_batch(const struct model *m, const struct model_batch_item *ite
         return SPEC_E_INVALID_ARG;
     for (int i = 0; i < n_items; i++) {
         const struct model_batch_item *it = &items[i];
-        if (!it->s || it->s->m != m || !it->tokens || it->n <= 0)
+        if (!it->s || it->s->m != m || (!it->tokens && !it->kept_tokens) || it->n <= 0)
             return SPEC_E_INVALID_ARG;
         for (int j = 0; j < i; j++)
             if (items[j].s == it->s)
                 return SPEC_E_INVALID_ARG; /* one sequence cannot take two appends at once */
         if (it->n > it->s->n_ctx - it->s->len)
             return SPEC_E_CONTEXT_FULL;
-        for (int t = 0; t < it->n; t++)
+        for (int t = 0; !it->kept_tokens && t < it->n; t++)
             if (it->tokens[t] < 0 || it->tokens[t] >= m->hp.n_vocab)
                 return SPEC_E_INVALID_ARG;
+        if ((it->kept_tokens && !m->be->ops->get_rows_kept) || (it->keep_argmax && !m->be->ops->argmax_keep))
+            return SPEC_E_UNSUPPORTED;
         if (it->probs && (!it->sampler || (it->window_len > 0 && !it->window_ctx) || it->window_len > INT32_MAX))
             return SPEC_E_INVALID_ARG;
         if (it->probs && !m->be->ops->sample_process)

@@ -108,6 +108,18 @@ struct model_batch_item {
     struct model_seq *s;
     const int32_t *tokens;
     int n;
+    /* NULL: the n tokens are `tokens`, host ids checked against the vocabulary. Else they are rows
+     * kept_row0 .. of this backend tensor of ids (kern_backend_ops.get_rows_kept, which the backend must
+     * have; `tokens` is not read): ids an earlier pass kept there (keep_argmax) without the host seeing
+     * them, so none is checked; one outside the vocabulary is embedded as zeros. */
+    const struct kern_tensor *kept_tokens;
+    int64_t kept_row0;
+    /* NULL: none; else each output position's greedy id goes to rows keep_row0 .. of this backend tensor
+     * of ids (kern_backend_ops.argmax_keep), not to the host: argmax's choice, for a later pass's
+     * kept_tokens. A chain of such passes (a draft model's greedy run) waits for the device only when its
+     * ids are read back at its end. */
+    struct kern_tensor *keep_argmax;
+    int64_t keep_row0;
     bool all_logits; /* the outputs below cover all n positions, else the last one only */
     float *logits;   /* NULL: none; else n x n_vocab floats (all_logits) or the last position's n_vocab */
     /* NULL: none; else each position's greedy choice, made by the backend without moving its logits to

@@ -446,6 +446,69 @@ Test(model, argmax_outputs_of_a_vocabulary_limited_model_stay_within_its_ids)
     check_argmax_outputs(100);
 }
 
+/* A chain of passes each fed the greedy id the pass before kept on the backend (a draft model's run)
+ * gives the host's greedy ids, beside a sequence fed host tokens in the same passes, and a pass of
+ * several kept ids with every position's output gives each position's id (a verification pass). */
+Test(model, greedy_ids_kept_on_the_backend_chain_passes_as_the_hosts_do)
+{
+    struct model_synth_config c = llama_cfg(SPEC_Q8_0); /* whose greedy run moves (qwen2_cfg's repeats a token) */
+    struct mem_model mm = load_synth(&c, 6); /* the prompt takes two internal steps */
+    enum { STEPS = 8 };
+    struct model_seq *host = new_seq(mm.m, 32), *chain = new_seq(mm.m, 32), *solo = new_seq(mm.m, 32),
+                     *beside = new_seq(mm.m, 32), *vh = new_seq(mm.m, 32), *vk = new_seq(mm.m, 32);
+    struct kern_tensor ids;
+    cr_assert_eq(be->ops->tensor_alloc(be, SPEC_I32, 1, 2 * STEPS, &ids), 0);
+    int32_t want[STEPS], got[2 * STEPS], pick_solo, pick_beside;
+    for (int k = 0; k < STEPS; k++) {
+        const struct model_batch_item h = {.s = host, .tokens = k ? &want[k - 1] : prompt, .n = k ? 1 : 11,
+                                           .argmax = &want[k]};
+        cr_assert_eq(model_forward_batch(mm.m, &h, 1), 0);
+        const int32_t *other = prompt + k % 7;
+        const int n_other = k ? 1 : 4;
+        const struct model_batch_item o = {.s = solo, .tokens = other, .n = n_other, .argmax = &pick_solo};
+        cr_assert_eq(model_forward_batch(mm.m, &o, 1), 0);
+        const struct model_batch_item two[2] = {
+            {.s = chain, .tokens = k ? NULL : prompt, .kept_tokens = k ? &ids : NULL, .kept_row0 = k - 1,
+             .n = k ? 1 : 11, .keep_argmax = &ids, .keep_row0 = k},
+            {.s = beside, .tokens = other, .n = n_other, .argmax = &pick_beside}};
+        cr_assert_eq(model_forward_batch(mm.m, two, 2), 0);
+        cr_assert_eq(pick_beside, pick_solo, "pass %d: the sequence beside the chain", k);
+    }
+    cr_assert_eq(be->ops->rows_to_host(be, &ids, 0, STEPS, got), 0);
+    int moves = 0;
+    for (int k = 0; k < STEPS; k++) {
+        cr_assert_eq(got[k], want[k], "pass %d: kept %d, the host's greedy id %d", k, got[k], want[k]);
+        moves += k > 0 && want[k] != want[k - 1];
+    }
+    cr_assert(moves >= STEPS / 2, "the chain hardly moved (%d times): it tests little", moves);
+    cr_assert_eq(model_seq_len(chain), model_seq_len(host));
+
+    /* a verification-like pass of seven kept ids (two internal steps), every position's id kept after them */
+    int32_t vwant[7];
+    struct model_batch_item v = {.s = vh, .tokens = prompt, .n = 11};
+    cr_assert_eq(model_forward_batch(mm.m, &v, 1), 0);
+    v = (struct model_batch_item){.s = vh, .tokens = want, .n = 7, .all_logits = true, .argmax = vwant};
+    cr_assert_eq(model_forward_batch(mm.m, &v, 1), 0);
+    v = (struct model_batch_item){.s = vk, .tokens = prompt, .n = 11};
+    cr_assert_eq(model_forward_batch(mm.m, &v, 1), 0);
+    v = (struct model_batch_item){.s = vk, .kept_tokens = &ids, .kept_row0 = 0, .n = 7, .all_logits = true,
+                                  .keep_argmax = &ids, .keep_row0 = STEPS};
+    cr_assert_eq(model_forward_batch(mm.m, &v, 1), 0);
+    cr_assert_eq(be->ops->rows_to_host(be, &ids, STEPS, 7, got + STEPS), 0);
+    for (int i = 0; i < 7; i++)
+        cr_assert_eq(got[STEPS + i], vwant[i], "position %d of a pass of kept ids", i);
+
+    v = (struct model_batch_item){.s = vk, .n = 1, .argmax = vwant};
+    cr_assert_eq(model_forward_batch(mm.m, &v, 1), SPEC_E_INVALID_ARG, "no tokens, kept or not");
+    v = (struct model_batch_item){.s = vk, .kept_tokens = &ids, .kept_row0 = 2 * STEPS - 1, .n = 2};
+    cr_assert_eq(model_forward_batch(mm.m, &v, 1), SPEC_E_RANGE, "kept rows past the tensor");
+    cr_assert_eq(model_seq_len(vk), 18, "a failed pass changes no sequence");
+    be->ops->tensor_free(be, &ids);
+    model_seq_free(host), model_seq_free(chain), model_seq_free(solo), model_seq_free(beside);
+    model_seq_free(vh), model_seq_free(vk);
+    tsupport_mem_model_free(&mm);
+}
+
 Test(model, multi_sequence_batch_is_all_or_nothing)
 {
     struct model_synth_config c = llama_cfg(SPEC_Q8_0);
