@@ -5,13 +5,16 @@
  *
  *   bench_spec --target T.gguf [--draft D.gguf] --prompts FILE [--per-category N] [-n TOKENS]
  *              [--gammas 2,4,8,0] [--draft-vocab N] [--threads N] [--concurrency C] [--device auto|cpu|cuda]
- *              [--temperature T] [--sampling backend|host] [--graphs] [--tensor-cores] [--blas-prefill]
+ *              [--temperature T] [--sampling backend|host] [--draft-ids backend|host] [--graphs]
+ *              [--tensor-cores] [--blas-prefill]
  * γ = 0 in --gammas means adaptive (draft_min 1, draft_max 8). --draft-vocab N: the draft scores only
  * token ids below N (model_config.n_logits). --temperature T > 0 samples (llama.cpp's defaults besides:
  * top-k 40, top-p 0.95, min-p 0.05; seed 1) instead of decoding greedily: the outputs then follow the
  * same distribution without being the same tokens, and the identity column says "sampled".
  * --sampling host processes and verifies sampled rows on the host even where the backend could
- * (engine_config.host_sampling), for the A/B of sampling on the GPU. --graphs records each model step
+ * (engine_config.host_sampling), for the A/B of sampling on the GPU; --draft-ids host has a draft model's
+ * greedy runs bring each token to the host every pass even where the backend could keep them there
+ * until a run ends (engine_config.host_draft_ids), for the A/B of that. --graphs records each model step
  * as a CUDA graph and replays it (kern_backend_config.graphs), for both sides of the A/B; --tensor-cores
  * multiplies the quantised weights on int8 tensor cores (kern_backend_config.tensor_cores); --blas-prefill
  * runs the prompts' matmuls through cuBLAS (kern_backend_config.blas_prefill).
@@ -118,7 +121,7 @@ struct args {
     int per_category, n_gen, n_threads, n_gammas, concurrency, draft_vocab;
     int gammas[MAX_GAMMAS];
     float temperature;
-    bool host_sampling;
+    bool host_sampling, host_draft_ids;
     bool graphs, tensor_cores, blas_prefill;
 };
 
@@ -163,6 +166,8 @@ static int parse_args(int argc, char **argv, struct args *a)
             a->temperature = (float)atof(v);
         else if (!strcmp(o, "--sampling") && (!strcmp(v, "host") || !strcmp(v, "backend")))
             a->host_sampling = !strcmp(v, "host");
+        else if (!strcmp(o, "--draft-ids") && (!strcmp(v, "host") || !strcmp(v, "backend")))
+            a->host_draft_ids = !strcmp(v, "host");
         else if (!strcmp(o, "--gammas")) {
             if ((a->n_gammas = bench_int_list(v, a->gammas, MAX_GAMMAS)) < 0)
                 return -1;
@@ -385,7 +390,7 @@ static int check_identity(const struct args *a, struct model *target, struct mod
     struct engine *e = NULL;
     const struct engine_config cfg = {.target = target, .draft = draft, .n_ctx = IDENTITY_CTX, .draft_max = 8,
                                       .draft_min = 1, .adaptive = true, .penalty_window = 64,
-                                      .max_seqs = a->concurrency};
+                                      .max_seqs = a->concurrency, .host_draft_ids = a->host_draft_ids};
     if (!err)
         err = engine_new(&cfg, &e);
     const double t0 = bench_now_s();
@@ -446,8 +451,8 @@ int main(int argc, char **argv)
     if (parse_args(argc, argv, &a)) {
         fprintf(stderr, "usage: bench_spec --target T.gguf [--draft D.gguf] --prompts FILE [--per-category N] "
                         "[-n TOKENS] [--gammas 2,4,8,0] [--draft-vocab N] [--threads N] [--concurrency C] "
-                        "[--device auto|cpu|cuda] [--temperature T] [--sampling backend|host] [--graphs] "
-                        "[--tensor-cores] [--blas-prefill]\n");
+                        "[--device auto|cpu|cuda] [--temperature T] [--sampling backend|host] "
+                        "[--draft-ids backend|host] [--graphs] [--tensor-cores] [--blas-prefill]\n");
         return 2;
     }
     struct kern_backend *be;
@@ -487,7 +492,7 @@ int main(int argc, char **argv)
         const struct engine_config cfg = {.target = target, .draft = draft, .n_ctx = 2048,
                                           .draft_max = adaptive ? 8 : a.gammas[g], .draft_min = 1,
                                           .adaptive = adaptive, .penalty_window = 64,
-                                          .host_sampling = a.host_sampling};
+                                          .host_sampling = a.host_sampling, .host_draft_ids = a.host_draft_ids};
         err = engine_new(&cfg, &engines[1 + g]);
     }
     struct cat_stats cats[MAX_CATS];

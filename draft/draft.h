@@ -44,6 +44,11 @@ struct draft_model_run {
                                      * the token drawn there (sample_choose), and q is not written. A greedy
                                      * run's rows there are one-hot, so it takes them only when min_prob is 0
                                      * (its early stop weighs the raw probability of its token) */
+    struct kern_tensor *ids_dev;    /* NULL, or max_out rows of one SPEC_I32 column on the model's backend, for a
+                                     * raw greedy run when min_prob is 0 (nothing stops it early): its drafts
+                                     * stay there from one pass to the next (kern_backend_ops.argmax_keep,
+                                     * get_rows_kept) and cross to the host once, when the run ends, instead of
+                                     * a round trip a token */
     int n_out;                      /* result: tokens proposed (>= 1 unless err) */
     int err;                        /* result: a named error that ended this run's drafting */
 };

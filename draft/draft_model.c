@@ -30,6 +30,12 @@ static bool on_backend(const struct draft_model_run *r)
     return r->q_dev && !verify_params_raw_greedy(r->sp);
 }
 
+/* A run whose tokens stay on the backend until it ends (draft_model_run.ids_dev). */
+static bool chained(const struct draft_model_run *r, float min_prob)
+{
+    return r->ids_dev && verify_params_raw_greedy(r->sp) && min_prob <= 0.0f;
+}
+
 /* One draft step for run r: its token comes from the backend (the argmax of a raw greedy run, the draw
  * of a run sampled there) or from processing its logits into q row n and sampling. Returns 1 to keep
  * the token, 0 to stop before it. */
@@ -66,7 +72,12 @@ static struct model_batch_item draft_item(struct draft_model_run *r, const struc
                                           float *pick_prob)
 {
     struct model_batch_item it = {.s = r->s, .tokens = tokens, .n = n};
-    if (verify_params_raw_greedy(r->sp)) {
+    if (chained(r, min_prob)) { /* fed its last token from where the last pass kept it (but the first pass) */
+        it.kept_tokens = tokens ? NULL : r->ids_dev;
+        it.kept_row0 = r->n_out - 1;
+        it.keep_argmax = r->ids_dev;
+        it.keep_row0 = r->n_out;
+    } else if (verify_params_raw_greedy(r->sp)) {
         it.argmax = pick;
         it.argmax_prob = min_prob > 0.0f ? pick_prob : NULL;
         *pick_prob = 1.0f;
@@ -114,6 +125,29 @@ static int draw_on_backend(struct model *m, struct draft_model_run *runs, int n_
     return SPEC_OK;
 }
 
+/* The chained runs' tokens to the host, once each run has drafted them all: a run's tokens end before
+ * the first -1 (argmax of a row without a number), which is its error, as when its tokens cross a pass
+ * at a time. */
+static int chain_ends(struct model *m, struct draft_model_run *runs, int n_runs, float min_prob)
+{
+    struct kern_backend *be = model_backend(m);
+    for (int i = 0; i < n_runs; i++) {
+        struct draft_model_run *r = &runs[i];
+        if (!chained(r, min_prob))
+            continue;
+        SPEC_TRY(be->ops->rows_to_host(be, r->ids_dev, 0, r->n_out, r->out));
+        for (int k = 0; k < r->n_out; k++) {
+            if (r->out[k] < 0) {
+                r->err = SPEC_E_NUMERIC;
+                r->n_out = k;
+                break;
+            }
+            r->ctx[r->n_ctx + (size_t)k] = r->out[k];
+        }
+    }
+    return SPEC_OK;
+}
+
 int draft_model_propose(struct model *m, struct draft_model_run *runs, int n_runs, size_t penalty_window,
                         float min_prob, struct verify_scratch *vs)
 {
@@ -133,7 +167,8 @@ int draft_model_propose(struct model *m, struct draft_model_run *runs, int n_run
         const size_t len = (size_t)model_seq_len(r->s);
         if (!r->sp || !r->ctx || !r->out || !r->logits || r->max_out <= 0 || len >= r->n_ctx ||
             (!r->q && !verify_params_raw_greedy(r->sp) && !on_backend(r)) ||
-            (on_backend(r) && r->sp->temperature <= 0.0f && min_prob > 0.0f))
+            (on_backend(r) && r->sp->temperature <= 0.0f && min_prob > 0.0f) ||
+            (r->ids_dev && r->ids_dev->ne1 < r->max_out))
             return SPEC_E_INVALID_ARG; /* the caller truncates the cache to a strict prefix */
         ks[i] = verify_sampler(r->sp);
         items[n_items++] = draft_item(r, &ks[i], len, (int)(r->n_ctx - len), r->ctx + len, penalty_window, min_prob,
@@ -153,6 +188,12 @@ int draft_model_propose(struct model *m, struct draft_model_run *runs, int n_run
             if (r->s != fed[j])
                 continue;
             j++;
+            if (chained(r, min_prob)) { /* its token stays on the backend, for its next pass */
+                if (++r->n_out < r->max_out)
+                    items[n_items++] = draft_item(r, &ks[i], r->n_ctx + (size_t)r->n_out - 1, 1, NULL,
+                                                  penalty_window, min_prob, &picks[i], &pick_probs[i]);
+                continue;
+            }
             int32_t token;
             const int keep = next_token(r, picks[i], pick_probs[i], n_vocab, penalty_window, min_prob, vs, &token);
             if (keep < 0) {
@@ -171,5 +212,5 @@ int draft_model_propose(struct model *m, struct draft_model_run *runs, int n_run
             }
         }
     }
-    return SPEC_OK;
+    return chain_ends(m, runs, n_runs, min_prob);
 }

@@ -37,6 +37,7 @@ struct slot {
     bool on_backend;
     struct kern_backend *be; /* the tensors' backend, NULL until they exist */
     struct kern_tensor pd, qd;
+    struct kern_tensor ids; /* greedy draft runs' tokens, kept on the backend (draft_model_run.ids_dev) */
     double accept_rate; /* running estimate of per-token acceptance */
     struct engine_stats st;
     /* this round */
@@ -107,6 +108,7 @@ static void slot_release(struct slot *sl)
     if (sl->be) {
         sl->be->ops->tensor_free(sl->be, &sl->pd);
         sl->be->ops->tensor_free(sl->be, &sl->qd);
+        sl->be->ops->tensor_free(sl->be, &sl->ids);
     }
     free(sl->hist);
     slot_free_request(sl);
@@ -129,7 +131,7 @@ static void slot_keep_caches(struct slot *sl)
     }
     slot_free_request(sl);
     *sl = (struct slot){.last_use = sl->last_use, .tseq = sl->tseq, .dseq = sl->dseq, .hist = sl->hist,
-                        .n_hist = (size_t)n, .be = sl->be, .pd = sl->pd, .qd = sl->qd};
+                        .n_hist = (size_t)n, .be = sl->be, .pd = sl->pd, .qd = sl->qd, .ids = sl->ids};
 }
 
 void engine_free(struct engine *e)
@@ -273,6 +275,19 @@ static int backend_rows(struct engine *e, struct slot *sl)
     return rc;
 }
 
+/* A slot's row of ids for greedy draft runs whose tokens stay on the backend from pass to pass, where
+ * the draft model shares the target's backend and it keeps ids (argmax_keep, get_rows_kept). Without
+ * them (or the memory) the runs' tokens cross to the host a pass at a time: the same tokens, slower. */
+static void chain_ids(struct engine *e, struct slot *sl)
+{
+    struct kern_backend *be = model_backend(e->cfg.target);
+    if (sl->ids.data || !e->cfg.draft || e->cfg.host_draft_ids || model_backend(e->cfg.draft) != be ||
+        !be->ops->argmax_keep || !be->ops->get_rows_kept)
+        return;
+    if (be->ops->tensor_alloc(be, SPEC_I32, 1, e->cfg.draft_max, &sl->ids) == SPEC_OK)
+        sl->be = be;
+}
+
 /* The free slot for a request: the one whose kept caches cover the longest start of its prompt, else
  * one that keeps nothing, else the one unused the longest. */
 static struct slot *pick_slot(struct engine *e, const struct engine_request *req, int *n_reuse)
@@ -312,12 +327,12 @@ int engine_submit(struct engine *e, const struct engine_request *req, engine_upd
     struct model_seq *tseq = sl->tseq, *dseq = sl->dseq;
     int32_t *hist = sl->hist;
     struct kern_backend *be = sl->be;
-    const struct kern_tensor pd = sl->pd, qd = sl->qd;
+    const struct kern_tensor pd = sl->pd, qd = sl->qd, ids = sl->ids;
     *sl = (struct slot){.used = true, .last_use = ++e->n_submitted, .id = e->next_id, .fn = fn, .user = user,
                         .max_tokens = req->max_tokens, .draft_max = draft_max, .speculative = req->speculative,
                         .sp = req->sampling, .seq_id = req->seq_id, .tseq = tseq, .dseq = dseq, .hist = hist,
                         .on_backend = e->on_backend && !verify_params_raw_greedy(&req->sampling), .be = be, .pd = pd,
-                        .qd = qd,
+                        .qd = qd, .ids = ids,
                         .n_prompt = req->n_prompt, .accept_rate = ACCEPT_PRIOR,
                         .st = {.n_prompt = req->n_prompt, .n_prompt_cached = n_reuse}, .n_stop = req->n_stop};
     sl->cap_text = ENGINE_MAX_STOP_LEN + (size_t)(ENGINE_MAX_DRAFT + 1) * tok_stream_max_out(tok) + 8;
@@ -326,7 +341,7 @@ int engine_submit(struct engine *e, const struct engine_request *req, engine_upd
     sl->p = sl->on_backend ? NULL : malloc(((size_t)draft_max + 1) * v * sizeof *sl->p);
     sl->text = malloc(sl->cap_text);
     int rc = sl->hist && (sl->p || sl->on_backend) && sl->text ? SPEC_OK : SPEC_E_NOMEM;
-    if (!rc && sl->on_backend && !sl->be)
+    if (!rc && sl->on_backend && !sl->pd.data)
         rc = backend_rows(e, sl);
     if (!rc)
         rc = sl->tseq ? model_seq_truncate(sl->tseq, n_reuse) : model_seq_new(e->cfg.target, e->cfg.n_ctx, &sl->tseq);
@@ -342,6 +357,8 @@ int engine_submit(struct engine *e, const struct engine_request *req, engine_upd
                 rc = SPEC_E_NOMEM;
             else if (!sl->dseq)
                 rc = model_seq_new(e->cfg.draft, e->cfg.n_ctx, &sl->dseq);
+            if (!rc)
+                chain_ids(e, sl);
         }
     }
     if (rc) {
@@ -565,7 +582,8 @@ static double propose(struct engine *e, struct slot **act, int n_act)
             runs[n_runs++] = (struct draft_model_run){.s = sl->dseq, .sp = &sl->sp, .seq_id = sl->seq_id,
                                                       .ctx = sl->hist, .n_ctx = sl->n_hist, .max_out = sl->gamma,
                                                       .out = sl->drafts, .q = sl->q, .logits = sl->dlogits,
-                                                      .q_dev = q_on_backend(e, sl) ? &sl->qd : NULL};
+                                                      .q_dev = q_on_backend(e, sl) ? &sl->qd : NULL,
+                                                      .ids_dev = sl->ids.data ? &sl->ids : NULL};
             continue;
         }
         const struct draft_ngram_params np = {.ngram_max = 4, .ngram_min = 1};

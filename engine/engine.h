@@ -55,6 +55,9 @@ struct engine_config {
     bool host_sampling;  /* process and verify the rows of sampled requests and of greedy ones with
                           * penalties on the host even where the backend can do it without moving logits
                           * (kern_backend_ops.sample_process/choose, the CUDA backend): for A/B comparisons */
+    bool host_draft_ids; /* greedy draft runs' tokens cross to the host every pass even where the backend
+                          * could keep them there until the run ends (draft_model_run.ids_dev): for A/B
+                          * comparisons */
 };
 
 #define ENGINE_MAX_DRAFT 32

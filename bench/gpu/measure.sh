@@ -26,7 +26,8 @@
 # without the matmuls' prefetch of their weights before they wait (SPECD_CUDA_PREFETCH=0), with the
 # norms and ropes after one-row matmuls launched alone (SPECD_CUDA_AFTER_MATMUL=0), and its steps of 8
 # sequences with each sequence's store and attention launched alone (SPECD_CUDA_JOIN=0); the speedup
-# step also runs adaptive γ with graphs. The tensor-cores step is the A/B of the quantised
+# step also runs adaptive γ with graphs, and first the synthetic draft's greedy runs with their tokens
+# kept on the GPU and crossing every pass (bench_spec --draft-ids backend|host). The tensor-cores step is the A/B of the quantised
 # matmuls on int8 tensor cores (kern_backend_config.tensor_cores, opt-in): the conformance suite with
 # them, the target's roofline and verify/decode ratios with them (op by op, with a profile, and with
 # graphs), and greedy identity with them. The prefill step times a 2048-token prompt of the target in
@@ -192,6 +193,17 @@ for step in $steps; do
             --per-category 4 -n 64 --concurrency 8 2>"$out/identity.log" | tee "$out/identity.md" || status=1
         ;;
     speedup)
+        # the synthetic draft's greedy runs with their tokens kept on the GPU until a run ends, then
+        # crossing every pass (the A/B of --draft-ids; random weights accept nothing: a round's time counts)
+        if models_ready; then
+            for ids in backend host; do
+                "$B/bench_spec" --device "$device" --target "$target" --draft "$draft" \
+                    --prompts "$stash/prompts-dev.jsonl" --per-category 1 -n 32 --gammas 4 --draft-ids $ids \
+                    2>"$out/draft-ids-$ids.log" | tee "$out/draft-ids-$ids.md" || status=1
+            done
+        else
+            status=1
+        fi
         smol=$stash/smollm2.gguf
         if [ ! -f "$smol" ] && [ -f "$stash/model/smollm2.sha256" ]; then
             cat "$stash"/model/smollm2.part* >"$smol.tmp" 2>/dev/null

@@ -164,6 +164,47 @@ Test(engine_batch, greedy_batched_requests_equal_each_alone_draft_model)
     check_batched_equals_solo(draft.m, 0.0f);
 }
 
+/* A draft model's greedy runs whose tokens stay on the backend until a run ends draft, round by round,
+ * what runs whose tokens come to the host every pass draft: the same tokens out, and the same drafts
+ * accepted (a fixed γ, so that the rounds match; the target drafting for itself, so that its drafts are
+ * accepted and wrong ones would show). */
+Test(engine_batch, greedy_draft_runs_kept_on_the_backend_draft_what_the_host_drafts)
+{
+    enum { N = 8 };
+    static struct result kept[N], host[N];
+    struct engine *e[2];
+    for (int k = 0; k < 2; k++) {
+        const struct engine_config cfg = {.target = target.m, .draft = target.m, .n_ctx = 256, .draft_max = 6,
+                                          .draft_min = 1, .penalty_window = 64, .max_seqs = N,
+                                          .host_draft_ids = k == 1};
+        cr_assert_eq(engine_new(&cfg, &e[k]), SPEC_OK);
+        for (int i = 0; i < N; i++) {
+            const struct engine_request req = request(i, true, 0.0f);
+            struct result *r = k ? &host[i] : &kept[i];
+            *r = (struct result){0};
+            uint32_t id;
+            cr_assert_eq(engine_submit(e[k], &req, record, r, &id), SPEC_OK);
+        }
+        for (int rounds = 0; engine_n_active(e[k]) > 0; rounds++) {
+            cr_assert_eq(engine_step(e[k]), SPEC_OK);
+            cr_assert_lt(rounds, 1000);
+        }
+    }
+    long drafted = 0, accepted = 0;
+    for (int i = 0; i < N; i++) {
+        assert_same(&kept[i], &host[i], i);
+        cr_assert_eq(kept[i].stats.n_target_passes, host[i].stats.n_target_passes, "request %d: rounds", i);
+        cr_assert_eq(kept[i].stats.n_drafted, host[i].stats.n_drafted, "request %d: drafts", i);
+        cr_assert_eq(kept[i].stats.n_accepted, host[i].stats.n_accepted, "request %d: drafts accepted", i);
+        drafted += kept[i].stats.n_drafted;
+        accepted += kept[i].stats.n_accepted;
+    }
+    cr_assert(drafted > 0 && accepted == drafted, "a model drafting for itself: %ld of %ld drafts accepted", accepted,
+              drafted);
+    engine_free(e[0]);
+    engine_free(e[1]);
+}
+
 Test(engine_batch, greedy_batched_requests_equal_each_alone_prompt_lookup)
 {
     check_batched_equals_solo(NULL, 0.0f);
