@@ -33,7 +33,7 @@
  * the cache; the device's busy share of the profiled step says whether the kernels or their
  * launching set the pace (the timing itself slows the steps a little).
  * With --trace, it times nothing else: after the prefill and 3 passes of N positions (default 1, a
- * decode step; with --graphs, one recorded and two replayed), PASSES more run inside the backend's
+ * decode step; with --graphs, the first op by op and two recorded), PASSES more run inside the backend's
  * profiler region (kern_backend_ops.profiler_region), and it prints their wall time a pass. Under
  * `ncu --profile-from-start off` the region's kernels, and only they, are profiled: each kernel of a
  * steady-state step on its own, the graphs' included (bench/gpu/measure.sh's kernels step). */

@@ -6,10 +6,10 @@
  * ops take (token ids, positions) are copied before the op returns: cudaMemcpyAsync from pageable
  * memory stages the bytes before it returns, and rows_from_host waits for its copy.
  *
- * Steps as graphs: the first step of a shape runs op by op (it sizes the scratch buffers). The next is
- * recorded: between step_begin and step_end the stream is captured (cudaStreamBeginCapture), and
- * step_end launches what it recorded as one graph, updating the executable graph kept for the shape
- * (cudaGraphExecUpdate) instead of building one. While recording, every launch and copy also goes
+ * Steps as graphs: the first step of a shape runs op by op (it sizes the scratch buffers). The next
+ * two are recorded, one on each stage (below): between step_begin and step_end the stream is captured
+ * (cudaStreamBeginCapture), and step_end launches what it recorded as one graph, updating the
+ * executable graph kept for the shape and stage (cudaGraphExecUpdate) instead of building one. While recording, every launch and copy also goes
  * into the shape's trace (cuda_ops.h: the words of each node). The steps after that are replayed: their
  * ops launch nothing and capture nothing, they only trace and stage their host arrays, and when the
  * trace equals the recorded one, step_end launches the kept graph as it is. That is what pays: a small
@@ -18,7 +18,8 @@
  * where the graph reads it when it runs, not in the launches: host arrays (token ids, the RoPE table)
  * are staged in page-locked memory its copies read, the positions of store_rows and attention go into
  * a block of step values copied in by the graph's first node, and attention's grid covers a power of
- * two of chunks. A replay whose trace differs (other tensors, a longer cache's grid, an op that waits
+ * two of chunks. Steps take two stages in turn, so that the host can stage a step (a draft's next
+ * pass, whose token stays on the device) while the graph of the one before still reads its own. A replay whose trace differs (other tensors, a longer cache's grid, an op that waits
  * for the device somewhere else) has run nothing: step_end says `again`, the caller issues the step
  * once more, and it is recorded anew. An op that waits for the device or returns data (argmax,
  * rows_to_host, allocation...) ends a recording early (what was recorded runs first, the rest of the
@@ -43,10 +44,13 @@ extern "C" {
 #define CUDA_GRAPHS 64             /* shapes of steps kept as executable graphs */
 #define CUDA_STAGE_BYTES (1 << 18) /* per recorded step; past it the step runs on op by op */
 #define CUDA_STEP_VALUES 256       /* distinct positions a recorded step reads from device memory */
+#define CUDA_STAGES 2              /* recorded steps' stages, in turn: the host stages a step while the
+                                    * graph of the one before still reads its own */
 
 /* The executable graph kept for a step shape. */
 struct cuda_graph {
     uint64_t shape;
+    int stage;            /* the stage its copies read: a shape has a graph for each */
     cudaGraphExec_t exec; /* NULL until the shape's first recorded step */
     unsigned long used;   /* for eviction: the least recently used goes */
     bool set;
@@ -111,8 +115,13 @@ struct cuda_backend {
     struct cuda_graph graph[CUDA_GRAPHS];
     unsigned long clock;
     /* page-locked copies of what a recorded step reads from the host: first its step values (copied to
-     * `values` by its first node), then the host arrays of its ops */
-    uint8_t *stage;
+     * `values` by its first node), then the host arrays of its ops. Steps take the stages in turn, and
+     * stage_read[i] follows the last graph that reads stages[i]: a step waits for the graph before the
+     * one before it, not for the one before, so the host issues a step while the GPU runs the last. */
+    uint8_t *stages[CUDA_STAGES];
+    cudaEvent_t stage_read[CUDA_STAGES];
+    int stage_next;
+    uint8_t *stage; /* the step's */
     size_t stage_used;
     int *values; /* device memory: CUDA_STEP_VALUES ints */
     int n_values;
@@ -248,13 +257,20 @@ bool cuda_trace_node(cudaStream_t st, const cuda_node &nd)
     return true;
 }
 
-/* The entry kept for a step shape, or NULL. */
-static struct cuda_graph *graph_of(struct cuda_backend *cb, uint64_t shape)
+/* The entry kept for a step shape and stage, or NULL. */
+static struct cuda_graph *graph_of(struct cuda_backend *cb, uint64_t shape, int stage)
 {
     for (int i = 0; i < CUDA_GRAPHS; i++)
-        if (cb->graph[i].set && cb->graph[i].shape == shape)
+        if (cb->graph[i].set && cb->graph[i].shape == shape && cb->graph[i].stage == stage)
             return &cb->graph[i];
     return NULL;
+}
+
+/* Launches a step's graph; its stage is free again once the graph has run. */
+static cudaError_t graph_launch(struct cuda_backend *cb, const struct cuda_graph *g)
+{
+    const cudaError_t e = cudaGraphLaunch(g->exec, cb->stream);
+    return e == cudaSuccess ? cudaEventRecord(cb->stage_read[g->stage], cb->stream) : e;
 }
 
 /* The rest of the step runs op by op. */
@@ -288,7 +304,7 @@ static int record_launch(struct cuda_backend *cb)
         if (!g->exec)
             e = cudaGraphInstantiate(&g->exec, recorded, 0);
         if (e == cudaSuccess)
-            e = cudaGraphLaunch(g->exec, cb->stream);
+            e = graph_launch(cb, g);
     }
     if (recorded)
         cudaGraphDestroy(recorded);
@@ -317,10 +333,18 @@ static void forget_device_state(struct cuda_backend *cb)
     a->swaps = 0;
 }
 
-/* A replay that cannot run its graph: nothing of the step ran, and the shape is recorded next. */
+/* A replay that cannot run its graph: nothing of the step ran, and the shape is recorded next, on the
+ * same stage (nothing reads what the step staged). Its graphs of the other stages were recorded from the
+ * same ops, so they cannot serve either. */
 static void replay_abandon(struct cuda_backend *cb)
 {
-    cb->trace.g->replayable = false;
+    const struct cuda_graph *g = cb->trace.g;
+    for (int s = 0; s < CUDA_STAGES; s++) {
+        struct cuda_graph *other = graph_of(cb, g->shape, s);
+        if (other)
+            other->replayable = false;
+    }
+    cb->stage_next = g->stage;
     forget_device_state(cb);
     step_ops(cb);
     cb->stats.repeated++;
@@ -343,7 +367,7 @@ static int settle(struct cuda_backend *cb)
     }
     step_ops(cb);
     cb->stats.replayed++;
-    return err_of(cudaGraphLaunch(t->g->exec, cb->stream));
+    return err_of(graph_launch(cb, t->g));
 }
 
 /* A copy from host memory as a node of the step: staged while recording or replaying (the graph
@@ -368,30 +392,38 @@ static int cuda_step_begin(struct kern_backend *be, uint64_t shape)
         return SPEC_OK;
     cb->step_shape = shape;
     cb->mem.short_of = false;
-    struct cuda_graph *g = graph_of(cb, shape);
-    if (!g) { /* a new shape: this step runs op by op and sizes the buffers */
-        struct cuda_graph *victim = &cb->graph[0];
+    const int s = cb->stage_next;
+    struct cuda_graph *g = graph_of(cb, shape, s);
+    if (!g) {
+        bool sized = false; /* by a step of the shape on another stage */
+        for (int o = 0; o < CUDA_STAGES; o++)
+            sized = sized || graph_of(cb, shape, o);
+        g = &cb->graph[0];
         for (int i = 1; i < CUDA_GRAPHS; i++)
-            if (!cb->graph[i].set || (victim->set && cb->graph[i].used < victim->used))
-                victim = &cb->graph[i];
-        if (victim->exec)
-            cudaGraphExecDestroy(victim->exec);
-        uint64_t *trace = victim->trace;
-        const int cap = victim->trace_cap;
-        *victim = cuda_graph{shape, NULL, ++cb->clock, true, trace, 0, cap, 0, false};
-        return SPEC_OK;
+            if (!cb->graph[i].set || (g->set && cb->graph[i].used < g->used))
+                g = &cb->graph[i];
+        if (g->exec)
+            cudaGraphExecDestroy(g->exec);
+        uint64_t *trace = g->trace;
+        const int cap = g->trace_cap;
+        *g = cuda_graph{shape, s, NULL, 0, true, trace, 0, cap, 0, false};
+        if (!sized) { /* a new shape: this step runs op by op and sizes the buffers */
+            g->used = ++cb->clock;
+            return SPEC_OK;
+        }
     }
     g->used = ++cb->clock;
-    /* the last graph may still be reading the stage */
-    int err = err_of(cudaStreamSynchronize(cb->stream));
-    if (err)
-        return err;
     /* a graph is for speed: without the memory to record one, the step runs op by op */
-    if ((!cb->stage && err_of(cudaMallocHost((void **)&cb->stage, CUDA_STAGE_BYTES))) ||
+    if ((!cb->stages[s] && err_of(cudaMallocHost((void **)&cb->stages[s], CUDA_STAGE_BYTES))) ||
+        (!cb->stage_read[s] && err_of(cudaEventCreateWithFlags(&cb->stage_read[s], cudaEventDisableTiming))) ||
         (!cb->values && err_of(cuda_mem_alloc(&cb->mem, (void **)&cb->values, CUDA_STEP_VALUES * sizeof(int))))) {
         cb->mem.short_of = false;
         return SPEC_OK;
     }
+    /* the last graph that read this stage: the step before the last, or earlier */
+    const int err = err_of(cudaEventSynchronize(cb->stage_read[s]));
+    if (err)
+        return err;
     forget_device_state(cb);
     const bool replay = g->replayable && g->exec;
     if (!replay) {
@@ -406,6 +438,8 @@ static int cuda_step_begin(struct kern_backend *be, uint64_t shape)
     cb->step = replay ? STEP_REPLAY : STEP_RECORD;
     cb->trace = cuda_trace{cb->stream, g, replay, 0, false, cuda_tracing};
     cuda_tracing = &cb->trace;
+    cb->stage = cb->stages[s];
+    cb->stage_next = (s + 1) % CUDA_STAGES;
     cb->n_values = 0;
     cb->stage_used = CUDA_STEP_VALUES * sizeof(int);
     return copy_in(cb, cb->values, cb->stage, CUDA_STEP_VALUES * sizeof(int));
@@ -425,12 +459,14 @@ static void step_short_of_memory(struct cuda_backend *cb)
     step_ops(cb);
     cuda_act_forget(&cb->act); /* what it kept may never have been made */
     cb->rope_n = 0;
-    struct cuda_graph *g = graph_of(cb, cb->step_shape);
-    if (g) {
-        if (g->exec)
-            cudaGraphExecDestroy(g->exec);
-        g->exec = NULL;
-        g->set = false;
+    for (int s = 0; s < CUDA_STAGES; s++) {
+        struct cuda_graph *g = graph_of(cb, cb->step_shape, s);
+        if (g) {
+            if (g->exec)
+                cudaGraphExecDestroy(g->exec);
+            g->exec = NULL;
+            g->set = false;
+        }
     }
     cb->mem.short_of = false;
 }
@@ -1166,7 +1202,11 @@ static void cuda_destroy(struct kern_backend *be)
             cudaGraphExecDestroy(cb->graph[i].exec);
         free(cb->graph[i].trace);
     }
-    cudaFreeHost(cb->stage);
+    for (int i = 0; i < CUDA_STAGES; i++) {
+        cudaFreeHost(cb->stages[i]);
+        if (cb->stage_read[i])
+            cudaEventDestroy(cb->stage_read[i]);
+    }
     cuda_mem_free(&cb->mem, cb->values, CUDA_STEP_VALUES * sizeof(int));
     cuda_buf_release(&cb->act.buf);
     cuda_buf_release(&cb->act.next);

@@ -1934,9 +1934,10 @@ Test(conformance, steps_recorded_as_graphs_give_the_bits_of_op_by_op_steps)
         cr_assert(memcmp(lg, le, sizeof(float) * (size_t)nv) == 0, "step %d: logits not bit-identical", step);
         tok = ig;
     }
-    /* step 0 runs op by op, step 1 is recorded, then replays; at position 128 (step 123) the keys need
-     * a second chunk: that replay is given up, the step issued again and recorded */
-    assert_steps(before, step_stats(graphs), 141, 2, 137, 1, "decode");
+    /* step 0 runs op by op, steps 1 and 2 are recorded (a graph for each of the backend's two stages),
+     * then replays; at position 128 (step 123) the keys need a second chunk: that replay is given up,
+     * the step issued again and recorded, and so is the next, on the other stage */
+    assert_steps(before, step_stats(graphs), 141, 4, 135, 1, "decode");
     /* the fusions hold in the model's own steps: 5 nodes a layer (q|k|v with the rope and the store of
      * k and v, attention with wo's conversion, wo with the ffn norm and its conversion, gate|up with
      * the swiglu and w_down's conversion, w_down with the next layer's attention norm and its
@@ -1953,7 +1954,9 @@ Test(conformance, steps_recorded_as_graphs_give_the_bits_of_op_by_op_steps)
         cr_assert_eq(model_seq_truncate(sg, model_seq_len(sg) - 4), 0);
         cr_assert_eq(model_seq_truncate(se, model_seq_len(se) - 4), 0);
     }
-    assert_steps(before, step_stats(graphs), 3, 1, 2, 0, "verification"); /* the prompt's shape */
+    /* the prompt's shape: its step sized the buffers, so these two are recorded (a stage each), the
+     * third replays */
+    assert_steps(before, step_stats(graphs), 3, 2, 1, 0, "verification");
 
     struct model_seq *sg2 = new_seq(mg.m, 320), *se2 = new_seq(me.m, 320);
     cr_assert_eq(model_forward(mg.m, sg2, prompt, 3, lg), 0);
@@ -1966,11 +1969,11 @@ Test(conformance, steps_recorded_as_graphs_give_the_bits_of_op_by_op_steps)
         cr_assert_eq(model_forward(me.m, e, &t, 1, le), 0);
         assert_bits(lg, le, sizeof(float) * (size_t)nv, "two sequences taking turns");
     }
-    /* each sequence's steps have a shape, and a recording, of their own: the first turn's replay is given
+    /* each sequence's steps have a shape, and recordings, of their own: the first turn's replay is given
      * up (the verification steps grew attention's scratch buffer since decode was recorded) and
-     * recorded, the other sequence's first turn runs op by op and its second is recorded, the rest
-     * replay */
-    assert_steps(before, step_stats(graphs), 7, 2, 3, 1, "two sequences");
+     * recorded, and its next turn, on the other stage, recorded too; the other sequence's first turn
+     * runs op by op and its second is recorded; their last turns replay */
+    assert_steps(before, step_stats(graphs), 7, 3, 2, 1, "two sequences");
     /* both in each step, at their own positions: replays read two positions from device memory */
     before = step_stats(graphs);
     for (int step = 0; step < 4; step++) {
@@ -1983,7 +1986,7 @@ Test(conformance, steps_recorded_as_graphs_give_the_bits_of_op_by_op_steps)
         cr_assert_eq(model_forward_batch(me.m, be_, 2), 0);
         assert_bits(lg, le, sizeof(float) * (size_t)(2 * nv), "two sequences in one step");
     }
-    assert_steps(before, step_stats(graphs), 4, 1, 2, 0, "two sequences in one step");
+    assert_steps(before, step_stats(graphs), 4, 2, 1, 0, "two sequences in one step"); /* op by op, two stages */
     /* and with the nodes of a step of one but for its norms and rope, which launch alone after matmuls
      * of two rows (8 a layer and 6): the two sequences' stores launch with the rope, their attentions
      * together (wo's conversion with them) */
@@ -2129,9 +2132,9 @@ Test(conformance, reading_back_inside_a_recorded_step_sees_the_ops_before_it)
     struct kern_tensor a = upload(g, SPEC_F32, ne0, n, ah), b = upload(g, SPEC_F32, ne0, n, bh),
                        o = poisoned(g, ne0, n);
     const struct kern_step_stats before = step_stats(g);
-    /* the first pass of a shape runs op by op, the second records up to the read, the third replays
-     * that recording there */
-    for (int pass = 0; pass < 3; pass++) {
+    /* the first pass of a shape runs op by op, the next two record up to the read (a graph for each of
+     * the backend's two stages), the fourth replays the first recording there */
+    for (int pass = 0; pass < 4; pass++) {
         cr_assert_eq(g->ops->step_begin(g, 77), 0);
         cr_assert_eq(g->ops->add(g, &a, &b, &o), 0);
         float *mid = download(g, &o);
@@ -2146,7 +2149,7 @@ Test(conformance, reading_back_inside_a_recorded_step_sees_the_ops_before_it)
         }
         free(mid), free(end);
     }
-    assert_steps(before, step_stats(g), 3, 1, 1, 0, "read inside");
+    assert_steps(before, step_stats(g), 4, 2, 1, 0, "read inside");
     /* A replay whose ops differ before the read cannot run its graph there: the read is cancelled, the
      * step runs nothing and step_end asks for it again, which then runs (recorded anew). */
     float *h = malloc((size_t)(ne0 * n) * sizeof(float));
@@ -2166,7 +2169,7 @@ Test(conformance, reading_back_inside_a_recorded_step_sees_the_ops_before_it)
     cr_assert(!again);
     for (int64_t i = 0; i < ne0 * n; i++)
         cr_assert_eq(h[i], bh[i] + bh[i], "issued again: element %lld", (long long)i);
-    assert_steps(before, step_stats(g), 5, 2, 1, 1, "issued again");
+    assert_steps(before, step_stats(g), 6, 3, 1, 1, "issued again");
     free(h), free(unchanged);
     free(ah), free(bh);
     free_t(g, &a), free_t(g, &b), free_t(g, &o);
@@ -2174,9 +2177,9 @@ Test(conformance, reading_back_inside_a_recorded_step_sees_the_ops_before_it)
 }
 
 /* A chain of steps each fed the id the step before kept (a draft model's greedy run): no id crosses to
- * the host until the end, every step after the recorded one replays its graph (the rows it reads and
- * writes are step values), and the ids are the CPU's. */
-Test(conformance, a_chain_of_steps_fed_their_kept_ids_replays_one_graph_with_the_cpus_ids)
+ * the host until the end, every step after the recorded ones (a graph for each of the backend's two
+ * stages) replays one (the rows it reads and writes are step values), and the ids are the CPU's. */
+Test(conformance, a_chain_of_steps_fed_their_kept_ids_replays_its_graphs_with_the_cpus_ids)
 {
     need_cuda();
     struct kern_backend_config graphs_cfg = tsupport_backend_config(0);
@@ -2212,7 +2215,7 @@ Test(conformance, a_chain_of_steps_fed_their_kept_ids_replays_one_graph_with_the
         cr_assert_eq(k->ops->rows_to_host(k, &kept, 0, steps + 1, ids[b]), 0);
         free_t(k, &e), free_t(k, &w), free_t(k, &p), free_t(k, &x), free_t(k, &h), free_t(k, &lg), free_t(k, &kept);
     }
-    assert_steps(before, step_stats(g), steps, 1, steps - 2, 0, "a chain of kept ids");
+    assert_steps(before, step_stats(g), steps, 2, steps - 3, 0, "a chain of kept ids");
     int distinct = 0;
     for (int s = 0; s <= steps; s++) {
         cr_assert_eq(ids[1][s], ids[0][s], "step %d: cuda kept %d, the cpu %d", s, ids[1][s], ids[0][s]);

@@ -140,8 +140,12 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t *st, unsigned flags);
 cudaError_t cudaStreamDestroy(cudaStream_t st);
 cudaError_t cudaStreamSynchronize(cudaStream_t st);
 cudaError_t cudaDeviceSynchronize(void);
-/* An event's time is the host's clock when it was recorded: every operation has finished by then. */
+/* An event's time is the host's clock when it completes: when it is recorded, or, recorded after graph
+ * launches that have not run yet (cudaGraphLaunch), when they have. cudaEventSynchronize runs them up
+ * to the event (cudaSuccess also for an event never recorded, as CUDA's). */
+#define cudaEventDisableTiming 0x02u
 cudaError_t cudaEventCreate(cudaEvent_t *ev);
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *ev, unsigned flags);
 cudaError_t cudaEventDestroy(cudaEvent_t ev);
 cudaError_t cudaEventRecord(cudaEvent_t ev, cudaStream_t st);
 cudaError_t cudaEventSynchronize(cudaEvent_t ev);
@@ -155,6 +159,11 @@ cudaError_t cudaGraphInstantiate(cudaGraphExec_t *exec, cudaGraph_t graph, unsig
 /* Takes graph's nodes into exec when they are the same kinds in the same order (kernels: the same
  * function), else cudaErrorGraphExecUpdateFailure and exec is unchanged. */
 cudaError_t cudaGraphExecUpdate(cudaGraphExec_t exec, cudaGraph_t graph, cudaGraphExecUpdateResultInfo *info);
+/* A launched graph runs when the host next has to see what it does, not when it is launched, as on a
+ * GPU, where it runs while the host goes on: before any launch, copy or memset that runs at once, at a
+ * synchronisation (a stream's, the device's, an event's up to that event), a free, or the profiler's
+ * start or stop. So a host that rewrites what a launched graph has still to read (page-locked memory
+ * its copies take) shows wrong results here too. It runs the nodes it had when launched. */
 cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t st);
 cudaError_t cudaGraphDestroy(cudaGraph_t graph);
 cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec);

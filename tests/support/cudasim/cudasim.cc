@@ -19,6 +19,7 @@
 #include <sys/mman.h>
 #include <time.h>
 
+#include <deque>
 #include <map>
 #include <new>
 #include <vector>
@@ -545,6 +546,41 @@ struct CUgraphExec_st {
     std::vector<sim_node> nodes;
 };
 
+struct CUevent_st {
+    double ms;
+    bool recorded; /* complete: recorded with nothing pending before it, or reached */
+};
+
+/* Graph launches not run yet, each with the nodes it had, and the events recorded after them. */
+struct pending_item {
+    std::vector<sim_node> nodes;
+    cudaEvent_t ev;
+};
+static std::deque<pending_item> pending;
+
+static void complete(cudaEvent_t ev)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ev->ms = (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+    ev->recorded = true;
+}
+
+/* Runs the pending launches in order, up to event `until`'s record (all of them when NULL). */
+static void run_pending(cudaEvent_t until = NULL)
+{
+    while (!pending.empty()) {
+        pending_item it = std::move(pending.front());
+        pending.pop_front();
+        for (sim_node &n : it.nodes)
+            n.run();
+        if (it.ev)
+            complete(it.ev);
+        if (it.ev && it.ev == until)
+            return;
+    }
+}
+
 static int n_capturing;         /* streams capturing now */
 static bool relaxed_capture = true; /* whether all of them capture in relaxed mode */
 
@@ -558,8 +594,10 @@ static void forbid_in_capture(const char *what)
 
 bool cudasim::record(cudaStream_t st, const void *kind, std::function<void()> node)
 {
-    if (!st || !st->capturing)
+    if (!st || !st->capturing) { /* runs at once, after the graphs launched before it */
+        run_pending();
         return false;
+    }
     st->nodes.push_back(sim_node{kind, std::move(node)});
     return true;
 }
@@ -573,6 +611,7 @@ cudaError_t cudaMallocHost(void **p, size_t bytes)
 cudaError_t cudaFreeHost(void *p)
 {
     forbid_in_capture("cudaFreeHost");
+    run_pending();
     return registered_free(pinned, p, "cudaFreeHost of memory that cudaMallocHost did not return");
 }
 
@@ -589,6 +628,7 @@ cudaError_t cudaMalloc(void **p, size_t bytes)
 cudaError_t cudaFree(void *p)
 {
     forbid_in_capture("cudaFree");
+    run_pending();
     return registered_free(allocations, p, "cudaFree of memory that cudaMalloc did not return");
 }
 
@@ -626,6 +666,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t st)
 {
     if (st && st->capturing)
         die("cudaStreamDestroy of a capturing stream");
+    run_pending();
     delete st;
     return cudaSuccess;
 }
@@ -633,24 +674,28 @@ cudaError_t cudaStreamDestroy(cudaStream_t st)
 cudaError_t cudaStreamSynchronize(cudaStream_t)
 {
     forbid_in_capture("cudaStreamSynchronize");
+    run_pending();
     return cudaSuccess;
 }
 
 cudaError_t cudaDeviceSynchronize(void)
 {
     forbid_in_capture("cudaDeviceSynchronize");
+    run_pending();
     return cudaSuccess;
 }
 
 cudaError_t cudaProfilerStart(void)
 {
     forbid_in_capture("cudaProfilerStart");
+    run_pending();
     return cudaSuccess;
 }
 
 cudaError_t cudaProfilerStop(void)
 {
     forbid_in_capture("cudaProfilerStop");
+    run_pending();
     return cudaSuccess;
 }
 
@@ -708,8 +753,7 @@ cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t st)
 {
     if (st && st->capturing)
         die("cudaGraphLaunch into a capturing stream");
-    for (sim_node &n : exec->nodes)
-        n.run();
+    pending.push_back(pending_item{exec->nodes, NULL});
     return cudaSuccess;
 }
 
@@ -725,19 +769,22 @@ cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec)
     return cudaSuccess;
 }
 
-struct CUevent_st {
-    double ms;
-    bool recorded;
-};
-
 cudaError_t cudaEventCreate(cudaEvent_t *ev)
 {
     *ev = (cudaEvent_t)calloc(1, sizeof(CUevent_st));
     return *ev ? cudaSuccess : cudaErrorMemoryAllocation;
 }
 
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *ev, unsigned)
+{
+    return cudaEventCreate(ev);
+}
+
 cudaError_t cudaEventDestroy(cudaEvent_t ev)
 {
+    for (pending_item &it : pending) /* CUDA lets an event go before it completes */
+        if (it.ev == ev)
+            it.ev = NULL;
     free(ev);
     return cudaSuccess;
 }
@@ -746,17 +793,26 @@ cudaError_t cudaEventRecord(cudaEvent_t ev, cudaStream_t st)
 {
     if (st && st->capturing)
         die("cudaEventRecord into a capturing stream (event nodes are not simulated)");
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ev->ms = (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-    ev->recorded = true;
+    for (pending_item &it : pending) /* recorded again: it completes only where it is now */
+        if (it.ev == ev)
+            it.ev = NULL;
+    ev->recorded = false;
+    if (pending.empty())
+        complete(ev);
+    else
+        pending.push_back(pending_item{{}, ev});
     return cudaSuccess;
 }
 
 cudaError_t cudaEventSynchronize(cudaEvent_t ev)
 {
     forbid_in_capture("cudaEventSynchronize");
-    return ev->recorded ? cudaSuccess : cudaErrorInvalidResourceHandle;
+    for (const pending_item &it : pending)
+        if (it.ev == ev) {
+            run_pending(ev);
+            break;
+        }
+    return cudaSuccess;
 }
 
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t from, cudaEvent_t to)
