@@ -18,6 +18,9 @@
  *    engine batches concurrent requests): the time of a step and its tokens/s against batch 1's;
  *  - verification of γ+1 positions (the last accepted token and γ drafts) for γ = 1 … G, as a
  *    multiple of one decode step's time.
+ *  - where the backend keeps greedy ids (argmax_keep), decode in runs of G + 1 steps each fed the id the
+ *    step before kept on the device, read back at the run's end (a draft model's greedy run): with no
+ *    round trip a token, what the steps cost the GPU, without the host's share between them.
  * Decode and verification return each position's greedy id (the backend's argmax), as the engine
  * runs greedy requests; one more line times decode with the whole row of logits copied to the host.
  * Two more time a sampled verification pass of min(G + 1, 8) positions (temperature 0.8 with
@@ -143,6 +146,39 @@ static int time_forward(struct model *m, struct model_seq *const *s, int n_seqs,
         t[runs++] = bench_now_s() - t0;
         for (int i = 0; i < n_seqs && !err; i++)
             err = model_seq_truncate(s[i], pos[i]);
+        if (err)
+            return err;
+    }
+    qsort(t, (size_t)runs, sizeof t[0], cmp_double);
+    *median = t[runs / 2];
+    return SPEC_OK;
+}
+
+/* Median seconds a token of a run of n decode steps each fed the greedy id the step before kept on the
+ * backend (kern_backend_ops.argmax_keep into `ids`, a draft model's greedy run), the ids read back once,
+ * at the run's end (then rolled back); repeated for about `seconds` (at least 3 runs). */
+static int time_chain(struct model *m, struct model_seq *s, int32_t first, int n, struct kern_tensor *ids,
+                      double seconds, double *median)
+{
+    struct kern_backend *be = model_backend(m);
+    const int pos = model_seq_len(s);
+    int32_t host[65]; /* n <= gamma_max + 1 */
+    double t[MAX_RUNS];
+    int runs = 0;
+    const double end = bench_now_s() + seconds;
+    while (runs < MAX_RUNS && (runs < 3 || bench_now_s() < end)) {
+        const double t0 = bench_now_s();
+        int err = SPEC_OK;
+        for (int k = 0; k < n && !err; k++) {
+            const struct model_batch_item it = {.s = s, .tokens = k ? NULL : &first, .kept_tokens = k ? ids : NULL,
+                                                .kept_row0 = k - 1, .n = 1, .keep_argmax = ids, .keep_row0 = k};
+            err = model_forward_batch(m, &it, 1);
+        }
+        if (!err)
+            err = be->ops->rows_to_host(be, ids, 0, n, host);
+        t[runs++] = (bench_now_s() - t0) / n;
+        if (!err)
+            err = model_seq_truncate(s, pos);
         if (err)
             return err;
     }
@@ -460,6 +496,22 @@ int main(int argc, char **argv)
         err = be->ops->step_stats(be, &st);
     if (!err && !(err = time_forward(m, &s, 1, tokens + a.pos, 1, ids, logits, a.seconds, &t1_logits)))
         fprintf(stderr, "bench_roofline: decode with logits %.3f ms\n", t1_logits * 1e3);
+    /* a run of as many steps as the sequence has room for after pos (gamma_max + 1) */
+    double t_chain = 0.0;
+    struct kern_step_stats st_chain0 = {0}, st_chain = {0};
+    const int n_chain = a.gamma_max + 1;
+    if (!err && be->ops->argmax_keep && be->ops->get_rows_kept) {
+        struct kern_tensor kept;
+        if (!(err = be->ops->tensor_alloc(be, SPEC_I32, 1, n_chain, &kept))) {
+            if (stats)
+                err = be->ops->step_stats(be, &st_chain0);
+            if (!err && !(err = time_chain(m, s, tokens[a.pos], n_chain, &kept, a.seconds, &t_chain)))
+                fprintf(stderr, "bench_roofline: decode, ids kept %.3f ms\n", t_chain * 1e3);
+            if (!err && stats)
+                err = be->ops->step_stats(be, &st_chain);
+            be->ops->tensor_free(be, &kept);
+        }
+    }
     for (int g = 1; g <= a.gamma_max && !err; g++)
         if (!(err = time_forward(m, &s, 1, tokens + a.pos, g + 1, ids, NULL, a.seconds, &tv[g])))
             fprintf(stderr, "bench_roofline: verify %d positions %.3f ms\n", g + 1, tv[g] * 1e3);
@@ -523,6 +575,14 @@ int main(int argc, char **argv)
         printf("| decode steps as graphs | %ld begun: %ld recorded, %ld replayed, %ld issued again; %ld nodes a step "
                "|\n", st.steps - st0.steps, st.recorded - st0.recorded, st.replayed - st0.replayed,
                st.repeated - st0.repeated, st.nodes);
+    if (t_chain > 0.0)
+        printf("| decode, batch 1, runs of %d steps fed the ids they keep on the device (a draft's run; read back "
+               "at its end) | %.2f ms/token, %.1f tokens/s, %.1f%% of copy bandwidth |\n", n_chain, t_chain * 1e3,
+               1.0 / t_chain, 100.0 * (wbytes + kv_bytes) / t_chain / copy_bw);
+    if (t_chain > 0.0 && stats)
+        printf("| those runs' steps as graphs | %ld begun: %ld recorded, %ld replayed, %ld issued again |\n",
+               st_chain.steps - st_chain0.steps, st_chain.recorded - st_chain0.recorded,
+               st_chain.replayed - st_chain0.replayed, st_chain.repeated - st_chain0.repeated);
     if (a.seqs > 1)
         printf("| decode, %d sequences a step (greedy ids back) | %.2f ms/step, %.1f tokens/s = %.2fx batch 1 |\n",
                a.seqs, t_seqs * 1e3, a.seqs / t_seqs, t1 * a.seqs / t_seqs);
