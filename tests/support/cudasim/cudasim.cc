@@ -21,6 +21,7 @@
 
 #include <deque>
 #include <map>
+#include <memory>
 #include <new>
 #include <vector>
 
@@ -543,7 +544,7 @@ struct CUgraph_st {
 };
 
 struct CUgraphExec_st {
-    std::vector<sim_node> nodes;
+    std::shared_ptr<const std::vector<sim_node> > nodes; /* shared with its launches not run yet */
 };
 
 struct CUevent_st {
@@ -553,7 +554,7 @@ struct CUevent_st {
 
 /* Graph launches not run yet, each with the nodes it had, and the events recorded after them. */
 struct pending_item {
-    std::vector<sim_node> nodes;
+    std::shared_ptr<const std::vector<sim_node> > nodes; /* NULL for an event alone */
     cudaEvent_t ev;
 };
 static std::deque<pending_item> pending;
@@ -572,8 +573,8 @@ static void run_pending(cudaEvent_t until = NULL)
     while (!pending.empty()) {
         pending_item it = std::move(pending.front());
         pending.pop_front();
-        for (sim_node &n : it.nodes)
-            n.run();
+        for (size_t i = 0; it.nodes && i < it.nodes->size(); i++)
+            (*it.nodes)[i].run();
         if (it.ev)
             complete(it.ev);
         if (it.ev && it.ev == until)
@@ -732,20 +733,20 @@ cudaError_t cudaStreamIsCapturing(cudaStream_t st, enum cudaStreamCaptureStatus 
 cudaError_t cudaGraphInstantiate(cudaGraphExec_t *exec, cudaGraph_t graph, unsigned long long)
 {
     forbid_in_capture("cudaGraphInstantiate");
-    *exec = new CUgraphExec_st{graph->nodes};
+    *exec = new CUgraphExec_st{std::make_shared<const std::vector<sim_node> >(graph->nodes)};
     return cudaSuccess;
 }
 
 cudaError_t cudaGraphExecUpdate(cudaGraphExec_t exec, cudaGraph_t graph, cudaGraphExecUpdateResultInfo *info)
 {
-    bool same = exec->nodes.size() == graph->nodes.size();
+    bool same = exec->nodes->size() == graph->nodes.size();
     for (size_t i = 0; same && i < graph->nodes.size(); i++)
-        same = exec->nodes[i].kind == graph->nodes[i].kind;
+        same = (*exec->nodes)[i].kind == graph->nodes[i].kind;
     if (info)
         info->result = same ? 0 : 1;
     if (!same)
         return sim.last_error = cudaErrorGraphExecUpdateFailure;
-    exec->nodes = graph->nodes;
+    exec->nodes = std::make_shared<const std::vector<sim_node> >(graph->nodes);
     return cudaSuccess;
 }
 
@@ -800,7 +801,7 @@ cudaError_t cudaEventRecord(cudaEvent_t ev, cudaStream_t st)
     if (pending.empty())
         complete(ev);
     else
-        pending.push_back(pending_item{{}, ev});
+        pending.push_back(pending_item{NULL, ev});
     return cudaSuccess;
 }
 
