@@ -29,6 +29,8 @@ struct model_scratch {
     int32_t *pos;                 /* host: each row's position */
     int32_t *ids;                 /* host: each row's token, then the rows that want logits */
     int32_t *pick;                /* host: each logits row's argmax */
+    struct kern_tensor pick_dev;  /* where the backend keeps ids (argmax_keep): the same, made inside the
+                                   * step (with graphs, a node of it) and read back after it */
     float *pick_prob;             /* host: its probability */
     struct kern_sample_row *sample; /* host: the rows processed on the backend */
 };
@@ -260,6 +262,8 @@ static void scratch_free(struct model *m)
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         if (all[i]->data)
             be->ops->tensor_free(be, all[i]);
+    if (m->s.pick_dev.data)
+        be->ops->tensor_free(be, &m->s.pick_dev);
     free(m->s.pos);
     free(m->s.ids);
     free(m->s.pick);
@@ -283,6 +287,8 @@ static int scratch_alloc(struct model *m)
     };
     for (size_t i = 0; i < sizeof plan / sizeof plan[0]; i++)
         SPEC_TRY(be->ops->tensor_alloc(be, SPEC_F32, plan[i].ne0, nb, plan[i].t));
+    if (be->ops->argmax_keep)
+        SPEC_TRY(be->ops->tensor_alloc(be, SPEC_I32, 1, nb, &m->s.pick_dev));
     m->s.pos = malloc((size_t)nb * sizeof(int32_t));
     m->s.ids = malloc((size_t)nb * sizeof(int32_t));
     m->s.pick = malloc((size_t)nb * sizeof(int32_t));
@@ -628,6 +634,19 @@ static int step_logits(struct model *m, const struct segment *sg, int n_sg, int 
     return op->matmul(be, &head, &xo, NULL, &lg);
 }
 
+/* Whether the step's output rows include some whose greedy ids go to the host (*pick), and some with
+ * their probabilities (*pick_prob). */
+static void step_picks(const struct segment *sg, int n_sg, bool *pick, bool *pick_prob)
+{
+    *pick = *pick_prob = false;
+    for (int i = 0; i < n_sg; i++) {
+        int first;
+        const int k = output_rows(&sg[i], &first);
+        *pick |= k > 0 && sg[i].it->argmax;
+        *pick_prob |= k > 0 && sg[i].it->argmax && sg[i].it->argmax_prob;
+    }
+}
+
 /* The step's n_out outputs to the items: logits copied to those that want them, one argmax call over
  * all output rows for those that want greedy choices, and one sampling call for those that want
  * distributions on the backend. */
@@ -637,14 +656,13 @@ static int step_deliver(struct model *m, const struct segment *sg, int n_sg, int
     const size_t nv = (size_t)m->hp.n_vocab;
     if (n_out == 0)
         return SPEC_OK;
-    bool pick = false, pick_prob = false;
+    bool pick, pick_prob;
+    step_picks(sg, n_sg, &pick, &pick_prob);
     int n_sample = 0, row = 0;
     for (int i = 0; i < n_sg; i++) {
         const struct model_batch_item *it = sg[i].it;
         int first;
         const int k = output_rows(&sg[i], &first);
-        pick |= k > 0 && it->argmax;
-        pick_prob |= k > 0 && it->argmax && it->argmax_prob;
         for (int r = 0; r < k && it->probs; r++) {
             const size_t pos = (size_t)(sg[i].off + first + r); /* the item's position of this output */
             const size_t end = it->window_end0 + pos, start = end > it->window_len ? end - it->window_len : 0;
@@ -655,7 +673,9 @@ static int step_deliver(struct model *m, const struct segment *sg, int n_sg, int
         row += k;
     }
     struct kern_tensor lg = rows(&m->s.logits, 0, n_out);
-    if (pick)
+    if (pick && !pick_prob && m->s.pick_dev.data) /* made in the step (step_keep) */
+        SPEC_TRY(be->ops->rows_to_host(be, &m->s.pick_dev, 0, n_out, m->s.pick));
+    else if (pick)
         SPEC_TRY(be->ops->argmax(be, &lg, m->s.pick, pick_prob ? m->s.pick_prob : NULL));
     if (n_sample > 0)
         SPEC_TRY(be->ops->sample_process(be, &lg, m->s.sample, n_sample));
@@ -785,10 +805,17 @@ static int step_layers(struct model *m, const struct segment *sg, int n_sg, int 
     return step_logits(m, sg, n_sg, n);
 }
 
-/* The greedy ids of the output rows of the items that keep them on the backend: part of the step, as
- * nothing crosses to the host. */
-static int step_keep(struct model *m, const struct segment *sg, int n_sg)
+/* The greedy ids the step makes on the backend, as part of it: those of the items that keep them there,
+ * and, where the backend keeps ids, those bound for the host without probabilities (every output row's,
+ * read back by step_deliver), so that no argmax launches after the step. */
+static int step_keep(struct model *m, const struct segment *sg, int n_sg, int n_out)
 {
+    bool pick, pick_prob;
+    step_picks(sg, n_sg, &pick, &pick_prob);
+    if (pick && !pick_prob && m->s.pick_dev.data) {
+        const struct kern_tensor lg = rows(&m->s.logits, 0, n_out);
+        SPEC_TRY(m->be->ops->argmax_keep(m->be, &lg, &m->s.pick_dev, 0));
+    }
     int row = 0;
     for (int i = 0; i < n_sg; i++) {
         const struct model_batch_item *it = sg[i].it;
@@ -806,7 +833,7 @@ static int step_keep(struct model *m, const struct segment *sg, int n_sg)
 
 /* The device work of one internal step, bracketed by step_begin/step_end (the CUDA backend records it
  * as a graph, or replays the one recorded for its shape). *again: the backend ran none of it. */
-static int step_run(struct model *m, const struct segment *sg, int n_sg, int n, bool prefill, uint64_t shape,
+static int step_run(struct model *m, const struct segment *sg, int n_sg, int n, int n_out, uint64_t shape,
                     bool *again)
 {
     struct kern_backend *be = m->be;
@@ -814,9 +841,9 @@ static int step_run(struct model *m, const struct segment *sg, int n_sg, int n, 
     *again = false;
     if (op->step_begin)
         SPEC_TRY(op->step_begin(be, shape));
-    int err = step_layers(m, sg, n_sg, n, prefill);
+    int err = step_layers(m, sg, n_sg, n, n_out == 0);
     if (!err)
-        err = step_keep(m, sg, n_sg);
+        err = step_keep(m, sg, n_sg, n_out);
     const int ended = op->step_end ? op->step_end(be, again) : SPEC_OK;
     return err ? err : ended;
 }
@@ -834,14 +861,15 @@ static int forward_step(struct model *m, const struct segment *sg, int n_sg, int
         const int k = output_rows(&sg[i], &first);
         n_out += k;
         shape = (shape ^ (uint64_t)(uintptr_t)sg[i].it->s) * 0x9e3779b97f4a7c15u;
-        const uint64_t kept = (uint64_t)(sg[i].it->kept_tokens != NULL) << 62 |
-                              (uint64_t)(sg[i].it->keep_argmax != NULL) << 63;
+        const struct model_batch_item *it = sg[i].it;
+        const uint64_t kept = (uint64_t)(it->argmax != NULL) << 60 | (uint64_t)(it->argmax_prob != NULL) << 61 |
+                              (uint64_t)(it->kept_tokens != NULL) << 62 | (uint64_t)(it->keep_argmax != NULL) << 63;
         shape = (shape ^ ((uint64_t)sg[i].n | (uint64_t)k << 32 | kept)) * 0x9e3779b97f4a7c15u;
     }
     bool again;
-    int err = step_run(m, sg, n_sg, n, n_out == 0, shape, &again);
+    int err = step_run(m, sg, n_sg, n, n_out, shape, &again);
     if (again) /* a replay that found other ops: the step issued again runs (backend.h) */
-        err = step_run(m, sg, n_sg, n, n_out == 0, shape, &again);
+        err = step_run(m, sg, n_sg, n, n_out, shape, &again);
     if (err)
         return err;
     return step_deliver(m, sg, n_sg, n_out);

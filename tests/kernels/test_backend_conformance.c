@@ -1941,10 +1941,10 @@ Test(conformance, steps_recorded_as_graphs_give_the_bits_of_op_by_op_steps)
     /* the fusions hold in the model's own steps: 5 nodes a layer (q|k|v with the rope and the store of
      * k and v, attention with wo's conversion, wo with the ffn norm and its conversion, gate|up with
      * the swiglu and w_down's conversion, w_down with the next layer's attention norm and its
-     * conversion, the last one's with the output norm, which adds the last residual), and 6 more: the
+     * conversion, the last one's with the output norm, which adds the last residual), and 7 more: the
      * step values, token ids and RoPE table copied in, the embedding rows, the first layer's attention
-     * norm with its conversion and the output head */
-    cr_assert_eq(step_stats(graphs).nodes, 5 * c.n_layer + 6, "%ld nodes a decode step", step_stats(graphs).nodes);
+     * norm with its conversion, the output head and the greedy id */
+    cr_assert_eq(step_stats(graphs).nodes, 5 * c.n_layer + 7, "%ld nodes a decode step", step_stats(graphs).nodes);
     before = step_stats(graphs);
     for (int round = 0; round < 3; round++) { /* verification passes of 5, rolled back but one */
         const int32_t draft[5] = {tok, 17, 250, (int32_t)(round + 3), 99};
@@ -1962,12 +1962,17 @@ Test(conformance, steps_recorded_as_graphs_give_the_bits_of_op_by_op_steps)
     cr_assert_eq(model_forward(mg.m, sg2, prompt, 3, lg), 0);
     cr_assert_eq(model_forward(me.m, se2, prompt, 3, le), 0);
     before = step_stats(graphs);
-    for (int step = 0; step < 6; step++) {
-        struct model_seq *g = step % 2 ? sg2 : sg, *e = step % 2 ? se2 : se;
+    for (int step = 0; step < 6; step++) { /* steps of the decode loop's kind (logits and greedy id) */
         const int32_t t = (int32_t)(40 + step);
-        cr_assert_eq(model_forward(mg.m, g, &t, 1, lg), 0);
-        cr_assert_eq(model_forward(me.m, e, &t, 1, le), 0);
+        int32_t ig, ie;
+        const struct model_batch_item bg = {.s = step % 2 ? sg2 : sg, .tokens = &t, .n = 1, .logits = lg,
+                                            .argmax = &ig},
+                                      be_ = {.s = step % 2 ? se2 : se, .tokens = &t, .n = 1, .logits = le,
+                                             .argmax = &ie};
+        cr_assert_eq(model_forward_batch(mg.m, &bg, 1), 0);
+        cr_assert_eq(model_forward_batch(me.m, &be_, 1), 0);
         assert_bits(lg, le, sizeof(float) * (size_t)nv, "two sequences taking turns");
+        cr_assert_eq(ig, ie, "two sequences taking turns: step %d", step);
     }
     /* each sequence's steps have a shape, and recordings, of their own: the first turn's replay is given
      * up (the verification steps grew attention's scratch buffer since decode was recorded) and
