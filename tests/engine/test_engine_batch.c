@@ -164,42 +164,55 @@ Test(engine_batch, greedy_batched_requests_equal_each_alone_draft_model)
     check_batched_equals_solo(draft.m, 0.0f);
 }
 
+/* The requests side by side in two engines that should do the same work two ways: each request's tokens
+ * and text, rounds, drafts and accepted drafts the same in both (greedy output would hide a draft one of
+ * them would not have made); the totals of drafts and of accepted ones to *drafted and *accepted. */
+static void check_engines_agree(struct engine *a, struct engine *b, const struct engine_request *req, int n,
+                                int *drafted, int *accepted)
+{
+    static struct result ra[8], rb[8];
+    cr_assert_leq(n, 8);
+    for (int i = 0; i < n; i++) {
+        ra[i] = rb[i] = (struct result){0};
+        uint32_t id;
+        cr_assert_eq(engine_submit(a, &req[i], record, &ra[i], &id), SPEC_OK);
+        cr_assert_eq(engine_submit(b, &req[i], record, &rb[i], &id), SPEC_OK);
+    }
+    for (int rounds = 0; engine_n_active(a) > 0 || engine_n_active(b) > 0; rounds++) {
+        cr_assert_eq(engine_step(a), SPEC_OK);
+        cr_assert_eq(engine_step(b), SPEC_OK);
+        cr_assert_lt(rounds, 1000);
+    }
+    *drafted = *accepted = 0;
+    for (int i = 0; i < n; i++) {
+        assert_same(&ra[i], &rb[i], i);
+        cr_assert_eq(ra[i].stats.n_target_passes, rb[i].stats.n_target_passes, "request %d: rounds", i);
+        cr_assert_eq(ra[i].stats.n_drafted, rb[i].stats.n_drafted, "request %d: drafted", i);
+        cr_assert_eq(ra[i].stats.n_accepted, rb[i].stats.n_accepted, "request %d: accepted", i);
+        *drafted += (int)ra[i].stats.n_drafted;
+        *accepted += (int)ra[i].stats.n_accepted;
+    }
+}
+
 /* A draft model's greedy runs whose tokens stay on the backend until a run ends draft, round by round,
- * what runs whose tokens come to the host every pass draft: the same tokens out, and the same drafts
- * accepted (a fixed γ, so that the rounds match; the target drafting for itself, so that its drafts are
- * accepted and wrong ones would show). */
+ * what runs whose tokens come to the host every pass draft (a fixed γ, so that the rounds match; the
+ * target drafting for itself, so that its drafts are accepted and wrong ones would show). */
 Test(engine_batch, greedy_draft_runs_kept_on_the_backend_draft_what_the_host_drafts)
 {
     enum { N = 8 };
-    static struct result kept[N], host[N];
     struct engine *e[2];
     for (int k = 0; k < 2; k++) {
         const struct engine_config cfg = {.target = target.m, .draft = target.m, .n_ctx = 256, .draft_max = 6,
                                           .draft_min = 1, .penalty_window = 64, .max_seqs = N,
                                           .host_draft_ids = k == 1};
         cr_assert_eq(engine_new(&cfg, &e[k]), SPEC_OK);
-        for (int i = 0; i < N; i++) {
-            const struct engine_request req = request(i, true, 0.0f);
-            struct result *r = k ? &host[i] : &kept[i];
-            *r = (struct result){0};
-            uint32_t id;
-            cr_assert_eq(engine_submit(e[k], &req, record, r, &id), SPEC_OK);
-        }
-        for (int rounds = 0; engine_n_active(e[k]) > 0; rounds++) {
-            cr_assert_eq(engine_step(e[k]), SPEC_OK);
-            cr_assert_lt(rounds, 1000);
-        }
     }
-    long drafted = 0, accepted = 0;
-    for (int i = 0; i < N; i++) {
-        assert_same(&kept[i], &host[i], i);
-        cr_assert_eq(kept[i].stats.n_target_passes, host[i].stats.n_target_passes, "request %d: rounds", i);
-        cr_assert_eq(kept[i].stats.n_drafted, host[i].stats.n_drafted, "request %d: drafts", i);
-        cr_assert_eq(kept[i].stats.n_accepted, host[i].stats.n_accepted, "request %d: drafts accepted", i);
-        drafted += kept[i].stats.n_drafted;
-        accepted += kept[i].stats.n_accepted;
-    }
-    cr_assert(drafted > 0 && accepted == drafted, "a model drafting for itself: %ld of %ld drafts accepted", accepted,
+    struct engine_request req[N];
+    for (int i = 0; i < N; i++)
+        req[i] = request(i, true, 0.0f);
+    int drafted, accepted;
+    check_engines_agree(e[0], e[1], req, N, &drafted, &accepted);
+    cr_assert(drafted > 0 && accepted == drafted, "a model drafting for itself: %d of %d drafts accepted", accepted,
               drafted);
     engine_free(e[0]);
     engine_free(e[1]);
@@ -227,7 +240,6 @@ static void check_backend_sampling_equals_host(struct model *d)
         cr_skip_test("the %s backend samples on the host", be->ops->name);
     }
     enum { N = 8 };
-    static struct result got[N], want[N];
     struct engine_request req[N];
     struct engine *dev = engine_sampling(d, N, false, false), *host = engine_sampling(d, N, false, true);
     for (int i = 0; i < N; i++) {
@@ -239,25 +251,9 @@ static void check_backend_sampling_equals_host(struct model *d)
         sp->repeat_penalty = i >= 5 || i == 2 ? 1.3f : 1.0f;
         sp->presence_penalty = i == 6 ? 0.5f : 0.0f;
         sp->frequency_penalty = i == 7 ? 0.25f : 0.0f;
-        got[i] = want[i] = (struct result){0};
-        uint32_t id;
-        cr_assert_eq(engine_submit(dev, &req[i], record, &got[i], &id), SPEC_OK);
-        cr_assert_eq(engine_submit(host, &req[i], record, &want[i], &id), SPEC_OK);
     }
-    for (int rounds = 0; engine_n_active(dev) > 0 || engine_n_active(host) > 0; rounds++) {
-        cr_assert_eq(engine_step(dev), SPEC_OK);
-        cr_assert_eq(engine_step(host), SPEC_OK);
-        cr_assert_lt(rounds, 1000);
-    }
-    int drafted = 0, accepted = 0;
-    for (int i = 0; i < N; i++) {
-        assert_same(&got[i], &want[i], i);
-        /* the same drafts too: greedy output would hide a draft the host would not have made */
-        cr_assert_eq(got[i].stats.n_drafted, want[i].stats.n_drafted, "request %d: drafted", i);
-        cr_assert_eq(got[i].stats.n_accepted, want[i].stats.n_accepted, "request %d: accepted", i);
-        drafted += got[i].stats.n_drafted;
-        accepted += got[i].stats.n_accepted;
-    }
+    int drafted, accepted;
+    check_engines_agree(dev, host, req, N, &drafted, &accepted);
     cr_assert(drafted > 0 && accepted < drafted, "rounds rejected drafts (%d of %d accepted)", accepted, drafted);
     cr_assert(!d || accepted > 0, "rounds accepted drafts of the model (%d of %d)", accepted, drafted);
     engine_free(dev);
