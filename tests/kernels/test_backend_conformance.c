@@ -1900,6 +1900,16 @@ static void assert_steps(struct kern_step_stats a, struct kern_step_stats b, lon
                  repeated);
 }
 
+/* A CUDA backend with the suite's settings that records steps as graphs (kern_backend_config.graphs). */
+static struct kern_backend *graphs_backend(void)
+{
+    struct kern_backend_config cfg = tsupport_backend_config(0);
+    cfg.graphs = true;
+    struct kern_backend *g = NULL;
+    cr_assert_eq(kern_backend_create("cuda", &cfg, &g), 0);
+    return g;
+}
+
 /* Steps recorded as CUDA graphs (kern_backend_config.graphs) give the bits of the same steps run op
  * by op, and later steps of a shape replay the recording with their own positions: decode steps past
  * an attention chunk boundary (the grid grows, so that step is issued again and recorded anew; its
@@ -1908,10 +1918,7 @@ static void assert_steps(struct kern_step_stats a, struct kern_step_stats b, lon
 Test(conformance, steps_recorded_as_graphs_give_the_bits_of_op_by_op_steps)
 {
     need_cuda();
-    struct kern_backend_config graphs_cfg = tsupport_backend_config(0);
-    graphs_cfg.graphs = true;
-    struct kern_backend *graphs = NULL;
-    cr_assert_eq(kern_backend_create("cuda", &graphs_cfg, &graphs), 0);
+    struct kern_backend *graphs = graphs_backend();
     struct model_synth_config c = qwen2_cfg(SPEC_Q4_K);
     c.n_ctx = 320;
     struct mem_model mg = tsupport_load_synth(&c, graphs, (struct model_config){0}),
@@ -2128,10 +2135,7 @@ Test(conformance, a_backend_out_of_device_memory_fails_the_step_and_goes_on)
 Test(conformance, reading_back_inside_a_recorded_step_sees_the_ops_before_it)
 {
     need_cuda();
-    struct kern_backend_config graphs_cfg = tsupport_backend_config(0);
-    graphs_cfg.graphs = true;
-    struct kern_backend *g = NULL;
-    cr_assert_eq(kern_backend_create("cuda", &graphs_cfg, &g), 0);
+    struct kern_backend *g = graphs_backend();
     const int64_t ne0 = 64, n = 3;
     float *ah = random_f32(ne0 * n, 1.0f), *bh = random_f32(ne0 * n, 1.0f);
     struct kern_tensor a = upload(g, SPEC_F32, ne0, n, ah), b = upload(g, SPEC_F32, ne0, n, bh),
@@ -2187,10 +2191,7 @@ Test(conformance, reading_back_inside_a_recorded_step_sees_the_ops_before_it)
 Test(conformance, a_chain_of_steps_fed_their_kept_ids_replays_its_graphs_with_the_cpus_ids)
 {
     need_cuda();
-    struct kern_backend_config graphs_cfg = tsupport_backend_config(0);
-    graphs_cfg.graphs = true;
-    struct kern_backend *g = NULL;
-    cr_assert_eq(kern_backend_create("cuda", &graphs_cfg, &g), 0);
+    struct kern_backend *g = graphs_backend();
     const int64_t d = 64, vocab = 300, steps = 9;
     size_t rb;
     void *eh = random_weights(SPEC_Q8_0, d, vocab, 0, &rb), *wh = random_weights(SPEC_Q4_K, 256, vocab, 0, &rb);
