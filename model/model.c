@@ -862,9 +862,9 @@ static int forward_step(struct model *m, const struct segment *sg, int n_sg, int
         n_out += k;
         shape = (shape ^ (uint64_t)(uintptr_t)sg[i].it->s) * 0x9e3779b97f4a7c15u;
         const struct model_batch_item *it = sg[i].it;
-        const uint64_t kept = (uint64_t)(it->argmax != NULL) << 60 | (uint64_t)(it->argmax_prob != NULL) << 61 |
-                              (uint64_t)(it->kept_tokens != NULL) << 62 | (uint64_t)(it->keep_argmax != NULL) << 63;
-        shape = (shape ^ ((uint64_t)sg[i].n | (uint64_t)k << 32 | kept)) * 0x9e3779b97f4a7c15u;
+        const uint64_t kinds = (uint64_t)(it->argmax != NULL) << 60 | (uint64_t)(it->argmax_prob != NULL) << 61 |
+                               (uint64_t)(it->kept_tokens != NULL) << 62 | (uint64_t)(it->keep_argmax != NULL) << 63;
+        shape = (shape ^ ((uint64_t)sg[i].n | (uint64_t)k << 32 | kinds)) * 0x9e3779b97f4a7c15u;
     }
     bool again;
     int err = step_run(m, sg, n_sg, n, n_out, shape, &again);

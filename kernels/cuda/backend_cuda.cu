@@ -9,8 +9,9 @@
  * Steps as graphs: the first step of a shape runs op by op (it sizes the scratch buffers). The next
  * two are recorded, one on each stage (below): between step_begin and step_end the stream is captured
  * (cudaStreamBeginCapture), and step_end launches what it recorded as one graph, updating the
- * executable graph kept for the shape and stage (cudaGraphExecUpdate) instead of building one. While recording, every launch and copy also goes
- * into the shape's trace (cuda_ops.h: the words of each node). The steps after that are replayed: their
+ * executable graph kept for the shape and stage (cudaGraphExecUpdate) instead of building one. While
+ * recording, every launch and copy also goes into the shape's trace (cuda_ops.h: the words of each
+ * node). The steps after that are replayed: their
  * ops launch nothing and capture nothing, they only trace and stage their host arrays, and when the
  * trace equals the recorded one, step_end launches the kept graph as it is. That is what pays: a small
  * model's decode step is bound by the host's launches, and capturing them costs the host nearly as
@@ -19,7 +20,8 @@
  * are staged in page-locked memory its copies read, the positions of store_rows and attention go into
  * a block of step values copied in by the graph's first node, and attention's grid covers a power of
  * two of chunks. Steps take two stages in turn, so that the host can stage a step (a draft's next
- * pass, whose token stays on the device) while the graph of the one before still reads its own. A replay whose trace differs (other tensors, a longer cache's grid, an op that waits
+ * pass, whose token stays on the device) while the graph of the one before still reads its own. A
+ * replay whose trace differs (other tensors, a longer cache's grid, an op that waits
  * for the device somewhere else) has run nothing: step_end says `again`, the caller issues the step
  * once more, and it is recorded anew. An op that waits for the device or returns data (argmax,
  * rows_to_host, allocation...) ends a recording early (what was recorded runs first, the rest of the
@@ -406,11 +408,9 @@ static int cuda_step_begin(struct kern_backend *be, uint64_t shape)
             cudaGraphExecDestroy(g->exec);
         uint64_t *trace = g->trace;
         const int cap = g->trace_cap;
-        *g = cuda_graph{shape, s, NULL, 0, true, trace, 0, cap, 0, false};
-        if (!sized) { /* a new shape: this step runs op by op and sizes the buffers */
-            g->used = ++cb->clock;
+        *g = cuda_graph{shape, s, NULL, ++cb->clock, true, trace, 0, cap, 0, false};
+        if (!sized) /* a new shape: this step runs op by op and sizes the buffers */
             return SPEC_OK;
-        }
     }
     g->used = ++cb->clock;
     /* a graph is for speed: without the memory to record one, the step runs op by op */
@@ -673,7 +673,7 @@ static int cuda_get_rows_op(struct kern_backend *be, const struct kern_tensor *t
                                 (int)table->ne1, (const int32_t *)cb->ids.p, NULL, n, (float *)out->data, fstride(out)));
 }
 
-/* In a recorded step, row0 is a step value: the chain's steps replay one graph. */
+/* In a recorded step, row0 is a step value: a chain's steps replay the same graphs. */
 static int cuda_get_rows_kept_op(struct kern_backend *be, const struct kern_tensor *table,
                                  const struct kern_tensor *ids, int64_t row0, int n, struct kern_tensor *out)
 {
