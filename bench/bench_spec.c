@@ -1,7 +1,8 @@
 /* bench_spec: the A/B speed benchmark. For each prompt of a Spec-Bench style JSONL file it runs
  * target-only greedy decoding and speculative decoding (fixed γ values and adaptive) on the same
  * machine in the same process, checks that the greedy outputs are identical, and prints per-category
- * acceptance, tokens per target pass and speedup as a markdown table.
+ * acceptance, tokens per target pass and speedup as a markdown table, then for each γ the time a drafted
+ * token and a target pass took (engine_stats' t_draft and t_target).
  *
  *   bench_spec --target T.gguf [--draft D.gguf] --prompts FILE [--per-category N] [-n TOKENS]
  *              [--gammas 2,4,8,0] [--draft-vocab N] [--threads N] [--concurrency C] [--device auto|cpu|cuda]
@@ -114,6 +115,7 @@ struct cat_stats {
     double t_base, t_spec[MAX_GAMMAS];   /* decode seconds */
     long tok_base, tok_spec[MAX_GAMMAS]; /* generated tokens */
     long drafted[MAX_GAMMAS], accepted[MAX_GAMMAS], passes[MAX_GAMMAS];
+    double t_draft[MAX_GAMMAS], t_target[MAX_GAMMAS]; /* seconds drafting and scoring (engine_stats) */
 };
 
 struct args {
@@ -262,6 +264,27 @@ static void print_table(const struct args *a, const struct cat_stats *cats, int 
             printf(" sampled |\n");
         else
             printf(" %d/%d |\n", identical, s->n_prompts * a->n_gammas);
+    }
+}
+
+/* Where the speculative runs' time went, over all prompts: drafting a token and scoring a pass. */
+static void print_times(const struct args *a, const struct cat_stats *cats, int n_cats)
+{
+    printf("\n| γ | draft ms a drafted token | target ms a pass |\n|---|---|---|\n");
+    for (int g = 0; g < a->n_gammas; g++) {
+        double t_draft = 0.0, t_target = 0.0;
+        long drafted = 0, passes = 0;
+        for (int c = 0; c < n_cats; c++) {
+            t_draft += cats[c].t_draft[g];
+            t_target += cats[c].t_target[g];
+            drafted += cats[c].drafted[g];
+            passes += cats[c].passes[g];
+        }
+        char name[16] = "adaptive";
+        if (a->gammas[g])
+            snprintf(name, sizeof name, "%d", a->gammas[g]);
+        printf("| %s | %.3f | %.3f |\n", name, drafted ? t_draft * 1e3 / drafted : 0.0,
+               passes ? t_target * 1e3 / passes : 0.0);
     }
 }
 
@@ -520,6 +543,8 @@ int main(int argc, char **argv)
                 c->drafted[g] += st.n_drafted;
                 c->accepted[g] += st.n_accepted;
                 c->passes[g] += st.n_target_passes;
+                c->t_draft[g] += st.t_draft;
+                c->t_target[g] += st.t_target;
                 c->n_identical[g] += n_got == n_want && !memcmp(got, want, (size_t)n_got * sizeof *got);
             }
             c->n_prompts++;
@@ -530,8 +555,10 @@ int main(int argc, char **argv)
     }
     if (err)
         fprintf(stderr, "bench_spec: %s\n", spec_strerror(err));
-    else
+    else {
         print_table(&a, cats, n_cats);
+        print_times(&a, cats, n_cats);
+    }
     free(line);
     free(prompt);
     free(want);

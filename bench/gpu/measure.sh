@@ -194,7 +194,7 @@ for step in $steps; do
         ;;
     speedup)
         # the synthetic draft's greedy runs with their tokens kept on the GPU until a run ends, then
-        # crossing every pass (the A/B of --draft-ids; random weights accept nothing: a round's time counts)
+        # crossing every pass (the A/B of --draft-ids: the draft ms a drafted token, after the table)
         if models_ready; then
             for ids in backend host; do
                 "$B/bench_spec" --device "$device" --target "$target" --draft "$draft" \
